@@ -1,0 +1,3 @@
+from loraplane.cli import main
+
+raise SystemExit(main())

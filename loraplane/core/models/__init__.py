@@ -1,0 +1,1 @@
+"""Versioned models of loraplane's Kubernetes resources (one folder per API version)."""

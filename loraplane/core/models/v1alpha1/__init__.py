@@ -1,0 +1,20 @@
+"""`loraplane.dev/v1alpha1`."""
+
+from loraplane.core.models.v1alpha1.lorajob import (  # noqa: F401
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    Checkpoint,
+    Condition,
+    LoRAConfig,
+    LoRAJob,
+    LoRAJobSpec,
+    LoRAJobStatus,
+    Phase,
+    Progress,
+    ResumeFrom,
+    RuntimeRef,
+    SessionRef,
+    TrainingSpec,
+)

@@ -1,0 +1,189 @@
+"""The LoRAJob resource: one adapter's job on one runtime pod.
+
+The same model serves the Kubernetes operator (as the CRD's schema, see `crds/lorajob.yaml`),
+the gateway (which creates interactive jobs for Tinker sessions) and single-node mode (which keeps
+the same objects in process). Field names are camelCase on the wire, snake_case in Python.
+
+Status is written by the operator (or the embedded control plane) alone.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "loraplane.dev"
+VERSION = "v1alpha1"
+KIND = "LoRAJob"
+PLURAL = "lorajobs"
+SHORT_NAME = "lj"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: Labels the gateway and operator put on jobs and pods.
+TENANT_LABEL = f"{GROUP}/tenant"
+SESSION_LABEL = f"{GROUP}/session"
+BASE_MODEL_LABEL = f"{GROUP}/base-model"
+RUNTIME_POD_LABEL = f"{GROUP}/component"  # value "runtime" on runtime pods
+
+MIN_RANK, MAX_RANK = 1, 512
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def dump(self) -> dict[str, Any]:
+        """The wire form: camelCase keys, unset optional fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"  # accepted, not yet placed on a runtime
+    SCHEDULED = "Scheduled"  # placed, being dispatched (adapter created or restored)
+    RUNNING = "Running"  # adapter live on its runtime
+    SUSPENDED = "Suspended"  # spec.suspend: offloaded, slot freed
+    SUCCEEDED = "Succeeded"  # declarative training finished (interactive jobs end by deletion)
+    FAILED = "Failed"  # backoffLimit exhausted or a permanent error
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+
+class LoRAConfig(_Model):
+    """Which adapter to build: Tinker's `lora_config` plus alpha."""
+
+    rank: int = Field(32, ge=MIN_RANK, le=MAX_RANK, description="LoRA rank r.")
+    alpha: float | None = Field(
+        None, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha/rank. Default: 32 (Tinker's)."
+    )
+    seed: int | None = Field(None, ge=0, description="Seed of the adapter's initialisation.")
+    train_attn: bool = Field(True, description="Adapt the attention projections (q, k, v, o).")
+    train_mlp: bool = Field(True, description="Adapt the MLP projections (gate, up, down).")
+    train_unembed: bool = Field(True, description="Adapt the unembedding (lm_head).")
+
+
+class SessionRef(_Model):
+    """The Tinker identity of an interactive job."""
+
+    session_id: str = Field(description="Tinker session id.")
+    model_seq_id: int = Field(0, ge=0, description="Per-session model counter; model_id is `<session>:train:<seq>`.")
+    model_id: str = Field(description="Tinker model id (= training run id).")
+
+
+class TrainingSpec(_Model):
+    """A declarative fine-tuning run."""
+
+    dataset: str = Field(description="Artifact-store URL of a JSONL file: prompt/completion pairs or chat messages.")
+    format: Literal["auto", "prompt_completion", "chat"] = Field("auto", description="Row format of the dataset.")
+    steps: int | None = Field(None, ge=1, description="Optimizer steps to run (exclusive with epochs).")
+    epochs: float | None = Field(None, gt=0, description="Passes over the dataset (exclusive with steps).")
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step.")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate.")
+    max_seq_len: int = Field(1024, ge=8, le=131072, description="Examples are truncated to this many tokens.")
+    loss: Literal["cross_entropy"] = Field("cross_entropy", description="Training loss.")
+    checkpoint_every: int = Field(0, ge=0, description="Save a training state every N steps (0 = only at the end).")
+    output_name: str = Field(
+        "final", pattern=r"^[A-Za-z0-9._-]{1,128}$", description="Name of the final checkpoint (no '/')."
+    )
+
+
+class ResumeFrom(_Model):
+    path: str = Field(description="A `tinker://<run>/weights/<name>` path or an artifact-store URL.")
+    optimizer: bool = Field(True, description="Restore the optimizer state too.")
+
+
+class LoRAJobSpec(_Model):
+    base_model: str = Field(min_length=1, description="Name of the base model (as runtimes advertise it).")
+    tenant: str = Field(min_length=1, max_length=63, description="Owner; also the label loraplane.dev/tenant.")
+    mode: Literal["interactive", "training"] = Field("interactive", description="A Tinker session or a declarative run.")
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    session: SessionRef | None = Field(None, description="Tinker identity (interactive jobs).")
+    training: TrainingSpec | None = Field(None, description="The run (training jobs).")
+    resume_from: ResumeFrom | None = Field(None, description="Start from this checkpoint instead of a fresh adapter.")
+    suspend: bool = Field(False, description="Offload the adapter and free its runtime slot.")
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the job this long after it ends.")
+    idle_timeout_seconds: int | None = Field(None, ge=0, description="Suspend an interactive job idle this long.")
+    backoff_limit: int = Field(3, ge=0, le=100, description="Dispatch/restore retries before Failed.")
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class RuntimeRef(_Model):
+    pod: str = Field(description="Runtime pod name (single-node: the in-process runtime's name).")
+    address: str = Field(description="Base URL of the runtime's internal API, e.g. http://10.0.0.5:8001.")
+
+
+class Progress(_Model):
+    step: int = 0
+    total_steps: int | None = None
+    loss: float | None = None
+    tokens: int = 0
+
+
+class Checkpoint(_Model):
+    path: str = Field(description="tinker:// path or store URL of the saved state.")
+    step: int = 0
+    time: str | None = None
+
+
+class LoRAJobStatus(_Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    phase: Phase = Phase.PENDING
+    conditions: list[Condition] = Field(default_factory=list)
+    runtime: RuntimeRef | None = None
+    observed_generation: int | None = None
+    progress: Progress = Field(default_factory=Progress)
+    latest_checkpoint: Checkpoint | None = None
+    attempts: int = 0
+    start_time: str | None = None
+    completion_time: str | None = None
+    message: str | None = None
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str | None = None
+    resourceVersion: str | None = None  # noqa: N815 (Kubernetes field name)
+    generation: int | None = None
+    creationTimestamp: str | None = None  # noqa: N815
+    deletionTimestamp: str | None = None  # noqa: N815
+    finalizers: list[str] = Field(default_factory=list)
+
+
+class LoRAJob(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    apiVersion: str = API_VERSION  # noqa: N815
+    kind: str = KIND
+    metadata: ObjectMeta
+    spec: LoRAJobSpec
+    status: LoRAJobStatus = Field(default_factory=LoRAJobStatus)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> LoRAJob:
+        """Parse a Kubernetes object (dict); raises pydantic.ValidationError on a bad spec."""
+        return cls.model_validate(dict(body))
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "apiVersion": self.apiVersion,
+            "kind": self.kind,
+            "metadata": self.metadata.model_dump(exclude_none=True),
+            "spec": self.spec.dump(),
+            "status": self.status.dump(),
+        }

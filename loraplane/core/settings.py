@@ -1,0 +1,85 @@
+"""One typed settings object for every component, read from `LORAPLANE_*` environment variables.
+
+Nested sections use `__`: `LORAPLANE_RUNTIME__MAX_RESIDENT_ADAPTERS=16`. Command-line flags of
+`loraplane <command>` override these. Each component reads only its own section plus `store`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StoreSettings(BaseModel):
+    #: fsspec URL of the artifact store (checkpoints, datasets). Default: a folder in the user's data dir.
+    url: str | None = None
+
+
+class RuntimeSettings(BaseModel):
+    #: Name clients use as `base_model` (e.g. "Qwen/Qwen3-0.6B").
+    base_model: str | None = None
+    #: Local directory (or id already in the local HF cache) of the base model. Never downloaded.
+    model_path: str | None = None
+    #: "auto" (cuda if present), "cpu", "cuda", "cuda:1".
+    device: str = "auto"
+    #: "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16".
+    dtype: str = "auto"
+    #: Adapters kept on the device at once; idle ones beyond this are offloaded.
+    max_resident_adapters: int = Field(16, ge=1)
+    #: Adapters a runtime accepts in all (resident + offloaded); its advertised capacity.
+    max_adapters: int = Field(64, ge=1)
+    #: Where offloaded adapters go: "host" (CPU memory) or a directory path (disk).
+    offload_to: str = "host"
+    #: Seconds an op waits for a missing earlier seq_id before the gap is skipped.
+    seq_gap_timeout_s: float = Field(30.0, gt=0)
+    #: Largest number of tokens gathered into one batched forward/backward.
+    max_batch_tokens: int = Field(16384, ge=1)
+    #: torch CPU threads (0 = torch's default).
+    threads: int = Field(0, ge=0)
+    host: str = "0.0.0.0"
+    port: int = 8001
+
+
+class GatewaySettings(BaseModel):
+    host: str = "0.0.0.0"
+    port: int = 8000
+    #: File of `tenant=key` or `tenant=sha256:<hex>` lines.
+    api_keys_file: str | None = None
+    #: Inline `tenant=key` pairs, comma-separated (development only).
+    api_keys: str | None = None
+    #: Largest accepted request body, bytes.
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    #: How long retrieve_future holds a request before answering try_again.
+    long_poll_s: float = Field(30.0, gt=0, le=40)
+    #: How long create_model waits for its job to be Running.
+    job_start_timeout_s: float = Field(300.0, gt=0)
+    #: "single-node" or "kubernetes".
+    control_plane: str = "kubernetes"
+    #: Namespace of LoRAJobs in Kubernetes mode.
+    namespace: str = "default"
+
+
+class OperatorSettings(BaseModel):
+    #: Namespace to watch ("" = all namespaces).
+    namespace: str = ""
+    #: Label selector of runtime pods.
+    runtime_selector: str = "loraplane.dev/component=runtime"
+    #: Port of the runtime's internal API on its pod.
+    runtime_port: int = 8001
+    #: Seconds between progress writes to status for a running declarative job.
+    progress_interval_s: float = Field(5.0, gt=0)
+    #: Seconds between health polls of runtime pods.
+    health_interval_s: float = Field(5.0, gt=0)
+    #: Port of the liveness probe and Prometheus metrics.
+    metrics_port: int = 8080
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAPLANE_", env_nested_delimiter="__", extra="ignore")
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    #: "debug", "info", "warning".
+    log_level: str = "info"

@@ -1,0 +1,1 @@
+"""The Kopf operator: schedules LoRAJobs onto runtime pods and is the only writer of their status."""

@@ -1,0 +1,1 @@
+"""Single-node mode: gateway, one runtime per model and an embedded control plane in one process."""
