@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "loraplane.dev"
@@ -28,7 +28,15 @@ SESSION_LABEL = f"{GROUP}/session"
 BASE_MODEL_LABEL = f"{GROUP}/base-model"
 RUNTIME_POD_LABEL = f"{GROUP}/component"  # value "runtime" on runtime pods
 
+#: Finalizer the operator puts on jobs so that their adapters are unloaded before they go.
+FINALIZER = f"{GROUP}/adapter"
+
 MIN_RANK, MAX_RANK = 1, 512
+
+
+def _immutable(field: str) -> dict[str, Any]:
+    """A CEL transition rule for the CRD: the field cannot change once the job exists."""
+    return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": f"{field} is immutable"}]}
 
 
 class _Model(BaseModel):
@@ -54,6 +62,10 @@ TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 class LoRAConfig(_Model):
     """Which adapter to build: Tinker's `lora_config` plus alpha."""
 
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", json_schema_extra=_immutable("lora")
+    )
+
     rank: int = Field(32, ge=MIN_RANK, le=MAX_RANK, description="LoRA rank r.")
     alpha: float | None = Field(
         None, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha/rank. Default: 32 (Tinker's)."
@@ -75,6 +87,17 @@ class SessionRef(_Model):
 class TrainingSpec(_Model):
     """A declarative fine-tuning run."""
 
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!(has(self.steps) && has(self.epochs))", "message": "set steps or epochs, not both"}
+            ]
+        },
+    )
+
     dataset: str = Field(description="Artifact-store URL of a JSONL file: prompt/completion pairs or chat messages.")
     format: Literal["auto", "prompt_completion", "chat"] = Field("auto", description="Row format of the dataset.")
     steps: int | None = Field(None, ge=1, description="Optimizer steps to run (exclusive with epochs).")
@@ -88,17 +111,50 @@ class TrainingSpec(_Model):
         "final", pattern=r"^[A-Za-z0-9._-]{1,128}$", description="Name of the final checkpoint (no '/')."
     )
 
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainingSpec:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("training: set steps or epochs, not both")
+        return self
+
 
 class ResumeFrom(_Model):
+    """A saved training state to start from instead of a fresh adapter."""
+
     path: str = Field(description="A `tinker://<run>/weights/<name>` path or an artifact-store URL.")
     optimizer: bool = Field(True, description="Restore the optimizer state too.")
 
 
 class LoRAJobSpec(_Model):
-    base_model: str = Field(min_length=1, description="Name of the base model (as runtimes advertise it).")
-    tenant: str = Field(min_length=1, max_length=63, description="Owner; also the label loraplane.dev/tenant.")
-    mode: Literal["interactive", "training"] = Field("interactive", description="A Tinker session or a declarative run.")
-    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    """What the job should be; see design.md. The base model and LoRA config never change."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.mode != 'training' || has(self.training)", "message": "mode training needs training"},
+            ]
+        },
+    )
+
+    base_model: str = Field(
+        min_length=1,
+        max_length=256,
+        description="Name of the base model (as runtimes advertise it).",
+        json_schema_extra=_immutable("baseModel"),
+    )
+    tenant: str = Field(
+        min_length=1,
+        max_length=63,
+        description="Owner; also the label loraplane.dev/tenant.",
+        json_schema_extra=_immutable("tenant"),
+    )
+    mode: Literal["interactive", "training"] = Field(
+        "interactive", description="A Tinker session or a declarative run.", json_schema_extra=_immutable("mode")
+    )
+    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="The adapter's shape; immutable.")
     session: SessionRef | None = Field(None, description="Tinker identity (interactive jobs).")
     training: TrainingSpec | None = Field(None, description="The run (training jobs).")
     resume_from: ResumeFrom | None = Field(None, description="Start from this checkpoint instead of a fresh adapter.")
@@ -106,6 +162,12 @@ class LoRAJobSpec(_Model):
     ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the job this long after it ends.")
     idle_timeout_seconds: int | None = Field(None, ge=0, description="Suspend an interactive job idle this long.")
     backoff_limit: int = Field(3, ge=0, le=100, description="Dispatch/restore retries before Failed.")
+
+    @model_validator(mode="after")
+    def _training_has_run(self) -> LoRAJobSpec:
+        if self.mode == "training" and self.training is None:
+            raise ValueError("spec.training is required when mode is 'training'")
+        return self
 
 
 class Condition(_Model):
@@ -158,17 +220,17 @@ class ObjectMeta(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     uid: str | None = None
-    resourceVersion: str | None = None  # noqa: N815 (Kubernetes field name)
+    resourceVersion: str | None = None
     generation: int | None = None
-    creationTimestamp: str | None = None  # noqa: N815
-    deletionTimestamp: str | None = None  # noqa: N815
+    creationTimestamp: str | None = None
+    deletionTimestamp: str | None = None
     finalizers: list[str] = Field(default_factory=list)
 
 
 class LoRAJob(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    apiVersion: str = API_VERSION  # noqa: N815
+    apiVersion: str = API_VERSION
     kind: str = KIND
     metadata: ObjectMeta
     spec: LoRAJobSpec
