@@ -1,0 +1,121 @@
+"""The gateway's FastAPI application.
+
+Callers: `loraplane serve` (single-node) and `loraplane gateway` (Kubernetes), which build a
+`Gateway` and a `KeyTable` and pass them in; tests do the same with an in-process transport.
+
+Design notes
+============
+* Health (`/healthz`, `/api/v1/healthz`) and `/metrics` need no key; every other route does.
+* The body-size limit is checked on `Content-Length` before the body is read, and again while a
+  chunked body streams in, so an oversized request costs no memory and gets a 413 JSON answer.
+* Metrics are one counter and one histogram per route template, labelled by status class, which
+  costs a few microseconds per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loraplane.api import errors as api_errors
+from loraplane.api.auth import KeyTable
+from loraplane.api.gateway import Gateway
+from loraplane.api.routes import checkpoints, futures, sampling, sessions, training
+from loraplane.core import errors
+
+API_PREFIX = "/api/v1"
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 (JSON) for bodies over `max_bytes`."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._reject(send, int(value))
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise errors.PayloadTooLarge(f"request body over the limit of {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _reject(self, send: Send, size: int) -> None:
+        err = errors.PayloadTooLarge(f"request body is {size} bytes, over the limit of {self.max_bytes}")
+        response = api_errors.response_for(err)
+        await send({"type": "http.response.start", "status": err.status_code, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def _metrics(app: FastAPI) -> None:
+    registry = CollectorRegistry()
+    requests = Counter("loraplane_gateway_requests", "Gateway requests", ["route", "status"], registry=registry)
+    latency = Histogram(
+        "loraplane_gateway_request_seconds", "Gateway request latency (retrieve_future includes its long poll)",
+        ["route"], registry=registry, buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 40),
+    )
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        requests.labels(name, f"{response.status_code // 100}xx").inc()
+        latency.labels(name).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(gateway: Gateway, keys: KeyTable, *, on_shutdown: Callable[[], Awaitable[Any]] | None = None) -> FastAPI:
+    """The gateway app; `on_shutdown` runs after the gateway's own clean-up (single-node stops its runtimes)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        await gateway.runtimes.close()
+        await gateway.cp.close()
+        if on_shutdown is not None:
+            await on_shutdown()
+
+    app = FastAPI(title="loraplane gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = gateway
+    app.state.keys = keys
+    api_errors.install(app)
+    _metrics(app)
+
+    health = APIRouter()
+
+    @health.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(health)
+    app.include_router(health, prefix=API_PREFIX)
+    for module in (sessions, training, sampling, futures, checkpoints):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.add_middleware(BodyLimit, max_bytes=gateway.max_request_bytes)
+    return app

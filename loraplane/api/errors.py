@@ -1,0 +1,87 @@
+"""The one place where errors become HTTP answers, and runtime answers become errors.
+
+Callers: `app.create_app` installs `install(app)`; `dataplane` calls `from_runtime_response`.
+
+Every error answer has a JSON body `{"detail", "error", "category", "field"?}`: the SDK treats a
+400 with an empty body as a proxy glitch and retries it forever (tinker-protocol surprise 10), and a
+person reading a log wants the field's name. The classes and their codes are `loraplane.core.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from loraplane.core import errors
+
+log = logging.getLogger(__name__)
+
+#: runtime HTTP status -> the error class the gateway re-raises
+_BY_STATUS: dict[int, type[errors.LoraplaneError]] = {
+    400: errors.InvalidInput,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    413: errors.PayloadTooLarge,
+    422: errors.InvalidInput,
+    429: errors.CapacityError,
+    503: errors.CapacityError,
+}
+
+
+def from_runtime_response(status: int, body: Any, *, what: str) -> errors.LoraplaneError:
+    """The error to raise for a runtime's non-2xx answer. Pure; called by `dataplane`."""
+    detail = body.get("detail") or body.get("error") if isinstance(body, dict) else None
+    field = body.get("field") if isinstance(body, dict) else None
+    cls = _BY_STATUS.get(status, errors.ServerError)
+    message = f"{what}: {detail}" if detail else f"{what}: runtime answered HTTP {status}"
+    return cls(message, field=field if isinstance(field, str) else None)
+
+
+def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def validation_error(exc: RequestValidationError) -> errors.InvalidInput:
+    """A pydantic/FastAPI validation failure -> InvalidInput naming the first bad field. Pure."""
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    field = _field_of(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        return errors.InvalidInput(f"body is not valid JSON: {first.get('msg')}", field="body")
+    return errors.InvalidInput(f"{field}: {first.get('msg')}", field=field)
+
+
+def response_for(exc: errors.LoraplaneError) -> JSONResponse:
+    headers = {"x-should-retry": "false"} if isinstance(exc, errors.UserError) else None
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on `app`."""
+
+    @app.exception_handler(errors.LoraplaneError)
+    async def _loraplane(_: Request, exc: errors.LoraplaneError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc.message)
+        return response_for(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return response_for(validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cls = _BY_STATUS.get(exc.status_code, errors.UserError if exc.status_code < 500 else errors.ServerError)
+        err = cls(str(exc.detail))
+        err.status_code = exc.status_code
+        return response_for(err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return response_for(errors.ServerError(f"internal error: {type(exc).__name__}: {exc}"))

@@ -1,0 +1,105 @@
+"""`retrieve_future`: find the future a request id names, long-poll it, and translate its result.
+
+Callers: `routes.futures`. The request id (`ids.FutureRef`) names the owner (a training run or a
+sampler, hence the session and the tenant), the runtime pod that holds the future, and the op.
+
+Design notes
+============
+* Ownership is checked before anything else: another tenant's future is a 404, like a missing one.
+* The runtime holds the request for up to the long-poll budget; the gateway answers `try_again`
+  after it, which the SDK re-polls at once (tinker-protocol 4.2).
+* Control-plane futures (create_model, create-from-state, unload) wait on the job instead.
+* Saves write their checkpoint.json here, when the runtime reports the files are complete; the
+  write is idempotent, so a retried retrieve (or another replica) writes the same record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Response
+
+from loraplane.api import codecs, ids
+from loraplane.api.dataplane import PROTOBUF, Result
+from loraplane.api.gateway import CONTROL_PLANE_POD, Gateway
+from loraplane.core import artifacts, errors
+from loraplane.core.models.v1alpha1 import RuntimeRef
+
+
+async def retrieve(gw: Gateway, tenant: str, request_id: str) -> dict[str, Any] | Response:
+    ref = ids.parse_request_id(request_id)
+    gw.records.session(tenant, ref.session_id)
+    if ref.pod == CONTROL_PLANE_POD:
+        return await _control_plane_future(gw, tenant, ref)
+    runtime = await _runtime_of(gw, tenant, ref)
+    if runtime is None:
+        return codecs.failed(f"the runtime that held {request_id!r} is gone; submit the call again", "server")
+    result = await gw.runtimes.result(runtime.address, ref.runtime_request_id, wait_s=gw.long_poll_s)
+    return translate(gw, ref, result)
+
+
+async def _runtime_of(gw: Gateway, tenant: str, ref: ids.FutureRef) -> RuntimeRef | None:
+    if ref.kind == "train":
+        runtime = gw.cp.runtime_for(ids.job_name(ref.tinker_id))
+        if runtime is None:
+            raise errors.NotFound(f"unknown request_id (model {ref.tinker_id!r} is not running)", field="request_id")
+    else:
+        record = gw.records.sampler(tenant, ref.tinker_id)
+        runtime = next((r for r in await gw.cp.runtimes_for_model(record["base_model"]) if r.pod == ref.pod), None)
+        if runtime is None and record.get("job"):
+            runtime = gw.cp.runtime_for(record["job"])
+    return runtime if runtime is not None and runtime.pod == ref.pod else None
+
+
+async def _control_plane_future(gw: Gateway, tenant: str, ref: ids.FutureRef) -> dict[str, Any]:
+    model_id = ref.tinker_id
+    if ref.op == "unload":
+        return {"model_id": model_id, "type": "unload_model"}
+    name = ids.job_name(model_id)
+    job = await gw.cp.get_job(name)
+    if job is None or job.spec.tenant != tenant:
+        raise errors.NotFound(f"unknown request_id {ref.encode()!r}", field="request_id")
+    try:
+        await gw.cp.wait_running(name, timeout=gw.long_poll_s)
+    except errors.CapacityError:
+        return codecs.try_again(ref.encode())
+    except errors.UserError as exc:
+        return codecs.failed(exc.message, "user")
+    if ref.op == "create":
+        return {"model_id": model_id, "type": "create_model"}
+    path = job.spec.resume_from.path if job.spec.resume_from else None
+    return {"model_id": model_id, "path": path, "type": "load_weights"}
+
+
+def translate(gw: Gateway, ref: ids.FutureRef, result: Result) -> dict[str, Any] | Response:
+    """Runtime result -> the Tinker future answer for `ref.op`."""
+    if result.state == "pending":
+        return codecs.try_again(ref.encode())
+    if result.state == "failed":
+        return codecs.failed(result.error, result.category)
+    if result.state == "proto":
+        if ref.op not in ("fwdbwd", "sample"):
+            return codecs.failed(f"runtime returned protobuf for a {ref.op} op", "server")
+        return Response(content=result.payload, media_type=PROTOBUF)
+    body = result.result or {}
+    if ref.op in ("fwdbwd", "sample"):
+        return codecs.failed(f"runtime returned JSON for a {ref.op} op", "server")
+    if ref.op == "optim":
+        metrics = body.get("metrics") if isinstance(body.get("metrics"), dict) else {}
+        return {"metrics": {str(k): float(v) for k, v in metrics.items() if isinstance(v, int | float)}}
+    if ref.op in ("save", "save_sampler"):
+        path = artifacts.tinker_path_for_url(gw.store.url, str(body.get("dest", "")))
+        if path is None:
+            return codecs.failed(f"runtime saved to an unexpected place: {body.get('dest')!r}", "server")
+        size = body.get("size_bytes")
+        gw.records.finish_save(path, now=gw.clock(), step=body.get("step"),
+                               size_bytes=int(size) if isinstance(size, int) else None)
+        kind = "save_weights" if ref.op == "save" else "save_weights_for_sampler"
+        return {"path": str(path), "type": kind}
+    if ref.op == "snapshot":
+        _, _, sampler = ids.id_for_owner(str(body.get("sampler_id", "")))
+        return {"sampling_session_id": sampler, "type": "save_weights_for_sampler"}
+    if ref.op == "load":
+        source = artifacts.tinker_path_for_url(gw.store.url, str(body.get("source", "")))
+        return {"path": str(source) if source else None, "model_id": ref.tinker_id, "type": "load_weights"}
+    return codecs.failed(f"unknown op {ref.op!r}", "server")

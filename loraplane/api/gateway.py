@@ -1,0 +1,345 @@
+"""The gateway's operations: Tinker calls turned into control-plane and runtime calls.
+
+Callers: the route modules (one method per Tinker call; routes only parse and return).
+
+Design notes
+============
+* Session-level calls (create_model, create-from-state, unload) become LoRAJob operations through
+  `ControlPlane`; the submit creates the job and returns at once, and `retrieve_future` waits for
+  it to run, so a slow start (a pod being scheduled) never holds a submit past the SDK's timeout.
+* Per-step calls go to `control_plane.runtime_for(job)` (a local cache) and on to the runtime; the
+  runtime's executor orders and deduplicates them per adapter by `seq_id`, which the gateway
+  forwards unchanged. The runtime adapter id of a training run is its job name.
+* Futures are named `ids.FutureRef`: any replica can answer `retrieve_future` (see `futures`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from loraplane.api import codecs, ids, jobs, protocol
+from loraplane.api.dataplane import Runtimes
+from loraplane.api.records import Records
+from loraplane.core import artifacts, errors
+from loraplane.core.controlplane import ControlPlane
+from loraplane.core.models.v1alpha1 import LoRAJob, ResumeFrom, RuntimeRef
+
+#: pod field of futures that the control plane answers (no runtime involved)
+CONTROL_PLANE_POD = "cp"
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def snapshot_adapter_id(path: artifacts.TinkerPath) -> str:
+    """Runtime adapter id under which a named sampler snapshot is loaded: stable per path. Pure."""
+    return "ckpt-" + hashlib.sha256(str(path).encode()).hexdigest()[:20]
+
+
+class Gateway:
+    """Everything a route needs: control plane, runtimes, records, settings."""
+
+    def __init__(
+        self,
+        *,
+        control_plane: ControlPlane,
+        runtimes: Runtimes,
+        store: artifacts.ArtifactStore,
+        models: list[str] | None = None,
+        long_poll_s: float = 30.0,
+        max_request_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], str] = utcnow,
+    ) -> None:
+        self.cp = control_plane
+        self.runtimes = runtimes
+        self.store = store
+        self.records = Records(store)
+        #: base models clients may ask for (None/empty = whatever the control plane places)
+        self.models = list(models or [])
+        self.long_poll_s = long_poll_s
+        self.max_request_bytes = max_request_bytes
+        self.clock = clock
+        #: (runtime address, adapter id) of snapshots this replica has loaded as samplers
+        self._loaded: set[tuple[str, str]] = set()
+
+    # -- sessions -------------------------------------------------------------------------------
+    def create_session(self, tenant: str, body: protocol.CreateSession) -> dict[str, Any]:
+        session_id = ids.new_session_id()
+        self.records.put_session({
+            "session_id": session_id, "tenant": tenant, "created": self.clock(), "tags": body.tags,
+            "user_metadata": {str(k): str(v) for k, v in body.user_metadata.items()},
+            "project_id": body.project_id, "display_name": body.display_name, "finished": None,
+        })
+        return {"session_id": session_id}
+
+    async def finish_session(self, tenant: str, session_id: str, reason: dict[str, Any] | None) -> dict[str, Any]:
+        """Mark the session finished and delete its jobs (their adapters are unloaded)."""
+        record = dict(self.records.session(tenant, ids.check_session_id(session_id)))
+        record["finished"] = {"time": self.clock(), "reason": (reason or {}).get("type", "success")}
+        self.records.put_session(record)
+        for job in await self.cp.list_jobs(tenant=tenant):
+            if job.spec.session and job.spec.session.session_id == session_id:
+                await self.cp.delete_job(job.metadata.name)
+        return {"status": "finished"}
+
+    # -- training runs as jobs ------------------------------------------------------------------
+    def _check_model(self, base_model: str, field: str = "base_model") -> None:
+        if self.models and base_model not in self.models:
+            raise errors.InvalidInput(f"unknown {field} {base_model!r}; served: {self.models}", field=field)
+
+    async def create_model(self, tenant: str, body: protocol.CreateModel) -> dict[str, Any]:
+        self.records.session(tenant, ids.check_session_id(body.session_id))
+        self._check_model(body.base_model)
+        if body.optimizer_config.type not in jobs.OPTIMIZERS:
+            raise errors.InvalidInput(
+                f"optimizer_config.type {body.optimizer_config.type!r} is not supported; accepted: {list(jobs.OPTIMIZERS)}",
+                field="optimizer_config.type",
+            )
+        lora = jobs.lora_from_tinker(body.lora_config.model_dump())
+        if not (lora.train_attn or lora.train_mlp or lora.train_unembed):
+            raise errors.InvalidInput("lora_config: at least one of train_attn/mlp/unembed must be true", field="lora_config")
+        job = jobs.build_job(tenant=tenant, session_id=body.session_id, model_seq_id=body.model_seq_id,
+                             base_model=body.base_model, lora=lora)
+        return await self._start_run(tenant, job, body.user_metadata, op="create")
+
+    async def create_from_state(self, tenant: str, body: protocol.LoadWeights) -> dict[str, Any]:
+        """load_weights with session_id + model_seq_id: a new run that starts from a saved state."""
+        if body.session_id is None or body.model_seq_id is None:
+            raise errors.InvalidInput("load_weights needs model_id, or session_id and model_seq_id", field="model_id")
+        self.records.session(tenant, ids.check_session_id(body.session_id))
+        path = artifacts.parse_tinker_path(body.path)
+        if body.optimizer and path.segment != "weights":
+            raise errors.InvalidInput("restoring the optimizer needs a weights/ (save_state) path", field="path")
+        self.records.checkpoint(tenant, path)
+        source = self.records.run(tenant, path.run_id, field="path")
+        if body.base_model and body.base_model != source["base_model"]:
+            raise errors.InvalidInput(
+                f"base_model {body.base_model!r} differs from the checkpoint's {source['base_model']!r}", field="base_model"
+            )
+        job = jobs.build_job(
+            tenant=tenant, session_id=body.session_id, model_seq_id=body.model_seq_id,
+            base_model=source["base_model"], lora=jobs.lora_from_tinker(source.get("lora") or {}),
+            resume_from=ResumeFrom(path=str(path), optimizer=body.optimizer),
+        )
+        return await self._start_run(tenant, job, body.user_metadata, op="load_create")
+
+    async def _start_run(self, tenant: str, job: LoRAJob, metadata: dict[str, Any] | None, *, op: str) -> dict[str, Any]:
+        session = job.spec.session
+        assert session is not None
+        existing = self.store.read_json(artifacts.run_record_url(self.store.url, session.model_id))
+        if existing is None:
+            self.records.put_run(artifacts.build_run_record(
+                run_id=session.model_id, tenant=tenant, base_model=job.spec.base_model,
+                lora=job.spec.lora.model_dump(exclude_none=True), now=self.clock(),
+                user_metadata={str(k): str(v) for k, v in (metadata or {}).items()},
+            ))
+        await self.cp.create_job(job)
+        ref = ids.FutureRef(ids.owner_key(session.model_id), CONTROL_PLANE_POD, op, "0")
+        return {"request_id": ref.encode(), "model_id": session.model_id}
+
+    async def job(self, tenant: str, model_id: str) -> LoRAJob:
+        """The job of a training run owned by `tenant` (404 otherwise)."""
+        session_id, _ = ids.parse_model_id(model_id)
+        self.records.session(tenant, session_id)
+        job = await self.cp.get_job(ids.job_name(model_id))
+        if job is None or job.spec.tenant != tenant:
+            raise errors.NotFound(f"unknown model_id {model_id!r}", field="model_id")
+        return job
+
+    def runtime(self, model_id: str) -> RuntimeRef:
+        ref = self.cp.runtime_for(ids.job_name(model_id))
+        if ref is None:
+            raise errors.CapacityError(f"model {model_id!r} is not placed on a runtime yet; retry shortly")
+        return ref
+
+    def owned_runtime(self, tenant: str, model_id: str) -> RuntimeRef:
+        """Ownership from the session record (cached), runtime from the control plane's cache: no remote read."""
+        session_id, _ = ids.parse_model_id(model_id)
+        self.records.session(tenant, session_id)
+        ref = self.cp.runtime_for(ids.job_name(model_id))
+        if ref is None:
+            raise errors.NotFound(f"unknown model_id {model_id!r} (or not running)", field="model_id")
+        return ref
+
+    async def get_info(self, tenant: str, model_id: str) -> dict[str, Any]:
+        job = await self.job(tenant, model_id)
+        ref = self.cp.runtime_for(job.metadata.name)
+        health = await self.runtimes.health(ref.address) if ref else {}
+        return jobs.info_for(job, tokenizer_id=health.get("model_path"), arch=health.get("arch"))
+
+    async def unload(self, tenant: str, model_id: str) -> dict[str, Any]:
+        job = await self.job(tenant, model_id)
+        await self.cp.delete_job(job.metadata.name)
+        ref = ids.FutureRef(ids.owner_key(model_id), CONTROL_PLANE_POD, "unload", "0")
+        return {"request_id": ref.encode(), "model_id": model_id}
+
+    # -- per-step training ops ------------------------------------------------------------------
+    def _future(self, model_id: str, ref: RuntimeRef, op: str, rid: str) -> dict[str, Any]:
+        return {"request_id": ids.FutureRef(ids.owner_key(model_id), ref.pod, op, rid).encode(), "model_id": model_id}
+
+    async def forward_backward(self, tenant: str, body: bytes, content_encoding: str | None) -> dict[str, Any]:
+        raw = codecs.decode_body(body, content_encoding, max_bytes=self.max_request_bytes)
+        model_id, _seq = codecs.routing_fields(raw)
+        ref = self.owned_runtime(tenant, model_id)
+        rid = await self.runtimes.submit_forward_backward(ref.address, ids.job_name(model_id), raw)
+        return self._future(model_id, ref, "fwdbwd", rid)
+
+    async def optim_step(self, tenant: str, body: protocol.OptimStep) -> dict[str, Any]:
+        if body.optimizer_params is not None and body.adam_params is None:
+            raise errors.InvalidInput(
+                f"optimizer_params of type {body.optimizer_params.get('type')!r} are not supported; send adam_params",
+                field="optimizer_params",
+            )
+        ref = self.owned_runtime(tenant, body.model_id)
+        params = (body.adam_params or protocol.AdamParams()).model_dump()
+        rid = await self.runtimes.submit_op(
+            ref.address, ids.job_name(body.model_id), {"seq_id": body.seq_id, "op": "optim_step", "adam_params": params}
+        )
+        return self._future(body.model_id, ref, "optim", rid)
+
+    def _reserve_save(self, tenant: str, path: artifacts.TinkerPath, *, overwrite: bool,
+                      ttl_seconds: int | None, user_metadata: dict[str, str] | None) -> str:
+        record_url = artifacts.checkpoint_record_url(self.store.url, path)
+        if not overwrite and self.store.exists(record_url):
+            raise errors.InvalidInput(f"checkpoint {str(path)!r} exists; pass overwrite=True to replace it", field="path")
+        expires = None
+        if ttl_seconds:
+            expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl_seconds)).isoformat().replace("+00:00", "Z")
+        self.store.write_json(self.records.pending_url(path), {
+            "user_metadata": user_metadata or {}, "ttl_seconds": ttl_seconds, "expires_at": expires,
+        })
+        return artifacts.checkpoint_url(self.store.url, path)
+
+    async def save_weights(self, tenant: str, body: protocol.SaveWeights) -> dict[str, Any]:
+        ref = self.owned_runtime(tenant, body.model_id)
+        name = artifacts.check_name(body.path or f"ckpt-{body.seq_id or 0}", field="path")
+        path = artifacts.TinkerPath(body.model_id, "weights", name)
+        dest = self._reserve_save(tenant, path, overwrite=body.overwrite, ttl_seconds=body.ttl_seconds,
+                                  user_metadata=body.user_metadata)
+        rid = await self.runtimes.submit_op(
+            ref.address, ids.job_name(body.model_id),
+            {"seq_id": body.seq_id, "op": "save_state", "dest": dest, "optimizer": True},
+        )
+        return self._future(body.model_id, ref, "save", rid)
+
+    async def save_for_sampler(self, tenant: str, body: protocol.SaveWeightsForSampler) -> dict[str, Any]:
+        ref = self.owned_runtime(tenant, body.model_id)
+        session_id, _ = ids.parse_model_id(body.model_id)
+        adapter = ids.job_name(body.model_id)
+        if body.path:
+            path = artifacts.TinkerPath(body.model_id, "sampler_weights", artifacts.check_name(body.path, field="path"))
+            dest = self._reserve_save(tenant, path, overwrite=True, ttl_seconds=body.ttl_seconds,
+                                      user_metadata=body.user_metadata)
+            rid = await self.runtimes.submit_op(
+                ref.address, adapter, {"seq_id": body.seq_id, "op": "save_sampler", "dest": dest}
+            )
+            return self._future(body.model_id, ref, "save_sampler", rid)
+        if body.sampling_session_seq_id is None:
+            raise errors.InvalidInput("save_weights_for_sampler needs path or sampling_session_seq_id", field="path")
+        job = await self.job(tenant, body.model_id)
+        sampler = ids.sampler_id(session_id, body.sampling_session_seq_id)
+        self.records.put_sampler({
+            "sampler_id": sampler, "tenant": tenant, "session_id": session_id, "base_model": job.spec.base_model,
+            "adapter_id": ids.owner_key(sampler), "job": adapter, "pod": ref.pod, "created": self.clock(),
+        })
+        rid = await self.runtimes.submit_op(
+            ref.address, adapter, {"seq_id": body.seq_id, "op": "snapshot", "sampler_id": ids.owner_key(sampler)}
+        )
+        return self._future(body.model_id, ref, "snapshot", rid)
+
+    async def load_weights(self, tenant: str, body: protocol.LoadWeights) -> dict[str, Any]:
+        if body.model_id is None:
+            return await self.create_from_state(tenant, body)
+        ref = self.owned_runtime(tenant, body.model_id)
+        path = artifacts.parse_tinker_path(body.path)
+        self.records.checkpoint(tenant, path)
+        rid = await self.runtimes.submit_op(ref.address, ids.job_name(body.model_id), {
+            "seq_id": body.seq_id, "op": "load_state", "source": artifacts.checkpoint_url(self.store.url, path),
+            "optimizer": body.optimizer,
+        })
+        return self._future(body.model_id, ref, "load", rid)
+
+    # -- sampling -------------------------------------------------------------------------------
+    async def create_sampling_session(self, tenant: str, body: protocol.CreateSamplingSession) -> dict[str, Any]:
+        self.records.session(tenant, ids.check_session_id(body.session_id))
+        if (body.base_model is None) == (body.model_path is None):
+            raise errors.InvalidInput("give exactly one of base_model and model_path", field="model_path")
+        sampler = ids.sampler_id(body.session_id, body.sampling_session_seq_id)
+        record: dict[str, Any] = {"sampler_id": sampler, "tenant": tenant, "session_id": body.session_id,
+                                  "created": self.clock()}
+        if body.model_path is not None:
+            path = artifacts.parse_tinker_path(body.model_path, field="model_path")
+            self.records.checkpoint(tenant, path, field="model_path")
+            run = self.records.run(tenant, path.run_id, field="model_path")
+            record.update(base_model=run["base_model"], model_path=str(path), adapter_id=snapshot_adapter_id(path),
+                          source=artifacts.checkpoint_url(self.store.url, path))
+        else:
+            self._check_model(str(body.base_model))
+            record.update(base_model=body.base_model, adapter_id=None)
+        self.records.put_sampler(record)
+        return {"sampling_session_id": sampler}
+
+    def sampler_view(self, tenant: str, sampler_id: str) -> dict[str, Any]:
+        record = self.records.sampler(tenant, sampler_id)
+        out = {"sampler_id": sampler_id, "base_model": record["base_model"]}
+        if record.get("model_path"):
+            out["model_path"] = record["model_path"]
+        return out
+
+    async def sampler_runtime(self, record: dict[str, Any]) -> RuntimeRef:
+        """Where a sampler samples: its training job's runtime for a live snapshot, else any runtime of its model."""
+        if record.get("job"):
+            ref = self.cp.runtime_for(record["job"])
+            if ref is None or ref.pod != record.get("pod"):
+                raise errors.NotFound(
+                    f"sampler {record['sampler_id']!r} lived on a training run that is gone", field="sampling_session_id"
+                )
+            return ref
+        refs = await self.cp.runtimes_for_model(record["base_model"])
+        if not refs:
+            raise errors.CapacityError(f"no runtime serves {record['base_model']!r} right now")
+        # Sticky: the same sampler lands on the same runtime while the set of runtimes is stable.
+        digest = int(hashlib.sha256(record["sampler_id"].encode()).hexdigest(), 16)
+        return sorted(refs, key=lambda r: r.pod)[digest % len(refs)]
+
+    async def asample(self, tenant: str, body: protocol.Sample) -> dict[str, Any]:
+        for field in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
+            if getattr(body, field):
+                raise errors.InvalidInput(f"{field} > 0 is not supported", field=field)
+        if body.target_prompt_logprobs is not None:
+            raise errors.InvalidInput("target_prompt_logprobs is not supported", field="target_prompt_logprobs")
+        record = self.records.sampler(tenant, body.sampling_session_id)
+        tokens = codecs.prompt_tokens(body.prompt)
+        ref = await self.sampler_runtime(record)
+        request = {
+            "adapter_id": record.get("adapter_id"), "prompt_tokens": tokens, "num_samples": body.num_samples,
+            "sampling_params": body.sampling_params.model_dump(), "prompt_logprobs": body.prompt_logprobs,
+        }
+        if body.prompt_logprobs_last_n is not None:
+            request["prompt_logprobs_last_n"] = body.prompt_logprobs_last_n
+        if record.get("source"):
+            await self._ensure_loaded(ref, record)
+        try:
+            rid = await self.runtimes.submit_sample(ref.address, request)
+        except errors.NotFound:
+            if not record.get("source"):
+                raise
+            self._loaded.discard((ref.address, record["adapter_id"]))  # the runtime restarted: load it again
+            await self._ensure_loaded(ref, record)
+            rid = await self.runtimes.submit_sample(ref.address, request)
+        seq = body.seq_id if body.seq_id is not None else 0
+        owner = ids.owner_key(record["sampler_id"])
+        return {
+            "request_id": ids.FutureRef(owner, ref.pod, "sample", rid).encode(),
+            "sample_sequence_ids": codecs.sequence_ids(record["sampler_id"], seq, body.num_samples),
+        }
+
+    async def _ensure_loaded(self, ref: RuntimeRef, record: dict[str, Any]) -> None:
+        key = (ref.address, record["adapter_id"])
+        if key not in self._loaded:
+            await self.runtimes.load_adapter(ref.address, record["adapter_id"], record["source"])
+            self._loaded.add(key)

@@ -1,0 +1,150 @@
+"""JSON request bodies of the Tinker protocol, as the gateway accepts them.
+
+Callers: the route modules, which declare these as FastAPI body parameters; a body that does not
+fit becomes a 400 naming the field (`errors.validation_error`). Unknown fields are ignored: newer
+SDKs add fields, and the SDK's own models are the strict side. Field meanings are in
+tinker-protocol.md section 3; responses are plain dicts built by the gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+class SdkVersion(_Body):
+    sdk_version: str | None = None
+
+
+class CreateSession(_Body):
+    tags: list[str] = Field(default_factory=list)
+    user_metadata: dict[str, Any] = Field(default_factory=dict)
+    sdk_version: str | None = None
+    project_id: str | None = None
+    display_name: str | None = None
+
+
+class SessionRefBody(_Body):
+    session_id: str
+
+
+class FinishSession(_Body):
+    reason: dict[str, Any] | None = None
+    detail: str | None = None
+
+
+class LoraConfigBody(_Body):
+    rank: int = Field(32, ge=1, le=512)
+    seed: int | None = Field(None, ge=0)
+    train_unembed: bool = True
+    train_mlp: bool = True
+    train_attn: bool = True
+
+
+class OptimizerConfig(_Body):
+    type: str = "adamw"
+
+
+class CreateModel(_Body):
+    session_id: str
+    model_seq_id: int = Field(ge=0)
+    base_model: str = Field(min_length=1)
+    user_metadata: dict[str, Any] | None = None
+    lora_config: LoraConfigBody = Field(default_factory=LoraConfigBody)
+    optimizer_config: OptimizerConfig = Field(default_factory=OptimizerConfig)
+
+
+class ModelRef(_Body):
+    model_id: str
+
+
+class AdamParams(_Body):
+    learning_rate: float = Field(1e-4, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-12, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip_norm: float = Field(0.0, ge=0)
+
+
+class OptimStep(_Body):
+    model_id: str
+    seq_id: int | None = None
+    adam_params: AdamParams | None = None
+    optimizer_params: dict[str, Any] | None = None
+
+
+class SaveWeights(_Body):
+    model_id: str
+    path: str | None = None
+    seq_id: int | None = None
+    ttl_seconds: int | None = Field(None, ge=0)
+    overwrite: bool = False
+    user_metadata: dict[str, str] | None = None
+
+
+class SaveWeightsForSampler(_Body):
+    model_id: str
+    path: str | None = None
+    sampling_session_seq_id: int | None = Field(None, ge=0)
+    kind: Literal["snapshot", "inflight"] = "snapshot"
+    seq_id: int | None = None
+    ttl_seconds: int | None = Field(None, ge=0)
+    user_metadata: dict[str, str] | None = None
+
+
+class LoadWeights(_Body):
+    """Both forms: on an existing model (model_id + seq_id) or creating one (session_id + model_seq_id)."""
+
+    model_id: str | None = None
+    seq_id: int | None = None
+    session_id: str | None = None
+    model_seq_id: int | None = Field(None, ge=0)
+    path: str
+    optimizer: bool = False
+    base_model: str | None = None
+    user_metadata: dict[str, Any] | None = None
+
+
+class CreateSamplingSession(_Body):
+    session_id: str
+    sampling_session_seq_id: int = Field(ge=0)
+    base_model: str | None = None
+    model_path: str | None = None
+
+
+class SamplingParams(_Body):
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+    seed: int | None = None
+    stop: str | list[str] | list[int] | None = None
+    temperature: float = Field(1.0, ge=0)
+    top_k: int = -1
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class Sample(_Body):
+    num_samples: int = Field(1, ge=1, le=256)
+    prompt: dict[str, Any]
+    sampling_params: SamplingParams = Field(default_factory=SamplingParams)
+    sampling_session_id: str
+    seq_id: int | None = None
+    prompt_logprobs: bool = False
+    topk_prompt_logprobs: int = 0
+    topk_sample_logprobs: int = 0
+    prompt_alt_tokens_k: int = 0
+    target_prompt_logprobs: Any = None
+    prompt_logprobs_last_n: int | None = Field(None, ge=0)
+
+
+class RetrieveFuture(_Body):
+    request_id: str
+    allow_metadata_only: bool = False
+
+
+class WeightsInfo(_Body):
+    tinker_path: str

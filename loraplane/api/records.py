@@ -1,0 +1,163 @@
+"""Tenant-checked access to the records the gateway keeps in the artifact store.
+
+Callers: `gateway.Gateway`, `futures`, and the REST routes. Sessions, samplers, training runs and
+checkpoints all live in the store (layout: `loraplane.core.artifacts`), so every gateway replica
+sees the same ones and they survive restarts. Session and sampler records never change owner, so
+they are cached in memory after the first read.
+
+Every lookup takes the caller's tenant: a record of another tenant is reported exactly like a
+missing one (404), so ids cannot be probed across tenants.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loraplane.core import artifacts, errors
+from loraplane.core.artifacts import ArtifactStore, TinkerPath
+
+
+def checkpoint_view(path: TinkerPath, record: dict[str, Any]) -> dict[str, Any]:
+    """checkpoint.json -> Tinker's `Checkpoint`. Pure; called by the REST routes."""
+    out: dict[str, Any] = {
+        "checkpoint_id": path.checkpoint_id,
+        "checkpoint_type": path.checkpoint_type,
+        "time": record.get("time"),
+        "tinker_path": str(path),
+        "public": False,
+    }
+    for key in ("size_bytes", "user_metadata", "expires_at"):
+        if record.get(key) is not None:
+            out[key] = record[key]
+    return out
+
+
+def training_run_view(
+    run: dict[str, Any], *, last_checkpoint: dict[str, Any] | None, last_sampler: dict[str, Any] | None
+) -> dict[str, Any]:
+    """run.json -> Tinker's `TrainingRun`. Pure; called by the REST routes."""
+    out: dict[str, Any] = {
+        "training_run_id": run["training_run_id"],
+        "base_model": run["base_model"],
+        "model_owner": run["tenant"],
+        "is_lora": True,
+        "corrupted": False,
+        "lora_rank": (run.get("lora") or {}).get("rank"),
+        "last_request_time": run.get("last_request_time") or run.get("created"),
+        "user_metadata": {str(k): str(v) for k, v in (run.get("user_metadata") or {}).items()},
+    }
+    if last_checkpoint:
+        out["last_checkpoint"] = last_checkpoint
+    if last_sampler:
+        out["last_sampler_checkpoint"] = last_sampler
+    return out
+
+
+class Records:
+    """Sessions, samplers, runs and checkpoints of one store, seen by one tenant at a time."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+        #: session_id -> record (tenant never changes)
+        self._sessions: dict[str, dict[str, Any]] = {}
+        #: sampler_id -> record
+        self._samplers: dict[str, dict[str, Any]] = {}
+
+    # -- sessions -------------------------------------------------------------------------------
+    def put_session(self, record: dict[str, Any]) -> None:
+        self.store.write_json(artifacts.session_record_url(self.store.url, record["session_id"]), record)
+        self._sessions[record["session_id"]] = record
+
+    def session(self, tenant: str, session_id: str) -> dict[str, Any]:
+        record = self._sessions.get(session_id)
+        if record is None:
+            record = self.store.read_json(artifacts.session_record_url(self.store.url, session_id))
+            if record is not None:
+                self._sessions[session_id] = record
+        if record is None or record.get("tenant") != tenant:
+            raise errors.NotFound(f"unknown session_id {session_id!r}", field="session_id")
+        return record
+
+    def sessions(self, tenant: str) -> list[dict[str, Any]]:
+        found = [r for r in self.store.records("sessions") if r.get("tenant") == tenant]
+        return sorted(found, key=lambda r: r.get("created", ""))
+
+    # -- samplers -------------------------------------------------------------------------------
+    def put_sampler(self, record: dict[str, Any]) -> None:
+        self.store.write_json(artifacts.sampler_record_url(self.store.url, record["sampler_id"]), record)
+        self._samplers[record["sampler_id"]] = record
+
+    def sampler(self, tenant: str, sampler_id: str) -> dict[str, Any]:
+        record = self._samplers.get(sampler_id)
+        if record is None and "/" not in sampler_id:
+            record = self.store.read_json(artifacts.sampler_record_url(self.store.url, sampler_id))
+            if record is not None:
+                self._samplers[sampler_id] = record
+        if record is None or record.get("tenant") != tenant:
+            raise errors.NotFound(f"unknown sampler {sampler_id!r}", field="sampling_session_id")
+        return record
+
+    def samplers_of_session(self, session_id: str) -> list[str]:
+        return sorted(
+            r["sampler_id"] for r in self.store.records("samplers") if r.get("session_id") == session_id
+        )
+
+    # -- runs and checkpoints -------------------------------------------------------------------
+    def put_run(self, record: dict[str, Any]) -> None:
+        self.store.write_json(artifacts.run_record_url(self.store.url, record["training_run_id"]), record)
+
+    def run(self, tenant: str, run_id: str, *, field: str = "training_run_id") -> dict[str, Any]:
+        record = None
+        if artifacts.NAME_PATTERN.match(run_id or ""):
+            record = self.store.read_json(artifacts.run_record_url(self.store.url, run_id))
+        if record is None or record.get("tenant") != tenant:
+            raise errors.NotFound(f"unknown training run {run_id!r}", field=field)
+        return record
+
+    def runs(self, tenant: str) -> list[dict[str, Any]]:
+        out = []
+        for run_id in self.store.run_ids():
+            record = self.store.read_json(artifacts.run_record_url(self.store.url, run_id))
+            if record is not None and record.get("tenant") == tenant:
+                out.append(record)
+        return sorted(out, key=lambda r: (r.get("created", ""), r["training_run_id"]), reverse=True)
+
+    def checkpoint(self, tenant: str, path: TinkerPath, *, field: str = "path") -> dict[str, Any]:
+        """The checkpoint's record, after checking that its run belongs to `tenant`."""
+        self.run(tenant, path.run_id, field=field)
+        record = self.store.read_json(artifacts.checkpoint_record_url(self.store.url, path))
+        if record is None:
+            raise errors.NotFound(f"unknown checkpoint {str(path)!r}", field=field)
+        return record
+
+    def checkpoints(self, tenant: str, run_id: str) -> list[dict[str, Any]]:
+        """Tinker `Checkpoint` views of the run's checkpoints, oldest first."""
+        self.run(tenant, run_id)
+        views = []
+        for path in self.store.checkpoints(run_id):
+            record = self.store.read_json(artifacts.checkpoint_record_url(self.store.url, path))
+            if record is not None:
+                views.append(checkpoint_view(path, record))
+        return sorted(views, key=lambda v: (v.get("time") or "", v["checkpoint_id"]))
+
+    def delete_checkpoint(self, tenant: str, path: TinkerPath) -> None:
+        self.checkpoint(tenant, path)
+        self.store.delete(artifacts.checkpoint_url(self.store.url, path))
+
+    # -- saves in flight ------------------------------------------------------------------------
+    def pending_url(self, path: TinkerPath) -> str:
+        """Where a save's request metadata waits until its result is fetched."""
+        return artifacts.join(artifacts.run_url(self.store.url, path.run_id), "pending", f"{path.segment}.{path.name}.json")
+
+    def finish_save(self, path: TinkerPath, *, now: str, step: int | None, size_bytes: int | None) -> None:
+        """Write checkpoint.json once the runtime has saved the files (idempotent)."""
+        pending = self.store.read_json(self.pending_url(path)) or {}
+        ttl = pending.get("ttl_seconds")
+        record = artifacts.build_checkpoint_record(
+            path=path, now=now, size_bytes=size_bytes, step=step,
+            user_metadata=pending.get("user_metadata"), expires_at=pending.get("expires_at") if ttl else None,
+        )
+        existing = self.store.read_json(artifacts.checkpoint_record_url(self.store.url, path))
+        if existing is None or existing.get("step") != step:
+            self.store.write_json(artifacts.checkpoint_record_url(self.store.url, path), record)
+        self.store.delete(self.pending_url(path))
