@@ -39,6 +39,11 @@ def _immutable(field: str) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": f"{field} is immutable"}]}
 
 
+def adapter_id(namespace: str | None, name: str) -> str:
+    """The runtime adapter id of a job: unique across namespaces, and its training run id."""
+    return f"{namespace or 'default'}.{name}"
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
@@ -206,7 +211,8 @@ class LoRAJobStatus(_Model):
     observed_generation: int | None = None
     progress: Progress = Field(default_factory=Progress)
     latest_checkpoint: Checkpoint | None = None
-    attempts: int = 0
+    attempts: int = Field(0, description="Dispatches and restores used (failed ones and lost runtimes).")
+    next_attempt_time: str | None = Field(None, description="Not retried before this time (backoff).")
     start_time: str | None = None
     completion_time: str | None = None
     message: str | None = None
