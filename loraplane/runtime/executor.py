@@ -1,0 +1,664 @@
+"""The executor: per-adapter queues and the one model thread that runs every engine call.
+
+Callers (the runtime API, declarative training, the benchmark) submit ops from any thread or from
+the asyncio loop and get a `concurrent.futures.Future` back. One thread, the model thread, owns the
+engine: it is the only one that calls into it (apart from `engine.validate`, a read-only check
+run at submit time so that bad input fails at once), so no engine state is ever shared between
+threads and no per-adapter locks exist.
+
+Ordering
+--------
+Each adapter has a `SeqQueue`. Ops carrying the SDK's `seq_id` run in seq order, whatever order
+they arrive in (the SDK sends the chunks of one forward_backward as 2, 3, then 1); a repeated
+`(adapter, seq_id)` returns the first submit's request id. When the next seq never arrives, the
+gap is skipped after `seq_gap_timeout_s` (the SDK skips the seq of a submit that failed for good).
+`expect_seq=None` learns the first seq from the lowest one seen within `reorder_window_s`.
+Ops without a seq run in arrival order.
+
+Scheduling
+----------
+Every turn of the model thread: (1) control calls (create/delete/offload/load adapters), (2) one
+batched `engine.forward_backward` over the ready forward/backward heads of all adapters, bounded by
+`max_batch_tokens`, (3) the ready non-batchable head (optim_step, save, load, snapshot) of each
+adapter, (4) one sampling request. Nothing of one adapter can overtake its own earlier ops, and
+sampling interleaves with training instead of waiting for it to drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from loraplane.core import errors
+from loraplane.core.settings import RuntimeSettings
+from loraplane.runtime import residency
+from loraplane.runtime.metrics import RuntimeMetrics
+
+log = logging.getLogger(__name__)
+
+#: how many finished results stay retrievable by request id
+MAX_RESULTS = 50_000
+
+
+# ---- ops and their per-adapter order ---------------------------------------------------------
+
+#: op kinds that the scheduler gathers into one batched engine.forward_backward
+FORWARD_KINDS = frozenset({"forward_backward", "forward"})
+
+
+@dataclass(frozen=True)
+class OptimStep:
+    """Apply the adapter's AdamW step with `params` (an engine `AdamParams`)."""
+
+    adapter_id: str
+    params: Any
+
+    def apply(self, engine: Any) -> dict[str, float]:
+        return engine.optim_step(self.adapter_id, self.params)
+
+
+@dataclass(frozen=True)
+class SaveState:
+    """Save weights (and optimizer moments) to a store URL; result `{"dest", "step", "size_bytes"}`."""
+
+    adapter_id: str
+    dest: str
+    optimizer: bool = True
+
+    def apply(self, engine: Any) -> dict[str, Any]:
+        size = engine.save_state(self.adapter_id, self.dest, optimizer=self.optimizer)
+        return {"dest": self.dest, "step": engine.adapter_step(self.adapter_id), "size_bytes": size}
+
+
+@dataclass(frozen=True)
+class SaveSampler:
+    """Save the PEFT adapter files only; result `{"dest", "step", "size_bytes"}`."""
+
+    adapter_id: str
+    dest: str
+
+    def apply(self, engine: Any) -> dict[str, Any]:
+        size = engine.save_sampler(self.adapter_id, self.dest)
+        return {"dest": self.dest, "step": engine.adapter_step(self.adapter_id), "size_bytes": size}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Copy the live weights into the read-only sampler adapter `sampler_id`."""
+
+    adapter_id: str
+    sampler_id: str
+
+    def apply(self, engine: Any) -> dict[str, Any]:
+        engine.snapshot(self.adapter_id, self.sampler_id)
+        return {"sampler_id": self.sampler_id}
+
+
+@dataclass(frozen=True)
+class LoadState:
+    """Load a saved state into this (existing) adapter; result `{"source", "step"}`."""
+
+    adapter_id: str
+    source: str
+    optimizer: bool = True
+
+    def apply(self, engine: Any) -> dict[str, Any]:
+        engine.load_state(self.adapter_id, self.source, optimizer=self.optimizer)
+        return {"source": self.source, "step": engine.adapter_step(self.adapter_id)}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A sampling request (adapter None = the base model); result an engine `SampleResult`."""
+
+    adapter_id: str | None
+    prompt: list[int]
+    num_samples: int
+    params: Any
+    prompt_logprobs: bool = False
+
+    def apply(self, engine: Any) -> Any:
+        return engine.sample(self.adapter_id, self.prompt, self.num_samples, self.params,
+                             prompt_logprobs=self.prompt_logprobs)
+
+
+_KINDS: dict[type, str] = {
+    OptimStep: "optim_step", SaveState: "save_state", SaveSampler: "save_sampler",
+    Snapshot: "snapshot", LoadState: "load_state", Sample: "sample",
+}
+
+
+def op_kind(payload: Any) -> str:
+    """The op type of a payload: its metric label and whether it is batched.
+
+    No side effects; called by `Executor.submit`. A forward/backward payload is any object with
+    `forward_only` and `data` (the engine's `FwdBwdWork`).
+    """
+    kind = _KINDS.get(type(payload))
+    if kind is not None:
+        return kind
+    if hasattr(payload, "forward_only") and hasattr(payload, "data"):
+        return "forward" if payload.forward_only else "forward_backward"
+    raise TypeError(f"not an executor op: {type(payload).__name__}")
+
+
+def work_tokens(work: Any) -> int:
+    """Input tokens of a forward/backward work, the unit of `max_batch_tokens`. No side effects."""
+    return sum(len(datum.tokens) for datum in work.data)
+
+
+@dataclass
+class Op:
+    """One accepted request: what to run, and the future its result goes to."""
+
+    request_id: str
+    adapter_id: str | None
+    seq_id: int | None
+    kind: str
+    payload: Any
+    tokens: int = 0
+    future: Future = field(default_factory=Future)
+
+
+class SeqQueue:
+    """One adapter's ops, released in seq_id order; all methods run under the executor's lock.
+
+    `waiting` holds ops whose seq is ahead of `next_seq`; `ready` holds releasable ops in order.
+    """
+
+    def __init__(self, expect_seq: int | None) -> None:
+        self.next_seq: int | None = expect_seq   # the seq released next; None = learn it
+        self.waiting: dict[int, Op] = {}          # seq -> op not releasable yet
+        self.ready: deque[Op] = deque()           # releasable, in order
+        self.seen: dict[int, Op] = {}             # seq -> first op submitted with it (dedup)
+        self.blocked_since: float | None = None   # when the head-of-line gap was first seen
+        self.first_arrival: float | None = None   # first seq'd arrival while next_seq is None
+
+    def __len__(self) -> int:
+        return len(self.waiting) + len(self.ready)
+
+    def duplicate_of(self, seq_id: int | None) -> Op | None:
+        """The op first submitted with this seq, if any (a retry must not run twice)."""
+        return None if seq_id is None else self.seen.get(seq_id)
+
+    def push(self, op: Op, now: float) -> None:
+        """Accept an op: in arrival order without a seq, else held until its turn."""
+        if op.seq_id is None:
+            self.ready.append(op)
+            return
+        self.seen[op.seq_id] = op
+        if len(self.seen) > 4096:
+            for seq in sorted(self.seen)[: len(self.seen) - 4096]:
+                del self.seen[seq]
+        if self.next_seq is not None and op.seq_id < self.next_seq:
+            # its turn was skipped as a gap; running it late beats losing it
+            log.warning("seq %d arrived after its gap was skipped; running it now", op.seq_id)
+            self.ready.append(op)
+            return
+        self.waiting[op.seq_id] = op
+        if self.next_seq is None and self.first_arrival is None:
+            self.first_arrival = now
+        self.promote(now, float("inf"), float("inf"))
+
+    def promote(self, now: float, gap_timeout_s: float, reorder_window_s: float) -> None:
+        """Move every op whose turn has come to `ready`, skipping gaps older than the timeout."""
+        if self.next_seq is None:
+            if not self.waiting or self.first_arrival is None or now - self.first_arrival < reorder_window_s:
+                return
+            self.next_seq = min(self.waiting)
+        while True:
+            while self.next_seq in self.waiting:
+                self.ready.append(self.waiting.pop(self.next_seq))
+                self.next_seq += 1
+            if not self.waiting:
+                self.blocked_since = None
+                return
+            if self.blocked_since is None:
+                self.blocked_since = now
+                return
+            if now - self.blocked_since < gap_timeout_s:
+                return
+            skipped_to = min(self.waiting)
+            log.warning("seq %d..%d never arrived within %.1fs; skipping the gap",
+                        self.next_seq, skipped_to - 1, gap_timeout_s)
+            self.next_seq = skipped_to
+            self.blocked_since = None
+
+    def deadline(self, gap_timeout_s: float, reorder_window_s: float) -> float | None:
+        """When `promote` will next release something on its own (gap skip or learned baseline)."""
+        if self.next_seq is None and self.first_arrival is not None and self.waiting:
+            return self.first_arrival + reorder_window_s
+        if self.waiting and self.blocked_since is not None:
+            return self.blocked_since + gap_timeout_s
+        return None
+
+    def drain(self) -> list[Op]:
+        """Remove and return every queued op (the adapter is going away)."""
+        ops = list(self.ready) + [self.waiting[s] for s in sorted(self.waiting)]
+        self.ready.clear()
+        self.waiting.clear()
+        return ops
+
+
+@dataclass
+class _AdapterState:
+    queue: SeqQueue
+    last_used: float = 0.0        # executor clock, for eviction order
+    last_used_wall: float = field(default_factory=time.time)  # unix time, for AdapterInfo
+
+
+class Executor:
+    """Queues, orders and batches ops of many adapters onto one engine on one thread.
+
+    Args:
+        engine: the `loraplane.runtime.engine.Engine` (or anything with its interface).
+        settings: runtime settings (`seq_gap_timeout_s`, `max_batch_tokens`, budgets, offload target).
+        clock: monotonic seconds; tests pass a fake one and call `wake()` / `run_once()`.
+        metrics: where to report ops and batches (a fresh `RuntimeMetrics` when omitted).
+        start: start the model thread now; tests pass False and drive `run_once()` themselves.
+        reorder_window_s: how long `expect_seq=None` waits to learn the first seq.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        settings: RuntimeSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: RuntimeMetrics | None = None,
+        start: bool = True,
+        reorder_window_s: float = 0.25,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics or RuntimeMetrics()
+        self._clock = clock
+        self._reorder_window_s = reorder_window_s
+        self._cond = threading.Condition()
+        self._adapters: dict[str, _AdapterState] = {}
+        self._control: deque[Op] = deque()
+        self._samples: deque[Op] = deque()
+        self._results: OrderedDict[str, Op] = OrderedDict()
+        self._rotation = 0
+        self._running = 0
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self.metrics.on_scrape(self._refresh_gauges)
+        if start:
+            self.start()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the model thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="loraplane-model", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the model thread after its current call; queued ops fail with ServerError."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._cond:
+            pending = [op for op in self._results.values() if not op.future.done()]
+        for op in pending:
+            _settle(op.future, exc=errors.ServerError("the runtime is shutting down; retry on another runtime"))
+
+    @property
+    def alive(self) -> bool:
+        """True while the model thread runs (or when the caller drives `run_once` itself)."""
+        return not self._stopped and (self._thread is None or self._thread.is_alive())
+
+    def wake(self) -> None:
+        """Make the model thread re-check its queues now (tests call it after moving a fake clock)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    # ---- adapters (control calls run on the model thread) ----------------------------------
+
+    def call(self, fn: Callable[[Any], Any], name: str = "call") -> Future:
+        """Run `fn(engine)` on the model thread between batches; its result or error goes to the future."""
+        op = Op(request_id=_new_id(), adapter_id=None, seq_id=None, kind=name, payload=fn)
+        with self._cond:
+            self._check_open()
+            self._control.append(op)
+            self._cond.notify_all()
+        return op.future
+
+    def create_adapter(self, adapter_id: str, spec: Any, expect_seq: int | None = 1) -> Future:
+        """Create an adapter and its queue; fails with CapacityError when `max_adapters` are held."""
+
+        def create(engine: Any) -> None:
+            if not engine.has_adapter(adapter_id):
+                if residency.free_slots(len(engine.adapter_ids()), self.settings.max_adapters) == 0:
+                    raise errors.CapacityError(
+                        f"this runtime holds its maximum of {self.settings.max_adapters} adapters"
+                    )
+            engine.create_adapter(adapter_id, spec)
+            self._register(adapter_id, expect_seq)
+            self._make_resident({adapter_id})
+
+        return self.call(create, "create_adapter")
+
+    def load_adapter(self, adapter_id: str, source: str, optimizer: bool, expect_seq: int | None) -> Future:
+        """Load a saved state into an adapter, creating it (and its queue) when missing."""
+
+        def load(engine: Any) -> Any:
+            if not engine.has_adapter(adapter_id):
+                if residency.free_slots(len(engine.adapter_ids()), self.settings.max_adapters) == 0:
+                    raise errors.CapacityError(
+                        f"this runtime holds its maximum of {self.settings.max_adapters} adapters"
+                    )
+            spec = engine.load_state(adapter_id, source, optimizer=optimizer)
+            self._register(adapter_id, expect_seq)
+            self._make_resident({adapter_id})
+            return spec
+
+        return self.call(load, "load_adapter")
+
+    def delete_adapter(self, adapter_id: str) -> Future:
+        """Delete an adapter; its queued ops fail with NotFound."""
+
+        def delete(engine: Any) -> None:
+            engine.delete_adapter(adapter_id)
+            with self._cond:
+                state = self._adapters.pop(adapter_id, None)
+            if state is not None:
+                for op in state.queue.drain():
+                    _settle(op.future, exc=errors.NotFound(f"adapter {adapter_id!r} was deleted"))
+
+        return self.call(delete, "delete_adapter")
+
+    def offload_adapter(self, adapter_id: str) -> Future:
+        """Move an adapter's weights and optimizer state off the device."""
+
+        def offload(engine: Any) -> None:
+            if not engine.has_adapter(adapter_id):
+                raise errors.NotFound(f"unknown adapter {adapter_id!r}")
+            if engine.is_resident(adapter_id):
+                engine.offload(adapter_id, to=self.settings.offload_to)
+
+        return self.call(offload, "offload_adapter")
+
+    def adapter_progress(self, adapter_id: str) -> tuple[int | None, float]:
+        """(next seq the adapter waits for, unix time it was last used); for AdapterInfo."""
+        with self._cond:
+            state = self._adapters.get(adapter_id)
+            if state is None:
+                return None, 0.0
+            return state.queue.next_seq, state.last_used_wall
+
+    # ---- ops -------------------------------------------------------------------------------
+
+    def submit(self, adapter_id: str, seq_id: int | None, payload: Any) -> tuple[str, Future]:
+        """Queue one op of an adapter; returns (request id, future).
+
+        `payload` is a `FwdBwdWork` or one of the op dataclasses of `loraplane.runtime.ops`. A
+        repeated `(adapter_id, seq_id)` returns the first submit's request id and future. Raises
+        InvalidInput at once when the engine rejects a forward/backward, NotFound for an unknown adapter.
+        """
+        kind = op_kind(payload)
+        if kind in FORWARD_KINDS:
+            self.engine.validate(payload)
+        with self._cond:
+            self._check_open()
+            state = self._adapters.get(adapter_id)
+            if state is None:
+                raise errors.NotFound(f"unknown adapter {adapter_id!r}", field="adapter_id")
+            existing = state.queue.duplicate_of(seq_id)
+            if existing is not None:
+                return existing.request_id, existing.future
+            op = Op(
+                request_id=_new_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
+                tokens=work_tokens(payload) if kind in FORWARD_KINDS else 0,
+            )
+            state.queue.push(op, self._clock())
+            self._remember(op)
+            self._cond.notify_all()
+        return op.request_id, op.future
+
+    def submit_sample(self, payload: Any) -> tuple[str, Future]:
+        """Queue a sampling request (not seq-ordered); returns (request id, future)."""
+        adapter_id = getattr(payload, "adapter_id", None)
+        with self._cond:
+            self._check_open()
+            if adapter_id is not None and not self.engine.has_adapter(adapter_id):
+                raise errors.NotFound(f"unknown adapter {adapter_id!r}", field="adapter_id")
+            op = Op(request_id=_new_id(), adapter_id=adapter_id, seq_id=None, kind="sample", payload=payload)
+            self._samples.append(op)
+            self._remember(op)
+            self._cond.notify_all()
+        return op.request_id, op.future
+
+    def lookup(self, request_id: str) -> Op:
+        """The op of a request id (its `future` holds the result); NotFound when unknown or expired."""
+        with self._cond:
+            op = self._results.get(request_id)
+        if op is None:
+            raise errors.NotFound(f"unknown or expired request id {request_id!r}", field="request_id")
+        return op
+
+    def queue_depth(self) -> int:
+        """Ops accepted and not finished yet (queued, waiting for a seq, or running)."""
+        with self._cond:
+            queued = sum(len(s.queue) for s in self._adapters.values())
+            return queued + len(self._samples) + len(self._control) + self._running
+
+    # ---- the model thread ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and not self._has_work():
+                    self._cond.wait(timeout=self._wait_timeout())
+                if self._stopped:
+                    return
+            try:
+                self.run_once()
+            except Exception:  # a bug here must not kill the thread that serves everyone
+                log.exception("executor turn failed")
+
+    def run_once(self) -> int:
+        """Run one scheduling turn on the calling thread; returns the number of ops finished.
+
+        The model thread calls it in a loop; tests with `start=False` call it directly.
+        """
+        with self._cond:
+            now = self._clock()
+            control = list(self._control)
+            self._control.clear()
+            for state in self._adapters.values():
+                state.queue.promote(now, self.settings.seq_gap_timeout_s, self._reorder_window_s)
+            batch = self._take_batch()
+            singles = self._take_singles()
+            sample = self._samples.popleft() if self._samples else None
+            self._running = len(control) + len(batch) + len(singles) + (sample is not None)
+        try:
+            for op in control:
+                self._run_single(op, lambda fn: fn(self.engine))
+            if batch:
+                self._run_batch(batch)
+            for op in singles:
+                self._run_single(op, self._apply_single)
+            if sample is not None:
+                self._run_single(sample, self._apply_single)
+        finally:
+            with self._cond:
+                finished, self._running = self._running, 0
+        return finished
+
+    def _has_work(self) -> bool:
+        if self._control or self._samples:
+            return True
+        now = self._clock()
+        for state in self._adapters.values():
+            state.queue.promote(now, self.settings.seq_gap_timeout_s, self._reorder_window_s)
+            if state.queue.ready:
+                return True
+        return False
+
+    def _wait_timeout(self) -> float:
+        deadline = min(
+            (d for s in self._adapters.values()
+             if (d := s.queue.deadline(self.settings.seq_gap_timeout_s, self._reorder_window_s)) is not None),
+            default=None,
+        )
+        if deadline is None:
+            return 1.0
+        return max(0.001, min(1.0, deadline - self._clock()))
+
+    def _ordered_states(self) -> list[tuple[str, _AdapterState]]:
+        """Adapters in a rotating order, so no adapter always goes first in a full batch."""
+        items = list(self._adapters.items())
+        if not items:
+            return items
+        start = self._rotation % len(items)
+        self._rotation += 1
+        return items[start:] + items[:start]
+
+    def _take_batch(self) -> list[Op]:
+        budget = self.settings.max_batch_tokens
+        batch: list[Op] = []
+        tokens = 0
+        for _adapter_id, state in self._ordered_states():
+            ready = state.queue.ready
+            while ready and ready[0].kind in FORWARD_KINDS:
+                if batch and tokens + ready[0].tokens > budget:
+                    return batch
+                op = ready.popleft()
+                batch.append(op)
+                tokens += op.tokens
+        return batch
+
+    def _take_singles(self) -> list[Op]:
+        singles = []
+        for state in self._adapters.values():
+            ready = state.queue.ready
+            if ready and ready[0].kind not in FORWARD_KINDS:
+                singles.append(ready.popleft())
+        return singles
+
+    def _run_batch(self, batch: list[Op]) -> None:
+        adapters = {op.adapter_id for op in batch}
+        try:
+            self._make_resident(adapters)
+        except Exception as exc:
+            for op in batch:
+                self._finish(op, exc=exc)
+            return
+        started = time.perf_counter()
+        try:
+            results = self.engine.forward_backward([op.payload for op in batch])
+        except Exception as exc:
+            if len(batch) > 1:
+                # isolate the culprit: one work at a time, so only its own future fails
+                log.warning("batched forward_backward failed (%r); retrying its %d requests one by one",
+                            exc, len(batch))
+                for op in batch:
+                    self._run_batch([op])
+                return
+            results = [exc]
+        seconds = time.perf_counter() - started
+        self.metrics.batch_ran(len(batch), len(adapters), sum(op.tokens for op in batch), seconds)
+        for op, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                self._finish(op, exc=result)
+            else:
+                self._finish(op, result=result, seconds=seconds)
+
+    def _run_single(self, op: Op, apply: Callable[[Any], Any]) -> None:
+        started = time.perf_counter()
+        try:
+            if op.adapter_id is not None:
+                self._make_resident({op.adapter_id})
+            result = apply(op.payload)
+        except Exception as exc:
+            self._finish(op, exc=exc)
+        else:
+            self._finish(op, result=result, seconds=time.perf_counter() - started)
+
+    def _apply_single(self, payload: Any) -> Any:
+        return payload.apply(self.engine)
+
+    def _finish(self, op: Op, *, result: Any = None, exc: BaseException | None = None,
+                seconds: float | None = None) -> None:
+        if exc is not None:
+            outcome = "user_error" if isinstance(exc, errors.UserError) else "server_error"
+            if not isinstance(exc, errors.LoraplaneError):
+                log.error("%s of %s failed: %r", op.kind, op.adapter_id, exc, exc_info=exc)
+            self.metrics.op_finished(op.kind, outcome)
+            _settle(op.future, exc=exc)
+        else:
+            self.metrics.op_finished(op.kind, "ok", seconds)
+            _settle(op.future, result=result)
+
+    def _make_resident(self, needed: set[Any]) -> None:
+        """Bring `needed` adapters onto the device, offloading LRU idle ones beyond the budget."""
+        needed = {a for a in needed if a is not None}
+        now, wall = self._clock(), time.time()
+        with self._cond:
+            for a in needed:
+                if a in self._adapters:
+                    self._adapters[a].last_used = now
+                    self._adapters[a].last_used_wall = wall
+            last_used = {a: s.last_used for a, s in self._adapters.items()}
+            busy = {a for a, s in self._adapters.items() if len(s.queue)}
+        resident = {a: last_used.get(a, 0.0) for a in self.engine.adapter_ids() if self.engine.is_resident(a)}
+        for adapter_id in residency.choose_evictions(resident, needed, busy, self.settings.max_resident_adapters):
+            self.engine.offload(adapter_id, to=self.settings.offload_to)
+        for adapter_id in needed:
+            if not self.engine.is_resident(adapter_id):
+                self.engine.ensure_resident(adapter_id)
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _register(self, adapter_id: str, expect_seq: int | None) -> None:
+        with self._cond:
+            if adapter_id not in self._adapters:
+                self._adapters[adapter_id] = _AdapterState(queue=SeqQueue(expect_seq), last_used=self._clock())
+
+    def _remember(self, op: Op) -> None:
+        self._results[op.request_id] = op
+        while len(self._results) > MAX_RESULTS:
+            oldest_id, oldest = next(iter(self._results.items()))
+            if not oldest.future.done():
+                break
+            del self._results[oldest_id]
+
+    def _check_open(self) -> None:
+        if self._stopped:
+            raise errors.ServerError("the runtime is shutting down; retry on another runtime")
+
+    def _refresh_gauges(self, metrics: RuntimeMetrics) -> None:
+        metrics.queue_depth.set(self.queue_depth())
+        ids = list(self.engine.adapter_ids())
+        resident = sum(1 for a in ids if self.engine.is_resident(a))
+        metrics.adapters.labels(state="resident").set(resident)
+        metrics.adapters.labels(state="offloaded").set(len(ids) - resident)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _settle(future: Future, *, result: Any = None, exc: BaseException | None = None) -> None:
+    """Complete a future unless a caller already cancelled it."""
+    if future.done():
+        return
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except Exception:  # cancelled between the check and the set
+        pass
