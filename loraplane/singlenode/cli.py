@@ -1,0 +1,118 @@
+"""`loraplane serve`: the Tinker API on one machine, no Kubernetes.
+
+Every flag has an environment variable (flags win): LORAPLANE_MODELS="N=P,N2=P2",
+LORAPLANE_STORE__URL, LORAPLANE_GATEWAY__API_KEYS, LORAPLANE_GATEWAY__API_KEYS_FILE,
+LORAPLANE_GATEWAY__HOST / __PORT, LORAPLANE_RUNTIME__DEVICE / __DTYPE / __THREADS.
+When the server listens it logs one line, "loraplane serving at http://HOST:PORT" (with the real
+port when --port 0 asked for a free one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from loraplane.api.auth import load_keys, split_inline
+from loraplane.core import artifacts, errors
+from loraplane.core.settings import Settings
+
+log = logging.getLogger("loraplane")
+
+NO_KEY_MESSAGE = (
+    "loraplane serve: no API key configured. Pass --api-key TENANT=tml-..., --api-keys-file FILE, "
+    "or set LORAPLANE_GATEWAY__API_KEYS=tenant=tml-... (keys must start with 'tml-')."
+)
+
+
+def parse_models(entries: list[str]) -> dict[str, str]:
+    """`NAME=PATH` entries -> {name: path}. Pure; called by `run`. Raises ValueError naming the entry."""
+    models: dict[str, str] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"--model expects NAME=PATH, got {entry!r}")
+        models[name.strip()] = path.strip()
+    return models
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (LORAPLANE_GATEWAY__HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (LORAPLANE_GATEWAY__PORT, default 8000; 0 = any free port)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                        help="serve the local model at PATH as base_model NAME (repeatable; LORAPLANE_MODELS)")
+    parser.add_argument("--store", help="artifact store URL (LORAPLANE_STORE__URL; default under the data dir)")
+    parser.add_argument("--api-key", action="append", default=[], metavar="TENANT=KEY",
+                        help="accept KEY for TENANT (repeatable; LORAPLANE_GATEWAY__API_KEYS)")
+    parser.add_argument("--api-keys-file", help="file of tenant=key lines (LORAPLANE_GATEWAY__API_KEYS_FILE)")
+    parser.add_argument("--device", help="runtime device: auto, cpu, cuda, cuda:1 (LORAPLANE_RUNTIME__DEVICE)")
+    parser.add_argument("--dtype", help="auto, float32, bfloat16, float16 (LORAPLANE_RUNTIME__DTYPE)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads, 0 = default (LORAPLANE_RUNTIME__THREADS)")
+    parser.add_argument("--log-level", help="debug, info, warning (LORAPLANE_LOG_LEVEL)")
+
+
+def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Any:
+    """Flags over environment over defaults -> a `ServeConfig`. Raises ValueError/InvalidInput on bad input."""
+    from loraplane.singlenode.server import ServeConfig
+
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    gateway = settings.gateway.model_copy(update={
+        "control_plane": "single-node",
+        "host": args.host or env.get("LORAPLANE_GATEWAY__HOST") or "127.0.0.1",
+        "port": args.port if args.port is not None else settings.gateway.port,
+    })
+    runtime = settings.runtime.model_copy(update={
+        k: v for k, v in {"device": args.device, "dtype": args.dtype, "threads": args.threads}.items() if v is not None
+    })
+    models = parse_models(args.model or split_inline(env.get("LORAPLANE_MODELS")))
+    inline = list(args.api_key) or split_inline(gateway.api_keys)
+    files = [f for f in [args.api_keys_file or gateway.api_keys_file] if f]
+    keys = load_keys(inline=inline, files=files)
+    return ServeConfig(models=models, keys=keys, store_url=args.store or settings.store.url or artifacts.default_store_url(),
+                       gateway=gateway, runtime=runtime)
+
+
+def run(args: argparse.Namespace) -> int:
+    level = (args.log_level or Settings().log_level).upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr, format="%(message)s")
+    try:
+        config = config_from(args)
+    except (ValueError, errors.LoraplaneError) as exc:
+        print(f"loraplane serve: {exc}", file=sys.stderr)
+        return 2
+    if not config.models:
+        print("loraplane serve: no model to serve. Pass --model NAME=PATH or set LORAPLANE_MODELS=NAME=PATH.",
+              file=sys.stderr)
+        return 2
+    if len(config.keys) == 0:
+        print(NO_KEY_MESSAGE, file=sys.stderr)
+        return 2
+    for name, path in config.models.items():
+        if not os.path.isdir(path):
+            print(f"loraplane serve: model {name!r}: {path!r} is not a local directory", file=sys.stderr)
+            return 2
+    serve(config)
+    return 0
+
+
+def serve(config: Any) -> None:
+    """Run the server until interrupted, logging the one ready line once the socket listens."""
+    import uvicorn
+
+    from loraplane.singlenode.server import build_app
+
+    app = build_app(config)
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and self.servers:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                log.info("loraplane serving at http://%s:%s", host, port)
+
+    uv_config = uvicorn.Config(app, host=config.gateway.host, port=config.gateway.port, log_level="warning",
+                               access_log=False, timeout_keep_alive=75)
+    _Server(uv_config).run()

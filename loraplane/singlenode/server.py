@@ -1,0 +1,108 @@
+"""Single-node wiring: the gateway, one runtime per served base model, the embedded control plane.
+
+Callers: `singlenode.cli` (`loraplane serve`), the demo, and the acceptance tests.
+
+Design notes
+============
+The runtimes' ASGI apps are mounted in process: the gateway and the control plane reach them
+through `RuntimeTransport`, an httpx transport that routes `http://<runtime name>/...` to the
+runtime's app. No extra socket is opened, nothing else on the machine can reach the runtime's
+internal API (it has no authentication of its own), and a per-step call costs a function call
+instead of a loopback round trip. The runtimes' lifespans (model loading, the model thread) run
+inside the gateway's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from loraplane.api.app import create_app
+from loraplane.api.auth import KeyTable
+from loraplane.api.dataplane import Runtimes
+from loraplane.api.gateway import Gateway
+from loraplane.core import artifacts
+from loraplane.core.settings import GatewaySettings, RuntimeSettings
+from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntime
+
+
+class RuntimeTransport(httpx.AsyncBaseTransport):
+    """Routes requests by host name to in-process ASGI apps."""
+
+    def __init__(self, apps: dict[str, Any]) -> None:
+        self._routes = {host: httpx.ASGITransport(app=app) for host, app in apps.items()}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        route = self._routes.get(request.url.host)
+        if route is None:
+            raise httpx.ConnectError(f"no in-process runtime named {request.url.host!r}", request=request)
+        return await route.handle_async_request(request)
+
+
+@dataclass
+class ServeConfig:
+    """What `loraplane serve` was asked to run."""
+
+    #: base model name (what clients pass) -> local model directory
+    models: dict[str, str]
+    keys: KeyTable
+    store_url: str = field(default_factory=artifacts.default_store_url)
+    gateway: GatewaySettings = field(default_factory=lambda: GatewaySettings(control_plane="single-node"))
+    #: template for every runtime (device, dtype, threads, budgets); base_model/model_path are filled in
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+
+def runtime_name(index: int) -> str:
+    """Host name of the index-th in-process runtime (DNS-safe, no dots: it is also the futures' pod)."""
+    return f"runtime-{index}"
+
+
+def default_runtime_app(settings: RuntimeSettings) -> Any:
+    """The runtime's own ASGI app (imported here: only single-node wiring may import the runtime)."""
+    from loraplane.runtime.api import create_app as create_runtime_app
+
+    return create_runtime_app(settings)
+
+
+def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], Any] = default_runtime_app) -> FastAPI:
+    """The whole single-node server as one ASGI app; runtimes start and stop with its lifespan."""
+    if not config.models:
+        raise ValueError("no model to serve: pass --model NAME=PATH (or LORAPLANE_MODELS)")
+    store = artifacts.ArtifactStore(config.store_url)
+    served, apps = [], {}
+    for i, (name, path) in enumerate(config.models.items()):
+        host = runtime_name(i)
+        settings = config.runtime.model_copy(update={"base_model": name, "model_path": path})
+        apps[host] = runtime_app(settings)
+        served.append(ServedRuntime(pod=host, address=f"http://{host}", base_model=name))
+    transport = RuntimeTransport(apps)
+    control_plane = EmbeddedControlPlane(store, served, transport=transport)
+    control_plane.load()
+    gateway = Gateway(
+        control_plane=control_plane,
+        runtimes=Runtimes(transport, timeout_s=config.gateway.long_poll_s + 60),
+        store=store,
+        models=list(config.models),
+        long_poll_s=config.gateway.long_poll_s,
+        max_request_bytes=config.gateway.max_request_bytes,
+    )
+    app = create_app(gateway, config.keys)
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for runtime in apps.values():
+                router = getattr(runtime, "router", None)
+                if router is not None and getattr(router, "lifespan_context", None) is not None:
+                    await stack.enter_async_context(router.lifespan_context(runtime))
+            async with inner(a):
+                yield
+
+    app.router.lifespan_context = lifespan
+    return app
