@@ -1,0 +1,75 @@
+"""Unmodified Kopf runs against the emulator: logs in by kubeconfig, discovers, watches, patches status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from tests.kube.emulator import KubeEmulator
+from tests.kube.emulator.samples import GROUP, WIDGET_CRD, widget
+
+
+def _wait_for(predicate: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _operator_thread(registry: kopf.OperatorRegistry, stop: threading.Event, ready: threading.Event) -> threading.Thread:
+    settings = kopf.OperatorSettings()
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 5
+    settings.networking.request_timeout = 5
+
+    def target() -> None:
+        asyncio.run(kopf.operator(registry=registry, settings=settings, standalone=True, namespaces=["default"],
+                                  stop_flag=stop, ready_flag=ready))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_kopf_operator_reacts_to_a_created_resource_and_patches_its_status(
+    kube_emulator: KubeEmulator, kubeconfig_path: Path,
+) -> None:
+    kube_emulator.create(WIDGET_CRD)
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.create(GROUP, "v1", "widgets", id="widget_created", registry=registry)
+    def widget_created(spec: kopf.Spec, **_: Any) -> dict[str, Any]:
+        return {"doubled": spec["size"] * 2}
+
+    stop, ready = threading.Event(), threading.Event()
+    thread = _operator_thread(registry, stop, ready)
+    try:
+        assert ready.wait(10)
+        kube_emulator.create(widget("first", size=4))
+
+        def handled() -> dict[str, Any] | None:
+            obj = kube_emulator.get(f"{GROUP}/v1", "Widget", "first", "default")
+            return obj if obj and (obj.get("status") or {}).get("widget_created") else None
+
+        obj = _wait_for(handled)
+        assert obj["status"]["widget_created"] == {"doubled": 8}
+        assert obj["metadata"]["generation"] == 1  # status and annotation writes never bump it
+        assert kube_emulator.request_count("watch", "/widgets$") >= 1
+        assert kube_emulator.request_count("patch", "/widgets/first") >= 1
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
