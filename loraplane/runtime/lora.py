@@ -1,0 +1,171 @@
+"""Multi-adapter LoRA layers: one frozen base `nn.Linear`, many adapters, rows routed per forward.
+
+Callers: `loraplane.runtime.engine.Engine` wraps the base model's target linears once at load
+(`wrap_linears`), then sets a `Routing` on the shared `LoraRouter` around every forward pass.
+`loraplane.runtime.checkpoints` reads and writes the per-adapter tensors by PEFT's key names.
+
+## Why our own layers
+Switching a shared PEFT model's active adapter (`set_adapter`) serialises adapters and, when done
+from several threads, trains the wrong weights. Here every adapter's weights sit side by side in the
+same layer and each forward pass carries a routing table: rows `[start, end)` of the batch use
+adapter `a`. The base matmul runs once for the whole batch; each adapter's low-rank update runs on
+its own contiguous slice of rows, so the per-layer cost is one Python iteration per adapter present
+in the batch, never per row.
+
+## State
+Per-adapter state lives in dicts keyed by adapter id, named in `ADAPTER_TENSORS` (trainable
+tensors) and `ADAPTER_SCALARS` (plain numbers), so that delete, copy and offload stay generic.
+The tensors are `nn.Parameter`s held in plain dicts, not registered submodules: the base model's
+`state_dict()` and `parameters()` stay exactly those of the base model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: Names of the per-adapter tensor dicts of a `MultiLoraLinear` (PEFT's names for the same weights).
+ADAPTER_TENSORS: tuple[str, ...] = ("lora_A", "lora_B")
+#: Names of the per-adapter scalar dicts of a `MultiLoraLinear`.
+ADAPTER_SCALARS: tuple[str, ...] = ("scaling",)
+
+#: Module-name suffixes of each Tinker `train_*` switch (Llama/Qwen/Mistral naming).
+ATTN_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+UNEMBED_MODULES: tuple[str, ...] = ("lm_head",)
+ALL_TARGETS: tuple[str, ...] = ATTN_MODULES + MLP_MODULES + UNEMBED_MODULES
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Rows `[start, end)` of the batch dimension use adapter `adapter_id` (None: base model only)."""
+
+    adapter_id: str | None
+    start: int
+    end: int
+
+
+class LoraRouter:
+    """The routing table shared by every `MultiLoraLinear` of one model.
+
+    The engine sets it around a forward pass with `route()`; outside one, no LoRA update applies.
+    """
+
+    def __init__(self) -> None:
+        #: Segments of the forward pass now running; empty outside a pass.
+        self.segments: tuple[Segment, ...] = ()
+
+    @contextlib.contextmanager
+    def route(self, segments: list[Segment] | tuple[Segment, ...]) -> Iterator[None]:
+        previous = self.segments
+        self.segments = tuple(s for s in segments if s.adapter_id is not None and s.end > s.start)
+        try:
+            yield
+        finally:
+            self.segments = previous
+
+
+class MultiLoraLinear(nn.Module):
+    """A frozen `nn.Linear` plus any number of LoRA adapters, each applied to its own rows.
+
+    `forward(x)` returns `base(x) + scale_a * (x_rows @ A_a^T) @ B_a^T` for the rows of each adapter
+    `a` named in the router's segments, and `base(x)` for every other row.
+    """
+
+    def __init__(self, base: nn.Linear, router: LoraRouter) -> None:
+        super().__init__()
+        self.base_layer = base
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self._router = router
+        #: adapter id -> A, shape (rank, in_features), fp32 trainable.
+        self.lora_A: dict[str, nn.Parameter] = {}
+        #: adapter id -> B, shape (out_features, rank), fp32 trainable.
+        self.lora_B: dict[str, nn.Parameter] = {}
+        #: adapter id -> alpha / rank.
+        self.scaling: dict[str, float] = {}
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight, for code that inspects `module.weight` (e.g. tied-embedding checks)."""
+        return self.base_layer.weight
+
+    def add_adapter(self, adapter_id: str, rank: int, alpha: float, generator: torch.Generator) -> None:
+        """Create adapter weights initialised as PEFT does: A kaiming-uniform(a=sqrt(5)), B zeros."""
+        a = torch.empty(rank, self.in_features, dtype=torch.float32)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+        device = self.base_layer.weight.device
+        self.lora_A[adapter_id] = nn.Parameter(a.to(device))
+        self.lora_B[adapter_id] = nn.Parameter(torch.zeros(self.out_features, rank, device=device))
+        self.scaling[adapter_id] = alpha / rank
+
+    def remove_adapter(self, adapter_id: str) -> None:
+        for name in ADAPTER_TENSORS + ADAPTER_SCALARS:
+            getattr(self, name).pop(adapter_id, None)
+
+    def has_adapter(self, adapter_id: str) -> bool:
+        return adapter_id in self.lora_A
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        segments = self._router.segments
+        if not segments:
+            return out
+        lora_a, lora_b, scaling = self.lora_A, self.lora_B, self.scaling
+        for seg in segments:
+            a = lora_a.get(seg.adapter_id)  # type: ignore[arg-type]
+            if a is None:
+                continue
+            b = lora_b[seg.adapter_id]  # type: ignore[index]
+            rows = x[seg.start : seg.end]
+            if rows.dtype != a.dtype:
+                rows = rows.to(a.dtype)
+            delta = (rows @ a.t()) @ b.t()
+            delta = delta * scaling[seg.adapter_id]  # type: ignore[index]
+            # In place on the base output: F.linear does not save its output for backward.
+            out[seg.start : seg.end] += delta.to(out.dtype)
+        return out
+
+
+def target_suffixes(train_attn: bool, train_mlp: bool, train_unembed: bool) -> tuple[str, ...]:
+    """Module-name suffixes an adapter trains, in Tinker's switch order.
+
+    Pure; called by the engine when it creates an adapter and by checkpoints for the PEFT config.
+    """
+    out: tuple[str, ...] = ()
+    if train_attn:
+        out += ATTN_MODULES
+    if train_mlp:
+        out += MLP_MODULES
+    if train_unembed:
+        out += UNEMBED_MODULES
+    return out
+
+
+def wrap_linears(model: nn.Module, router: LoraRouter) -> dict[str, MultiLoraLinear]:
+    """Replace every `nn.Linear` whose name ends in one of `ALL_TARGETS` by a `MultiLoraLinear`.
+
+    Called once by the engine after loading the base model. Returns the wrapped layers by their
+    module name in the base model (`model.layers.0.self_attn.q_proj`, `lm_head`), sorted, which is
+    also the order adapter weights are initialised in.
+    """
+    wrapped: dict[str, MultiLoraLinear] = {}
+    for name, module in list(model.named_modules()):
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf not in ALL_TARGETS or not isinstance(module, nn.Linear):
+            continue
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        layer = MultiLoraLinear(module, router)
+        setattr(parent, leaf, layer)
+        wrapped[name] = layer
+    return dict(sorted(wrapped.items()))
+
+
+def layers_for(layers: dict[str, MultiLoraLinear], suffixes: tuple[str, ...]) -> dict[str, MultiLoraLinear]:
+    """The wrapped layers whose module name ends in one of `suffixes`. Pure; called by the engine."""
+    return {name: layer for name, layer in layers.items() if name.rsplit(".", 1)[-1] in suffixes}
