@@ -1,0 +1,410 @@
+"""One LoRAJob's reconcile loop: read the job, ask `core.phases`, act on the runtime, write status.
+
+Callers: `handlers.lorajob_daemon` runs `JobLoop.run` for every job; `handlers.lorajob_deleted`
+calls `unload`. The decisions are in `loraplane.core.phases` and `loraplane.core.scheduling`;
+this module does the I/O they ask for and nothing else.
+
+Design notes
+============
+Idempotence. Before creating or loading an adapter the loop asks the runtime whether it already
+holds it, and before starting a run whether one is going, so that an operator restarted between
+a dispatch and its status write dispatches nothing twice. The placement is written (phase
+Scheduled, status.runtime) *before* the dispatch, so that a restarted operator goes back to the
+same pod (placement is sticky) instead of leaving an orphan adapter on another.
+
+Freshness. Status is written with a merge patch and the loop goes on from the stored object
+the API returns, until the watch (Kopf's live body) shows a newer version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pydantic
+
+from loraplane.core import artifacts, phases, scheduling
+from loraplane.core.models.v1alpha1.lorajob import (
+    Checkpoint,
+    LoRAJob,
+    LoRAJobStatus,
+    Phase,
+    Progress,
+    RuntimeRef,
+)
+from loraplane.core.models.v1alpha1.lorajob import adapter_id as make_adapter_id
+from loraplane.core.phases import Action
+from loraplane.core.settings import OperatorSettings
+from loraplane.operator import kubeapi, metrics
+from loraplane.operator.runtime_calls import RuntimeCalls, RuntimeRejected, RuntimeUnreachable
+from loraplane.operator.runtimes import RuntimePool
+
+log = logging.getLogger(__name__)
+
+#: post_event(body, type, reason, message): Kopf's `kopf.event` in production.
+PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
+
+
+@dataclass
+class OperatorContext:
+    """What every job loop shares."""
+
+    settings: OperatorSettings
+    store_url: str
+    pool: RuntimePool
+    runtime: RuntimeCalls
+    jobs: kubeapi.LoRAJobs
+    post_event: PostEvent
+    clock: Callable[[], datetime]  #: aware wall-clock time
+    phase_counts: metrics.PhaseCounts = field(default_factory=metrics.PhaseCounts)
+    wakers: dict[str, asyncio.Event] = field(default_factory=dict)  #: job uid -> wake-up event
+
+    def waker(self, uid: str) -> asyncio.Event:
+        return self.wakers.setdefault(uid, asyncio.Event())
+
+    def wake_all(self) -> None:
+        for event in self.wakers.values():
+            event.set()
+
+
+def checkpoint_source_url(store: str, path: str) -> str:
+    """A checkpoint path as the runtime loads it: tinker:// mapped into the store. Pure."""
+    if path.startswith(artifacts.TINKER_SCHEME):
+        return artifacts.checkpoint_url(store, artifacts.parse_tinker_path(path, field="resumeFrom.path"))
+    return path
+
+
+def checkpoint_path(store: str, url: str) -> str:
+    """A store URL as status shows it: tinker:// when it is a run's checkpoint. Pure."""
+    tinker = artifacts.tinker_path_for_url(store, url)
+    return str(tinker) if tinker is not None else url
+
+
+def run_id(job: LoRAJob) -> str:
+    """The training run whose folder holds the job's checkpoints. Pure."""
+    if job.spec.session is not None:
+        return job.spec.session.model_id
+    return make_adapter_id(job.metadata.namespace, job.metadata.name)
+
+
+def train_request(job: LoRAJob, store: str, start_step: int) -> dict[str, Any]:
+    """The body of POST /v1/adapters/{id}/train for a declarative job. Pure."""
+    spec = job.spec.training
+    assert spec is not None
+    run = run_id(job)
+    body: dict[str, Any] = {
+        "dataset": spec.dataset,
+        "format": spec.format,
+        "batch_size": spec.batch_size,
+        "learning_rate": spec.learning_rate,
+        "max_seq_len": spec.max_seq_len,
+        "checkpoint_every": spec.checkpoint_every,
+        "checkpoint_prefix": artifacts.join(artifacts.run_url(store, run), "weights"),
+        "output": artifacts.checkpoint_url(store, artifacts.TinkerPath(run, "weights", spec.output_name)),
+        "start_step": start_step,
+    }
+    if spec.steps is not None:
+        body["steps"] = spec.steps
+    if spec.epochs is not None:
+        body["epochs"] = spec.epochs
+    return body
+
+
+class JobLoop:
+    """The reconcile loop of one job; state is only what bounds writes and tracks freshness."""
+
+    def __init__(self, ctx: OperatorContext, body: Mapping[str, Any]) -> None:
+        self.ctx = ctx
+        self.body = body  #: Kopf's live view of the object
+        self.written: LoRAJob | None = None  #: the object our last write returned
+        self.written_over: str | None = None  #: the resourceVersion the live body had before it
+        self.last_progress_write: float | None = None  #: monotonic time of the last progress write
+
+    @property
+    def key(self) -> str:
+        meta = self.body.get("metadata", {})
+        return f"{meta.get('namespace')}/{meta.get('name')}"
+
+    def current(self) -> LoRAJob:
+        live_rv = self.body.get("metadata", {}).get("resourceVersion")
+        if self.written is not None and live_rv == self.written_over:
+            return self.written
+        self.written = None
+        return LoRAJob.from_body(dict(self.body))
+
+    async def run(self, stopped: Any, uid: str) -> None:
+        waker = self.ctx.waker(uid)
+        try:
+            while not stopped:
+                waker.clear()
+                try:
+                    delay = await self.step()
+                except kubeapi.Gone:
+                    return
+                except kubeapi.Retry as exc:
+                    log.info("%s: %s; retrying in %ss", self.key, exc, exc.delay)
+                    delay = exc.delay
+                except pydantic.ValidationError as exc:
+                    await self._reject(exc)
+                    delay = None
+                if stopped:
+                    break
+                try:
+                    await asyncio.wait_for(waker.wait(), delay if delay is not None else 3600.0)
+                except TimeoutError:
+                    pass
+        finally:
+            self.ctx.wakers.pop(uid, None)
+
+    async def step(self) -> float | None:
+        """One pass; returns seconds until the next one (None: on the next change)."""
+        job = self.current()
+        now = self.ctx.clock()
+        pod = job.status.runtime.pod if job.status.runtime else None
+        decision = phases.decide(job, runtime_ready=bool(pod and self.ctx.pool.is_ready(pod)), now=now)
+        self.ctx.phase_counts.set(self.key, job.status.phase)
+        poll = self.ctx.settings.health_interval_s
+        if decision.action == Action.WAIT:
+            return decision.delay
+        if decision.action == Action.SCHEDULE:
+            return await self.schedule(job, now)
+        if decision.action == Action.FOLLOW:
+            return await self.follow(job, now)
+        if decision.action == Action.RESTORE:
+            await self.restore(job, now)
+            return 0.0
+        if decision.action == Action.SUSPEND:
+            await self.suspend(job, now)
+            return None
+        if decision.action == Action.RESUME:
+            await self.write(job, phases.resumed(job.status), "Resumed", decision.message)
+            return 0.0
+        if decision.action == Action.FAIL:
+            await self.unload(job)
+            new = phases.finished(job.status, Phase.FAILED, decision.reason, decision.message, now)
+            await self.write(job, new, decision.reason, decision.message, warning=True)
+            return None
+        if decision.action == Action.DELETE:
+            log.info("%s: %s; deleting", self.key, decision.message)
+            await self.ctx.jobs.delete(job.metadata.namespace or "default", job.metadata.name)
+            return None
+        return poll
+
+    async def write(
+        self, job: LoRAJob, new: LoRAJobStatus, reason: str, message: str, *, warning: bool = False
+    ) -> LoRAJob:
+        """Patch status when it changed; post an Event on every phase transition."""
+        patch = phases.status_patch(job.status, new)
+        if not patch:
+            return job
+        stored = await self.ctx.jobs.patch_status(
+            job.metadata.namespace or "default", job.metadata.name, patch
+        )
+        self.written_over = self.body.get("metadata", {}).get("resourceVersion")
+        self.written = LoRAJob.from_body(stored)
+        self.ctx.phase_counts.set(self.key, self.written.status.phase)
+        if job.status.phase != new.phase:
+            log.info("%s: %s -> %s (%s: %s)", self.key, job.status.phase, new.phase, reason, message)
+            self.ctx.post_event(
+                stored, "Warning" if warning else "Normal", reason, message or new.phase.value
+            )
+        return self.written
+
+    async def schedule(self, job: LoRAJob, now: datetime) -> float | None:
+        current = job.status.runtime.pod if job.status.runtime else None
+        placement = scheduling.place(job.spec.base_model, self.ctx.pool.candidates(), current=current)
+        if placement.runtime is None:
+            new = phases.unschedulable(job.status, placement.reason.value, placement.message, now)
+            await self.write(job, new, placement.reason.value, placement.message)
+            return self.ctx.settings.health_interval_s
+        runtime = RuntimeRef(pod=placement.runtime.pod, address=placement.runtime.address)
+        if job.status.runtime != runtime or job.status.phase != Phase.SCHEDULED:
+            job = await self.write(
+                job,
+                phases.scheduled(job.status, runtime, placement.message, now),
+                "Scheduled",
+                placement.message,
+            )
+            if placement.reason != scheduling.PlacementReason.STICKY:
+                self.ctx.pool.reserve(runtime.pod)
+        return await self.dispatch(job, runtime, now)
+
+    async def dispatch(self, job: LoRAJob, runtime: RuntimeRef, now: datetime) -> float | None:
+        aid = make_adapter_id(job.metadata.namespace, job.metadata.name)
+        plan = phases.restore_plan(job)
+        try:
+            if await self.ctx.runtime.adapter(runtime.address, aid) is None:
+                if plan.source is None:
+                    await self.ctx.runtime.create_adapter(runtime.address, aid, job.spec.lora)
+                else:
+                    first = job.status.start_time is None
+                    await self.ctx.runtime.load_adapter(
+                        runtime.address,
+                        aid,
+                        checkpoint_source_url(self.ctx.store_url, plan.source),
+                        optimizer=plan.optimizer,
+                        expect_seq=1 if first else None,
+                    )
+                metrics.DISPATCHES.labels(origin=plan.origin).inc()
+            if (
+                job.spec.mode == "training"
+                and await self.ctx.runtime.train_status(runtime.address, aid) is None
+            ):
+                await self.ctx.runtime.start_training(
+                    runtime.address, aid, train_request(job, self.ctx.store_url, plan.step)
+                )
+        except RuntimeRejected as exc:
+            new = phases.dispatch_failed(job.status, str(exc), now)
+            await self.write(job, new, "DispatchFailed", new.message or "", warning=True)
+            return 0.0
+        except RuntimeUnreachable as exc:
+            log.info("%s: runtime %s unreachable during dispatch: %s", self.key, runtime.pod, exc)
+            return self.ctx.settings.health_interval_s
+        new = phases.running(job.status, plan, now, generation=job.metadata.generation)
+        restoring = next(
+            (c for c in job.status.conditions if c.type == phases.RESTORED and c.status == "False"), None
+        )
+        message = f"adapter {aid} live on {runtime.pod}" + (
+            f" from {plan.source} (step {plan.step})" if plan.source else ""
+        )
+        if restoring is not None:
+            new = phases.restored(
+                new,
+                f"restored on {runtime.pod} from {plan.source or 'a fresh adapter'} (step {plan.step})",
+                now,
+            )
+        if job.status.start_time is None:
+            created = phases.parse_time(job.metadata.creationTimestamp)
+            if created is not None:
+                metrics.SCHEDULING_LATENCY.observe(max(0.0, (now - created).total_seconds()))
+        await self.write(job, new, "Running", message)
+        return 0.0
+
+    async def follow(self, job: LoRAJob, now: datetime) -> float | None:
+        assert job.status.runtime is not None
+        address = job.status.runtime.address
+        aid = make_adapter_id(job.metadata.namespace, job.metadata.name)
+        try:
+            if job.spec.mode == "training":
+                return await self._follow_training(job, address, aid, now)
+            info = await self.ctx.runtime.adapter(address, aid)
+            if info is None:
+                await self.restore(job, now)
+                return 0.0
+            await self._check_idle(job, address, aid, info, now)
+        except RuntimeUnreachable:
+            pass  # the health poll decides whether the runtime is lost
+        return self.ctx.settings.health_interval_s
+
+    async def _follow_training(self, job: LoRAJob, address: str, aid: str, now: datetime) -> float | None:
+        train = await self.ctx.runtime.train_status(address, aid)
+        if train is None:
+            await self.restore(job, now)
+            return 0.0
+        progress = Progress(
+            step=int(train.get("step") or 0),
+            total_steps=train.get("total_steps"),
+            loss=train.get("loss"),
+            tokens=int(train.get("tokens") or 0),
+        )
+        last = train.get("last_checkpoint")
+        ckpt = None
+        if last:
+            ckpt = Checkpoint(
+                path=checkpoint_path(self.ctx.store_url, last["url"]),
+                step=int(last["step"]),
+                time=phases.iso(now),
+            )
+        state = train.get("state")
+        interval = self.ctx.settings.progress_interval_s
+        if state == "running":
+            mono = time.monotonic()
+            if phases.progress_due(self.last_progress_write, mono, interval):
+                await self.write(job, phases.progressed(job.status, progress, ckpt), "Progress", "")
+                self.last_progress_write = mono
+            return min(interval, self.ctx.settings.health_interval_s)
+        if state == "succeeded":
+            assert job.spec.training is not None
+            output = artifacts.TinkerPath(run_id(job), "weights", job.spec.training.output_name)
+            final = Checkpoint(path=str(output), step=progress.step, time=phases.iso(now))
+            new = phases.progressed(job.status, progress, final)
+            message = f"trained {progress.step} steps; final state {output}"
+            new = phases.finished(new, Phase.SUCCEEDED, "Succeeded", message, now)
+            await self._delete_adapter(address, aid)
+            await self.write(job, new, "Succeeded", message)
+            return None
+        error = str(train.get("error") or "training failed")
+        await self._delete_adapter(address, aid)
+        new = phases.dispatch_failed(phases.progressed(job.status, progress, ckpt), error, now)
+        await self.write(job, new, "TrainingFailed", new.message or error, warning=True)
+        return 0.0
+
+    async def _check_idle(
+        self, job: LoRAJob, address: str, aid: str, info: Mapping[str, Any], now: datetime
+    ) -> None:
+        if not info.get("resident") or not phases.idle_expired(
+            job, last_used=info.get("last_used"), now=now.timestamp()
+        ):
+            return
+        await self.ctx.runtime.offload_adapter(address, aid)
+        message = f"idle for {job.spec.idle_timeout_seconds}s or more; adapter offloaded from the device"
+        conditions = phases.set_condition(
+            job.status.conditions, phases.IDLE, "True", "IdleTimeout", message, now
+        )
+        await self.write(job, job.status.model_copy(update={"conditions": conditions}), "Idle", message)
+        self.ctx.post_event(self.body, "Normal", "Idle", message)
+
+    async def restore(self, job: LoRAJob, now: datetime) -> None:
+        plan = phases.restore_plan(job)
+        new, message = phases.runtime_lost(job, now)
+        metrics.RESTORES.inc()
+        metrics.STEPS_LOST.inc(plan.steps_lost)
+        await self.write(job, new, "RuntimeLost", message, warning=True)
+
+    async def suspend(self, job: LoRAJob, now: datetime) -> None:
+        saved = None
+        runtime = job.status.runtime
+        if runtime is not None and self.ctx.pool.is_ready(runtime.pod):
+            aid = make_adapter_id(job.metadata.namespace, job.metadata.name)
+            try:
+                if job.spec.mode == "interactive" and await self.ctx.runtime.adapter(runtime.address, aid):
+                    name = f"suspend-{int(now.timestamp())}"
+                    path = artifacts.TinkerPath(run_id(job), "weights", name)
+                    result = await self.ctx.runtime.save_state(
+                        runtime.address, aid, artifacts.checkpoint_url(self.ctx.store_url, path)
+                    )
+                    saved = Checkpoint(
+                        path=str(path), step=int(result.get("step") or 0), time=phases.iso(now)
+                    )
+                await self._delete_adapter(runtime.address, aid)
+            except RuntimeRejected as exc:
+                log.warning("%s: could not save before suspending: %s", self.key, exc)
+        new = phases.suspended(job.status, saved, now)
+        await self.write(job, new, "Suspended", new.message or "suspended")
+
+    async def unload(self, job: LoRAJob) -> None:
+        """Remove the job's adapter from its runtime, if it is there and reachable."""
+        if job.status.runtime is not None:
+            aid = make_adapter_id(job.metadata.namespace, job.metadata.name)
+            await self._delete_adapter(job.status.runtime.address, aid)
+
+    async def _delete_adapter(self, address: str, aid: str) -> None:
+        try:
+            await self.ctx.runtime.delete_adapter(address, aid)
+        except (RuntimeUnreachable, RuntimeRejected) as exc:
+            log.info("%s: adapter %s not deleted: %s", self.key, aid, exc)
+
+    async def _reject(self, exc: pydantic.ValidationError) -> None:
+        """A spec the model refuses: Failed, naming the fields."""
+        meta = self.body.get("metadata", {})
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        if (self.body.get("status") or {}).get("phase") == Phase.FAILED.value:
+            return
+        patch = {"phase": Phase.FAILED.value, "message": f"invalid spec: {fields}"}
+        stored = await self.ctx.jobs.patch_status(meta.get("namespace") or "default", meta["name"], patch)
+        self.ctx.post_event(stored, "Warning", "InvalidSpec", patch["message"])

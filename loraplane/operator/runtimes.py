@@ -1,0 +1,151 @@
+"""Runtime pods as the operator sees them: their pods, addresses and /readyz health.
+
+Callers: `handlers` feeds pod watch events into `RuntimePool.pod_seen` / `pod_gone` and runs
+`RuntimePool.poll_forever`; `reconciling` asks `candidates()` and `is_ready()`.
+
+Design notes
+============
+A pod counts as a runtime only when the pod is Running with its Ready condition True *and* its
+own GET /readyz says ready: the kubelet's readiness lags a crash by a probe period, while the
+operator's own poll sees a dead process at once. Placements made between two polls reserve a slot
+locally (`reserve`), so that a burst of new jobs spreads over the pool instead of piling onto the
+one pod that looked emptiest at the last poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from loraplane.core.scheduling import RuntimeCandidate
+from loraplane.operator import runtime_calls
+
+log = logging.getLogger(__name__)
+
+RUNTIME_URL_ANNOTATION = "loraplane.dev/runtime-url"
+
+
+def parse_selector(selector: str) -> dict[str, str | None]:
+    """`a=b,c` -> {"a": "b", "c": None} (None: the label must be present). Pure; used by handlers."""
+    out: dict[str, str | None] = {}
+    for part in filter(None, (p.strip() for p in selector.split(","))):
+        key, sep, value = part.partition("=")
+        out[key.strip()] = value.strip().lstrip("=") if sep else None
+    return out
+
+
+def pod_address(pod: Mapping[str, Any], port: int) -> str | None:
+    """The runtime API's base URL: the runtime-url annotation, else the pod IP. Pure."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    if annotations.get(RUNTIME_URL_ANNOTATION):
+        return str(annotations[RUNTIME_URL_ANNOTATION]).rstrip("/")
+    ip = (pod.get("status") or {}).get("podIP")
+    return f"http://{ip}:{port}" if ip else None
+
+
+def pod_is_ready(pod: Mapping[str, Any]) -> bool:
+    """Running, not being deleted, Ready condition True. Pure."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running" or pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+@dataclass(frozen=True)
+class _Pod:
+    name: str
+    address: str | None
+    pod_ready: bool
+
+
+class RuntimePool:
+    """Runtime pods and their last /readyz answers, keyed by pod name (namespace/name)."""
+
+    def __init__(self, *, port: int, client: runtime_calls.RuntimeCalls) -> None:
+        self.port = port
+        self.client = client
+        self._pods: dict[str, _Pod] = {}  #: pods from the watch
+        self._health: dict[str, RuntimeCandidate] = {}  #: last /readyz view per pod
+        self._listeners: list[Callable[[], None]] = []  #: called when readiness or capacity changes
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def pod_seen(self, key: str, pod: Mapping[str, Any]) -> None:
+        new = _Pod(key, pod_address(pod, self.port), pod_is_ready(pod))
+        if self._pods.get(key) != new:
+            self._pods[key] = new
+            if not new.pod_ready:
+                self._health.pop(key, None)
+            self._changed()
+
+    def pod_gone(self, key: str) -> None:
+        if self._pods.pop(key, None) is not None:
+            self._health.pop(key, None)
+            self._changed()
+
+    def candidates(self) -> list[RuntimeCandidate]:
+        """Every known pod, ready or not, as the scheduler wants them."""
+        out = []
+        for key, pod in sorted(self._pods.items()):
+            health = self._health.get(key)
+            if health is not None and pod.pod_ready:
+                out.append(health)
+            else:
+                out.append(RuntimeCandidate(key, pod.address or "", None, False))
+        return out
+
+    def is_ready(self, pod: str) -> bool:
+        health = self._health.get(pod)
+        return bool(health and health.ready and pod in self._pods and self._pods[pod].pod_ready)
+
+    def reserve(self, pod: str) -> None:
+        """Count a placement against the pod until the next poll says otherwise."""
+        health = self._health.get(pod)
+        if health is not None:
+            self._health[pod] = replace(
+                health, adapters=health.adapters + 1, free_slots=health.free_slots - 1
+            )
+
+    async def poll_once(self) -> None:
+        """GET /readyz of every Running+Ready pod, concurrently."""
+        pods = [p for p in self._pods.values() if p.pod_ready and p.address]
+        answers = await asyncio.gather(*(self.client.readyz(p.address or "") for p in pods))
+        before = {k: (v.ready, v.base_model) for k, v in self._health.items()}
+        for pod, answer in zip(pods, answers, strict=True):
+            if pod.name not in self._pods:
+                continue
+            if answer is None:
+                self._health[pod.name] = RuntimeCandidate(pod.name, pod.address or "", None, False)
+                continue
+            capacity = answer.get("capacity") or {}
+            adapters = (answer.get("adapters") or {}).get("total", 0)
+            self._health[pod.name] = RuntimeCandidate(
+                pod=pod.name,
+                address=pod.address or "",
+                base_model=answer.get("base_model"),
+                ready=bool(answer.get("ready")),
+                adapters=int(adapters),
+                free_slots=int(capacity.get("free_slots", 0)),
+            )
+        after = {k: (v.ready, v.base_model) for k, v in self._health.items()}
+        if before != after:
+            self._changed()
+
+    async def poll_forever(self, interval: float, stopped: asyncio.Event) -> None:
+        while not stopped.is_set():
+            try:
+                await self.poll_once()
+            except Exception:  # a poll must never end the loop; the next one may succeed
+                log.exception("runtime health poll failed")
+            try:
+                await asyncio.wait_for(stopped.wait(), interval)
+            except TimeoutError:
+                pass
