@@ -74,8 +74,11 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     print(f"converting {gguf.name} once into {target} (this takes a minute) ...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantised to fp32 on load; drop the GGUF markers so they save as a plain model.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     model.save_pretrained(tmp)
@@ -137,9 +140,9 @@ def train_and_show(
     from tqdm import tqdm
 
     service = tinker.ServiceClient(base_url=base_url, api_key=api_key)
-    training = service.create_lora_training_client(base_model=base_model, rank=rank)
+    training = service.create_lora_training_client(base_model=base_model, rank=rank).result()
     question = facts[4][0]
-    base_sampler = service.create_sampling_client(base_model=base_model)
+    base_sampler = service.create_sampling_client(base_model=base_model).result()
     before = sample_text(base_sampler, tokenizer, question)
     out(f"before training: {question} -> {before!r}")
     data = build_examples(tokenizer, facts)
@@ -155,12 +158,12 @@ def train_and_show(
         bar.set_postfix(loss=f"{loss:.3f}")
     bar.close()
     out("loss per token: " + " ".join(f"{x:.2f}" for x in losses))
-    sampler = training.save_weights_and_get_sampling_client()
+    sampler = training.save_weights_and_get_sampling_client().result()
     after = sample_text(sampler, tokenizer, question)
     out(f"after training:  {question} -> {after!r}")
     path = training.save_state("demo-final").result().path
     out(f"checkpoint saved: {path}")
-    service.close()
+    service.close().result()
     return {"losses": losses, "before": before, "after": after, "checkpoint": path}
 
 
