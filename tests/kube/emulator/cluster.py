@@ -35,6 +35,16 @@ CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACE_KEY = ("", "namespaces")
 
 
+#: Patch content types the server accepts (strategic merge patch is applied as a merge patch).
+PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json")
+
+
+def unsupported_patch_type() -> statuses.StatusError:
+    """415 for server-side apply and any other patch type, worded as the real server words it."""
+    return statuses.StatusError("UnsupportedMediaType", "the body of the request was in an unknown format - "
+                                f"accepted media types include: {', '.join(PATCH_TYPES)}", code=415)
+
+
 def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -176,10 +186,7 @@ class Cluster:
                 raise statuses.bad_request("the body of a merge patch must be a JSON object")
             patched = patches.merge_patch(base, patch)
         else:
-            raise statuses.StatusError("UnsupportedMediaType", "the body of the request was in an unknown format - "
-                                       "accepted media types include: application/json-patch+json, "
-                                       "application/merge-patch+json, application/strategic-merge-patch+json",
-                                       code=415)
+            raise unsupported_patch_type()
         objects.check_identity(rt, patched, self._key_ns(rt, namespace), name)
         requested_rv = (patched.get("metadata") or {}).get("resourceVersion")
         objects.check_resource_version(rt, current, requested_rv, required=False)

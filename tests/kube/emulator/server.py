@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import discovery, paths, statuses, watching
+from . import cluster, discovery, paths, statuses, watching
 from .cluster import Cluster
 from .faults import Faults
 from .resources import ResourceType
@@ -171,6 +171,9 @@ class Server:
         if request.method == "GET":
             return _json(self.cluster.read(rt, route.namespace, route.name))
         if request.method in ("PUT", "PATCH"):
+            content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+            if request.method == "PATCH" and content_type not in cluster.PATCH_TYPES:
+                raise cluster.unsupported_patch_type()
             body = await self._body(request)
             if body is None:
                 raise statuses.bad_request("the request body is empty")
@@ -179,7 +182,6 @@ class Server:
                 raise statuses.conflict(rt.plural, rt.group, route.name)
             if request.method == "PUT":
                 return _json(self.cluster.update(rt, route.namespace, route.name, body, route.subresource))
-            content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
             return _json(self.cluster.patch(rt, route.namespace, route.name, content_type, body,
                                             route.subresource))
         if request.method == "DELETE" and route.subresource is None:
