@@ -123,6 +123,7 @@ class Sample:
     num_samples: int
     params: Any
     prompt_logprobs: bool = False
+    prompt_logprobs_last_n: int | None = None  # positions before len(prompt) - n are reported unscored
 
     def apply(self, engine: Any) -> Any:
         return engine.sample(self.adapter_id, self.prompt, self.num_samples, self.params,

@@ -1,0 +1,276 @@
+"""The runtime's internal HTTP API (docs/runtime-api.md), a thin FastAPI adapter over the executor.
+
+Callers: `loraplane runtime` serves it with uvicorn; single-node mode mounts the same ASGI app in
+process behind `loraplane.core.runtime_client.RuntimeClient`. Routes parse the body (`wire`),
+call the executor or the training runs, and encode the answer; every `LoraplaneError` becomes its
+status code with a JSON body in one handler, so a bad field is a 4xx naming it and never a crash.
+
+The app can be built before the model is loaded (`RuntimeState.executor` is None): `/healthz`
+answers at once and `/readyz` says 503 until `RuntimeState.attach` is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from loraplane.core import errors
+from loraplane.core.settings import RuntimeSettings
+from loraplane.runtime import executor as ex
+from loraplane.runtime import residency, training, wire
+from loraplane.runtime.engine import LoraSpec
+from loraplane.runtime.metrics import PROMETHEUS_CONTENT_TYPE, RuntimeMetrics
+
+log = logging.getLogger(__name__)
+
+PROTOBUF = "application/x-protobuf"
+#: longest a result request is held (seconds)
+MAX_WAIT_S = 60.0
+
+
+@dataclass
+class RuntimeState:
+    """What the routes serve: settings, and the executor once the model is loaded."""
+
+    settings: RuntimeSettings
+    max_body_bytes: int = 64 * 1024 * 1024
+    metrics: RuntimeMetrics = field(default_factory=RuntimeMetrics)
+    executor: ex.Executor | None = None
+    trainings: training.TrainingRuns | None = None
+
+    def attach(self, executor: ex.Executor) -> None:
+        """Start serving `executor` (the model is loaded): `/readyz` turns 200."""
+        self.metrics = executor.metrics
+        self.trainings = training.TrainingRuns(executor)
+        self.executor = executor
+
+
+class _AdapterBody(wire.StrictBody):
+    adapter_id: str
+    rank: int = 32
+    alpha: float | None = None
+    seed: int | None = None
+    train_attn: bool = True
+    train_mlp: bool = True
+    train_unembed: bool = True
+    expect_seq: int | None = 1
+
+
+class _LoadBody(wire.StrictBody):
+    source: str
+    optimizer: bool = True
+    expect_seq: int | None = 1
+
+
+def create_app(state: RuntimeState) -> FastAPI:
+    """Build the ASGI app over `state`."""
+    app = FastAPI(title="loraplane runtime", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runtime = state
+
+    @app.exception_handler(errors.LoraplaneError)
+    async def _loraplane_error(_: Request, exc: errors.LoraplaneError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "request"
+        return JSONResponse(errors.InvalidInput(f"{where}: {first['msg']}", field=where).to_dict(), 400)
+
+    def executor_dep() -> ex.Executor:
+        if state.executor is None:
+            raise errors.CapacityError("the base model is still loading; retry shortly")
+        return state.executor
+
+    Exec = Annotated[ex.Executor, Depends(executor_dep)]
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        alive = state.executor is None or state.executor.alive
+        return JSONResponse({"status": "ok" if alive else "model thread stopped"}, 200 if alive else 503)
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        body = health(state)
+        return JSONResponse(body, 200 if body["ready"] else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+    @app.get("/v1/adapters")
+    async def list_adapters(executor: Exec) -> dict[str, Any]:
+        return {"adapters": [adapter_info(executor, a) for a in sorted(executor.engine.adapter_ids())]}
+
+    @app.post("/v1/adapters")
+    async def create_adapter(request: Request, executor: Exec) -> JSONResponse:
+        body = wire.parse_body(_AdapterBody, await read_json(request, state.max_body_bytes))
+        _check_adapter_id(body.adapter_id)
+        spec = LoraSpec(rank=body.rank, alpha=float(body.alpha if body.alpha is not None else body.rank),
+                        seed=body.seed, train_attn=body.train_attn, train_mlp=body.train_mlp,
+                        train_unembed=body.train_unembed)
+        existed = executor.engine.has_adapter(body.adapter_id)
+        await _wait(executor.create_adapter(body.adapter_id, spec, expect_seq=body.expect_seq))
+        return JSONResponse(adapter_info(executor, body.adapter_id), 200 if existed else 201)
+
+    @app.post("/v1/adapters/{adapter_id}/load")
+    async def load_adapter(adapter_id: str, request: Request, executor: Exec) -> dict[str, Any]:
+        body = wire.parse_body(_LoadBody, await read_json(request, state.max_body_bytes))
+        _check_adapter_id(adapter_id)
+        await _wait(executor.load_adapter(adapter_id, body.source, body.optimizer, body.expect_seq))
+        return adapter_info(executor, adapter_id)
+
+    @app.get("/v1/adapters/{adapter_id}")
+    async def get_adapter(adapter_id: str, executor: Exec) -> dict[str, Any]:
+        return adapter_info(executor, adapter_id)
+
+    @app.post("/v1/adapters/{adapter_id}/offload")
+    async def offload_adapter(adapter_id: str, executor: Exec) -> dict[str, Any]:
+        await _wait(executor.offload_adapter(adapter_id))
+        return adapter_info(executor, adapter_id)
+
+    @app.delete("/v1/adapters/{adapter_id}", status_code=204)
+    async def delete_adapter(adapter_id: str, executor: Exec) -> Response:
+        await _wait(executor.delete_adapter(adapter_id))
+        return Response(status_code=204)
+
+    @app.post("/v1/adapters/{adapter_id}/ops", status_code=202)
+    async def submit_op(adapter_id: str, request: Request, executor: Exec) -> dict[str, str]:
+        raw = await read_body(request, state.max_body_bytes)
+        if request.headers.get("content-type", "").split(";")[0].strip() == PROTOBUF:
+            seq_id, payload = wire.decode_forward_backward(adapter_id, wire.decompress(raw, state.max_body_bytes))
+        else:
+            body = wire.parse_body(wire.OpBody, _json(raw))
+            seq_id, payload = body.seq_id, wire.op_from_body(adapter_id, body)
+        request_id, _ = executor.submit(adapter_id, seq_id, payload)
+        return {"request_id": request_id}
+
+    @app.post("/v1/sample", status_code=202)
+    async def submit_sample(request: Request, executor: Exec) -> dict[str, str]:
+        body = wire.parse_body(wire.SampleBody, await read_json(request, state.max_body_bytes))
+        request_id, _ = executor.submit_sample(wire.sample_from_body(body, executor.engine.vocab_size))
+        return {"request_id": request_id}
+
+    @app.get("/v1/results/{request_id}")
+    async def result(
+        request_id: str, executor: Exec, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0
+    ) -> Response:
+        op = executor.lookup(request_id)
+        if not op.future.done() and wait > 0:
+            await asyncio.wait([asyncio.wrap_future(op.future)], timeout=wait)
+        return encode_result(op)
+
+    @app.post("/v1/adapters/{adapter_id}/train")
+    async def start_training(adapter_id: str, request: Request, executor: Exec) -> JSONResponse:
+        body = wire.parse_body(training.TrainBody, await read_json(request, state.max_body_bytes))
+        assert state.trainings is not None
+        status, created = state.trainings.start(adapter_id, body)
+        return JSONResponse(status.to_dict(), 202 if created else 200)
+
+    @app.get("/v1/adapters/{adapter_id}/train")
+    async def training_status(adapter_id: str, executor: Exec) -> dict[str, Any]:
+        assert state.trainings is not None
+        return state.trainings.status(adapter_id).to_dict()
+
+    return app
+
+
+# ---- helpers (pure unless noted) -------------------------------------------------------------
+
+def health(state: RuntimeState) -> dict[str, Any]:
+    """The `RuntimeHealth` body of `/readyz`. Reads engine state; no side effects."""
+    s = state.settings
+    executor = state.executor
+    if executor is None:
+        return {"ready": False, "base_model": s.base_model or "", "model_path": s.model_path or "",
+                "device": s.device, "dtype": s.dtype, "adapters": {"resident": 0, "offloaded": 0, "total": 0},
+                "capacity": {"max_adapters": s.max_adapters, "free_slots": s.max_adapters}, "queue_depth": 0}
+    engine = executor.engine
+    ids = list(engine.adapter_ids())
+    resident = sum(1 for a in ids if engine.is_resident(a))
+    return {
+        "ready": executor.alive, "base_model": engine.base_model, "model_path": engine.model_path,
+        "device": str(engine.device), "dtype": str(engine.dtype).removeprefix("torch."),
+        "adapters": {"resident": resident, "offloaded": len(ids) - resident, "total": len(ids)},
+        "capacity": {"max_adapters": s.max_adapters, "free_slots": residency.free_slots(len(ids), s.max_adapters)},
+        "queue_depth": executor.queue_depth(),
+    }
+
+
+def adapter_info(executor: ex.Executor, adapter_id: str) -> dict[str, Any]:
+    """The `AdapterInfo` of an adapter; NotFound when unknown. No side effects."""
+    engine = executor.engine
+    if not engine.has_adapter(adapter_id):
+        raise errors.NotFound(f"unknown adapter {adapter_id!r}", field="adapter_id")
+    spec = engine.adapter_spec(adapter_id)
+    next_seq, last_used = executor.adapter_progress(adapter_id)
+    return {
+        "adapter_id": adapter_id, "kind": "sampler" if engine.is_sampler(adapter_id) else "train",
+        "rank": spec.rank, "alpha": spec.alpha, "seed": spec.seed, "train_attn": spec.train_attn,
+        "train_mlp": spec.train_mlp, "train_unembed": spec.train_unembed,
+        "step": engine.adapter_step(adapter_id), "resident": engine.is_resident(adapter_id),
+        "last_used": last_used or time.time(), "next_seq": next_seq,
+    }
+
+
+def encode_result(op: ex.Op) -> Response:
+    """The answer of `GET /v1/results/{id}` for an op in any state. No side effects."""
+    if not op.future.done():
+        return JSONResponse({"status": "pending"})
+    exc = op.future.exception()
+    if exc is not None:
+        category = exc.category if isinstance(exc, errors.LoraplaneError) else "server"
+        message = exc.message if isinstance(exc, errors.LoraplaneError) else f"{type(exc).__name__}: {exc}"
+        return JSONResponse({"status": "failed", "error": message, "category": category})
+    result = op.future.result()
+    if op.kind in ex.FORWARD_KINDS:
+        return Response(wire.encode_forward_backward_output(result), media_type=PROTOBUF)
+    if op.kind == "sample":
+        payload = op.payload
+        data = wire.encode_sample_response(result, len(payload.prompt), payload.prompt_logprobs_last_n)
+        return Response(data, media_type=PROTOBUF)
+    return JSONResponse({"status": "done", "result": result})
+
+
+def _check_adapter_id(adapter_id: str) -> None:
+    if not adapter_id or "/" in adapter_id or len(adapter_id) > 253:
+        raise errors.InvalidInput(f"adapter_id {adapter_id!r} must be 1-253 characters without '/'",
+                                  field="adapter_id")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (I/O)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise errors.PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}", field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise errors.PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    return _json(await read_body(request, limit))
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise errors.InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
+
+
+async def _wait(future: Any) -> Any:
+    """Await a model-thread future from the event loop without blocking it."""
+    return await asyncio.wrap_future(future)

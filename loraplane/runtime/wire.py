@@ -1,0 +1,268 @@
+"""Tinker protobuf and the runtime's JSON bodies <-> the engine's dataclasses.
+
+Callers: the runtime API (`loraplane.runtime.api`) decodes request bodies here and encodes results
+here; nothing in this module touches the engine or the executor. The encodings follow the tinker
+SDK 0.38 (`tinker.proto.tinker_public_pb2`, the SDK's own classes):
+
+- `ForwardBackwardRequest` tensors are dense little-endian (`<f4`, `<i8`) or sparse CSR whose
+  missing cells are 0; token chunks are int32 little-endian.
+- `ForwardBackwardOutput` puts all datums in one `ArrayRecord` with int64 byte offsets.
+- `SampleResponse` carries int32 tokens, float32 logprobs, and prompt logprobs with NaN where a
+  position is not scored (position 0, and before `prompt_logprobs_last_n`).
+
+Every decoding error is an `InvalidInput` whose `field` names the bad part (`data[2].loss_fn_inputs.weights`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import zstandard
+from google.protobuf.message import DecodeError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tinker.proto import tinker_public_pb2 as pb
+
+from loraplane.core import errors
+from loraplane.runtime import engine as eng
+from loraplane.runtime import executor
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_NP_DTYPES = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_INT64: np.dtype("<i8"), pb.DTYPE_INT32: np.dtype("<i4")}
+
+
+# ---- forward_backward request ----------------------------------------------------------------
+
+def decompress(body: bytes, max_bytes: int) -> bytes:
+    """Undo the SDK's optional zstd compression (recognised by its magic number), capped at `max_bytes`."""
+    if not body.startswith(_ZSTD_MAGIC):
+        return body
+    try:
+        out = zstandard.ZstdDecompressor().decompress(body, max_output_size=max_bytes)
+    except zstandard.ZstdError as exc:
+        raise errors.InvalidInput(f"body is not valid zstd: {exc}", field="body") from None
+    if len(out) > max_bytes:
+        raise errors.PayloadTooLarge(f"decompressed body exceeds {max_bytes} bytes", field="body")
+    return out
+
+
+def decode_forward_backward(adapter_id: str, body: bytes) -> tuple[int | None, eng.FwdBwdWork]:
+    """Parse a `ForwardBackwardRequest` into (seq_id, work); `seq_id` 0 (unset) means unordered.
+
+    No side effects; called by the `POST /v1/adapters/{id}/ops` route.
+    """
+    request = pb.ForwardBackwardRequest()
+    try:
+        request.ParseFromString(body)
+    except DecodeError as exc:
+        raise errors.InvalidInput(f"body is not a ForwardBackwardRequest protobuf: {exc}", field="body") from None
+    if not request.loss_fn:
+        raise errors.InvalidInput("loss_fn is required", field="loss_fn")
+    data = [_decode_datum(d, f"data[{i}]") for i, d in enumerate(request.data)]
+    if not data:
+        raise errors.InvalidInput("data must hold at least one datum", field="data")
+    config: dict[str, float] = {k: float(v) for k, v in request.loss_fn_config.items()}
+    for key, value in request.loss_fn_config_v2.items():
+        if value.WhichOneof("value") == "number":
+            config[key] = float(value.number)
+    work = eng.FwdBwdWork(
+        adapter_id=adapter_id, data=data, loss_fn=request.loss_fn, loss_config=config,
+        forward_only=request.forward_only,
+    )
+    return (request.seq_id if request.seq_id > 0 else None), work
+
+
+def _decode_datum(datum: Any, where: str) -> eng.Datum:
+    parts = []
+    for j, chunk in enumerate(datum.model_input):
+        kind = chunk.WhichOneof("chunk")
+        if kind != "encoded_text":
+            raise errors.InvalidInput(
+                f"{where}.model_input[{j}] is a {kind or 'empty'} chunk; this runtime takes encoded_text only",
+                field=f"{where}.model_input[{j}]",
+            )
+        raw = chunk.encoded_text.tokens
+        if len(raw) % 4:
+            raise errors.InvalidInput("token bytes are not a multiple of 4 (int32)", field=f"{where}.model_input[{j}]")
+        parts.append(np.frombuffer(raw, dtype="<i4").astype(np.int64))
+    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if tokens.size == 0:
+        raise errors.InvalidInput(f"{where}.model_input holds no tokens", field=f"{where}.model_input")
+    inputs = {key: decode_tensor(t, f"{where}.loss_fn_inputs.{key}") for key, t in datum.loss_fn_inputs.items()}
+    return eng.Datum(tokens=torch.from_numpy(tokens), loss_inputs=inputs)
+
+
+def decode_tensor(tensor: Any, field: str) -> torch.Tensor:
+    """A proto `Tensor` (dense or CSR with zero fill) as a torch tensor of its declared shape."""
+    dtype = _NP_DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise errors.InvalidInput(f"unsupported dtype {tensor.dtype}; use FLOAT32 or INT64", field=field)
+    shape = tuple(int(s) for s in tensor.shape)
+    if any(s < 0 for s in shape):
+        raise errors.InvalidInput(f"negative dimension in shape {list(shape)}", field=field)
+    encoding = tensor.WhichOneof("encoding")
+    if encoding == "sparse_csr":
+        array = _decode_csr(tensor.sparse_csr, dtype, shape, field)
+    else:
+        raw = tensor.dense if encoding == "dense" else b""
+        if len(raw) % dtype.itemsize:
+            raise errors.InvalidInput(f"{len(raw)} bytes is not a whole number of {dtype}", field=field)
+        array = np.frombuffer(raw, dtype=dtype)
+        if shape:
+            if math.prod(shape) != array.size:
+                raise errors.InvalidInput(f"shape {list(shape)} does not match {array.size} values", field=field)
+            array = array.reshape(shape)
+    out = torch.from_numpy(array.copy())
+    return out.to(torch.int64) if out.dtype == torch.int32 else out
+
+
+def _decode_csr(csr: Any, dtype: np.dtype, shape: tuple[int, ...], field: str) -> np.ndarray:
+    if len(shape) not in (1, 2):
+        raise errors.InvalidInput(f"sparse tensors must be 1-D or 2-D, got shape {list(shape)}", field=field)
+    rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+    values = np.frombuffer(csr.values, dtype=dtype) if len(csr.values) % dtype.itemsize == 0 else None
+    crow = np.frombuffer(csr.crow_indices, dtype="<i8") if len(csr.crow_indices) % 8 == 0 else None
+    col = np.frombuffer(csr.col_indices, dtype="<i8") if len(csr.col_indices) % 8 == 0 else None
+    if values is None or crow is None or col is None:
+        raise errors.InvalidInput("sparse_csr buffers are not whole numbers of their dtypes", field=field)
+    nnz = values.size
+    if (crow.size != rows + 1 or col.size != nnz or crow[0] != 0 or crow[-1] != nnz
+            or np.any(np.diff(crow) < 0) or np.any(col < 0) or np.any(col >= max(cols, 1))):
+        raise errors.InvalidInput(f"inconsistent sparse_csr indices for shape {list(shape)}", field=field)
+    dense = np.zeros((rows, cols), dtype=dtype)
+    row_of = np.repeat(np.arange(rows), np.diff(crow))
+    dense[row_of, col] = values
+    return dense.reshape(shape)
+
+
+# ---- results ---------------------------------------------------------------------------------
+
+def encode_forward_backward_output(result: eng.FwdBwdResult) -> bytes:
+    """`ForwardBackwardOutput` with one ArrayRecord holding every datum's `logprobs`. No side effects."""
+    chunks = [lp.detach().to(torch.float32).cpu().numpy().astype("<f4").tobytes() for lp in result.logprobs]
+    offsets = np.cumsum([0] + [len(c) for c in chunks], dtype=np.int64).astype("<i8")
+    record = pb.ArrayRecord(type_tag="ArrayRecord", num_datums=len(chunks))
+    field = record.fields["logprobs"]
+    field.data = b"".join(chunks)
+    field.offsets = offsets.tobytes()
+    field.dtype = pb.DTYPE_FLOAT32
+    out = pb.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord")
+    out.loss_fn_outputs.append(record)
+    for key, value in result.metrics.items():
+        out.metrics[key] = float(value)
+    return out.SerializeToString()
+
+
+def encode_sample_response(result: Any, prompt_len: int, prompt_logprobs_last_n: int | None = None) -> bytes:
+    """`SampleResponse` of an engine `SampleResult`; prompt logprobs NaN where unscored. No side effects."""
+    out = pb.SampleResponse()
+    for seq in result.sequences:
+        out.sequences.append(pb.SampledSequence(
+            stop_reason=pb.STOP_REASON_LENGTH if seq.stop_reason == "length" else pb.STOP_REASON_STOP,
+            tokens=np.asarray(seq.tokens, dtype="<i4").tobytes(),
+            logprobs=np.asarray(seq.logprobs, dtype="<f4").tobytes(),
+        ))
+    if result.prompt_logprobs is not None:
+        values = np.array([math.nan if v is None else v for v in result.prompt_logprobs], dtype="<f4")
+        if prompt_logprobs_last_n is not None:
+            values[: max(0, prompt_len - prompt_logprobs_last_n)] = math.nan
+        out.prompt_logprobs = values.tobytes()
+    return out.SerializeToString()
+
+
+# ---- JSON bodies -----------------------------------------------------------------------------
+
+class StrictBody(BaseModel):
+    """A JSON body that refuses unknown fields, so a misspelt option is a 400, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AdamParamsBody(StrictBody):
+    learning_rate: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-12
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 0.0
+
+
+class OpBody(StrictBody):
+    """One JSON op of `POST /v1/adapters/{id}/ops`; which fields apply depends on `op`."""
+
+    seq_id: int | None = None
+    op: Literal["optim_step", "save_state", "save_sampler", "snapshot", "load_state"]
+    adam_params: AdamParamsBody | None = None
+    dest: str | None = None
+    source: str | None = None
+    optimizer: bool = True
+    sampler_id: str | None = None
+
+
+class SamplingParamsBody(StrictBody):
+    max_tokens: int = Field(64, ge=0)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = -1
+    stop: None | str | list[int] | list[str] = None
+    seed: int | None = None
+
+
+class SampleBody(StrictBody):
+    adapter_id: str | None = None
+    prompt_tokens: list[int] = Field(min_length=1)
+    num_samples: int = Field(1, ge=1, le=128)
+    sampling_params: SamplingParamsBody = Field(default_factory=SamplingParamsBody)
+    prompt_logprobs: bool = False
+    prompt_logprobs_last_n: int | None = Field(None, ge=0)
+
+
+def parse_body(model: type[BaseModel], body: Any) -> Any:
+    """Validate a JSON body; the first error becomes InvalidInput naming its field. No side effects."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise errors.InvalidInput(f"{where}: {first['msg']}", field=where) from None
+
+
+def op_from_body(adapter_id: str, body: OpBody) -> Any:
+    """The executor payload of a JSON op; raises InvalidInput when a field it needs is missing."""
+
+    def need(name: str) -> Any:
+        value = getattr(body, name)
+        if value is None or value == "":
+            raise errors.InvalidInput(f"{body.op} needs {name}", field=name)
+        return value
+
+    if body.op == "optim_step":
+        params = eng.AdamParams(**(body.adam_params or AdamParamsBody()).model_dump())
+        return executor.OptimStep(adapter_id, params)
+    if body.op == "save_state":
+        return executor.SaveState(adapter_id, need("dest"), optimizer=body.optimizer)
+    if body.op == "save_sampler":
+        return executor.SaveSampler(adapter_id, need("dest"))
+    if body.op == "snapshot":
+        return executor.Snapshot(adapter_id, need("sampler_id"))
+    return executor.LoadState(adapter_id, need("source"), optimizer=body.optimizer)
+
+
+def sample_from_body(body: SampleBody, vocab_size: int) -> executor.Sample:
+    """The executor payload of `POST /v1/sample`; token ids are checked against the vocabulary."""
+    for i, tok in enumerate(body.prompt_tokens):
+        if not 0 <= tok < vocab_size:
+            raise errors.InvalidInput(
+                f"prompt_tokens[{i}] = {tok} is outside the vocabulary (0..{vocab_size - 1})",
+                field=f"prompt_tokens[{i}]",
+            )
+    sp = body.sampling_params
+    params = eng.SamplingParams(
+        max_tokens=sp.max_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
+        stop=sp.stop, seed=sp.seed,
+    )
+    return executor.Sample(body.adapter_id, list(body.prompt_tokens), body.num_samples, params,
+                           prompt_logprobs=body.prompt_logprobs or body.prompt_logprobs_last_n is not None,
+                           prompt_logprobs_last_n=body.prompt_logprobs_last_n)
