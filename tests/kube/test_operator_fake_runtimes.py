@@ -46,3 +46,120 @@ def test_interactive_job_waits_for_a_runtime_then_runs_with_its_adapter_created(
         assert rt.calls["POST /v1/adapters"] == 1
         reasons = [e["reason"] for e in cluster.events("chat")]
         assert "Scheduled" in reasons and "Running" in reasons
+
+
+def _training(steps: int = 6, every: int = 2) -> dict:
+    return {"dataset": "file:///data/train.jsonl", "steps": steps, "batchSize": 2, "checkpointEvery": every}
+
+
+def test_runtime_lost_mid_training_restores_on_another_runtime_from_the_last_checkpoint(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    a, b = FakeRuntime("tiny", hold_at=3).start(), FakeRuntime("tiny", max_adapters=4).start()
+    runtimes += [a, b]
+    cluster.add_pod(runtime_pod("rt-a", a.url))
+    store = f"file://{tmp_path}"
+    with operator(kubeconfig_path, store):
+        cluster.emulator.create(lorajob("sft", mode="training", training=_training()))
+        wait_for(lambda: cluster.status("sft").get("progress", {}).get("step") == 3, what="step 3 on rt-a")
+        assert cluster.status("sft")["latestCheckpoint"]["path"] == "tinker://default.sft/weights/step-2"
+        cluster.add_pod(runtime_pod("rt-b", b.url))
+        a.stop()
+
+        done = cluster.wait_phase("sft", "Succeeded")
+        assert done["attempts"] == 1
+        assert done["latestCheckpoint"] == {**done["latestCheckpoint"], "path": "tinker://default.sft/weights/final", "step": 6}
+        assert b.loads == [{"adapter_id": "default.sft", "source": f"{store}/runs/default.sft/weights/step-2",
+                            "optimizer": True, "expect_seq": None}]
+        assert b.trains == {} and b.adapters == {}  # the finished adapter freed its slot
+        conditions = {c["type"]: c for c in done["conditions"]}
+        assert conditions["Restored"]["status"] == "True"
+        lost = [e for e in cluster.events("sft") if e["reason"] == "RuntimeLost"]
+        assert lost and "restoring from tinker://default.sft/weights/step-2 (step 2); 1 step(s) lost" in lost[0]["message"]
+        assert lost[0]["type"] == "Warning"
+
+
+def test_restarted_operator_dispatches_nothing_twice(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    rt = FakeRuntime("tiny", hold_at=2).start()
+    runtimes.append(rt)
+    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    store = f"file://{tmp_path}"
+    with operator(kubeconfig_path, store):
+        cluster.emulator.create(lorajob("chat"))
+        cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=4)))
+        cluster.wait_phase("chat", "Running")
+        wait_for(lambda: cluster.status("sft").get("progress", {}).get("step") == 2, what="step 2")
+    with operator(kubeconfig_path, store):
+        rt.hold_at = None
+        cluster.wait_phase("sft", "Succeeded")
+        assert cluster.status("chat")["phase"] == "Running"
+    assert rt.calls["POST /v1/adapters"] == 2  # one per job, none again after the restart
+    assert rt.calls["POST /v1/adapters/{id}/train"] == 1
+    assert rt.calls["POST /v1/adapters/{id}/load"] == 0
+
+
+def test_suspend_saves_and_frees_the_slot_and_resume_restores(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    rt = FakeRuntime("tiny").start()
+    runtimes.append(rt)
+    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    with operator(kubeconfig_path, f"file://{tmp_path}"):
+        cluster.emulator.create(lorajob("chat"))
+        cluster.wait_phase("chat", "Running")
+        cluster.patch_spec("chat", {"suspend": True})
+        status = cluster.wait_phase("chat", "Suspended")
+        assert "runtime" not in status and rt.adapters == {}
+        assert status["latestCheckpoint"]["path"].startswith("tinker://default.chat/weights/suspend-")
+
+        cluster.patch_spec("chat", {"suspend": False})
+        status = cluster.wait_phase("chat", "Running")
+        saved = status["latestCheckpoint"]["path"].removeprefix("tinker://")
+        assert rt.loads[-1]["source"] == f"file://{tmp_path}/runs/{saved}"
+        assert rt.loads[-1]["expect_seq"] is None
+        assert "default.chat" in rt.adapters
+
+
+def test_deleting_a_job_unloads_its_adapter(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    rt = FakeRuntime("tiny").start()
+    runtimes.append(rt)
+    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    with operator(kubeconfig_path, f"file://{tmp_path}"):
+        cluster.emulator.create(lorajob("chat"))
+        cluster.wait_phase("chat", "Running")
+        assert "default.chat" in rt.adapters
+        cluster.delete_job("chat")
+        wait_for(lambda: cluster.job("chat") is None, what="job gone")
+        assert rt.adapters == {}
+
+
+def test_finished_job_is_deleted_after_its_ttl(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    rt = FakeRuntime("tiny").start()
+    runtimes.append(rt)
+    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    with operator(kubeconfig_path, f"file://{tmp_path}"):
+        cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=2), ttlSecondsAfterFinished=1))
+        wait_for(lambda: cluster.job("sft") is None, timeout=20, what="job deleted by TTL")
+
+
+def test_converges_through_watch_drops_and_410_gone(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    rt = FakeRuntime("tiny").start()
+    runtimes.append(rt)
+    with operator(kubeconfig_path, f"file://{tmp_path}"):
+        cluster.emulator.fail_next_watches(3)
+        cluster.emulator.drop_watches()
+        cluster.emulator.create(lorajob("chat"))
+        cluster.add_pod(runtime_pod("rt-0", rt.url))
+        cluster.emulator.compact()
+        cluster.emulator.drop_watches()
+        cluster.emulator.conflict_next_writes(2, plural="lorajobs")
+        cluster.wait_phase("chat", "Running", timeout=30)
+    assert rt.calls["POST /v1/adapters"] == 1
