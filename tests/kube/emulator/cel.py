@@ -300,12 +300,10 @@ def _mentions_old_self(node: Any) -> bool:
     return False
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return '"object"'
-    if isinstance(value, list):
-        return '"array"'
-    return json.dumps(value)
+def _type_name(value: Any) -> str:
+    """The quoted type name the real server puts in CEL failures (``Invalid value: "string": ...``)."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
+    return f'"{names.get(type(value), "null")}"'
 
 
 _REASON_PREFIX = {
@@ -337,6 +335,6 @@ def check_rules(rules: list[dict[str, Any]], value: Any, old: Any, field: str) -
         reason = rule.get("reason") or "FieldValueInvalid"
         path = field + rule["fieldPath"] if rule.get("fieldPath") else field
         prefix = _REASON_PREFIX.get(reason)
-        text_out = f"{prefix}: {message}" if prefix else f"Invalid value: {_show(value)}: {message}"
+        text_out = f"{prefix}: {message}" if prefix else f"Invalid value: {_type_name(value)}: {message}"
         causes.append({"reason": reason, "field": path, "message": text_out})
     return causes
