@@ -70,6 +70,17 @@ class _LoadBody(wire.StrictBody):
     expect_seq: int | None = 1
 
 
+def _executor(request: Request) -> ex.Executor:
+    """The serving executor; 503 while the base model is still loading."""
+    executor = request.app.state.runtime.executor
+    if executor is None:
+        raise errors.CapacityError("the base model is still loading; retry shortly")
+    return executor
+
+
+Exec = Annotated[ex.Executor, Depends(_executor)]
+
+
 def create_app(state: RuntimeState) -> FastAPI:
     """Build the ASGI app over `state`."""
     app = FastAPI(title="loraplane runtime", docs_url=None, redoc_url=None, openapi_url=None)
@@ -84,13 +95,6 @@ def create_app(state: RuntimeState) -> FastAPI:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or "request"
         return JSONResponse(errors.InvalidInput(f"{where}: {first['msg']}", field=where).to_dict(), 400)
-
-    def executor_dep() -> ex.Executor:
-        if state.executor is None:
-            raise errors.CapacityError("the base model is still loading; retry shortly")
-        return state.executor
-
-    Exec = Annotated[ex.Executor, Depends(executor_dep)]
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -1,0 +1,176 @@
+"""The one client of the runtime's internal API (docs/runtime-api.md).
+
+Callers: the gateway (per-step data plane: it forwards the SDK's protobuf bytes unchanged), the
+operator and the embedded control plane (adapter lifecycle, declarative training). In single-node
+mode the runtime's ASGI app is mounted in process: pass `transport=httpx.ASGITransport(app)`.
+
+Errors come back as the `loraplane.core.errors` class of their status code (400 InvalidInput with
+its `field`, 404 NotFound, 409 Conflict, 413 PayloadTooLarge, 503 CapacityError), so callers map
+them without looking at HTTP; a runtime that cannot be reached raises `RuntimeUnavailable`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from loraplane.core import errors
+
+PROTOBUF = "application/x-protobuf"
+
+#: status code -> the error class a caller catches
+_ERRORS: dict[int, type[errors.LoraplaneError]] = {
+    400: errors.InvalidInput,
+    401: errors.Unauthenticated,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    413: errors.PayloadTooLarge,
+    422: errors.InvalidInput,
+    429: errors.CapacityError,
+    503: errors.CapacityError,
+}
+
+
+class RuntimeUnavailable(errors.ServerError):
+    """The runtime did not answer (connection refused, reset, or timed out); retry or reschedule."""
+
+    status_code = 503
+
+
+def error_for(status_code: int, body: Any) -> errors.LoraplaneError:
+    """The exception of an error answer. No side effects; called by `RuntimeClient` on every 4xx/5xx."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    field = body.get("field") if isinstance(body, dict) else None
+    if not isinstance(detail, str):
+        detail = f"runtime answered HTTP {status_code}"
+    cls = _ERRORS.get(status_code) or (errors.UserError if status_code < 500 else errors.ServerError)
+    return cls(detail, field=field if isinstance(field, str) else None)
+
+
+def _id(value: str) -> str:
+    return quote(value, safe=":")
+
+
+class RuntimeClient:
+    """Async client of one runtime; cheap to keep open, one per runtime address.
+
+    Args:
+        base_url: the runtime's URL, e.g. "http://10.0.0.7:8001".
+        transport: an httpx transport (an `ASGITransport` in single-node mode and tests).
+        timeout: seconds for connect/write/pool and for reads that do not long-poll.
+    """
+
+    def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport | None = None,
+                 timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> RuntimeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- health ----------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """`GET /healthz`; raises when the model thread is gone."""
+        return (await self._request("GET", "/healthz")).json()
+
+    async def readiness(self) -> dict[str, Any]:
+        """`GET /readyz` as `RuntimeHealth`, also while not ready (its `ready` is then false)."""
+        response = await self._request("GET", "/readyz", ok=(200, 503))
+        return response.json()
+
+    async def metrics(self) -> str:
+        return (await self._request("GET", "/metrics")).text
+
+    # ---- adapters --------------------------------------------------------------------------
+
+    async def list_adapters(self) -> list[dict[str, Any]]:
+        return (await self._request("GET", "/v1/adapters")).json()["adapters"]
+
+    async def create_adapter(self, adapter_id: str, *, rank: int = 32, alpha: float | None = None,
+                             seed: int | None = None, train_attn: bool = True, train_mlp: bool = True,
+                             train_unembed: bool = True, expect_seq: int | None = 1) -> dict[str, Any]:
+        """Create (or, with the same config, find) an adapter; Conflict when it exists with another."""
+        body = {"adapter_id": adapter_id, "rank": rank, "alpha": alpha, "seed": seed, "train_attn": train_attn,
+                "train_mlp": train_mlp, "train_unembed": train_unembed, "expect_seq": expect_seq}
+        return (await self._request("POST", "/v1/adapters", json=body)).json()
+
+    async def load_adapter(self, adapter_id: str, source: str, *, optimizer: bool = True,
+                           expect_seq: int | None = 1) -> dict[str, Any]:
+        """Load a saved state (creating the adapter when missing); `expect_seq=None` learns the seq."""
+        body = {"source": source, "optimizer": optimizer, "expect_seq": expect_seq}
+        return (await self._request("POST", f"/v1/adapters/{_id(adapter_id)}/load", json=body)).json()
+
+    async def get_adapter(self, adapter_id: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/v1/adapters/{_id(adapter_id)}")).json()
+
+    async def offload_adapter(self, adapter_id: str) -> dict[str, Any]:
+        return (await self._request("POST", f"/v1/adapters/{_id(adapter_id)}/offload")).json()
+
+    async def delete_adapter(self, adapter_id: str) -> None:
+        await self._request("DELETE", f"/v1/adapters/{_id(adapter_id)}", ok=(204,))
+
+    # ---- ops -------------------------------------------------------------------------------
+
+    async def submit_forward_backward(self, adapter_id: str, proto_bytes: bytes) -> str:
+        """Forward a `ForwardBackwardRequest` (plain or zstd) unchanged; returns the request id."""
+        response = await self._request("POST", f"/v1/adapters/{_id(adapter_id)}/ops", content=proto_bytes,
+                                       headers={"content-type": PROTOBUF}, ok=(202,))
+        return response.json()["request_id"]
+
+    async def submit_op(self, adapter_id: str, op: dict[str, Any]) -> str:
+        """Submit a JSON op (`optim_step`, `save_state`, ...); returns the request id."""
+        response = await self._request("POST", f"/v1/adapters/{_id(adapter_id)}/ops", json=op, ok=(202,))
+        return response.json()["request_id"]
+
+    async def submit_sample(self, body: dict[str, Any]) -> str:
+        response = await self._request("POST", "/v1/sample", json=body, ok=(202,))
+        return response.json()["request_id"]
+
+    async def result(self, request_id: str, wait: float = 0.0) -> tuple[str, bytes | dict[str, Any]]:
+        """(content type, body) of a result: protobuf bytes, or the JSON status dict.
+
+        JSON bodies are `{"status": "pending"}`, `{"status": "done", "result"}` or
+        `{"status": "failed", "error", "category"}`. `wait` long-polls up to 60 s.
+        """
+        timeout = httpx.Timeout(self._timeout, read=self._timeout + wait)
+        response = await self._request("GET", f"/v1/results/{_id(request_id)}", params={"wait": wait},
+                                       timeout=timeout)
+        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if content_type == PROTOBUF:
+            return content_type, response.content
+        return content_type, response.json()
+
+    # ---- declarative training --------------------------------------------------------------
+
+    async def start_training(self, adapter_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Start (or find the same running) declarative run; returns its TrainStatus."""
+        path = f"/v1/adapters/{_id(adapter_id)}/train"
+        return (await self._request("POST", path, json=body, ok=(200, 202))).json()
+
+    async def training_status(self, adapter_id: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/v1/adapters/{_id(adapter_id)}/train")).json()
+
+    # ---- transport -------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201), **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise RuntimeUnavailable(f"runtime {self.base_url} unreachable: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in ok:
+            return response
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        raise error_for(response.status_code, body)
