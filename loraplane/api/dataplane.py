@@ -2,8 +2,8 @@
 
 Callers: `gateway.Gateway` and `futures`. One pooled `httpx.AsyncClient` per runtime address;
 `transport` lets single-node mode route these calls into the in-process runtime apps without a
-socket. Non-2xx answers become `loraplane.core.errors` through `errors.from_runtime_response`, so a
-runtime's 400 reaches the SDK as a 400 with the runtime's message.
+socket. Calls go through `loraplane.core.runtime_client.RuntimeClient`, which turns non-2xx answers
+into `loraplane.core.errors`, so a runtime's 400 reaches the SDK as a 400 with its message.
 
 Design notes
 ============
@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from loraplane.api import errors as api_errors
 from loraplane.core import errors
+from loraplane.core.runtime_client import RuntimeClient
 
 PROTOBUF = "application/x-protobuf"
 
@@ -36,60 +36,37 @@ class Result:
 
 
 class Runtimes:
-    """HTTP clients of the runtimes, one per address."""
+    """`RuntimeClient`s of the runtimes, one per address, created on first use."""
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, *, timeout_s: float = 90.0) -> None:
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, *, timeout_s: float = 30.0) -> None:
         self._transport = transport
-        self._timeout = httpx.Timeout(timeout_s, connect=5.0)
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._timeout = timeout_s
+        self._clients: dict[str, RuntimeClient] = {}
         #: address -> /readyz body, for tokenizer ids and model paths
         self._health: dict[str, dict[str, Any]] = {}
 
-    def client(self, address: str) -> httpx.AsyncClient:
+    def client(self, address: str) -> RuntimeClient:
         c = self._clients.get(address)
         if c is None:
-            c = httpx.AsyncClient(
-                base_url=address, transport=self._transport, timeout=self._timeout,
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-            )
+            c = RuntimeClient(address, transport=self._transport, timeout=self._timeout)
             self._clients[address] = c
         return c
 
-    async def _call(self, address: str, method: str, url: str, *, what: str, **kwargs: Any) -> httpx.Response:
-        try:
-            resp = await self.client(address).request(method, url, **kwargs)
-        except httpx.TransportError as exc:
-            raise errors.CapacityError(f"{what}: runtime at {address} unreachable ({type(exc).__name__})") from exc
-        if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = None
-            raise api_errors.from_runtime_response(resp.status_code, body, what=what)
-        return resp
-
     async def submit_forward_backward(self, address: str, adapter_id: str, body: bytes) -> str:
-        resp = await self._call(
-            address, "POST", f"/v1/adapters/{adapter_id}/ops", what="forward_backward",
-            content=body, headers={"content-type": PROTOBUF},
-        )
-        return str(resp.json()["request_id"])
+        return await self.client(address).submit_forward_backward(adapter_id, body)
 
     async def submit_op(self, address: str, adapter_id: str, op: dict[str, Any]) -> str:
-        resp = await self._call(address, "POST", f"/v1/adapters/{adapter_id}/ops", what=str(op.get("op")), json=op)
-        return str(resp.json()["request_id"])
+        return await self.client(address).submit_op(adapter_id, op)
 
     async def submit_sample(self, address: str, body: dict[str, Any]) -> str:
-        resp = await self._call(address, "POST", "/v1/sample", what="sample", json=body)
-        return str(resp.json()["request_id"])
+        return await self.client(address).submit_sample(body)
 
     async def result(self, address: str, request_id: str, *, wait_s: float) -> Result:
-        resp = await self._call(
-            address, "GET", f"/v1/results/{request_id}", what="retrieve_future", params={"wait": f"{wait_s:g}"}
-        )
-        if PROTOBUF in resp.headers.get("content-type", ""):
-            return Result("proto", payload=resp.content)
-        body = resp.json()
+        content_type, body = await self.client(address).result(request_id, wait=wait_s)
+        if content_type == PROTOBUF and isinstance(body, bytes):
+            return Result("proto", payload=body)
+        if not isinstance(body, dict):
+            raise errors.ServerError(f"runtime answered {content_type!r} for a result")
         status = body.get("status")
         if status == "pending":
             return Result("pending")
@@ -99,19 +76,15 @@ class Runtimes:
 
     async def load_adapter(self, address: str, adapter_id: str, source: str) -> dict[str, Any]:
         """Load a sampler snapshot as a read-only adapter (idempotent on the runtime)."""
-        resp = await self._call(
-            address, "POST", f"/v1/adapters/{adapter_id}/load", what="load sampler weights",
-            json={"source": source, "optimizer": False, "expect_seq": None},
-        )
-        return dict(resp.json())
+        return await self.client(address).load_adapter(adapter_id, source, optimizer=False, expect_seq=None)
 
     async def health(self, address: str) -> dict[str, Any]:
-        """The runtime's /readyz body, fetched once per address (its model does not change)."""
+        """The runtime's /readyz body, kept once ready (a runtime's model does not change)."""
         if address not in self._health:
-            resp = await self.client(address).get("/readyz")
-            body = resp.json()
-            if not isinstance(body, dict):
-                raise errors.ServerError(f"runtime at {address} answered /readyz with {body!r}")
+            try:
+                body = await self.client(address).readiness()
+            except errors.LoraplaneError:
+                return {}
             if body.get("ready"):
                 self._health[address] = body
             return body

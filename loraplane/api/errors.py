@@ -1,6 +1,7 @@
-"""The one place where errors become HTTP answers, and runtime answers become errors.
+"""The one place where errors become HTTP answers.
 
-Callers: `app.create_app` installs `install(app)`; `dataplane` calls `from_runtime_response`.
+Callers: `app.create_app` installs `install(app)`. Runtime answers arrive as the same classes
+(`loraplane.core.runtime_client` maps them), so a runtime's 400 leaves the gateway as a 400.
 
 Every error answer has a JSON body `{"detail", "error", "category", "field"?}`: the SDK treats a
 400 with an empty body as a proxy glitch and retries it forever (tinker-protocol surprise 10), and a
@@ -21,7 +22,7 @@ from loraplane.core import errors
 
 log = logging.getLogger(__name__)
 
-#: runtime HTTP status -> the error class the gateway re-raises
+#: HTTP status of a framework error (unknown route, wrong method) -> our class
 _BY_STATUS: dict[int, type[errors.LoraplaneError]] = {
     400: errors.InvalidInput,
     404: errors.NotFound,
@@ -31,15 +32,6 @@ _BY_STATUS: dict[int, type[errors.LoraplaneError]] = {
     429: errors.CapacityError,
     503: errors.CapacityError,
 }
-
-
-def from_runtime_response(status: int, body: Any, *, what: str) -> errors.LoraplaneError:
-    """The error to raise for a runtime's non-2xx answer. Pure; called by `dataplane`."""
-    detail = body.get("detail") or body.get("error") if isinstance(body, dict) else None
-    field = body.get("field") if isinstance(body, dict) else None
-    cls = _BY_STATUS.get(status, errors.ServerError)
-    message = f"{what}: {detail}" if detail else f"{what}: runtime answered HTTP {status}"
-    return cls(message, field=field if isinstance(field, str) else None)
 
 
 def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:

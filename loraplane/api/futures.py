@@ -85,7 +85,8 @@ def translate(gw: Gateway, ref: ids.FutureRef, result: Result) -> dict[str, Any]
     if ref.op in ("fwdbwd", "sample"):
         return codecs.failed(f"runtime returned JSON for a {ref.op} op", "server")
     if ref.op == "optim":
-        metrics = body.get("metrics") if isinstance(body.get("metrics"), dict) else {}
+        # The runtime answers the optimizer's metrics, bare or under "metrics".
+        metrics = body["metrics"] if isinstance(body.get("metrics"), dict) else body
         return {"metrics": {str(k): float(v) for k, v in metrics.items() if isinstance(v, int | float)}}
     if ref.op in ("save", "save_sampler"):
         path = artifacts.tinker_path_for_url(gw.store.url, str(body.get("dest", "")))

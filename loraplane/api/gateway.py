@@ -317,7 +317,7 @@ class Gateway:
         ref = await self.sampler_runtime(record)
         request = {
             "adapter_id": record.get("adapter_id"), "prompt_tokens": tokens, "num_samples": body.num_samples,
-            "sampling_params": body.sampling_params.model_dump(), "prompt_logprobs": body.prompt_logprobs,
+            "sampling_params": body.sampling_params.model_dump(exclude_none=True), "prompt_logprobs": body.prompt_logprobs,
         }
         if body.prompt_logprobs_last_n is not None:
             request["prompt_logprobs_last_n"] = body.prompt_logprobs_last_n

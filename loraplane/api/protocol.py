@@ -128,7 +128,7 @@ class SamplingParams(_Body):
 
 
 class Sample(_Body):
-    num_samples: int = Field(1, ge=1, le=256)
+    num_samples: int = Field(1, ge=1, le=128)
     prompt: dict[str, Any]
     sampling_params: SamplingParams = Field(default_factory=SamplingParams)
     sampling_session_id: str

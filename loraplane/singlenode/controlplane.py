@@ -31,6 +31,7 @@ import httpx
 from loraplane.core import artifacts, errors, scheduling
 from loraplane.core.models.v1alpha1 import Condition, LoRAJob, Phase, RuntimeRef
 from loraplane.core.models.v1alpha1.lorajob import TENANT_LABEL, TERMINAL_PHASES
+from loraplane.core.runtime_client import RuntimeClient
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,9 @@ class EmbeddedControlPlane:
         self.store = store
         self.runtimes = list(runtimes)
         self.clock = clock
-        self._http = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(600.0, connect=5.0))
+        self._transport = transport
+        #: runtime address -> its client
+        self._clients: dict[str, RuntimeClient] = {}
         #: job name -> job
         self._jobs: dict[str, LoRAJob] = {}
         #: job name -> set when the job leaves Pending/Scheduled
@@ -143,9 +146,9 @@ class EmbeddedControlPlane:
         self.store.delete(artifacts.job_record_url(self.store.url, name))
         if job is not None and job.status.runtime is not None:
             try:
-                await self._http.delete(f"{job.status.runtime.address}/v1/adapters/{name}")
-            except httpx.TransportError as exc:
-                log.warning("could not unload adapter %s: %s", name, exc)
+                await self._client(job.status.runtime.address).delete_adapter(name)
+            except errors.LoraplaneError as exc:
+                log.warning("could not unload adapter %s: %s", name, exc.message)
 
     async def wait_running(self, name: str, timeout: float) -> LoRAJob:
         event = self._settled.get(name)
@@ -172,7 +175,15 @@ class EmbeddedControlPlane:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        await self._http.aclose()
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    def _client(self, address: str) -> RuntimeClient:
+        if address not in self._clients:
+            # Loading a model's adapter state can take a while; the dispatch task waits for it.
+            self._clients[address] = RuntimeClient(address, transport=self._transport, timeout=600.0)
+        return self._clients[address]
 
     # -- dispatch -------------------------------------------------------------------------------
     async def _dispatch(self, name: str) -> None:
@@ -212,30 +223,15 @@ class EmbeddedControlPlane:
                 self._settled[name].set()
 
     async def _create_adapter(self, job: LoRAJob, ref: RuntimeRef) -> None:
-        name = job.metadata.name
-        if job.spec.resume_from is not None:
-            url = f"{ref.address}/v1/adapters/{name}/load"
-            body: dict[str, object] = {
-                "source": resume_source(self.store.url, job.spec.resume_from.path),
-                "optimizer": job.spec.resume_from.optimizer, "expect_seq": 1,
-            }
-        else:
-            url = f"{ref.address}/v1/adapters"
-            lora = job.spec.lora
-            body = {"adapter_id": name, "rank": lora.rank, "train_attn": lora.train_attn, "train_mlp": lora.train_mlp,
-                    "train_unembed": lora.train_unembed, "expect_seq": 1}
-            if lora.alpha is not None:
-                body["alpha"] = lora.alpha
-            if lora.seed is not None:
-                body["seed"] = lora.seed
+        name, client = job.metadata.name, self._client(ref.address)
         try:
-            resp = await self._http.post(url, json=body)
-        except httpx.TransportError as exc:
-            raise errors.CapacityError(f"runtime {ref.pod} unreachable: {exc}") from exc
-        if resp.status_code >= 400:
-            try:
-                detail = resp.json().get("detail")
-            except ValueError:
-                detail = resp.text[:200]
-            cls = errors.ServerError if resp.status_code >= 500 else errors.InvalidInput
-            raise cls(f"runtime {ref.pod} refused the adapter: {detail}")
+            if job.spec.resume_from is not None:
+                source = resume_source(self.store.url, job.spec.resume_from.path)
+                await client.load_adapter(name, source, optimizer=job.spec.resume_from.optimizer, expect_seq=1)
+            else:
+                lora = job.spec.lora
+                await client.create_adapter(name, rank=lora.rank, alpha=lora.alpha, seed=lora.seed,
+                                            train_attn=lora.train_attn, train_mlp=lora.train_mlp,
+                                            train_unembed=lora.train_unembed, expect_seq=1)
+        except errors.UserError as exc:
+            raise errors.InvalidInput(f"runtime {ref.pod} refused the adapter: {exc.message}", field=exc.field) from exc

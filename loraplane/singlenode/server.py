@@ -14,6 +14,7 @@ inside the gateway's.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -63,10 +64,33 @@ def runtime_name(index: int) -> str:
 
 
 def default_runtime_app(settings: RuntimeSettings) -> Any:
-    """The runtime's own ASGI app (imported here: only single-node wiring may import the runtime)."""
-    from loraplane.runtime.api import create_app as create_runtime_app
+    """The runtime's own ASGI app, whose lifespan loads the model and runs the executor's model thread.
 
-    return create_runtime_app(settings)
+    Imported here: only single-node wiring may import the runtime. The model loads in a worker
+    thread so the event loop stays responsive, and before `loraplane serve` reports it is ready.
+    """
+    from loraplane.runtime import api as runtime_api
+    from loraplane.runtime.engine import Engine
+    from loraplane.runtime.executor import Executor
+
+    state = runtime_api.RuntimeState(settings=settings)
+    app = runtime_api.create_app(state)
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        engine = await asyncio.to_thread(
+            Engine, str(settings.model_path), base_model=settings.base_model, device=settings.device,
+            dtype=settings.dtype, threads=settings.threads,
+        )
+        executor = Executor(engine, settings)
+        state.attach(executor)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(executor.close)
+
+    app.router.lifespan_context = lifespan
+    return app
 
 
 def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], Any] = default_runtime_app) -> FastAPI:

@@ -9,7 +9,6 @@ import zstandard
 from tinker.proto import tinker_public_pb2 as pb
 
 from loraplane.api import auth, codecs, ids
-from loraplane.api import errors as api_errors
 from loraplane.core import artifacts, errors
 
 STORE = "file:///srv/store"
@@ -191,15 +190,3 @@ def test_bad_prompts_name_the_field(prompt: dict, field: str) -> None:
 def test_sequence_ids_one_per_sample() -> None:
     assert codecs.sequence_ids("s-0123456789ab:sample:1", 4, 3) == [
         "s-0123456789ab:sample:1:4:0", "s-0123456789ab:sample:1:4:1", "s-0123456789ab:sample:1:4:2"]
-
-
-@pytest.mark.parametrize(
-    ("status", "cls"),
-    [(400, errors.InvalidInput), (404, errors.NotFound), (409, errors.Conflict), (413, errors.PayloadTooLarge),
-     (503, errors.CapacityError), (500, errors.ServerError), (502, errors.ServerError)],
-)
-def test_runtime_answers_map_onto_the_error_hierarchy(status: int, cls: type) -> None:
-    err = api_errors.from_runtime_response(status, {"detail": "bad loss_fn", "field": "loss_fn"}, what="forward_backward")
-    assert type(err) is cls
-    assert err.status_code == cls.status_code
-    assert "bad loss_fn" in err.message

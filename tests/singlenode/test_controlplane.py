@@ -71,8 +71,8 @@ async def test_a_created_job_runs_on_its_runtime_with_a_fresh_adapter(tmp_path: 
     assert running.status.phase == Phase.RUNNING
     assert cp.runtime_for(job.metadata.name).address == "http://runtime-0"
     assert calls == [("create", job.metadata.name, {"adapter_id": job.metadata.name, "rank": 8, "seed": 3,
-                                                    "train_attn": True, "train_mlp": True, "train_unembed": True,
-                                                    "expect_seq": 1})]
+                                                    "alpha": None, "train_attn": True, "train_mlp": True,
+                                                    "train_unembed": True, "expect_seq": 1})]
     again = await cp.create_job(_job())
     assert again.status.phase == Phase.RUNNING and len(calls) == 1
     assert [j.metadata.name for j in await cp.list_jobs(tenant="alice")] == [job.metadata.name]
