@@ -130,6 +130,8 @@ class Engine:
         self.max_lora_rank = max_lora_rank
         self._router = lora.LoraRouter()
         self._layers = lora.wrap_linears(self.model, self._router)
+        #: Whether rows of different lengths run attention unpadded (see model_host).
+        self._packed_attention = model_host.install_packed_attention(self.model, self._router)
         self._adapters: dict[str, _Adapter] = {}
 
     # ---- adapters ----------------------------------------------------------------------------
@@ -274,10 +276,12 @@ class Engine:
             input_ids[r, : lengths[r]] = datum.tokens
             targets[r, : lengths[r]] = datum.loss_inputs["target_tokens"]
         mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
-        segments = _segments([works[wi].adapter_id for wi, _ in rows])
+        segments = _segments([works[wi].adapter_id for wi, _ in rows], lengths)
         train = any(not works[i].forward_only for i in ready)
-        attention = None if min(lengths) == width else mask.to(self.device)
-        with torch.set_grad_enabled(train), self._router.route(segments):
+        groups = model_host.length_groups(lengths, self.device) if self._packed_attention else None
+        padded = min(lengths) != width and groups is None
+        attention = mask.to(self.device) if padded else None
+        with torch.set_grad_enabled(train), self._router.route(segments, groups):
             logits = self.model(
                 input_ids=input_ids.to(self.device), attention_mask=attention, use_cache=False
             ).logits
@@ -478,12 +482,15 @@ class Engine:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _segments(adapter_of_row: list[str]) -> list[lora.Segment]:
-    """Contiguous runs of equal adapter ids as routing segments. Pure; called by `_run_batch`."""
+def _segments(adapter_of_row: list[str], lengths: list[int]) -> list[lora.Segment]:
+    """Contiguous runs of equal adapter ids as routing segments, each with its rows' longest length.
+
+    Pure; called by `_run_batch`.
+    """
     out: list[lora.Segment] = []
     start = 0
     for i in range(1, len(adapter_of_row) + 1):
         if i == len(adapter_of_row) or adapter_of_row[i] != adapter_of_row[start]:
-            out.append(lora.Segment(adapter_of_row[start], start, i))
+            out.append(lora.Segment(adapter_of_row[start], start, i, max(lengths[start:i])))
             start = i
     return out

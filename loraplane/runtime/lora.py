@@ -43,31 +43,46 @@ ALL_TARGETS: tuple[str, ...] = ATTN_MODULES + MLP_MODULES + UNEMBED_MODULES
 
 @dataclass(frozen=True)
 class Segment:
-    """Rows `[start, end)` of the batch dimension use adapter `adapter_id` (None: base model only)."""
+    """Rows `[start, end)` of the batch dimension use adapter `adapter_id` (None: base model only).
+
+    `width`, when set, is the longest true length among these rows of a right-padded batch: the
+    update skips the padding beyond it, which saves work and makes the adapter's reductions run
+    over exactly the positions they would cover were its rows batched alone.
+    """
 
     adapter_id: str | None
     start: int
     end: int
+    width: int | None = None
 
 
 class LoraRouter:
-    """The routing table shared by every `MultiLoraLinear` of one model.
+    """The per-forward batch layout shared by every wrapped layer of one model.
 
-    The engine sets it around a forward pass with `route()`; outside one, no LoRA update applies.
+    The engine sets it around a forward pass with `route()`: which adapter each row uses (read by
+    `MultiLoraLinear`) and, for right-padded batches, the rows grouped by their true length (read
+    by the packed attention of `loraplane.runtime.model_host`). Outside a pass no LoRA update applies.
     """
 
     def __init__(self) -> None:
         #: Segments of the forward pass now running; empty outside a pass.
         self.segments: tuple[Segment, ...] = ()
+        #: (length, rows) groups of a right-padded batch; None when every row fills the batch.
+        self.length_groups: tuple[tuple[int, slice | torch.Tensor], ...] | None = None
 
     @contextlib.contextmanager
-    def route(self, segments: list[Segment] | tuple[Segment, ...]) -> Iterator[None]:
-        previous = self.segments
+    def route(
+        self,
+        segments: list[Segment] | tuple[Segment, ...],
+        length_groups: tuple[tuple[int, slice | torch.Tensor], ...] | None = None,
+    ) -> Iterator[None]:
+        previous = self.segments, self.length_groups
         self.segments = tuple(s for s in segments if s.adapter_id is not None and s.end > s.start)
+        self.length_groups = length_groups
         try:
             yield
         finally:
-            self.segments = previous
+            self.segments, self.length_groups = previous
 
 
 class MultiLoraLinear(nn.Module):
@@ -122,13 +137,17 @@ class MultiLoraLinear(nn.Module):
             if a is None:
                 continue
             b = lora_b[seg.adapter_id]  # type: ignore[index]
-            rows = x[seg.start : seg.end]
+            width = seg.width if seg.width is not None and x.dim() == 3 else None
+            rows = x[seg.start : seg.end] if width is None else x[seg.start : seg.end, :width]
             if rows.dtype != a.dtype:
                 rows = rows.to(a.dtype)
             delta = (rows @ a.t()) @ b.t()
             delta = delta * scaling[seg.adapter_id]  # type: ignore[index]
             # In place on the base output: F.linear does not save its output for backward.
-            out[seg.start : seg.end] += delta.to(out.dtype)
+            if width is None:
+                out[seg.start : seg.end] += delta.to(out.dtype)
+            else:
+                out[seg.start : seg.end, :width] += delta.to(out.dtype)
         return out
 
 

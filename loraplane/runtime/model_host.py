@@ -1,11 +1,21 @@
-"""Loading the frozen base model and its tokenizer, from local files only.
+"""Loading the frozen base model and its tokenizer, from local files only; packed attention.
 
 Callers: `loraplane.runtime.engine.Engine.__init__`. The runtime never downloads: a model is a local
 directory or an id already present in the local Hugging Face cache (`local_files_only=True`).
+
+## Packed attention
+A batched training pass right-pads rows of different lengths. With a padding mask, attention
+reduces over the padded key length, so a row's numbers depend (at the 1e-7 level) on the longest
+row it was batched with, and batched training would not reproduce an adapter trained alone. The
+attention registered here (`PACKED_ATTENTION`) runs SDPA once per distinct row length on the rows
+of that length, cut to it, with the causal flag and no mask: a row's result no longer depends on
+its neighbours, and no attention is spent on padding. Without a length layout (sampling with a KV
+cache, equal-length batches) it is plain SDPA.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +73,75 @@ def eos_ids(tokenizer: Any, generation_config: Any) -> list[int]:
         if isinstance(cand, int) and cand not in found:
             found.append(cand)
     return found
+
+
+PACKED_ATTENTION = "loraplane_packed"
+
+
+def length_groups(
+    lengths: Sequence[int], device: torch.device | None = None
+) -> tuple[tuple[int, slice | torch.Tensor], ...] | None:
+    """Rows grouped by true length, as (length, rows); None when all rows have the same length.
+
+    Pure; called by the engine before a padded forward pass. Rows of one length that sit next to
+    each other are given as a slice (a view, no copy), others as an index tensor.
+    """
+    if len(set(lengths)) <= 1:
+        return None
+    groups: list[tuple[int, slice | torch.Tensor]] = []
+    for length in sorted(set(lengths)):
+        rows = [i for i, n in enumerate(lengths) if n == length]
+        if rows[-1] - rows[0] + 1 == len(rows):
+            groups.append((length, slice(rows[0], rows[-1] + 1)))
+        else:
+            groups.append((length, torch.tensor(rows, dtype=torch.long, device=device)))
+    return tuple(groups)
+
+
+def packed_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA per group of equal-length rows (see the module docstring); transformers calls it."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    layout = getattr(module, "loraplane_layout", None)
+    groups = layout.length_groups if layout is not None else None
+    if groups is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    batch, heads, width, _ = query.shape
+    out = query.new_zeros(batch, width, heads, value.shape[-1])
+    for length, rows in groups:
+        part, _ = sdpa_attention_forward(
+            module, query[rows, :, :length], key[rows, :, :length], value[rows, :, :length], None, **kwargs
+        )
+        out[rows, :length] = part
+    return out, None
+
+
+def install_packed_attention(model: nn.Module, layout: object) -> bool:
+    """Switch `model` to `packed_attention`, reading row lengths from `layout.length_groups`.
+
+    Called once by the engine after loading. Returns False (and leaves the model as loaded) when
+    the model does not take pluggable attention; the engine then pads with a mask instead.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+    try:
+        model.set_attn_implementation(PACKED_ATTENTION)  # type: ignore[operator]
+    except (AttributeError, ValueError, NotImplementedError):
+        return False
+    for module in model.modules():
+        if type(module).__name__.endswith("Attention"):
+            module.loraplane_layout = layout
+    return True
 
 
 @dataclass
