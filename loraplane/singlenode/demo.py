@@ -163,7 +163,7 @@ def train_and_show(
     out(f"after training:  {question} -> {after!r}")
     path = training.save_state("demo-final").result().path
     out(f"checkpoint saved: {path}")
-    service.close().result()
+    service.close("success").result()
     return {"losses": losses, "before": before, "after": after, "checkpoint": path}
 
 

@@ -1,0 +1,73 @@
+"""`loraplane serve` on loopback with the tiny model, for the official SDK to talk to.
+
+The server runs as a subprocess (the real CLI, the real socket): the restart test kills and starts
+it again on the same store. The tiny model is exposed under its absolute path, which has more than
+two slashes, so `SamplingClient.get_tokenizer` resolves it locally (tinker-protocol section 7).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+READY = re.compile(r"loraplane serving at (http://\S+)")
+KEYS = {"alice": "tml-alice-0123456789", "bob": "tml-bob-0123456789"}
+
+
+@dataclass
+class Server:
+    url: str
+    model: str
+    store: str
+    proc: subprocess.Popen[str]
+
+    def stop(self, *, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_server(model_dir: Path, store: str, *, timeout_s: float = 120) -> Server:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LORAPLANE_LOG_LEVEL": "info"}
+    keys = [arg for tenant, key in KEYS.items() for arg in ("--api-key", f"{tenant}={key}")]
+    cmd = [sys.executable, "-m", "loraplane", "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
+           "--threads", "1", "--model", f"{model_dir}={model_dir}", "--store", store, *keys]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = READY.search(line)
+        if m:
+            # Keep draining stderr so the server never blocks on a full pipe.
+            import threading
+
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+            return Server(m.group(1), str(model_dir), store, proc)
+    proc.kill()
+    raise RuntimeError("loraplane serve did not start:\n" + "".join(lines[-40:]))
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tiny_model_dir, f"file://{tmp_path_factory.mktemp('store')}")
+    yield srv
+    srv.stop()
