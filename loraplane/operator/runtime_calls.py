@@ -1,6 +1,7 @@
 """The runtime API calls the operator makes (docs/runtime-api.md): health, adapters, training.
 
-Callers: `runtimes` (health polls) and `reconciling` (dispatch, follow, suspend, delete).
+Callers: `runtimes` (health polls) and `reconciling` (dispatch, follow, suspend, delete). The HTTP
+is `loraplane.core.runtime_client.RuntimeClient`, one per runtime address, kept open.
 
 Design notes
 ============
@@ -14,11 +15,16 @@ errors into None, since an unreachable runtime is simply not ready.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
 
+from loraplane.core import errors
 from loraplane.core.models.v1alpha1.lorajob import LoRAConfig
+from loraplane.core.runtime_client import RuntimeClient, RuntimeUnavailable
+
+T = TypeVar("T")
 
 
 class RuntimeUnreachable(Exception):
@@ -35,105 +41,97 @@ class RuntimeRejected(Exception):
 
 
 class RuntimeCalls:
-    """One shared HTTP client for every runtime the operator talks to."""
+    """The operator's view of every runtime: one `RuntimeClient` per address, errors sorted in two."""
 
     def __init__(self, *, timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._timeout = timeout
+        self._transport = transport
+        self._clients: dict[str, RuntimeClient] = {}  #: address -> open client
+
+    def client(self, address: str) -> RuntimeClient:
+        if address not in self._clients:
+            self._clients[address] = RuntimeClient(address, transport=self._transport, timeout=self._timeout)
+        return self._clients[address]
 
     async def close(self) -> None:
-        await self._http.aclose()
+        clients, self._clients = list(self._clients.values()), {}
+        for c in clients:
+            await c.aclose()
 
-    async def _call(self, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         try:
-            response = await self._http.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            raise RuntimeUnreachable(f"{method} {url}: {exc.__class__.__name__}: {exc}") from exc
-        body: Any = None
-        if response.content:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {"detail": response.text[:500]}
-        if response.status_code >= 400:
-            detail = body.get("detail") if isinstance(body, dict) else str(body)
-            raise RuntimeRejected(response.status_code, str(detail))
-        return response.status_code, body
+            return await make()
+        except RuntimeUnavailable as exc:
+            raise RuntimeUnreachable(exc.message) from exc
+        except errors.LoraplaneError as exc:
+            raise RuntimeRejected(exc.status_code, exc.message) from exc
 
     async def readyz(self, address: str) -> dict[str, Any] | None:
-        """The RuntimeHealth body (also when not ready, 503), or None when unreachable."""
+        """The RuntimeHealth body (also when not ready), or None when unreachable or garbled."""
         try:
-            response = await self._http.get(f"{address}/readyz", timeout=5.0)
-            body = response.json()
-        except (httpx.HTTPError, ValueError):
+            body = await self.client(address).readiness()
+        except (errors.LoraplaneError, ValueError):
             return None
         return body if isinstance(body, dict) else None
 
     async def adapter(self, address: str, adapter_id: str) -> dict[str, Any] | None:
         """AdapterInfo, or None when the runtime does not hold the adapter."""
         try:
-            return (await self._call("GET", f"{address}/v1/adapters/{adapter_id}"))[1]
+            return await self._call(lambda: self.client(address).get_adapter(adapter_id))
         except RuntimeRejected as exc:
             if exc.status_code == 404:
                 return None
             raise
 
     async def create_adapter(self, address: str, adapter_id: str, lora: LoRAConfig) -> dict[str, Any]:
-        body = {"adapter_id": adapter_id, **lora.model_dump(exclude_none=True), "expect_seq": 1}
-        return (await self._call("POST", f"{address}/v1/adapters", json=body))[1]
+        config = lora.model_dump()
+        return await self._call(lambda: self.client(address).create_adapter(adapter_id, expect_seq=1, **config))
 
     async def load_adapter(
         self, address: str, adapter_id: str, source: str, *, optimizer: bool, expect_seq: int | None
     ) -> dict[str, Any]:
-        body = {"source": source, "optimizer": optimizer, "expect_seq": expect_seq}
-        return (await self._call("POST", f"{address}/v1/adapters/{adapter_id}/load", json=body))[1]
+        return await self._call(
+            lambda: self.client(address).load_adapter(adapter_id, source, optimizer=optimizer, expect_seq=expect_seq)
+        )
 
     async def offload_adapter(self, address: str, adapter_id: str) -> dict[str, Any]:
-        return (await self._call("POST", f"{address}/v1/adapters/{adapter_id}/offload"))[1]
+        return await self._call(lambda: self.client(address).offload_adapter(adapter_id))
 
     async def delete_adapter(self, address: str, adapter_id: str) -> bool:
         """True when deleted, False when the runtime did not hold it."""
         try:
-            await self._call("DELETE", f"{address}/v1/adapters/{adapter_id}")
+            await self._call(lambda: self.client(address).delete_adapter(adapter_id))
         except RuntimeRejected as exc:
             if exc.status_code == 404:
                 return False
             raise
         return True
 
-    async def save_state(
-        self, address: str, adapter_id: str, dest: str, *, wait: float = 60.0
-    ) -> dict[str, Any]:
+    async def save_state(self, address: str, adapter_id: str, dest: str, *, wait: float = 60.0) -> dict[str, Any]:
         """Save weights and optimizer state to `dest` and wait for the result."""
         op = {"seq_id": None, "op": "save_state", "dest": dest, "optimizer": True}
-        _, accepted = await self._call("POST", f"{address}/v1/adapters/{adapter_id}/ops", json=op)
-        return await self._result(address, accepted["request_id"], wait)
-
-    async def _result(self, address: str, request_id: str, wait: float) -> dict[str, Any]:
+        request_id = await self._call(lambda: self.client(address).submit_op(adapter_id, op))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
-            left = max(0.0, deadline - loop.time())
-            _, body = await self._call(
-                "GET",
-                f"{address}/v1/results/{request_id}",
-                params={"wait": min(left, 30.0)},
-                timeout=left + 10,
-            )
-            if body.get("status") == "done":
-                return dict(body.get("result") or {})
-            if body.get("status") == "failed":
-                raise RuntimeRejected(500, str(body.get("error")))
+            hold = min(max(0.0, deadline - loop.time()), 30.0)
+            _, body = await self._call(lambda h=hold: self.client(address).result(request_id, wait=h))
+            status = body.get("status") if isinstance(body, dict) else None
+            if status == "done":
+                return dict(body.get("result") or {})  # type: ignore[union-attr]
+            if status == "failed":
+                raise RuntimeRejected(500, str(body.get("error")))  # type: ignore[union-attr]
             if loop.time() >= deadline:
                 raise RuntimeUnreachable(f"no result for {request_id} within {wait}s")
 
     async def train_status(self, address: str, adapter_id: str) -> dict[str, Any] | None:
         """TrainStatus, or None when no run was started for the adapter."""
         try:
-            return (await self._call("GET", f"{address}/v1/adapters/{adapter_id}/train"))[1]
+            return await self._call(lambda: self.client(address).training_status(adapter_id))
         except RuntimeRejected as exc:
             if exc.status_code == 404:
                 return None
             raise
 
     async def start_training(self, address: str, adapter_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return (await self._call("POST", f"{address}/v1/adapters/{adapter_id}/train", json=body))[1]
+        return await self._call(lambda: self.client(address).start_training(adapter_id, body))
