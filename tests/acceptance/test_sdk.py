@@ -101,3 +101,18 @@ def test_rest_client_lists_gets_and_deletes(service: tinker.ServiceClient, serve
     assert [c.tinker_path for c in rest.list_checkpoints(client.model_id).result().checkpoints] == [state]
     with pytest.raises(tinker.NotFoundError):
         rest.get_training_run("s-000000000000:train:0").result()
+
+
+def test_the_demo_flow_runs_on_the_tiny_model(server: Server) -> None:
+    from transformers import AutoTokenizer
+
+    from loraplane.singlenode import demo
+
+    lines: list[str] = []
+    result = demo.train_and_show(base_url=server.url, api_key=KEYS["alice"], base_model=server.model,
+                                 tokenizer=AutoTokenizer.from_pretrained(server.model), steps=4,
+                                 learning_rate=2e-2, out=lines.append)
+    assert result["losses"][-1] < result["losses"][0]
+    assert result["checkpoint"].startswith("tinker://") and result["checkpoint"].endswith("/weights/demo-final")
+    assert any(line.startswith("before training:") for line in lines)
+    assert any(line.startswith("checkpoint saved: tinker://") for line in lines)
