@@ -1,0 +1,63 @@
+"""The pure pieces of the reconcile loop: checkpoint paths, run ids and training requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from loraplane.core import errors
+from loraplane.core.models.v1alpha1.lorajob import LoRAJob
+from loraplane.operator import reconciling
+
+STORE = "file:///store"
+
+
+def job(**spec: Any) -> LoRAJob:
+    return LoRAJob.from_body(
+        {"metadata": {"name": "j", "namespace": "ns"}, "spec": {"baseModel": "m", "tenant": "t", **spec}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "url"),
+    [
+        ("tinker://ns.j/weights/step-4", "file:///store/runs/ns.j/weights/step-4"),
+        ("s3://bucket/states/x", "s3://bucket/states/x"),
+    ],
+)
+def test_checkpoint_source_url(path: str, url: str) -> None:
+    assert reconciling.checkpoint_source_url(STORE, path) == url
+    assert reconciling.checkpoint_path(STORE, url) == path
+
+
+def test_a_malformed_tinker_path_names_the_field() -> None:
+    with pytest.raises(errors.InvalidInput, match="resumeFrom.path"):
+        reconciling.checkpoint_source_url(STORE, "tinker://only-two/parts")
+
+
+@pytest.mark.parametrize(
+    ("spec", "run"),
+    [
+        ({}, "ns.j"),
+        ({"session": {"sessionId": "s1", "modelId": "s1:train:0"}}, "s1:train:0"),
+    ],
+)
+def test_run_id(spec: dict[str, Any], run: str) -> None:
+    assert reconciling.run_id(job(**spec)) == run
+
+
+@pytest.mark.parametrize(
+    ("training", "expected"),
+    [
+        ({"dataset": "file:///d.jsonl", "steps": 10}, {"steps": 10}),
+        ({"dataset": "file:///d.jsonl", "epochs": 1.5, "outputName": "v2"}, {"epochs": 1.5}),
+    ],
+)
+def test_train_request(training: dict[str, Any], expected: dict[str, Any]) -> None:
+    body = reconciling.train_request(job(mode="training", training=training), STORE, start_step=4)
+    assert body["checkpoint_prefix"] == "file:///store/runs/ns.j/weights"
+    assert body["output"] == f"file:///store/runs/ns.j/weights/{training.get('outputName', 'final')}"
+    assert body["start_step"] == 4 and body["dataset"] == "file:///d.jsonl"
+    assert {k: body[k] for k in expected} == expected
+    assert not ({"steps", "epochs"} - expected.keys()) & body.keys()
