@@ -36,7 +36,7 @@ def test_watch_without_a_version_starts_with_the_current_objects(client: httpx.C
     assert events[0]["object"]["kind"] == "ConfigMap" and events[0]["object"]["apiVersion"] == "v1"
 
 
-@pytest.mark.parametrize("flag", ["true", "1"])
+@pytest.mark.parametrize("flag", ["true", "1", "True"])
 def test_watch_accepts_both_flag_spellings(client: httpx.Client, flag: str) -> None:
     client.post(CONFIGMAPS, json={"metadata": {"name": "a"}})
     with client.stream("GET", CONFIGMAPS, params={"watch": flag, "timeoutSeconds": "1"}) as response:

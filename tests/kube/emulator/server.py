@@ -26,11 +26,16 @@ from .store import Subscription, TooOldResourceVersion
 _WRITE_VERBS = {"PUT": "update", "PATCH": "patch", "POST": "create"}
 
 
+def flag(value: str | None) -> bool:
+    """A boolean query parameter, read as Go's strconv.ParseBool reads it (``true``, ``True``, ``1``, ``t``...)."""
+    return value in ("1", "t", "T", "TRUE", "true", "True")
+
+
 def kube_verb(method: str, route: paths.Route, query: dict[str, str]) -> str:
     """The Kubernetes verb of a request (get, list, watch, create, ...); pure, used for counting and faults."""
     if method == "GET":
         if route.target == "collection":
-            return "watch" if query.get("watch") in ("true", "1") else "list"
+            return "watch" if flag(query.get("watch")) else "list"
         return "get"
     if method == "DELETE":
         return "deletecollection" if route.target == "collection" else "delete"
@@ -133,7 +138,7 @@ class Server:
     async def _collection(self, request: web.Request, route: paths.Route, rt: ResourceType) -> web.StreamResponse:
         query = request.query
         labels, fields = query.get("labelSelector", ""), query.get("fieldSelector", "")
-        if request.method == "GET" and query.get("watch") in ("true", "1"):
+        if request.method == "GET" and flag(query.get("watch")):
             return await self._watch(request, route, rt)
         if request.method == "GET":
             return self._list(route, rt, dict(query))
@@ -195,7 +200,7 @@ class Server:
     async def _watch(self, request: web.Request, route: paths.Route, rt: ResourceType) -> web.StreamResponse:
         query = request.query
         matches = watching.matcher(rt, query.get("labelSelector", ""), query.get("fieldSelector", ""))
-        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        bookmarks = flag(query.get("allowWatchBookmarks"))
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds", "").isdigit() \
             else self.default_watch_timeout
         store = self.cluster.store
@@ -205,11 +210,11 @@ class Server:
         # Read what must be replayed and subscribe with no await in between: nothing lost, nothing repeated.
         if self.faults.take_gone("watch"):
             lines.append(_gone(f"too old resource version: {requested or 0} (injected fault)"))
-        elif requested in ("", "0") or query.get("sendInitialEvents") in ("true", "1"):
+        elif requested in ("", "0") or flag(query.get("sendInitialEvents")):
             for obj in store.iter_objects(rt.storage_key, subscription.namespace):
                 if matches(obj):
                     lines.append({"type": "ADDED", "object": self._served(rt, obj)})
-            if query.get("sendInitialEvents") in ("true", "1") and bookmarks:
+            if flag(query.get("sendInitialEvents")) and bookmarks:
                 lines.append(watching.bookmark(rt, store.resource_version, initial_events_end=True))
             store.subscribe(subscription)
         elif not requested.isdigit():
