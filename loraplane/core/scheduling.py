@@ -13,9 +13,39 @@ so that two operators (or one restarted) make the same choice for the same obser
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+RUNTIME_URL_ANNOTATION = "loraplane.dev/runtime-url"
+
+
+def parse_selector(selector: str) -> dict[str, str | None]:
+    """`a=b,c` -> {"a": "b", "c": None} (None: the label must be present). Pure; used by the operator and the gateway."""
+    out: dict[str, str | None] = {}
+    for part in filter(None, (p.strip() for p in selector.split(","))):
+        key, sep, value = part.partition("=")
+        out[key.strip()] = value.strip().lstrip("=") if sep else None
+    return out
+
+
+def pod_address(pod: Mapping[str, Any], port: int) -> str | None:
+    """The runtime API's base URL: the runtime-url annotation, else the pod IP. Pure; used by the operator and the gateway."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    if annotations.get(RUNTIME_URL_ANNOTATION):
+        return str(annotations[RUNTIME_URL_ANNOTATION]).rstrip("/")
+    ip = (pod.get("status") or {}).get("podIP")
+    return f"http://{ip}:{port}" if ip else None
+
+
+def pod_is_ready(pod: Mapping[str, Any]) -> bool:
+    """Running, not being deleted, Ready condition True. Pure; used by the operator and the gateway."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running" or pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
 
 
 class PlacementReason(StrEnum):

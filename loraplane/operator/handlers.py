@@ -20,6 +20,7 @@ from typing import Any
 
 import kopf
 
+from loraplane.core import scheduling
 from loraplane.core.models.v1alpha1.lorajob import FINALIZER, GROUP, PLURAL, VERSION, LoRAJob
 from loraplane.core.settings import OperatorSettings
 from loraplane.operator import kubeapi, metrics, reconciling, runtimes
@@ -105,7 +106,7 @@ def build_registry(
 
     labels = {
         k: (kopf.PRESENT if v is None else v)
-        for k, v in runtimes.parse_selector(settings.runtime_selector).items()
+        for k, v in scheduling.parse_selector(settings.runtime_selector).items()
     }
 
     @kopf.on.event("", "v1", "pods", labels=labels, registry=registry)

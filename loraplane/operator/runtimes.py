@@ -20,39 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from loraplane.core.scheduling import RuntimeCandidate
+from loraplane.core.scheduling import RuntimeCandidate, pod_address, pod_is_ready
 from loraplane.operator import runtime_calls
 
 log = logging.getLogger(__name__)
-
-RUNTIME_URL_ANNOTATION = "loraplane.dev/runtime-url"
-
-
-def parse_selector(selector: str) -> dict[str, str | None]:
-    """`a=b,c` -> {"a": "b", "c": None} (None: the label must be present). Pure; used by handlers."""
-    out: dict[str, str | None] = {}
-    for part in filter(None, (p.strip() for p in selector.split(","))):
-        key, sep, value = part.partition("=")
-        out[key.strip()] = value.strip().lstrip("=") if sep else None
-    return out
-
-
-def pod_address(pod: Mapping[str, Any], port: int) -> str | None:
-    """The runtime API's base URL: the runtime-url annotation, else the pod IP. Pure."""
-    annotations = pod.get("metadata", {}).get("annotations") or {}
-    if annotations.get(RUNTIME_URL_ANNOTATION):
-        return str(annotations[RUNTIME_URL_ANNOTATION]).rstrip("/")
-    ip = (pod.get("status") or {}).get("podIP")
-    return f"http://{ip}:{port}" if ip else None
-
-
-def pod_is_ready(pod: Mapping[str, Any]) -> bool:
-    """Running, not being deleted, Ready condition True. Pure."""
-    status = pod.get("status") or {}
-    if status.get("phase") != "Running" or pod.get("metadata", {}).get("deletionTimestamp"):
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-
 
 @dataclass(frozen=True)
 class _Pod:

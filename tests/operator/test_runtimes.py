@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from loraplane.operator import runtimes
+from loraplane.core import scheduling
 from loraplane.operator.runtimes import RuntimePool
 
 
@@ -15,7 +15,7 @@ def pod(*, phase: str = "Running", ready: str = "True", ip: str | None = "10.0.0
         url: str | None = None, deleting: bool = False) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": "rt-0", "annotations": {}}
     if url:
-        meta["annotations"][runtimes.RUNTIME_URL_ANNOTATION] = url
+        meta["annotations"][scheduling.RUNTIME_URL_ANNOTATION] = url
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     status: dict[str, Any] = {"phase": phase, "conditions": [{"type": "Ready", "status": ready}]}
@@ -34,7 +34,7 @@ def pod(*, phase: str = "Running", ready: str = "True", ip: str | None = "10.0.0
     ],
 )
 def test_parse_selector(selector: str, labels: dict[str, str | None]) -> None:
-    assert runtimes.parse_selector(selector) == labels
+    assert scheduling.parse_selector(selector) == labels
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_parse_selector(selector: str, labels: dict[str, str | None]) -> None:
     ],
 )
 def test_pod_address_prefers_the_annotation(body: dict[str, Any], address: str | None) -> None:
-    assert runtimes.pod_address(body, 8001) == address
+    assert scheduling.pod_address(body, 8001) == address
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,7 @@ def test_pod_address_prefers_the_annotation(body: dict[str, Any], address: str |
     ],
 )
 def test_pod_is_ready(body: dict[str, Any], ready: bool) -> None:
-    assert runtimes.pod_is_ready(body) is ready
+    assert scheduling.pod_is_ready(body) is ready
 
 
 class ScriptedCalls:
