@@ -27,7 +27,7 @@ def _wait_for(predicate: Any, timeout: float = 10.0) -> Any:
 
 def _operator_thread(registry: kopf.OperatorRegistry, stop: threading.Event, ready: threading.Event) -> threading.Thread:
     settings = kopf.OperatorSettings()
-    settings.posting.level = logging.WARNING
+    settings.posting.level = logging.INFO
     settings.watching.server_timeout = 5
     settings.networking.request_timeout = 5
 
@@ -51,7 +51,8 @@ def test_kopf_operator_reacts_to_a_created_resource_and_patches_its_status(
         return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.create(GROUP, "v1", "widgets", id="widget_created", registry=registry)
-    def widget_created(spec: kopf.Spec, **_: Any) -> dict[str, Any]:
+    def widget_created(spec: kopf.Spec, body: kopf.Body, **_: Any) -> dict[str, Any]:
+        kopf.info(body, reason="Doubled", message=f"size {spec['size']} doubled")
         return {"doubled": spec["size"] * 2}
 
     stop, ready = threading.Event(), threading.Event()
@@ -69,6 +70,49 @@ def test_kopf_operator_reacts_to_a_created_resource_and_patches_its_status(
         assert obj["metadata"]["generation"] == 1  # status and annotation writes never bump it
         assert kube_emulator.request_count("watch", "/widgets$") >= 1
         assert kube_emulator.request_count("patch", "/widgets/first") >= 1
+
+        def posted() -> list[dict[str, Any]]:
+            return [event for event in kube_emulator.list("v1", "Event", "default")
+                    if event["involvedObject"]["name"] == "first"]
+
+        (event,) = _wait_for(posted)
+        assert (event["reason"], event["message"], event["type"]) == ("Doubled", "size 4 doubled", "Normal")
+        assert event["involvedObject"]["uid"] == obj["metadata"]["uid"]
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_kopf_finalizer_holds_a_deleted_resource_until_its_delete_handler_ran(
+    kube_emulator: KubeEmulator, kubeconfig_path: Path,
+) -> None:
+    kube_emulator.create(WIDGET_CRD)
+    registry = kopf.OperatorRegistry()
+    deleted: list[str] = []
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.delete(GROUP, "v1", "widgets", id="widget_deleted", registry=registry)
+    def widget_deleted(name: str, **_: Any) -> None:
+        deleted.append(name)
+
+    stop, ready = threading.Event(), threading.Event()
+    thread = _operator_thread(registry, stop, ready)
+    try:
+        assert ready.wait(10)
+        kube_emulator.create(widget("doomed"))
+
+        def finalized() -> bool:
+            obj = kube_emulator.get(f"{GROUP}/v1", "Widget", "doomed", "default")
+            return bool(obj and obj["metadata"].get("finalizers"))
+
+        _wait_for(finalized)
+        kube_emulator.delete(f"{GROUP}/v1", "Widget", "doomed", "default")
+        _wait_for(lambda: kube_emulator.get(f"{GROUP}/v1", "Widget", "doomed", "default") is None)
+        assert deleted == ["doomed"]
     finally:
         stop.set()
         thread.join(10)

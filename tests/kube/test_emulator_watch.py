@@ -160,3 +160,23 @@ def test_stop_closes_open_watches() -> None:
             http.stream("GET", CONFIGMAPS, params={"watch": "true", "resourceVersion": "1"}) as response:
         emulator.stop()
         assert list(response.iter_lines()) in ([], [""])
+
+
+def test_a_watch_whose_client_leaves_is_unsubscribed(kube_emulator: KubeEmulator, client: httpx.Client) -> None:
+    with client.stream("GET", CONFIGMAPS, params={"watch": "true", "resourceVersion": "3"}):
+        assert len(kube_emulator.cluster.store.subscriptions) == 1
+    client.close()
+    deadline = time.monotonic() + 2
+    while kube_emulator.cluster.store.subscriptions:
+        assert time.monotonic() < deadline, "the server kept a subscription for a closed connection"
+        time.sleep(0.01)
+
+
+def test_exact_list_at_a_compacted_version_is_410_expired(client: httpx.Client, kube_emulator: KubeEmulator) -> None:
+    old = client.post(CONFIGMAPS, json={"metadata": {"name": "a"}}).json()["metadata"]["resourceVersion"]
+    params = {"resourceVersion": old, "resourceVersionMatch": "Exact"}
+    assert client.get(CONFIGMAPS, params=params).status_code == 200
+    kube_emulator.compact()
+    response = client.get(CONFIGMAPS, params=params)
+    assert response.status_code == 410 and response.json()["reason"] == "Expired"
+    assert client.get(CONFIGMAPS, params={"resourceVersion": old}).status_code == 200  # NotOlderThan is served

@@ -90,7 +90,9 @@ class KubeEmulator:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            self._runner = web.AppRunner(self.server.make_app(), handle_signals=False, shutdown_timeout=1.0)
+            # Cancelling handlers of vanished clients ends their watches (and subscriptions) at once.
+            self._runner = web.AppRunner(self.server.make_app(), handle_signals=False, shutdown_timeout=1.0,
+                                         handler_cancellation=True)
             loop.run_until_complete(self._runner.setup())
             loop.run_until_complete(web.SockSite(self._runner, sock).start())
             self._loop = loop
@@ -189,6 +191,15 @@ class KubeEmulator:
         def run() -> list[dict[str, Any]]:
             rt = self.cluster.find_kind(api_version, kind)
             return self.cluster.list(rt, namespace)[0]
+        return self._call(run)
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None,
+               propagation_policy: str | None = None) -> dict[str, Any]:
+        """Delete an object as a DELETE request would (finalizers, garbage collection); returns the answer."""
+        def run() -> dict[str, Any]:
+            rt = self.cluster.find_kind(api_version, kind)
+            options = {"propagationPolicy": propagation_policy} if propagation_policy else {}
+            return self.cluster.delete(rt, namespace, name, options)
         return self._call(run)
 
     def compact(self) -> int:

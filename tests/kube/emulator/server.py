@@ -237,8 +237,8 @@ class Server:
             if subscription in store.subscriptions:
                 await self._stream(response, subscription, rt, matches, timeout, bookmarks)
             await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away mid-write
         finally:
             store.unsubscribe(subscription)
         return response
