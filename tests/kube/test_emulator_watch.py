@@ -176,7 +176,8 @@ def test_exact_list_at_a_compacted_version_is_410_expired(client: httpx.Client, 
     old = client.post(CONFIGMAPS, json={"metadata": {"name": "a"}}).json()["metadata"]["resourceVersion"]
     params = {"resourceVersion": old, "resourceVersionMatch": "Exact"}
     assert client.get(CONFIGMAPS, params=params).status_code == 200
-    kube_emulator.compact()
+    client.post(CONFIGMAPS, json={"metadata": {"name": "b"}})
+    kube_emulator.compact()  # keeps only the newest version (b's)
     response = client.get(CONFIGMAPS, params=params)
     assert response.status_code == 410 and response.json()["reason"] == "Expired"
     assert client.get(CONFIGMAPS, params={"resourceVersion": old}).status_code == 200  # NotOlderThan is served
