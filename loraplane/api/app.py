@@ -8,8 +8,8 @@ Design notes
 * Health (`/healthz`, `/api/v1/healthz`) and `/metrics` need no key; every other route does.
 * The body-size limit is checked on `Content-Length` before the body is read, and again while a
   chunked body streams in, so an oversized request costs no memory and gets a 413 JSON answer.
-* Metrics are one counter and one histogram per route template, labelled by status class, which
-  costs a few microseconds per request.
+* Metrics are one counter and one histogram per route template, labelled by status class, kept by
+  a pure ASGI middleware that costs a few microseconds per request.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -67,27 +67,40 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": response.body})
 
 
-def _metrics(app: FastAPI) -> None:
-    registry = CollectorRegistry()
-    requests = Counter("loraplane_gateway_requests", "Gateway requests", ["route", "status"], registry=registry)
-    latency = Histogram(
-        "loraplane_gateway_request_seconds", "Gateway request latency (retrieve_future includes its long poll)",
-        ["route"], registry=registry, buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 40),
-    )
+class Metrics:
+    """Pure ASGI middleware: requests by route template and status class, and their latency.
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    Pure ASGI rather than `BaseHTTPMiddleware`, which costs a task and a stream per request.
+    """
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.requests = Counter("loraplane_gateway_requests", "Gateway requests", ["route", "status"],
+                                registry=registry)
+        self.latency = Histogram(
+            "loraplane_gateway_request_seconds", "Gateway request latency (retrieve_future includes its long poll)",
+            ["route"], registry=registry, buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 40),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        requests.labels(name, f"{response.status_code // 100}xx").inc()
-        latency.labels(name).observe(time.perf_counter() - start)
-        return response
+        status = 500
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.requests.labels(route, f"{status // 100}xx").inc()
+            self.latency.labels(route).observe(time.perf_counter() - start)
 
 
 def create_app(gateway: Gateway, keys: KeyTable, *, on_shutdown: Callable[[], Awaitable[Any]] | None = None) -> FastAPI:
@@ -105,7 +118,11 @@ def create_app(gateway: Gateway, keys: KeyTable, *, on_shutdown: Callable[[], Aw
     app.state.gateway = gateway
     app.state.keys = keys
     api_errors.install(app)
-    _metrics(app)
+    registry = CollectorRegistry()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     health = APIRouter()
 
@@ -118,4 +135,5 @@ def create_app(gateway: Gateway, keys: KeyTable, *, on_shutdown: Callable[[], Aw
     for module in (sessions, training, sampling, futures, checkpoints):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_middleware(BodyLimit, max_bytes=gateway.max_request_bytes)
+    app.add_middleware(Metrics, registry=registry)
     return app
