@@ -76,3 +76,8 @@ def test_failure_without_a_message_names_the_rule() -> None:
 def test_broken_or_failing_rules_report_why(rule: str, fragment: str) -> None:
     (cause,) = cel.check_rules([{"rule": rule}], SPEC, cel.MISSING, "spec")
     assert fragment in cause["message"] and rule in cause["message"]
+
+
+def test_rules_that_misuse_types_fail_instead_of_crashing() -> None:
+    (cause,) = cel.check_rules([{"rule": "size(self.rank) > 1"}], SPEC, cel.MISSING, "spec")
+    assert "no such overload" in cause["message"]

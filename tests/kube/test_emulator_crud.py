@@ -182,3 +182,43 @@ def test_url_and_body_names_must_agree(client: httpx.Client) -> None:
 def test_requests_without_the_token_are_401(kube_emulator: KubeEmulator) -> None:
     response = httpx.get(f"{kube_emulator.url}/api/v1/namespaces")
     assert response.status_code == 401 and response.json()["reason"] == "Unauthorized"
+
+
+@pytest.mark.parametrize(("metadata", "field"), [
+    ({"name": "x", "labels": {"a": 1}}, "labels"),
+    ({"name": "x", "labels": ["a"]}, "labels"),
+    ({"name": "x", "annotations": "a=b"}, "annotations"),
+    ({"name": "x", "finalizers": "f"}, "finalizers"),
+    ({"name": "x", "ownerReferences": [{"name": "o"}]}, "ownerReferences"),
+    ({"name": 7}, "name"),
+    ({"generateName": ["x"]}, "generateName"),
+])
+def test_metadata_of_the_wrong_type_is_400_naming_the_field(client: httpx.Client, metadata: dict,
+                                                             field: str) -> None:
+    response = client.post(CONFIGMAPS, json={"metadata": metadata})
+    assert response.status_code == 400
+    assert f"metadata.{field} " in response.json()["message"]
+
+
+@pytest.mark.parametrize("params", [{"limit": "ten"}, {"limit": "-1"}, {"watch": "true", "timeoutSeconds": "soon"}])
+def test_malformed_integer_parameters_are_400_naming_them(client: httpx.Client, params: dict[str, str]) -> None:
+    response = client.get(CONFIGMAPS, params=params)
+    assert response.status_code == 400
+    assert next(name for name in params if name != "watch") in response.json()["message"]
+
+
+def test_delete_body_must_be_delete_options(client: httpx.Client) -> None:
+    client.post(CONFIGMAPS, json={"metadata": {"name": "c"}})
+    response = client.request("DELETE", f"{CONFIGMAPS}/c", json=["not", "options"])
+    assert response.status_code == 400 and response.json()["reason"] == "BadRequest"
+    assert client.get(f"{CONFIGMAPS}/c").status_code == 200
+
+
+@pytest.mark.parametrize("spec", [["not", "a", "spec"], {"group": "g.io", "names": "widgets"},
+                                  {"group": "g.io", "scope": "Cluster", "names": {"plural": "ws", "kind": "W"},
+                                   "versions": ["v1"]}])
+def test_crds_of_the_wrong_shape_are_422(client: httpx.Client, spec: object) -> None:
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "ws.g.io"}, "spec": spec}
+    response = client.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd)
+    assert response.status_code == 422 and response.json()["reason"] == "Invalid"

@@ -330,6 +330,8 @@ def check_rules(rules: list[dict[str, Any]], value: Any, old: Any, field: str) -
             message = rule.get("message") or f"failed rule: {text}"
         except CelError as exc:
             passed, message = False, f"{exc} evaluating rule: {text}"
+        except (TypeError, ValueError, AttributeError, re.error) as exc:  # e.g. size() of a number
+            passed, message = False, f"no such overload: {exc} evaluating rule: {text}"
         if passed:
             continue
         reason = rule.get("reason") or "FieldValueInvalid"

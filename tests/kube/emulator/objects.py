@@ -46,6 +46,10 @@ def check_identity(rt: ResourceType, body: Any, namespace: str, name: str | None
     if not isinstance(body, dict):
         raise statuses.bad_request("the body of the request was not a JSON object")
     kind, api_version = body.get("kind"), body.get("apiVersion")
+    for field, value in (("kind", kind), ("apiVersion", api_version)):
+        if value is not None and not isinstance(value, str):
+            raise statuses.bad_request(f"json: cannot unmarshal {_json_type(value)} into Go struct field "
+                                       f".{field} of type string")
     if kind is not None and kind != rt.kind:
         raise statuses.bad_request(f"the API version in the data ({api_version}) does not match the expected "
                                    f"API version ({rt.api_version}) or the kind ({kind}) does not match {rt.kind}")
@@ -56,6 +60,7 @@ def check_identity(rt: ResourceType, body: Any, namespace: str, name: str | None
     if metadata is not None and not isinstance(metadata, dict):
         raise statuses.bad_request("metadata must be an object")
     metadata = metadata or {}
+    check_metadata_types(metadata)
     body_ns = metadata.get("namespace")
     if rt.namespaced and body_ns and body_ns != namespace:
         raise statuses.bad_request("the namespace of the provided object does not match the namespace sent on "
@@ -63,6 +68,39 @@ def check_identity(rt: ResourceType, body: Any, namespace: str, name: str | None
     if name is not None and metadata.get("name") and metadata["name"] != name:
         raise statuses.bad_request(f"the name of the object ({metadata['name']}) does not match the name on the "
                                    f"URL ({name})")
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "bool", int: "number", float: "number"}.get(
+        type(value), "null")
+
+
+#: ObjectMeta fields whose JSON type the real server enforces when decoding: field -> (check, Go type).
+_METADATA_TYPES: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: isinstance(v, str), "string"),
+    "generateName": (lambda v: isinstance(v, str), "string"),
+    "namespace": (lambda v: isinstance(v, str), "string"),
+    "resourceVersion": (lambda v: isinstance(v, str), "string"),
+    "uid": (lambda v: isinstance(v, str), "types.UID"),
+    "labels": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "map[string]string"),
+    "annotations": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                    "map[string]string"),
+    "finalizers": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "[]string"),
+    "ownerReferences": (lambda v: isinstance(v, list) and all(isinstance(x, dict) and isinstance(x.get("uid"), str)
+                                                              for x in v), "[]v1.OwnerReference"),
+}
+
+
+def check_metadata_types(metadata: dict[str, Any]) -> None:
+    """Refuse metadata whose fields have the wrong JSON types, as the server's decoder does; pure.
+
+    Raises:
+        StatusError: 400 naming the field (``metadata.labels``) and the expected Go type.
+    """
+    for field, (is_ok, go_type) in _METADATA_TYPES.items():
+        if metadata.get(field) is not None and not is_ok(metadata[field]):
+            raise statuses.bad_request(f"json: cannot unmarshal {_json_type(metadata[field])} into Go struct field "
+                                       f"ObjectMeta.metadata.{field} of type {go_type}")
 
 
 def prepare_create(rt: ResourceType, body: dict[str, Any], *, namespace: str, uid: str, now: str,

@@ -92,9 +92,13 @@ def from_crd(crd: dict[str, Any]) -> list[ResourceType]:
             (``metadata.name`` equal to ``<plural>.<group>``, names, scope, versions).
     """
     name = (crd.get("metadata") or {}).get("name", "")
-    spec = crd.get("spec") or {}
+    spec = crd.get("spec")
+    if not isinstance(spec, dict):
+        raise _crd_error(name, "spec", "Required value", "FieldValueRequired")
     group = spec.get("group") or ""
-    names = spec.get("names") or {}
+    names = spec.get("names")
+    if not isinstance(names, dict):
+        raise _crd_error(name, "spec.names", "Required value", "FieldValueRequired")
     plural, kind = names.get("plural") or "", names.get("kind") or ""
     if not group:
         raise _crd_error(name, "spec.group", "Required value", "FieldValueRequired")
@@ -109,6 +113,8 @@ def from_crd(crd: dict[str, Any]) -> list[ResourceType]:
         raise _crd_error(name, "spec.scope", f'Unsupported value: "{scope}": supported values: "Cluster", "Namespaced"',
                          "FieldValueNotSupported")
     versions = spec.get("versions") or []
+    if not isinstance(versions, list) or not all(isinstance(version, dict) for version in versions):
+        raise _crd_error(name, "spec.versions", "Invalid value: must be a list of versions")
     if not versions:
         raise _crd_error(name, "spec.versions", "Invalid value: null: must have exactly one version marked as storage version")
     if sum(1 for version in versions if version.get("storage")) != 1:
@@ -120,6 +126,8 @@ def from_crd(crd: dict[str, Any]) -> list[ResourceType]:
         if not version.get("served", False):
             continue
         schema = (version.get("schema") or {}).get("openAPIV3Schema")
+        if schema is not None and not isinstance(schema, dict):
+            raise _crd_error(name, f"spec.versions[{index}].schema.openAPIV3Schema", "Invalid value: must be an object")
         resource_types.append(ResourceType(
             group=group,
             version=version["name"],

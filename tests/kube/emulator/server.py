@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from .faults import Faults
 from .resources import ResourceType
 from .store import Subscription, TooOldResourceVersion
 
+LOGGER = logging.getLogger(__name__)
 _WRITE_VERBS = {"PUT": "update", "PATCH": "patch", "POST": "create"}
 
 
@@ -90,6 +92,12 @@ class Server:
             return await handler(request)
         except statuses.StatusError as exc:
             return _json(exc.to_status(), exc.code)
+        except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as exc:  # a bug in the emulator: answer as the real server answers a panic
+            LOGGER.exception("emulator failed on %s %s", request.method, request.path)
+            return _json(statuses.failure_status(500, "InternalError", f"an error on the server ({exc!r}) has "
+                                                 "prevented the request from succeeding"), 500)
 
     async def _body(self, request: web.Request) -> Any:
         raw = await request.read()
@@ -163,10 +171,10 @@ class Server:
         start = _decode_continue(query.get("continue", ""))
         if start is not None:
             items = [item for item in items if _item_key(item) > start]
-        limit = query.get("limit", "")
-        if limit.isdigit() and 0 < int(limit) < len(items):
-            metadata["remainingItemCount"] = len(items) - int(limit)
-            items = items[: int(limit)]
+        limit = _int_param(query, "limit")
+        if limit is not None and 0 < limit < len(items):
+            metadata["remainingItemCount"] = len(items) - limit
+            items = items[:limit]
             token = json.dumps({"start": _item_key(items[-1]), "rv": resource_version})
             metadata["continue"] = base64.urlsafe_b64encode(token.encode()).decode()
         return _json({"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": metadata, "items": items})
@@ -191,6 +199,8 @@ class Server:
                                             route.subresource))
         if request.method == "DELETE" and route.subresource is None:
             options = await self._body(request) or {}
+            if not isinstance(options, dict):
+                raise statuses.bad_request("the body of a DELETE must be a DeleteOptions object")
             if "propagationPolicy" in request.query:
                 options["propagationPolicy"] = request.query["propagationPolicy"]
             return _json(self.cluster.delete(rt, route.namespace, route.name, options))
@@ -201,8 +211,7 @@ class Server:
         query = request.query
         matches = watching.matcher(rt, query.get("labelSelector", ""), query.get("fieldSelector", ""))
         bookmarks = flag(query.get("allowWatchBookmarks"))
-        timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds", "").isdigit() \
-            else self.default_watch_timeout
+        timeout = float(_int_param(query, "timeoutSeconds") or self.default_watch_timeout)
         store = self.cluster.store
         subscription = Subscription(rt.storage_key, route.namespace if rt.namespaced else None)
         lines: list[dict[str, Any]] = []
@@ -269,6 +278,16 @@ class Server:
         if event_type is None:
             return None
         return {"type": event_type, "object": self._served(rt, event.new)}
+
+
+def _int_param(query: Any, name: str) -> int | None:
+    """A non-negative integer query parameter, or None when absent; 400 naming it when malformed."""
+    raw = query.get(name)
+    if raw in (None, ""):
+        return None
+    if not str(raw).isdigit():
+        raise statuses.bad_request(f'invalid value for {name}: "{raw}": must be a non-negative integer')
+    return int(raw)
 
 
 def _gone(message: str) -> dict[str, Any]:
