@@ -128,27 +128,78 @@ class MultiLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        segments = self._router.segments
+        segments = [s for s in self._router.segments if s.adapter_id in self.lora_A]
         if not segments:
             return out
-        lora_a, lora_b, scaling = self.lora_A, self.lora_B, self.scaling
-        for seg in segments:
-            a = lora_a.get(seg.adapter_id)  # type: ignore[arg-type]
-            if a is None:
+        pieces: list[torch.Tensor] = []
+        covered = 0
+        for group in _shape_groups(segments, self.lora_A):
+            start, end = group[0].start, group[-1].end
+            if start > covered:
+                pieces.append(out.new_zeros((start - covered, *out.shape[1:])))
+            pieces.append(self._delta(x, group, out))
+            covered = end
+        if covered < out.shape[0]:
+            pieces.append(out.new_zeros((out.shape[0] - covered, *out.shape[1:])))
+        # One add of the stitched updates: in-place slice adds would make autograd copy the whole
+        # output gradient once per segment.
+        return out + (torch.cat(pieces) if len(pieces) > 1 else pieces[0])
+
+    def _delta(self, x: torch.Tensor, group: list[Segment], out: torch.Tensor) -> torch.Tensor:
+        """The scaled low-rank updates of adjacent segments of equal shape (rows, width, rank).
+
+        Two batched matmuls for the whole group: with many adapters of one rank and length in a
+        batch, the autograd graph (and its per-node overhead) keeps the same size however many
+        adapters there are. A lone segment takes the same bmm path, so that an adapter's numbers
+        do not depend on whether it was grouped with others.
+        """
+        k = len(group)
+        width = _cut_width(group[0], x)
+        rows = x[group[0].start : group[-1].end]
+        if width is not None:
+            rows = rows[:, :width]
+        seq = rows.shape[1]
+        ids = [seg.adapter_id for seg in group]
+        if k == 1:
+            a, b = self.lora_A[ids[0]][None], self.lora_B[ids[0]][None]  # type: ignore[index]
+        else:
+            a = torch.stack([self.lora_A[i] for i in ids])  # type: ignore[index]
+            b = torch.stack([self.lora_B[i] for i in ids])  # type: ignore[index]
+        scale = torch.tensor([self.scaling[i] for i in ids], dtype=a.dtype, device=a.device)  # type: ignore[index]
+        batched = rows.to(a.dtype).reshape(k, -1, self.in_features)
+        hidden = torch.bmm(batched, a.transpose(1, 2)) * scale[:, None, None]
+        delta = torch.bmm(hidden, b.transpose(1, 2)).reshape(-1, seq, self.out_features).to(out.dtype)
+        if width is not None:
+            delta = nn.functional.pad(delta, (0, 0, 0, x.shape[1] - width))
+        return delta
+
+
+def _cut_width(seg: Segment, x: torch.Tensor) -> int | None:
+    """The width to cut a 3-D input to for this segment, or None to use all of it. Pure."""
+    if seg.width is not None and x.dim() == 3 and seg.width < x.shape[1]:
+        return seg.width
+    return None
+
+
+def _shape_groups(segments: list[Segment], lora_a: dict[str, nn.Parameter]) -> list[list[Segment]]:
+    """Runs of adjacent segments with equal row count, width and rank, batched together by `_delta`.
+
+    Pure; called by `MultiLoraLinear.forward` for the segments of adapters this layer holds.
+    """
+    groups: list[list[Segment]] = []
+    for seg in segments:
+        if groups:
+            last = groups[-1][-1]
+            if (
+                last.end == seg.start
+                and last.end - last.start == seg.end - seg.start
+                and last.width == seg.width
+                and lora_a[last.adapter_id].shape == lora_a[seg.adapter_id].shape  # type: ignore[index]
+            ):
+                groups[-1].append(seg)
                 continue
-            b = lora_b[seg.adapter_id]  # type: ignore[index]
-            width = seg.width if seg.width is not None and x.dim() == 3 else None
-            rows = x[seg.start : seg.end] if width is None else x[seg.start : seg.end, :width]
-            if rows.dtype != a.dtype:
-                rows = rows.to(a.dtype)
-            delta = (rows @ a.t()) @ b.t()
-            delta = delta * scaling[seg.adapter_id]  # type: ignore[index]
-            # In place on the base output: F.linear does not save its output for backward.
-            if width is None:
-                out[seg.start : seg.end] += delta.to(out.dtype)
-            else:
-                out[seg.start : seg.end, :width] += delta.to(out.dtype)
-        return out
+        groups.append([seg])
+    return groups
 
 
 def target_suffixes(train_attn: bool, train_mlp: bool, train_unembed: bool) -> tuple[str, ...]:

@@ -33,12 +33,18 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def _work(index: int) -> engine_mod.FwdBwdWork:
-    """Adapter `index`'s work: 1-2 rows of lengths that differ between adapters."""
+UNIFORM_SPECS = [
+    engine_mod.LoraSpec(rank=8, alpha=16.0, seed=10 + i, train_mlp=i % 2 == 0, train_unembed=i % 3 == 0)
+    for i in range(8)
+]
+
+
+def _work(index: int, uniform: bool = False) -> engine_mod.FwdBwdWork:
+    """Adapter `index`'s work: 1-2 rows of lengths that differ between adapters (or 2 rows of 12)."""
     g = torch.Generator().manual_seed(100 + index)
     data = []
-    for row in range(1 + index % 2):
-        n = 5 + 3 * index + row
+    for row in range(2 if uniform else 1 + index % 2):
+        n = 12 if uniform else 5 + 3 * index + row
         seq = torch.randint(3, 259, (n + 1,), generator=g)
         weights = torch.rand(n, generator=g) * 2 - 0.5
         data.append(engine_mod.Datum(seq[:-1], {"target_tokens": seq[1:], "weights": weights}))
@@ -60,15 +66,19 @@ def _weights(engine: engine_mod.Engine, adapter_id: str) -> dict[str, torch.Tens
     return {k: p.detach().clone() for k, p in engine._adapters[adapter_id].params.items()}
 
 
-@pytest.mark.parametrize("n_adapters", [1, 2, 4, 8])
-def test_batched_multi_adapter_training_equals_each_adapter_alone(tiny_model_dir, n_adapters):
-    works = [_work(i) for i in range(n_adapters)]
+@pytest.mark.parametrize(
+    ("n_adapters", "uniform"), [(1, False), (2, False), (4, False), (8, False), (4, True), (8, True)]
+)
+def test_batched_multi_adapter_training_equals_each_adapter_alone(tiny_model_dir, n_adapters, uniform):
+    """`uniform`: equal ranks and lengths, so the layers take their stacked (bmm) path."""
+    specs = UNIFORM_SPECS if uniform else SPECS
+    works = [_work(i, uniform) for i in range(n_adapters)]
     together = engine_mod.Engine(str(tiny_model_dir))
     alone = {}
     for i in range(n_adapters):
-        together.create_adapter(works[i].adapter_id, SPECS[i])
+        together.create_adapter(works[i].adapter_id, specs[i])
         alone[i] = engine_mod.Engine(str(tiny_model_dir))
-        alone[i].create_adapter(works[i].adapter_id, SPECS[i])
+        alone[i].create_adapter(works[i].adapter_id, specs[i])
 
     for _step in range(3):
         batched = together.forward_backward(works)
