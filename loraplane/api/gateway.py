@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from loraplane.api.records import Records
 from loraplane.core import artifacts, errors
 from loraplane.core.controlplane import ControlPlane
 from loraplane.core.models.v1alpha1 import LoRAJob, ResumeFrom, RuntimeRef
+
+log = logging.getLogger(__name__)
 
 #: pod field of futures that the control plane answers (no runtime involved)
 CONTROL_PLANE_POD = "cp"
@@ -81,6 +84,16 @@ class Gateway:
         record = dict(self.records.session(tenant, ids.check_session_id(session_id)))
         record["finished"] = {"time": self.clock(), "reason": (reason or {}).get("type", "success")}
         self.records.put_session(record)
+        # Live snapshots (save_weights_and_get_sampling_client) are adapters of their own on the
+        # training run's runtime: unload them while that runtime is still known.
+        for sampler in self.records.samplers_of_session(session_id):
+            record = self.records.sampler(tenant, sampler)
+            ref = self.cp.runtime_for(record["job"]) if record.get("job") else None
+            if ref is not None and ref.pod == record.get("pod"):
+                try:
+                    await self.runtimes.client(ref.address).delete_adapter(record["adapter_id"])
+                except errors.LoraplaneError as exc:
+                    log.info("sampler %s already gone: %s", sampler, exc.message)
         for job in await self.cp.list_jobs(tenant=tenant):
             if job.spec.session and job.spec.session.session_id == session_id:
                 await self.cp.delete_job(job.metadata.name)

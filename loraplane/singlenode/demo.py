@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -188,6 +189,8 @@ def serving(model_dir: Path, *, name: str, store: str, threads: int, key: str, t
             url = m.group(1) if m else None
             if not m and line.strip():
                 sys.stderr.write(line)
+        # Keep forwarding the server's log so that its pipe never fills up and blocks it.
+        threading.Thread(target=lambda: [sys.stderr.write(line) for line in proc.stderr], daemon=True).start()
         yield url
     finally:
         proc.terminate()
