@@ -1,9 +1,10 @@
 """The aiohttp adapter: Kubernetes API paths and verbs mapped onto :class:`~.cluster.Cluster`.
 
 Built by :class:`~.emulator.KubeEmulator`, which serves it on 127.0.0.1 from its own
-thread. One middleware does, for every request and in this order: counting (by
-Kubernetes verb and path), added latency, bearer-token authentication, injected
+thread. One middleware does, for every request and in this order: bearer-token
+authentication, counting (by Kubernetes verb and path), added latency, injected
 errors, and the translation of :class:`~.statuses.StatusError` into a ``Status`` body.
+Requests to ``/_emulator/`` (:mod:`.control`) are authenticated but neither counted nor faulted.
 The one handler then routes the path (:mod:`.paths`) and calls the cluster; watches
 are streamed here with the rules of :mod:`.watching`.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import cluster, discovery, paths, statuses, watching
+from . import cluster, control, discovery, paths, statuses, watching
 from .cluster import Cluster
 from .faults import Faults
 from .resources import ResourceType
@@ -67,23 +68,27 @@ class Server:
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
         self.address = ""  #: host:port, for /api's serverAddressByClientCIDRs
+        self.control = control.Control(faults, cluster.store)  #: the /_emulator/ fault-control handlers
 
     def make_app(self) -> web.Application:
         """The aiohttp application: one middleware, one catch-all route."""
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", control.PREFIX + "{action:.*}", self.control.handle)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         return app
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        route = paths.parse_path(request.path)
-        verb = kube_verb(request.method, route, dict(request.query))
-        self.faults.record(verb, request.path)
-        if self.faults.latency > 0:
-            await asyncio.sleep(self.faults.latency)
         if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
             return _json(statuses.failure_status(401, "Unauthorized", "Unauthorized"), 401)
-        code = self.faults.take_error(verb, request.path)
+        route = paths.parse_path(request.path)
+        verb = kube_verb(request.method, route, dict(request.query))
+        is_control = request.path.startswith(control.PREFIX)
+        if not is_control:
+            self.faults.record(verb, request.path)
+            if self.faults.latency > 0:
+                await asyncio.sleep(self.faults.latency)
+        code = None if is_control else self.faults.take_error(verb, request.path)
         if code is not None:
             reason = {500: "InternalError", 503: "ServiceUnavailable", 429: "TooManyRequests"}.get(code, "Unknown")
             return _json(statuses.failure_status(code, reason, f"injected fault: {code} for {verb} {request.path}"),
