@@ -1,0 +1,88 @@
+"""How runtime results become Tinker future answers (`futures.translate`), and framework errors JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.exceptions import RequestValidationError
+
+from loraplane.api import errors as api_errors
+from loraplane.api import futures, ids
+from loraplane.api.dataplane import Result, Runtimes
+from loraplane.api.gateway import Gateway
+from loraplane.core import artifacts, errors
+from loraplane.singlenode.controlplane import EmbeddedControlPlane
+
+RUN = "s-0123456789ab:train:0"
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Gateway:
+    store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
+    return Gateway(control_plane=EmbeddedControlPlane(store, []), runtimes=Runtimes(), store=store,
+                   clock=lambda: "2026-01-01T00:00:00Z")
+
+
+def ref(op: str) -> ids.FutureRef:
+    return ids.FutureRef("s-0123456789ab-train-0", "runtime-0", op, "r1")
+
+
+@pytest.mark.parametrize(
+    ("op", "result", "expected"),
+    [
+        ("fwdbwd", Result("pending"), {"type": "try_again", "request_id": ref("fwdbwd").encode(), "queue_state": "active"}),
+        ("optim", Result("failed", error="nan loss", category="user"), {"error": "nan loss", "category": "user"}),
+        ("optim", Result("failed", error="x", category="weird"), {"error": "x", "category": "unknown"}),
+        ("optim", Result("done", result={"grad_norm": 1.5, "lr": 1, "note": "x"}), {"metrics": {"grad_norm": 1.5, "lr": 1.0}}),
+        ("optim", Result("done", result={"metrics": {"a": 2}}), {"metrics": {"a": 2.0}}),
+        ("optim", Result("proto", payload=b"x"), {"error": "runtime returned protobuf for a optim op", "category": "server"}),
+        ("fwdbwd", Result("done", result={}), {"error": "runtime returned JSON for a fwdbwd op", "category": "server"}),
+        ("snapshot", Result("done", result={"sampler_id": "s-0123456789ab-sample-2"}),
+         {"sampling_session_id": "s-0123456789ab:sample:2", "type": "save_weights_for_sampler"}),
+    ],
+)
+def test_runtime_results_become_tinker_answers(gw: Gateway, op: str, result: Result, expected: dict) -> None:
+    assert futures.translate(gw, ref(op), result) == expected
+
+
+@pytest.mark.parametrize("op", ["fwdbwd", "sample"])
+def test_protobuf_results_pass_through_unchanged(gw: Gateway, op: str) -> None:
+    response = futures.translate(gw, ref(op), Result("proto", payload=b"\x01\x02"))
+    assert response.body == b"\x01\x02" and response.media_type == "application/x-protobuf"
+
+
+def test_a_finished_save_writes_its_checkpoint_record_once(gw: Gateway) -> None:
+    path = artifacts.TinkerPath(RUN, "weights", "step-3")
+    gw.store.write_json(gw.records.pending_url(path), {"user_metadata": {"k": "v"}, "ttl_seconds": None})
+    done = Result("done", result={"dest": artifacts.checkpoint_url(gw.store.url, path), "step": 3, "size_bytes": 10})
+    for _ in range(2):
+        assert futures.translate(gw, ref("save"), done) == {"path": str(path), "type": "save_weights"}
+    record = gw.store.read_json(artifacts.checkpoint_record_url(gw.store.url, path))
+    assert record == {"checkpoint_id": "weights/step-3", "checkpoint_type": "training", "time": "2026-01-01T00:00:00Z",
+                      "size_bytes": 10, "step": 3, "user_metadata": {"k": "v"}, "expires_at": None}
+    assert not gw.store.exists(gw.records.pending_url(path))
+
+
+def test_a_save_outside_the_store_is_a_server_failure(gw: Gateway) -> None:
+    out = futures.translate(gw, ref("save"), Result("done", result={"dest": "file:///elsewhere/x"}))
+    assert out["category"] == "server"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ([{"loc": ("body", "lora_config", "rank"), "msg": "too small", "type": "greater_than_equal"}], "lora_config.rank"),
+        ([{"loc": ("query", "limit"), "msg": "bad", "type": "int_parsing"}], "limit"),
+        ([{"loc": ("body", 5), "msg": "Expecting value", "type": "json_invalid"}], "body"),
+        ([], "body"),
+    ],
+)
+def test_validation_errors_name_the_field(raw: list, field: str) -> None:
+    err = api_errors.validation_error(RequestValidationError(raw))
+    assert isinstance(err, errors.InvalidInput) and err.field == field
+
+
+def test_user_errors_tell_the_sdk_not_to_retry() -> None:
+    assert api_errors.response_for(errors.NotFound("x")).headers["x-should-retry"] == "false"
+    assert "x-should-retry" not in api_errors.response_for(errors.CapacityError("busy")).headers
