@@ -222,3 +222,9 @@ def test_crds_of_the_wrong_shape_are_422(client: httpx.Client, spec: object) -> 
            "metadata": {"name": "ws.g.io"}, "spec": spec}
     response = client.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd)
     assert response.status_code == 422 and response.json()["reason"] == "Invalid"
+
+
+def test_dry_runs_are_refused_rather_than_stored(client: httpx.Client) -> None:
+    response = client.post(CONFIGMAPS, params={"dryRun": "All"}, json={"metadata": {"name": "c"}})
+    assert response.status_code == 400 and "dryRun" in response.json()["message"]
+    assert client.get(f"{CONFIGMAPS}/c").status_code == 404

@@ -41,6 +41,7 @@ def test_defaults_fill_absent_fields_at_every_level() -> None:
 @pytest.mark.parametrize(("spec", "field", "message"), [
     ({}, "spec.size", "Required value"),
     ({"size": "big"}, "spec.size", 'Invalid value: "big": spec.size in body must be of type integer: "string"'),
+    ({"size": 1.5}, "spec.size", 'Invalid value: 1.5: spec.size in body must be of type integer: "number"'),
     ({"size": True}, "spec.size", 'Invalid value: true: spec.size in body must be of type integer: "boolean"'),
     ({"size": 0}, "spec.size", "Invalid value: 0: spec.size in body should be greater than or equal to 1"),
     ({"size": 11}, "spec.size", "Invalid value: 11: spec.size in body should be less than or equal to 10"),
@@ -69,7 +70,7 @@ def test_every_violated_keyword_of_a_field_is_reported() -> None:
 
 @pytest.mark.parametrize("spec", [
     {"size": 1}, {"size": 10, "color": "green", "label": "abc", "port": 80}, {"size": 1, "port": "http"},
-    {"size": 1, "ratio": None}, {"size": 1, "ratio": 0.5}, {"size": 1, "limits": {"gpu": 2}},
+    {"size": 1, "ratio": None}, {"size": 1, "ratio": 0.5}, {"size": 1, "limits": {"gpu": 2}}, {"size": 2.0},
 ])
 def test_valid_specs_pass(spec: dict[str, Any]) -> None:
     assert schemas.validate(_spec(**spec), SCHEMA) == []

@@ -122,6 +122,9 @@ class Server:
             return self._discovery(route)
         if route.target == "unknown":
             raise statuses.StatusError("NotFound", "the server could not find the requested resource")
+        if "dryRun" in request.query:
+            raise statuses.bad_request(f'dryRun: Unsupported value: "{request.query["dryRun"]}": dry runs are not '
+                                       "emulated (they would be stored)")
         rt = self.cluster.resource_type(route.group, route.version, route.plural)
         if route.namespace is not None and not rt.namespaced:
             raise statuses.StatusError("NotFound", "the server could not find the requested resource")
