@@ -151,7 +151,7 @@ def test_bad_lora_spec_is_rejected_naming_the_field(kwargs, field):
 
 
 def test_adapter_life_create_idempotent_conflict_delete(engine):
-    spec = engine_mod.LoraSpec(rank=4, seed=9, train_unembed=False)
+    spec = engine_mod.LoraSpec(rank=4, seed=9, train_mlp=False, train_unembed=False)
     engine.create_adapter("life", spec)
     engine.create_adapter("life", spec)
     assert engine.has_adapter("life") and "life" in engine.adapter_ids()
