@@ -47,6 +47,29 @@ def test_the_project_lorajob_crd_preloads_and_is_served(kube_emulator: KubeEmula
     assert client.get(f"/apis/{group}/{version}/namespaces/default/{plural}").status_code == 200
 
 
+@pytest.mark.skipif(not (PROJECT_CRD.parent.parent / "examples" / "lorajob-training.yaml").exists(),
+                    reason="the project's examples are not written yet")
+def test_the_project_examples_validate_and_their_immutable_fields_hold(kube_emulator: KubeEmulator,
+                                                                       client: httpx.Client) -> None:
+    kube_emulator.load_manifests(PROJECT_CRD)
+    examples = PROJECT_CRD.parent.parent / "examples"
+    for path in sorted(examples.glob("lorajob-*.yaml")):
+        for manifest in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if manifest:
+                manifest["metadata"]["namespace"] = "default"
+                created = kube_emulator.create(manifest)
+                assert created["metadata"]["generation"] == 1, path
+    api_version, name = created["apiVersion"], created["metadata"]["name"]
+    group_version = api_version if "/" in api_version else f"/{api_version}"
+    plural = next(c for c in kube_emulator.list("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+                  if c["spec"]["names"]["kind"] == created["kind"])["spec"]["names"]["plural"]
+    response = client.patch(f"/apis/{group_version}/namespaces/default/{plural}/{name}",
+                            json={"spec": {"baseModel": "another/model"}},
+                            headers={"Content-Type": "application/merge-patch+json"})
+    assert response.status_code == 422
+    assert response.json()["details"]["causes"][0]["field"] == "spec.baseModel"
+
+
 def _broken(change: Any) -> dict[str, Any]:
     crd = copy.deepcopy(WIDGET_CRD)
     change(crd)
