@@ -135,3 +135,18 @@ def test_delete_collection_honours_the_label_selector(client: httpx.Client) -> N
     deleted = client.delete(CONFIGMAPS, params={"labelSelector": "app=x"}).json()
     assert [item["metadata"]["name"] for item in deleted["items"]] == ["a"]
     assert [item["metadata"]["name"] for item in client.get(CONFIGMAPS).json()["items"]] == ["b"]
+
+
+def test_a_namespace_waits_for_finalized_content(client: httpx.Client) -> None:
+    client.post("/api/v1/namespaces", json={"metadata": {"name": "team"}})
+    client.post("/api/v1/namespaces/team/configmaps", json={"metadata": {"name": "held", "finalizers": ["x"]}})
+    client.delete("/api/v1/namespaces/team")
+    refused = client.post("/api/v1/namespaces/team/configmaps", json={"metadata": {"name": "new"}})
+    assert refused.status_code == 403 and refused.json()["reason"] == "Forbidden"
+    deadline = time.monotonic() + 2
+    while not client.get("/api/v1/namespaces/team/configmaps/held").json()["metadata"].get("deletionTimestamp"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert client.get("/api/v1/namespaces/team").json()["status"]["phase"] == "Terminating"
+    client.patch("/api/v1/namespaces/team/configmaps/held", json={"metadata": {"finalizers": None}}, headers=MERGE)
+    assert _gone(client, "/api/v1/namespaces/team")

@@ -285,16 +285,13 @@ class Cluster:
         ns_obj = self.store.get(NAMESPACE_KEY, "", namespace)
         if ns_obj is None:
             return
-        remaining = 0
         for key, obj in self.store.all_objects():
-            if obj["metadata"].get("namespace") != namespace:
-                continue
-            remaining += 1
             rt = self._any_type(key)
-            if rt is not None and not obj["metadata"].get("deletionTimestamp"):
+            if obj["metadata"].get("namespace") == namespace and rt is not None \
+                    and not obj["metadata"].get("deletionTimestamp"):
                 self.delete(rt, namespace, obj["metadata"]["name"])
-        still_there = any(obj["metadata"].get("namespace") == namespace for _, obj in self.store.all_objects())
-        if remaining == 0 or not still_there:
+        # Objects held by finalizers stay; their removal calls this again, and the last one frees the namespace.
+        if not any(obj["metadata"].get("namespace") == namespace for _, obj in self.store.all_objects()):
             self.store.remove(NAMESPACE_KEY, ns_obj)
 
     # -- custom resource definitions --------------------------------------------------------------
