@@ -75,3 +75,11 @@ def test_pods_start_pending_and_take_status_through_the_subresource(client: http
     assert created["status"] == {"phase": "Pending"}
     patched = client.patch(f"{pods}/p/status", json={"status": {"phase": "Succeeded"}}, headers=MERGE).json()
     assert patched["status"]["phase"] == "Succeeded"
+
+
+def test_a_status_write_that_changes_nothing_keeps_the_resource_version(client: httpx.Client,
+                                                                         crds: KubeEmulator) -> None:
+    client.post(WIDGETS, json=widget("w"))
+    first = client.patch(f"{WIDGETS}/w/status", json={"status": {"phase": "Running"}}, headers=MERGE).json()
+    again = client.patch(f"{WIDGETS}/w/status", json={"status": {"phase": "Running"}}, headers=MERGE).json()
+    assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]

@@ -172,6 +172,7 @@ def prepare_update(rt: ResourceType, old: dict[str, Any], new: dict[str, Any], *
             result["status"] = copy.deepcopy(new["status"])
         else:
             result.pop("status", None)
+        result["metadata"].pop("resourceVersion", None)
         return result
     result = copy.deepcopy(new)
     result["apiVersion"], result["kind"] = rt.api_version, rt.kind
