@@ -20,8 +20,9 @@ ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 ARG PIP_CERT
-# Extras of the loraplane package to install, e.g. "s3".
-ARG EXTRAS=""
+# Extras of the loraplane package to install: "s3" lets the artifact store be s3:// (the chart's
+# store.type=s3); empty leaves it out.
+ARG EXTRAS="s3"
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1

@@ -108,17 +108,18 @@ build() {
 check() {
     step "checking $IMAGE"
     local uid
-    uid=$(podman run --rm --entrypoint id "$IMAGE" -u)
+    uid=$(podman run --rm --no-healthcheck --entrypoint id "$IMAGE" -u)
     [ "$uid" != 0 ] || die "the image runs as root"
     echo "runs as uid $uid"
 
-    podman run --rm "$IMAGE" --help >/dev/null || die "loraplane --help failed"
-    podman run --rm "$IMAGE" operator --help >/dev/null || die "loraplane operator --help failed"
-    podman run --rm "$IMAGE" runtime --help >/dev/null || die "loraplane runtime --help failed"
+    podman run --rm --no-healthcheck "$IMAGE" --help >/dev/null || die "loraplane --help failed"
+    podman run --rm --no-healthcheck "$IMAGE" operator --help >/dev/null || die "loraplane operator --help failed"
+    podman run --rm --no-healthcheck "$IMAGE" runtime --help >/dev/null || die "loraplane runtime --help failed"
     echo "operator and runtime start (--help)"
 
     local work name="loraplane-smoke-gateway-$$"
     work=$(mktemp -d)
+    chmod 0755 "$work"  # the image's user (uid 10001) reads the keys file in it
     trap 'podman rm -f "$name" >/dev/null 2>&1 || true; rm -rf "$work"' RETURN
     echo "smoke=tml-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$work/keys"
     chmod 0644 "$work/keys"
@@ -133,7 +134,7 @@ contexts: [{name: none, context: {cluster: none, user: none, namespace: default}
 current-context: none
 KCFG
     chmod 0644 "$work/kubeconfig"
-    podman run -d --name "$name" --network=host --read-only --tmpfs /tmp \
+    podman run -d --no-healthcheck --name "$name" --network=host --read-only --tmpfs /tmp \
         --cap-drop=ALL --security-opt=no-new-privileges \
         -v "$work:/etc/loraplane:ro" \
         -e LORAPLANE_GATEWAY__API_KEYS_FILE=/etc/loraplane/keys \

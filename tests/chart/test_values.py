@@ -1,0 +1,100 @@
+"""values.schema.json rejects typos and wrong types; the chart fails readably on combinations that
+cannot work; every value in values.yaml is documented."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import helm_python as helm
+import pytest
+
+from tests.chart.rendering import CHART_DIR, render
+
+RUNTIME = {"name": "tiny", "baseModel": "org/tiny", "model": {"image": {"path": "/models/tiny"}}}
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"gatway": {"replicas": 1}}, "additional properties 'gatway' not allowed"),
+    ({"gateway": {"replica": 1}}, "additional properties 'replica' not allowed"),
+    ({"gateway": {"replicas": "two"}}, "/gateway/replicas"),
+    ({"store": {"type": "nfs"}}, "/store/type"),
+    ({"crds": {"enabled": "yes"}}, "/crds/enabled"),
+    ({"logLevel": "verbose"}, "/logLevel"),
+    ({"gateway": {"longPollSeconds": 90}}, "/gateway/longPollSeconds"),
+    ({"runtimes": [{**RUNTIME, "gpu": 1}]}, "additional properties 'gpu' not allowed"),
+    ({"runtimes": [{**RUNTIME, "gpus": "1"}]}, "/runtimes/0/gpus"),
+    ({"runtimes": [{**RUNTIME, "name": "Tiny_Model"}]}, "/runtimes/0/name"),
+    ({"runtimes": [{"name": "tiny", "model": RUNTIME["model"]}]}, "baseModel"),
+    ({"runtimes": [{**RUNTIME, "model": {"hub": {"id": "org/tiny"}}}]}, "cacheClaim"),
+    ({"runtimes": [{**RUNTIME, "dtype": "fp8"}]}, "/runtimes/0/dtype"),
+    ({"gateway": {"resources": {"limits": {"memory": "lots"}}}}, "/gateway/resources/limits/memory"),
+])
+def test_schema_rejects_typos_and_wrong_types(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as info:
+        render(values)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"apiKeys": {"existingSecret": "keys", "tenants": {"a": "tml-x"}}},
+     "set either apiKeys.existingSecret or apiKeys.tenants, not both"),
+    ({"apiKeys": {"tenants": {"alice": "secret"}}}, 'apiKeys.tenants.alice: a key must start with "tml-"'),
+    ({"apiKeys": {"tenants": {"al ice": "tml-x"}}}, 'tenant name "al ice"'),
+    ({"store": {"type": "s3", "s3": {"url": "gs://bucket"}}}, "store.s3.url must start with s3://"),
+    ({"store": {"pvc": {"existingClaim": "x"}}}, "set store.pvc.create=false"),
+    ({"store": {"pvc": {"create": False}}}, "set store.pvc.existingClaim or store.pvc.create=true"),
+    ({"runtimes": [RUNTIME, RUNTIME]}, 'runtimes[1].name "tiny" is used twice'),
+    ({"runtimes": [{**RUNTIME, "model": {}}]}, "runtimes[0] (tiny): model needs exactly one of pvc, image or hub"),
+    ({"runtimes": [{**RUNTIME, "model": {"image": {"path": "/m"}, "pvc": {"claimName": "c"}}}]},
+     "model needs exactly one of pvc, image or hub (got 2)"),
+    ({"runtimes": [{**RUNTIME, "gpus": 2, "resources": {"limits": {"nvidia.com/gpu": 2}}}]},
+     "set the GPU count with gpus or resources.limits.nvidia.com/gpu, not both"),
+    ({"runtimes": [{**RUNTIME, "maxResidentAdapters": 8, "maxAdapters": 4}]},
+     "maxResidentAdapters (8) cannot exceed maxAdapters (4)"),
+    ({"fullnameOverride": "a" * 40, "runtimes": [{**RUNTIME, "name": "b" * 20}]}, "longer than 52 characters"),
+    ({"gateway": {"ingress": {"enabled": True}}}, "gateway.ingress.enabled needs at least one entry"),
+])
+def test_invalid_combinations_fail_with_a_readable_message(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError) as info:
+        render(values)
+    assert message in str(info.value)
+
+
+def test_every_value_in_values_yaml_has_a_comment() -> None:
+    """Each leaf value has a comment right above it, or sits inside a commented parent (resources)."""
+    lines = (CHART_DIR / "values.yaml").read_text().splitlines()
+    commented: dict[int, bool] = {}  # indent -> whether the open key at that indent is commented
+    undocumented = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):(.*)$", line)
+        if not match:
+            continue
+        indent, key, rest = len(match.group(1)), match.group(2), match.group(3)
+        commented = {k: v for k, v in commented.items() if k < indent}
+        here = i > 0 and lines[i - 1].strip().startswith("#")
+        inherited = any(commented.values())
+        commented[indent] = here
+        if rest.strip() and not (here or inherited):
+            undocumented.append(f"{i + 1}: {key}")
+    assert undocumented == []
+
+
+def test_schema_forbids_unknown_keys_in_every_object() -> None:
+    import json
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    loose: list[str] = []
+
+    def visit(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node and node.get("additionalProperties") is not False:
+                loose.append(path)
+            for key, value in node.items():
+                visit(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                visit(value, f"{path}/{i}")
+
+    visit(schema, "")
+    assert loose == []
