@@ -228,3 +228,13 @@ def test_dry_runs_are_refused_rather_than_stored(client: httpx.Client) -> None:
     response = client.post(CONFIGMAPS, params={"dryRun": "All"}, json={"metadata": {"name": "c"}})
     assert response.status_code == 400 and "dryRun" in response.json()["message"]
     assert client.get(f"{CONFIGMAPS}/c").status_code == 404
+
+
+def test_invalid_label_values_are_422_on_create_and_update(client: httpx.Client) -> None:
+    response = client.post(CONFIGMAPS, json={"metadata": {"name": "c", "labels": {"tenant": "Alice Smith"}}})
+    assert response.status_code == 422
+    assert response.json()["details"]["causes"][0]["field"] == "metadata.labels"
+    client.post(CONFIGMAPS, json={"metadata": {"name": "c"}})
+    response = client.patch(f"{CONFIGMAPS}/c", json={"metadata": {"labels": {"k": "x" * 64}}},
+                            headers={"Content-Type": "application/merge-patch+json"})
+    assert response.status_code == 422

@@ -99,3 +99,18 @@ def test_release_needs_a_deletion_mark_and_no_finalizers(metadata: dict[str, Any
 def test_owner_uids_are_read_from_owner_references() -> None:
     obj = {"metadata": {"ownerReferences": [{"uid": "a"}, {"uid": "b"}, {"name": "no-uid"}]}}
     assert objects.owner_uids(obj) == {"a", "b"}
+
+
+@pytest.mark.parametrize(("labels", "ok"), [
+    ({"app": "trainer"}, True),
+    ({"loraplane.dev/tenant": "alice"}, True),
+    ({"a": ""}, True),
+    ({"a": "has space"}, False),
+    ({"a": "-leading"}, False),
+    ({"a": "x" * 64}, False),
+    ({"Bad_Prefix/a": "v"}, False),
+    ({"ok.io/" + "n" * 64: "v"}, False),
+    ({"": "v"}, False),
+])
+def test_label_keys_and_values_follow_the_real_rules(labels: dict[str, str], ok: bool) -> None:
+    assert (objects.label_causes(labels) == []) is ok

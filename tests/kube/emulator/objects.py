@@ -70,6 +70,34 @@ def check_identity(rt: ResourceType, body: Any, namespace: str, name: str | None
                                    f"URL ({name})")
 
 
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+def label_causes(labels: dict[str, str]) -> list[dict[str, str]]:
+    """Causes for label keys and values the real server refuses (422); pure, called on create and update."""
+    causes = []
+    for key, value in labels.items():
+        prefix, _, name = key.rpartition("/")
+        if (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) or len(name) > 63 \
+                or not _LABEL_NAME.match(name):
+            causes.append({"reason": "FieldValueInvalid", "field": "metadata.labels",
+                           "message": f'Invalid value: "{key}": name part must consist of alphanumeric characters, '
+                                      "'-', '_' or '.', and must start and end with an alphanumeric character, "
+                                      "with an optional DNS subdomain prefix and '/'"})
+        if len(value) > 63 or (value and not _LABEL_NAME.match(value)):
+            causes.append({"reason": "FieldValueInvalid", "field": "metadata.labels",
+                           "message": f'Invalid value: "{value}": a valid label must be an empty string or consist '
+                                      "of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+                                      "alphanumeric character, at most 63 characters"})
+    return causes
+
+
+def _check_labels(rt: ResourceType, metadata: dict[str, Any]) -> None:
+    causes = label_causes(metadata.get("labels") or {})
+    if causes:
+        raise statuses.invalid(rt.kind, rt.group, str(metadata.get("name", "")), causes)
+
+
 def _json_type(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "bool", int: "number", float: "number"}.get(
         type(value), "null")
@@ -128,6 +156,7 @@ def prepare_create(rt: ResourceType, body: dict[str, Any], *, namespace: str, ui
         raise _invalid(rt, str(name), "metadata.name",
                        f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
                        "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")
+    _check_labels(rt, metadata)
     for key in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "managedFields"):
         metadata.pop(key, None)
     if rt.namespaced:
@@ -183,6 +212,7 @@ def prepare_update(rt: ResourceType, old: dict[str, Any], new: dict[str, Any], *
         else:
             metadata.pop(key, None)
     metadata.pop("resourceVersion", None)
+    _check_labels(rt, metadata)
     if rt.status_subresource:
         if "status" in old:
             result["status"] = copy.deepcopy(old["status"])
