@@ -98,12 +98,36 @@ def test_deleting_an_owner_deletes_its_dependents(client: httpx.Client, crds: Ku
     assert client.get(f"{CONFIGMAPS}/bystander").status_code == 200
 
 
-def test_orphan_propagation_keeps_dependents(client: httpx.Client, crds: KubeEmulator) -> None:
+def test_orphan_propagation_keeps_dependents_without_the_reference(client: httpx.Client, crds: KubeEmulator) -> None:
     owner = client.post(WIDGETS, json=widget("owner")).json()
     client.post(CONFIGMAPS, json=_owned("dependent", owner))
-    client.delete(f"{WIDGETS}/owner", params={"propagationPolicy": "Orphan"})
-    client.post(CONFIGMAPS, json={"metadata": {"name": "later"}})  # the loop has run any deferred work
+    marked = client.delete(f"{WIDGETS}/owner", params={"propagationPolicy": "Orphan"}).json()
+    assert marked["metadata"]["finalizers"] == ["orphan"] and marked["metadata"]["deletionTimestamp"]
+    assert _gone(client, f"{WIDGETS}/owner")
+    dependent = client.get(f"{CONFIGMAPS}/dependent").json()
+    assert "ownerReferences" not in dependent["metadata"]
+    client.delete(f"{WIDGETS}/missing")  # another removal pass of the collector leaves it alone
     assert client.get(f"{CONFIGMAPS}/dependent").status_code == 200
+
+
+def test_foreground_deletion_waits_for_dependents(client: httpx.Client, crds: KubeEmulator) -> None:
+    owner = client.post(WIDGETS, json=widget("owner")).json()
+    held = _owned("held", owner)
+    held["metadata"]["finalizers"] = ["hold"]
+    client.post(CONFIGMAPS, json=held)
+    client.post(CONFIGMAPS, json=_owned("free", owner))
+    response = client.request("DELETE", f"{WIDGETS}/owner", json={"propagationPolicy": "Foreground"})
+    assert response.json()["metadata"]["finalizers"] == ["foregroundDeletion"]
+    assert _gone(client, f"{CONFIGMAPS}/free")
+    assert client.get(f"{WIDGETS}/owner").json()["metadata"]["finalizers"] == ["foregroundDeletion"]
+    client.patch(f"{CONFIGMAPS}/held", json={"metadata": {"finalizers": None}}, headers=MERGE)
+    assert _gone(client, f"{WIDGETS}/owner")
+
+
+def test_unknown_propagation_policy_is_400(client: httpx.Client, crds: KubeEmulator) -> None:
+    client.post(WIDGETS, json=widget("w"))
+    response = client.delete(f"{WIDGETS}/w", params={"propagationPolicy": "Sideways"})
+    assert response.status_code == 400 and "propagationPolicy" in response.json()["message"]
 
 
 def test_dependents_with_finalizers_wait_for_them(client: httpx.Client, crds: KubeEmulator) -> None:

@@ -32,6 +32,8 @@ from .resources import ResourceType
 from .store import ObjectStore
 
 CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
+ORPHAN = "orphan"  #: the finalizer of propagationPolicy=Orphan
+FOREGROUND = "foregroundDeletion"  #: the finalizer of propagationPolicy=Foreground
 NAMESPACE_KEY = ("", "namespaces")
 
 
@@ -220,7 +222,8 @@ class Cluster:
 
         Args:
             options: the DeleteOptions body: ``preconditions`` (uid, resourceVersion) and
-                ``propagationPolicy`` (``Orphan`` skips garbage collection of dependents).
+                ``propagationPolicy`` (``Background``, the default; ``Foreground``: the object stays
+                until its dependents are gone; ``Orphan``: dependents lose their reference and stay).
         """
         options = options or {}
         current = self._require(rt, namespace, name)
@@ -229,16 +232,24 @@ class Cluster:
             raise statuses.conflict(rt.plural, rt.group, name)
         if preconditions.get("resourceVersion"):
             objects.check_resource_version(rt, current, preconditions["resourceVersion"], required=False)
-        orphan = options.get("propagationPolicy") == "Orphan" or options.get("orphanDependents") is True
-        if current["metadata"].get("finalizers") or rt.storage_key == NAMESPACE_KEY:
-            if current["metadata"].get("deletionTimestamp"):
-                return self._view(rt, current)
+        policy = "Orphan" if options.get("orphanDependents") is True else options.get("propagationPolicy")
+        if policy not in (None, "Orphan", "Background", "Foreground"):
+            raise statuses.bad_request(f'propagationPolicy: Unsupported value: "{policy}": supported values: '
+                                       '"Background", "Foreground", "Orphan"')
+        if current["metadata"].get("deletionTimestamp"):
+            return self._view(rt, current)
+        # Orphan and Foreground work through finalizers the garbage collector removes, as on the real server.
+        extra = {"Orphan": ORPHAN, "Foreground": FOREGROUND}.get(policy or "")
+        if current["metadata"].get("finalizers") or extra or rt.storage_key == NAMESPACE_KEY:
             marked = objects.mark_deleting(current, self._now())
+            if extra:
+                marked["metadata"]["finalizers"] = [*(marked["metadata"].get("finalizers") or []), extra]
+                self.defer(self.collect_garbage)
             if rt.storage_key == NAMESPACE_KEY:
                 marked.setdefault("status", {})["phase"] = "Terminating"
                 self.defer(lambda: self._empty_namespace(name))
             return self._view(rt, self.store.put(rt.storage_key, marked))
-        final = self._remove(rt, current, collect_garbage=not orphan)
+        final = self._remove(rt, current)
         if rt.returns_deleted_object:
             return self._view(rt, final)
         return statuses.success_status({"name": name, "group": rt.group, "kind": rt.plural,
@@ -255,12 +266,11 @@ class Cluster:
         return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
                 "metadata": {"resourceVersion": str(self.store.resource_version)}, "items": deleted}
 
-    def _remove(self, rt: ResourceType, obj: dict[str, Any], collect_garbage: bool = True) -> dict[str, Any]:
+    def _remove(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         final = self.store.remove(rt.storage_key, obj)
         if rt.storage_key == CRD_KEY:
             self._unregister(obj)
-        if collect_garbage:
-            self.defer(self.collect_garbage)
+        self.defer(self.collect_garbage)
         namespace = obj["metadata"].get("namespace")
         if namespace:
             ns_obj = self.store.get(NAMESPACE_KEY, "", namespace)
@@ -272,13 +282,49 @@ class Cluster:
         return next((rt for rt in self.types.values() if rt.storage_key == key), None)
 
     def collect_garbage(self) -> None:
-        """Delete objects whose every owner (by uid) is gone, as the garbage collector does."""
-        uids = {obj["metadata"]["uid"] for _, obj in self.store.all_objects()}
-        for key, obj in self.store.all_objects():
+        """One pass of the garbage collector, over every object.
+
+        Owners deleted with ``Orphan`` have their dependents' references to them removed, then
+        lose the ``orphan`` finalizer. Objects none of whose owners remain (gone, or being deleted
+        in the foreground) are deleted. Owners being deleted in the foreground lose the
+        ``foregroundDeletion`` finalizer once nothing refers to them.
+        """
+        everything = list(self.store.all_objects())
+        for key, owner in everything:
+            if ORPHAN in (owner["metadata"].get("finalizers") or []):
+                uid = owner["metadata"]["uid"]
+                for dep_key, dependent in list(self.store.all_objects()):
+                    if uid in objects.owner_uids(dependent):
+                        released = copy.deepcopy(dependent)
+                        released["metadata"]["ownerReferences"] = [
+                            ref for ref in released["metadata"]["ownerReferences"] if ref.get("uid") != uid]
+                        if not released["metadata"]["ownerReferences"]:
+                            del released["metadata"]["ownerReferences"]
+                        self.store.put(dep_key, released)
+                self._drop_finalizer(key, owner, ORPHAN)
+        solid = {obj["metadata"]["uid"] for _, obj in self.store.all_objects()
+                 if FOREGROUND not in (obj["metadata"].get("finalizers") or [])}
+        for key, obj in list(self.store.all_objects()):
             owners = objects.owner_uids(obj)
             rt = self._any_type(key)
-            if owners and not owners & uids and rt is not None and not obj["metadata"].get("deletionTimestamp"):
+            if owners and not owners & solid and rt is not None and not obj["metadata"].get("deletionTimestamp"):
                 self.delete(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        referenced = {uid for _, obj in self.store.all_objects() for uid in objects.owner_uids(obj)}
+        for key, owner in list(self.store.all_objects()):
+            if FOREGROUND in (owner["metadata"].get("finalizers") or []) and owner["metadata"]["uid"] not in referenced:
+                self._drop_finalizer(key, owner, FOREGROUND)
+
+    def _drop_finalizer(self, key: tuple[str, str], obj: dict[str, Any], finalizer: str) -> None:
+        """Remove one finalizer as its controller would; the object goes if it was the last."""
+        rt = self._any_type(key)
+        current = self.store.get(key, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        if rt is None or current is None:
+            return
+        current["metadata"]["finalizers"] = [f for f in current["metadata"].get("finalizers") or [] if f != finalizer]
+        if objects.is_released(current):
+            self._remove(rt, current)
+        else:
+            self.store.put(key, current)
 
     def _empty_namespace(self, namespace: str) -> None:
         """Delete everything in a terminating namespace; remove the namespace once it is empty."""
