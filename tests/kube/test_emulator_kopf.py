@@ -15,7 +15,7 @@ from tests.kube.emulator import KubeEmulator
 from tests.kube.emulator.samples import GROUP, WIDGET_CRD, widget
 
 
-def _wait_for(predicate: Any, timeout: float = 10.0) -> Any:
+def _wait_for(predicate: Any, timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -58,7 +58,7 @@ def test_kopf_operator_reacts_to_a_created_resource_and_patches_its_status(
     stop, ready = threading.Event(), threading.Event()
     thread = _operator_thread(registry, stop, ready)
     try:
-        assert ready.wait(10)
+        assert ready.wait(30)
         kube_emulator.create(widget("first", size=4))
 
         def handled() -> dict[str, Any] | None:
@@ -102,7 +102,7 @@ def test_kopf_finalizer_holds_a_deleted_resource_until_its_delete_handler_ran(
     stop, ready = threading.Event(), threading.Event()
     thread = _operator_thread(registry, stop, ready)
     try:
-        assert ready.wait(10)
+        assert ready.wait(30)
         kube_emulator.create(widget("doomed"))
 
         def finalized() -> bool:
