@@ -117,3 +117,39 @@ def test_kopf_finalizer_holds_a_deleted_resource_until_its_delete_handler_ran(
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_kopf_recovers_from_dropped_watches_and_410_gone(kube_emulator: KubeEmulator, kubeconfig_path: Path) -> None:
+    kube_emulator.create(WIDGET_CRD)
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.create(GROUP, "v1", "widgets", id="widget_created", registry=registry)
+    def widget_created(**_: Any) -> str:
+        return "seen"
+
+    stop, ready = threading.Event(), threading.Event()
+    thread = _operator_thread(registry, stop, ready)
+    try:
+        assert ready.wait(30)
+        _wait_for(lambda: kube_emulator.request_count("watch", "/widgets$") >= 1)
+        watches_before = kube_emulator.request_count("watch", "/widgets$")
+        lists_before = kube_emulator.request_count("list", "/widgets$")
+        kube_emulator.fail_next_watches(3)
+        assert kube_emulator.drop_watches() >= 1
+        kube_emulator.create(widget("after-the-storm"))
+
+        def handled() -> bool:
+            obj = kube_emulator.get(f"{GROUP}/v1", "Widget", "after-the-storm", "default")
+            return bool(obj and (obj.get("status") or {}).get("widget_created") == "seen")
+
+        _wait_for(handled)
+        assert kube_emulator.request_count("watch", "/widgets$") > watches_before
+        assert kube_emulator.request_count("list", "/widgets$") > lists_before  # 410 made Kopf list again
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
