@@ -15,13 +15,15 @@ What it emulates, as the real API server does it:
   generateName, optimistic concurrency, the real status codes and ``Status`` error bodies;
 - merge patch, JSON patch (a failed ``test`` is a 422), strategic merge patch as merge patch;
 - the status subresource kept apart from the main resource;
-- finalizers, deletionTimestamp, garbage collection by ownerReferences, namespace deletion;
+- finalizers, deletionTimestamp, garbage collection by ownerReferences (Background, Foreground
+  and Orphan propagation), namespace deletion;
 - label and field selectors on list, watch and deletecollection;
 - watch with resume, bookmarks, timeouts, ``sendInitialEvents``, bounded history and 410 Gone;
 - CRD schema pruning, defaulting and validation, including a subset of CEL rules;
-- fault injection (dropped watches, 410s, conflict storms, error codes, latency) and request counting.
+- fault injection (dropped watches, 410s, conflict storms, error codes, latency) and request
+  counting, from Python (:class:`KubeEmulator`) or over HTTP (:mod:`.control`).
 
-What it does not: authorization (any request with the right token is allowed), admission
+What it does not: dry runs (refused with 400), authorization (any request with the right token is allowed), admission
 webhooks, server-side apply, version conversion between CRD versions (objects are shared
 and only ``apiVersion`` changes), scale subresources, ``kubectl``-style table output,
 protobuf, aggregated discovery, pod lifecycles (no kubelet, no scheduler, pods are
