@@ -23,8 +23,8 @@ What it emulates, as the real API server does it:
 - fault injection (dropped watches, 410s, conflict storms, error codes, latency) and request
   counting, from Python (:class:`KubeEmulator`) or over HTTP (:mod:`.control`).
 
-What it does not: dry runs (refused with 400), authorization (any request with the right token is allowed), admission
-webhooks, server-side apply, version conversion between CRD versions (objects are shared
+What it does not: dry runs (refused with 400), authorization (any request with the right
+token is allowed), admission webhooks, server-side apply, version conversion between CRD versions (objects are shared
 and only ``apiVersion`` changes), scale subresources, ``kubectl``-style table output,
 protobuf, aggregated discovery, pod lifecycles (no kubelet, no scheduler, pods are
 deleted at once without a grace period), and consistent paginated snapshots (``continue``
