@@ -60,7 +60,7 @@ class Gateway:
         self.cp = control_plane
         self.runtimes = runtimes
         self.store = store
-        self.records = Records(store)
+        self.records = Records(store, clock)
         #: base models clients may ask for (None/empty = whatever the control plane places)
         self.models = list(models or [])
         self.long_poll_s = long_poll_s
@@ -219,11 +219,8 @@ class Gateway:
         record_url = artifacts.checkpoint_record_url(self.store.url, path)
         if not overwrite and self.store.exists(record_url):
             raise errors.InvalidInput(f"checkpoint {str(path)!r} exists; pass overwrite=True to replace it", field="path")
-        expires = None
-        if ttl_seconds:
-            expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl_seconds)).isoformat().replace("+00:00", "Z")
         self.store.write_json(self.records.pending_url(path), {
-            "user_metadata": user_metadata or {}, "ttl_seconds": ttl_seconds, "expires_at": expires,
+            "user_metadata": user_metadata or {}, "ttl_seconds": ttl_seconds,
         })
         return artifacts.checkpoint_url(self.store.url, path)
 

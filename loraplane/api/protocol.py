@@ -148,3 +148,7 @@ class RetrieveFuture(_Body):
 
 class WeightsInfo(_Body):
     tinker_path: str
+
+
+class CheckpointTtl(_Body):
+    ttl_seconds: int | None = Field(None, ge=0)

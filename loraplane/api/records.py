@@ -11,6 +11,7 @@ missing one (404), so ids cannot be probed across tenants.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from loraplane.core import artifacts, errors
@@ -56,8 +57,10 @@ def training_run_view(
 class Records:
     """Sessions, samplers, runs and checkpoints of one store, seen by one tenant at a time."""
 
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: ArtifactStore, clock: Callable[[], str]) -> None:
         self.store = store
+        #: ISO-8601 "now", for checkpoint expiry
+        self.clock = clock
         #: session_id -> record (tenant never changes)
         self._sessions: dict[str, dict[str, Any]] = {}
         #: sampler_id -> record
@@ -126,19 +129,30 @@ class Records:
         """The checkpoint's record, after checking that its run belongs to `tenant`."""
         self.run(tenant, path.run_id, field=field)
         record = self.store.read_json(artifacts.checkpoint_record_url(self.store.url, path))
+        if record is not None and artifacts.is_expired(record, self.clock()):
+            self.store.delete(artifacts.checkpoint_url(self.store.url, path))
+            record = None
         if record is None:
             raise errors.NotFound(f"unknown checkpoint {str(path)!r}", field=field)
         return record
 
     def checkpoints(self, tenant: str, run_id: str) -> list[dict[str, Any]]:
-        """Tinker `Checkpoint` views of the run's checkpoints, oldest first."""
+        """Tinker `Checkpoint` views of the run's checkpoints, oldest first; expired ones are deleted."""
         self.run(tenant, run_id)
-        views = []
+        views, now = [], self.clock()
         for path in self.store.checkpoints(run_id):
             record = self.store.read_json(artifacts.checkpoint_record_url(self.store.url, path))
-            if record is not None:
+            if record is not None and artifacts.is_expired(record, now):
+                self.store.delete(artifacts.checkpoint_url(self.store.url, path))
+            elif record is not None:
                 views.append(checkpoint_view(path, record))
         return sorted(views, key=lambda v: (v.get("time") or "", v["checkpoint_id"]))
+
+    def set_ttl(self, tenant: str, path: TinkerPath, ttl_seconds: int | None) -> None:
+        """Give a checkpoint a new lifetime from now (None: keep it forever)."""
+        record = dict(self.checkpoint(tenant, path))
+        record["expires_at"] = artifacts.expiry_time(self.clock(), ttl_seconds)
+        self.store.write_json(artifacts.checkpoint_record_url(self.store.url, path), record)
 
     def delete_checkpoint(self, tenant: str, path: TinkerPath) -> None:
         self.checkpoint(tenant, path)
@@ -152,10 +166,9 @@ class Records:
     def finish_save(self, path: TinkerPath, *, now: str, step: int | None, size_bytes: int | None) -> None:
         """Write checkpoint.json once the runtime has saved the files (idempotent)."""
         pending = self.store.read_json(self.pending_url(path)) or {}
-        ttl = pending.get("ttl_seconds")
         record = artifacts.build_checkpoint_record(
-            path=path, now=now, size_bytes=size_bytes, step=step,
-            user_metadata=pending.get("user_metadata"), expires_at=pending.get("expires_at") if ttl else None,
+            path=path, now=now, size_bytes=size_bytes, step=step, user_metadata=pending.get("user_metadata"),
+            expires_at=artifacts.expiry_time(now, pending.get("ttl_seconds")),
         )
         existing = self.store.read_json(artifacts.checkpoint_record_url(self.store.url, path))
         if existing is None or existing.get("step") != step:

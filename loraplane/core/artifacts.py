@@ -20,6 +20,7 @@ knows nothing of tenants, which the gateway checks on the records it reads.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -171,6 +172,26 @@ def build_checkpoint_record(
         "user_metadata": user_metadata or {},
         "expires_at": expires_at,
     }
+
+
+def expiry_time(now: str, ttl_seconds: int | None) -> str | None:
+    """`expires_at` of a checkpoint saved at `now` (ISO-8601) with a TTL; None without one. Pure."""
+    if not ttl_seconds:
+        return None
+    start = dt.datetime.fromisoformat(now.replace("Z", "+00:00"))
+    return (start + dt.timedelta(seconds=ttl_seconds)).isoformat().replace("+00:00", "Z")
+
+
+def is_expired(record: dict[str, Any], now: str) -> bool:
+    """Whether a checkpoint record's `expires_at` has passed at `now`. Pure; callers hide expired ones."""
+    expires = record.get("expires_at")
+    if not expires:
+        return False
+    try:
+        return dt.datetime.fromisoformat(str(expires).replace("Z", "+00:00")) <= dt.datetime.fromisoformat(
+            now.replace("Z", "+00:00"))
+    except ValueError:
+        return False
 
 
 class ArtifactStore:

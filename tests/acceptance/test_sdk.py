@@ -97,6 +97,9 @@ def test_rest_client_lists_gets_and_deletes(service: tinker.ServiceClient, serve
     assert {c.checkpoint_type for c in listed} == {"training", "sampler"}
     assert state in {c.tinker_path for c in rest.list_user_checkpoints().result().checkpoints}
     assert rest.get_weights_info_by_tinker_path(state).result().lora_rank == 4
+    rest.set_checkpoint_ttl_from_tinker_path(state, 3600).result()
+    with_ttl = [c for c in rest.list_checkpoints(client.model_id).result().checkpoints if c.tinker_path == state]
+    assert with_ttl[0].expires_at is not None
     rest.delete_checkpoint(client.model_id, "sampler_weights/rest-b").result()
     assert [c.tinker_path for c in rest.list_checkpoints(client.model_id).result().checkpoints] == [state]
     with pytest.raises(tinker.NotFoundError):

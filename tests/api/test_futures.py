@@ -86,3 +86,24 @@ def test_validation_errors_name_the_field(raw: list, field: str) -> None:
 def test_user_errors_tell_the_sdk_not_to_retry() -> None:
     assert api_errors.response_for(errors.NotFound("x")).headers["x-should-retry"] == "false"
     assert "x-should-retry" not in api_errors.response_for(errors.CapacityError("busy")).headers
+
+
+def test_checkpoints_past_their_ttl_disappear_and_ttls_can_be_changed(tmp_path: Path) -> None:
+    now = ["2026-01-01T00:00:00Z"]
+    store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
+    gw = Gateway(control_plane=EmbeddedControlPlane(store, []), runtimes=Runtimes(), store=store, clock=lambda: now[0])
+    gw.records.put_run(artifacts.build_run_record(run_id=RUN, tenant="alice", base_model="m", lora={}, now=now[0]))
+    keep, brief = artifacts.TinkerPath(RUN, "weights", "keep"), artifacts.TinkerPath(RUN, "weights", "brief")
+    gw.store.write_json(gw.records.pending_url(brief), {"ttl_seconds": 60})
+    for path in (keep, brief):
+        gw.records.finish_save(path, now=now[0], step=1, size_bytes=1)
+    assert [c["checkpoint_id"] for c in gw.records.checkpoints("alice", RUN)] == ["weights/brief", "weights/keep"]
+    gw.records.set_ttl("alice", keep, 30)
+    now[0] = "2026-01-01T00:00:45Z"
+    assert [c["checkpoint_id"] for c in gw.records.checkpoints("alice", RUN)] == ["weights/brief"]
+    assert not gw.store.exists(artifacts.checkpoint_url(gw.store.url, keep))
+    gw.records.set_ttl("alice", brief, None)
+    now[0] = "2027-01-01T00:00:00Z"
+    assert gw.records.checkpoint("alice", brief)["expires_at"] is None
+    with pytest.raises(errors.NotFound):
+        gw.records.checkpoint("bob", brief)

@@ -190,3 +190,22 @@ def test_bad_prompts_name_the_field(prompt: dict, field: str) -> None:
 def test_sequence_ids_one_per_sample() -> None:
     assert codecs.sequence_ids("s-0123456789ab:sample:1", 4, 3) == [
         "s-0123456789ab:sample:1:4:0", "s-0123456789ab:sample:1:4:1", "s-0123456789ab:sample:1:4:2"]
+
+
+@pytest.mark.parametrize(
+    ("record", "now", "expired"),
+    [
+        ({}, "2026-01-01T00:00:00Z", False),
+        ({"expires_at": None}, "2026-01-01T00:00:00Z", False),
+        ({"expires_at": "2026-01-01T00:00:10Z"}, "2026-01-01T00:00:09Z", False),
+        ({"expires_at": "2026-01-01T00:00:10Z"}, "2026-01-01T00:00:10Z", True),
+        ({"expires_at": "not a time"}, "2026-01-01T00:00:10Z", False),
+    ],
+)
+def test_checkpoint_expiry(record: dict, now: str, expired: bool) -> None:
+    assert artifacts.is_expired(record, now) is expired
+
+
+@pytest.mark.parametrize(("ttl", "expected"), [(None, None), (0, None), (90, "2026-01-01T00:01:30Z")])
+def test_expiry_time_counts_from_the_save(ttl: int | None, expected: str | None) -> None:
+    assert artifacts.expiry_time("2026-01-01T00:00:00Z", ttl) == expected

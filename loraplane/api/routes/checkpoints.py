@@ -51,6 +51,15 @@ async def delete_checkpoint(run_id: str, segment: str, name: str, gw: GatewayDep
     return Response(status_code=204)
 
 
+@router.put("/training_runs/{run_id}/checkpoints/{segment}/{name}/ttl", status_code=204)
+async def set_checkpoint_ttl(
+    run_id: str, segment: str, name: str, body: protocol.CheckpointTtl, gw: GatewayDep, tenant: TenantDep
+) -> Response:
+    path = artifacts.parse_tinker_path(f"{artifacts.TINKER_SCHEME}{run_id}/{segment}/{name}", field="checkpoint_id")
+    gw.records.set_ttl(tenant, path, body.ttl_seconds)
+    return Response(status_code=204)
+
+
 @router.get("/checkpoints")
 async def list_user_checkpoints(
     gw: GatewayDep, tenant: TenantDep,
