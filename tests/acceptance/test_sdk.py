@@ -55,6 +55,10 @@ def test_resuming_with_optimizer_continues_exactly(service: tinker.ServiceClient
     resumed = service.create_training_client_from_state_with_optimizer(path).result()
     assert resumed.model_id != first.model_id
     assert close(train(resumed, 3, pipelined=False), uninterrupted)
+    # The legacy form (load_weights on an existing model) rewinds the same client to the state.
+    with pytest.warns(FutureWarning, match="deprecated"):
+        first.load_state_with_optimizer(path).result()
+    assert close(train(first, 3, pipelined=False), uninterrupted)
 
 
 def test_sampling_from_live_and_saved_weights(service: tinker.ServiceClient, server: Server) -> None:
