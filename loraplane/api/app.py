@@ -48,20 +48,30 @@ class BodyLimit:
                 await self._reject(send, int(value))
                 return
         seen = 0
+        exceeded = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    exceeded = True
                     raise errors.PayloadTooLarge(f"request body over the limit of {self.max_bytes} bytes")
             return message
 
-        await self.app(scope, limited, send)
+        async def guarded(message: Message) -> None:
+            # Whatever the app made of the interrupted read (FastAPI calls it a parse error), the
+            # answer is the 413.
+            if not exceeded:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._reject(send, seen)
+
+        await self.app(scope, limited, guarded)
 
     async def _reject(self, send: Send, size: int) -> None:
-        err = errors.PayloadTooLarge(f"request body is {size} bytes, over the limit of {self.max_bytes}")
+        err = errors.PayloadTooLarge(f"request body of {size}+ bytes is over the limit of {self.max_bytes} bytes")
         response = api_errors.response_for(err)
         await send({"type": "http.response.start", "status": err.status_code, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})

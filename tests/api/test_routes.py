@@ -215,3 +215,13 @@ async def test_empty_listings_have_cursors(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/v1/checkpoints", headers=ALICE)).json()["checkpoints"] == []
     caps = (await client.get("/api/v1/get_server_capabilities", headers=ALICE)).json()
     assert caps["supported_models"][0]["model_name"] == MODEL
+
+
+@pytest.mark.parametrize("path", ["/api/v1/forward_backward", "/api/v1/create_model"])
+async def test_streamed_bodies_over_the_limit_are_refused_too(client: httpx.AsyncClient, path: str) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"\x00" * 1000
+
+    resp = await client.post(path, content=chunks(), headers={**ALICE, "content-type": "application/x-protobuf"})
+    _assert_error(resp, 413)
