@@ -225,3 +225,50 @@ async def test_streamed_bodies_over_the_limit_are_refused_too(client: httpx.Asyn
 
     resp = await client.post(path, content=chunks(), headers={**ALICE, "content-type": "application/x-protobuf"})
     _assert_error(resp, 413)
+
+
+@pytest.fixture
+async def with_checkpoint(client: httpx.AsyncClient) -> tuple[httpx.AsyncClient, str, str]:
+    """Alice's run with a training state and a sampler snapshot, written straight into the store."""
+    gw: Gateway = client._transport.app.state.gateway  # type: ignore[attr-defined]
+    run = "s-0123456789ab:train:0"
+    gw.records.put_run(artifacts.build_run_record(run_id=run, tenant="alice", base_model=MODEL, lora={"rank": 4},
+                                                  now="2026-01-01T00:00:00Z"))
+    for segment in ("weights", "sampler_weights"):
+        gw.records.finish_save(artifacts.TinkerPath(run, segment, "a"), now="2026-01-01T00:00:00Z", step=1,
+                               size_bytes=1)
+    return client, f"tinker://{run}/weights/a", f"tinker://{run}/sampler_weights/a"
+
+
+@pytest.mark.parametrize(
+    ("which", "extra", "headers", "status", "field"),
+    [
+        ("sampler", {"optimizer": True}, ALICE, 400, "path"),
+        ("weights", {"base_model": "other/model"}, ALICE, 400, "base_model"),
+        ("weights", {}, BOB, 404, "path"),
+        ("missing", {}, ALICE, 404, "path"),
+    ],
+)
+async def test_creating_from_a_state_checks_the_checkpoint(
+    with_checkpoint: tuple[httpx.AsyncClient, str, str], which: str, extra: dict, headers: dict, status: int, field: str
+) -> None:
+    client, weights, sampler = with_checkpoint
+    path = {"weights": weights, "sampler": sampler, "missing": weights.replace("/a", "/b")}[which]
+    sid = await _session(client, headers)
+    body = {"session_id": sid, "model_seq_id": 0, "path": path, **extra}
+    _assert_error(await client.post("/api/v1/load_weights", json=body, headers=headers), status, field)
+
+
+async def test_checkpoints_are_listed_for_their_owner_only(with_checkpoint: tuple[httpx.AsyncClient, str, str]) -> None:
+    client, weights, sampler = with_checkpoint
+    run = weights.split("/")[2]
+    listed = (await client.get(f"/api/v1/training_runs/{run}/checkpoints", headers=ALICE)).json()["checkpoints"]
+    assert {c["tinker_path"] for c in listed} == {weights, sampler}
+    _assert_error(await client.get(f"/api/v1/training_runs/{run}/checkpoints", headers=BOB), 404)
+    _assert_error(await client.delete(f"/api/v1/training_runs/{run}/checkpoints/weights/a", headers=BOB), 404)
+    info = (await client.post("/api/v1/weights_info", json={"tinker_path": weights}, headers=ALICE)).json()
+    assert info["base_model"] == MODEL and info["lora_rank"] == 4
+    resp = await client.delete(f"/api/v1/training_runs/{run}/checkpoints/sampler_weights/a", headers=ALICE)
+    assert resp.status_code == 204
+    listed = (await client.get(f"/api/v1/training_runs/{run}/checkpoints", headers=ALICE)).json()["checkpoints"]
+    assert [c["tinker_path"] for c in listed] == [weights]
