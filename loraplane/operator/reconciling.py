@@ -115,6 +115,18 @@ def train_request(job: LoRAJob, store: str, start_step: int) -> dict[str, Any]:
     return body
 
 
+def _newer(live: str | None, written: str | None, written_over: str | None) -> bool:
+    """Whether the live body is at least as new as our write. Pure.
+
+    resourceVersions are opaque, but etcd's (and the emulator's) are increasing integers, which
+    tells apart an event that arrived late from one after our write. For any other kind, the
+    body counts as newer once it differs from the one our write was based on.
+    """
+    if live is not None and written is not None and live.isdigit() and written.isdigit():
+        return int(live) >= int(written)
+    return live != written_over
+
+
 class JobLoop:
     """The reconcile loop of one job; state is only what bounds writes and tracks freshness."""
 
@@ -131,8 +143,9 @@ class JobLoop:
         return f"{meta.get('namespace')}/{meta.get('name')}"
 
     def current(self) -> LoRAJob:
+        """The freshest view: Kopf's live body, or our last write while the watch lags behind it."""
         live_rv = self.body.get("metadata", {}).get("resourceVersion")
-        if self.written is not None and live_rv == self.written_over:
+        if self.written is not None and not _newer(live_rv, self.written.metadata.resourceVersion, self.written_over):
             return self.written
         self.written = None
         return LoRAJob.from_body(dict(self.body))

@@ -163,3 +163,20 @@ def test_converges_through_watch_drops_and_410_gone(
         cluster.emulator.conflict_next_writes(2, plural="lorajobs")
         cluster.wait_phase("chat", "Running", timeout=30)
     assert rt.calls["POST /v1/adapters"] == 1
+
+
+def test_a_burst_of_jobs_spreads_over_runtimes_without_duplicate_adapters(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    runtimes += [FakeRuntime("tiny", max_adapters=20).start() for _ in range(2)]
+    for i, rt in enumerate(runtimes):
+        cluster.add_pod(runtime_pod(f"rt-{i}", rt.url))
+    with operator(kubeconfig_path, f"file://{tmp_path}"):
+        wait_for(lambda: all(rt.calls["GET /readyz"] for rt in runtimes), what="first health poll")
+        for i in range(24):
+            cluster.emulator.create(lorajob(f"j{i}"))
+        for i in range(24):
+            cluster.wait_phase(f"j{i}", "Running", timeout=30)
+    held = [set(rt.adapters) for rt in runtimes]
+    assert len(held[0] | held[1]) == 24 and not held[0] & held[1]
+    assert all(len(h) >= 6 for h in held)  # least loaded spreads them

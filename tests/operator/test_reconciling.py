@@ -61,3 +61,18 @@ def test_train_request(training: dict[str, Any], expected: dict[str, Any]) -> No
     assert body["start_step"] == 4 and body["dataset"] == "file:///d.jsonl"
     assert {k: body[k] for k in expected} == expected
     assert not ({"steps", "epochs"} - expected.keys()) & body.keys()
+
+
+@pytest.mark.parametrize(
+    ("live", "written", "written_over", "newer"),
+    [
+        ("7", "9", "6", False),  # an event from before our write arrived late (Kopf's own patch)
+        ("9", "9", "6", True),
+        ("12", "9", "6", True),
+        ("6", "9", "6", False),
+        ("b", "c", "a", True),  # opaque versions: any change from the base counts
+        ("a", "c", "a", False),
+    ],
+)
+def test_newer_tells_late_events_from_fresh_ones(live: str, written: str, written_over: str, newer: bool) -> None:
+    assert reconciling._newer(live, written, written_over) is newer
