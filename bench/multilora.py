@@ -92,17 +92,21 @@ def on_model_thread(executor: Executor | None, fn) -> None:
         executor.call(lambda _engine: fn()).result()
 
 
-def timed(fn, engine: Engine, repeats: int, warmup: int) -> float:
+def timed(fns: list, engine: Engine, repeats: int, warmup: int) -> list[float]:
+    """Median seconds of each function; runs are interleaved (a, b, c, a, b, c, ...) so that a
+    change in the machine's load during the measurement hits every column alike."""
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     sync(engine)
-    samples = []
+    samples: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        sync(engine)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+        for fn, out in zip(fns, samples, strict=True):
+            started = time.perf_counter()
+            fn()
+            sync(engine)
+            out.append(time.perf_counter() - started)
+    return [statistics.median(s) for s in samples]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,15 +154,15 @@ def main(argv: list[str] | None = None) -> int:
             for n in counts:
                 works = make_works(n, tokens, args.examples, engine.device)
                 examples = n * args.examples
-                t_seq = timed(lambda w=works: on_model_thread(executor, lambda: step_sequential(engine, w)),
-                              engine, args.repeats, args.warmup)
-                t_bat = timed(lambda w=works: on_model_thread(executor, lambda: step_batched(engine, w)),
-                              engine, args.repeats, args.warmup)
+                fns = [lambda w=works: on_model_thread(executor, lambda: step_sequential(engine, w)),
+                       lambda w=works: on_model_thread(executor, lambda: step_batched(engine, w))]
+                if executor is not None:
+                    fns.append(lambda w=works: step_executor(executor, w))
+                t_seq, t_bat, *t_ex = timed(fns, engine, args.repeats, args.warmup)
                 line = (f"{tokens:>6} {n:>3} {examples / t_seq:>13.1f} {examples / t_bat:>15.1f} "
                         f"{t_seq / t_bat:>7.2f}x")
-                if executor is not None:
-                    t_ex = timed(lambda w=works: step_executor(executor, w), engine, args.repeats, args.warmup)
-                    line += f" {examples / t_ex:>18.1f} {t_seq / t_ex:>7.2f}x"
+                if t_ex:
+                    line += f" {examples / t_ex[0]:>18.1f} {t_seq / t_ex[0]:>7.2f}x"
                 print(line, flush=True)
     finally:
         if executor is not None:

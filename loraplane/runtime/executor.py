@@ -593,6 +593,8 @@ class Executor:
 
     def _finish(self, op: Op, *, result: Any = None, exc: BaseException | None = None,
                 seconds: float | None = None) -> None:
+        if op.kind in FORWARD_KINDS:
+            op.payload = None  # the input tensors are not needed once done; results are kept for a while
         if exc is not None:
             outcome = "user_error" if isinstance(exc, errors.UserError) else "server_error"
             if not isinstance(exc, errors.LoraplaneError):
