@@ -78,6 +78,9 @@ def default_runtime_app(settings: RuntimeSettings) -> Any:
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # serve's log is its one ready line, not a loading bar
         engine = await asyncio.to_thread(
             Engine, str(settings.model_path), base_model=settings.base_model, device=settings.device,
             dtype=settings.dtype, threads=settings.threads,
