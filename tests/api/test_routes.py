@@ -32,10 +32,14 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+def gateway(tmp_path: Path) -> Gateway:
     store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
-    gateway = Gateway(control_plane=EmbeddedControlPlane(store, []), runtimes=Runtimes(), store=store,
-                      models=[MODEL], max_request_bytes=4096, long_poll_s=0.1)
+    return Gateway(control_plane=EmbeddedControlPlane(store, []), runtimes=Runtimes(), store=store,
+                   models=[MODEL], max_request_bytes=4096, long_poll_s=0.1)
+
+
+@pytest.fixture
+async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(gateway, auth.load_keys(inline=["alice=tml-alice", "bob=tml-bob"]))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
         yield c
@@ -228,9 +232,9 @@ async def test_streamed_bodies_over_the_limit_are_refused_too(client: httpx.Asyn
 
 
 @pytest.fixture
-async def with_checkpoint(client: httpx.AsyncClient) -> tuple[httpx.AsyncClient, str, str]:
+async def with_checkpoint(client: httpx.AsyncClient, gateway: Gateway) -> tuple[httpx.AsyncClient, str, str]:
     """Alice's run with a training state and a sampler snapshot, written straight into the store."""
-    gw: Gateway = client._transport.app.state.gateway  # type: ignore[attr-defined]
+    gw = gateway
     run = "s-0123456789ab:train:0"
     gw.records.put_run(artifacts.build_run_record(run_id=run, tenant="alice", base_model=MODEL, lora={"rank": 4},
                                                   now="2026-01-01T00:00:00Z"))
