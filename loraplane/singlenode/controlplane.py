@@ -204,7 +204,8 @@ class EmbeddedControlPlane:
                              now=self.clock(), runtime=ref)
             self._save(job)
             await self._create_adapter(job, ref)
-            if name not in self._jobs:
+            if name not in self._jobs:  # deleted while its adapter was being created: unload it again
+                await self._client(ref.address).delete_adapter(name)
                 return
             job = with_phase(self._jobs[name], Phase.RUNNING, reason="Dispatched", now=self.clock(), runtime=ref,
                              message=f"adapter live on {ref.pod}")
