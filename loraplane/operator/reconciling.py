@@ -305,7 +305,9 @@ class JobLoop:
         try:
             if job.spec.mode == "training":
                 return await self._follow_training(job, address, aid, now)
-            info = await self.ctx.runtime.adapter(address, aid)
+            info = self.ctx.pool.adapter(job.status.runtime.pod, aid)
+            if info is None:  # not in the last listing (or none yet): ask before declaring it lost
+                info = await self.ctx.runtime.adapter(address, aid)
             if info is None:
                 await self.restore(job, now)
                 return 0.0

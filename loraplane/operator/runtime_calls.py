@@ -74,6 +74,13 @@ class RuntimeCalls:
             return None
         return body if isinstance(body, dict) else None
 
+    async def adapters(self, address: str) -> list[dict[str, Any]] | None:
+        """Every AdapterInfo the runtime holds, or None when it cannot be listed now."""
+        try:
+            return await self.client(address).list_adapters()
+        except (errors.LoraplaneError, ValueError, KeyError):
+            return None
+
     async def adapter(self, address: str, adapter_id: str) -> dict[str, Any] | None:
         """AdapterInfo, or None when the runtime does not hold the adapter."""
         try:

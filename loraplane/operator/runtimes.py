@@ -7,7 +7,8 @@ Design notes
 ============
 A pod counts as a runtime only when the pod is Running with its Ready condition True *and* its
 own GET /readyz says ready: the kubelet's readiness lags a crash by a probe period, while the
-operator's own poll sees a dead process at once. Placements made between two polls reserve a slot
+operator's own poll sees a dead process at once. The same poll lists each runtime's adapters, so
+that following a thousand interactive jobs costs one request per runtime, not one per job. Placements made between two polls reserve a slot
 locally (`reserve`), so that a burst of new jobs spreads over the pool instead of piling onto the
 one pod that looked emptiest at the last poll.
 """
@@ -41,6 +42,7 @@ class RuntimePool:
         self._pods: dict[str, _Pod] = {}  #: pods from the watch
         self._health: dict[str, RuntimeCandidate] = {}  #: last /readyz view per pod
         self._listeners: list[Callable[[], None]] = []  #: called when readiness or capacity changes
+        self._adapters: dict[str, dict[str, dict[str, Any]]] = {}  #: pod -> adapter id -> AdapterInfo
 
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -60,6 +62,7 @@ class RuntimePool:
     def pod_gone(self, key: str) -> None:
         if self._pods.pop(key, None) is not None:
             self._health.pop(key, None)
+            self._adapters.pop(key, None)
             self._changed()
 
     def candidates(self) -> list[RuntimeCandidate]:
@@ -72,6 +75,10 @@ class RuntimePool:
             else:
                 out.append(RuntimeCandidate(key, pod.address or "", None, False))
         return out
+
+    def adapter(self, pod: str, adapter_id: str) -> dict[str, Any] | None:
+        """The adapter as the pod's last listing showed it; None when absent or never listed."""
+        return self._adapters.get(pod, {}).get(adapter_id)
 
     def is_ready(self, pod: str) -> bool:
         health = self._health.get(pod)
@@ -89,6 +96,12 @@ class RuntimePool:
         """GET /readyz of every Running+Ready pod, concurrently."""
         pods = [p for p in self._pods.values() if p.pod_ready and p.address]
         answers = await asyncio.gather(*(self.client.readyz(p.address or "") for p in pods))
+        listings = await asyncio.gather(*(self.client.adapters(p.address or "") for p in pods))
+        for pod, listing in zip(pods, listings, strict=True):
+            if listing is None:
+                self._adapters.pop(pod.name, None)
+            else:
+                self._adapters[pod.name] = {a["adapter_id"]: a for a in listing if "adapter_id" in a}
         before = {k: (v.ready, v.base_model) for k, v in self._health.items()}
         for pod, answer in zip(pods, answers, strict=True):
             if pod.name not in self._pods:

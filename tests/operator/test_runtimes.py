@@ -73,6 +73,9 @@ class ScriptedCalls:
     async def readyz(self, address: str) -> dict[str, Any] | None:
         return self.answers.get(address)
 
+    async def adapters(self, address: str) -> list[dict[str, Any]] | None:
+        return [{"adapter_id": "ns.j", "resident": True}] if self.answers.get(address) else None
+
 
 def health(ready: bool = True, total: int = 1, free: int = 3) -> dict[str, Any]:
     return {"ready": ready, "base_model": "m", "adapters": {"total": total}, "capacity": {"free_slots": free}}
@@ -92,6 +95,8 @@ def test_pool_counts_a_pod_only_when_pod_and_readyz_are_ready() -> None:
     a = next(c for c in pool.candidates() if c.pod == "a")
     assert (a.base_model, a.adapters, a.free_slots) == ("m", 1, 3)
     assert changes  # readiness changed: job loops are woken
+    assert pool.adapter("a", "ns.j") == {"adapter_id": "ns.j", "resident": True}
+    assert pool.adapter("a", "other") is None and pool.adapter("c", "ns.j") is None
 
     calls.answers["http://a"] = None  # the process died
     changes.clear()
