@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,8 +59,6 @@ def start_server(model_dir: Path, store: str, *, timeout_s: float = 120) -> Serv
         m = READY.search(line)
         if m:
             # Keep draining stderr so the server never blocks on a full pipe.
-            import threading
-
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
             return Server(m.group(1), str(model_dir), store, proc)
     proc.kill()

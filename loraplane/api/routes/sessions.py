@@ -12,6 +12,12 @@ from loraplane.core import errors
 
 router = APIRouter(tags=["sessions"])
 
+
+class SessionFinished(errors.UserError):
+    """A heartbeat for a finished session: 410 tells the SDK to stop heartbeating."""
+
+    status_code = 410
+
 #: What `client/config` announces. The defaults of the SDK, spelled out: HTTP/1.1 (pyqwest), chunks
 #: sent in parallel (the runtime reorders them by seq_id), uncompressed bodies.
 CLIENT_CONFIG: dict[str, Any] = {
@@ -43,12 +49,8 @@ async def create_session(body: protocol.CreateSession, gw: GatewayDep, tenant: T
 async def session_heartbeat(body: protocol.SessionRefBody, gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
     record = gw.records.session(tenant, ids.check_session_id(body.session_id))
     if record.get("finished"):
-        raise _Gone(f"session {body.session_id!r} is finished")
+        raise SessionFinished(f"session {body.session_id!r} is finished")
     return {"type": "session_heartbeat"}
-
-
-class _Gone(errors.UserError):
-    status_code = 410
 
 
 @router.post("/sessions/{session_id}/finish")
