@@ -255,10 +255,12 @@ def restored(status: LoRAJobStatus, message: str, now: datetime) -> LoRAJobStatu
     )
 
 
-def dispatch_failed(status: LoRAJobStatus, error: str, now: datetime) -> LoRAJobStatus:
+def dispatch_failed(
+    status: LoRAJobStatus, error: str, now: datetime, *, backoff_base: float = BACKOFF_BASE_S
+) -> LoRAJobStatus:
     """A dispatch or training run failed: one attempt used, retry after the backoff. Pure."""
     attempts = status.attempts + 1
-    retry_at = now + timedelta(seconds=backoff_delay(attempts))
+    retry_at = now + timedelta(seconds=backoff_delay(attempts, base=backoff_base))
     message = f"attempt {attempts} failed: {error}; retrying at {iso(retry_at)}"
     conditions = set_condition(status.conditions, READY, "False", "DispatchFailed", message, now)
     return _with(

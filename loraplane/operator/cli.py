@@ -45,12 +45,17 @@ async def run_operator(
     peering_name: str | None = None,
     stop_flag: Any = None,
     ready_flag: Any = None,
+    backoff_base_s: float | None = None,
 ) -> None:
     """Run the operator until `stop_flag` (an asyncio/threading Event or Future) is set."""
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # Kopf's own login reads it from the environment
     registry = handlers.build_registry(
-        settings, store_url=store_url, kubeconfig=kubeconfig, metrics_port=metrics_port
+        settings,
+        store_url=store_url,
+        kubeconfig=kubeconfig,
+        metrics_port=metrics_port,
+        backoff_base_s=backoff_base_s,
     )
     kopf_settings = kopf.OperatorSettings()
     handlers.configure_kopf(kopf_settings)

@@ -56,6 +56,7 @@ def build_registry(
     kubeconfig: str | None = None,
     metrics_port: int | None = None,
     clock: Callable[[], datetime] = _utc_now,
+    backoff_base_s: float | None = None,
 ) -> kopf.OperatorRegistry:
     """A Kopf registry with every handler of the operator bound to these settings."""
     operator_settings = settings
@@ -84,6 +85,8 @@ def build_registry(
             post_event=_post_event,
             clock=clock,
         )
+        if backoff_base_s is not None:
+            context.backoff_base_s = backoff_base_s
         pool.on_change(context.wake_all)
         state["ctx"] = context
         state["stop"] = asyncio.Event()

@@ -61,6 +61,7 @@ class OperatorContext:
     jobs: kubeapi.LoRAJobs
     post_event: PostEvent
     clock: Callable[[], datetime]  #: aware wall-clock time
+    backoff_base_s: float = phases.BACKOFF_BASE_S  #: first retry delay after a failed attempt
     phase_counts: metrics.PhaseCounts = field(default_factory=metrics.PhaseCounts)
     wakers: dict[str, asyncio.Event] = field(default_factory=dict)  #: job uid -> wake-up event
 
@@ -145,7 +146,9 @@ class JobLoop:
     def current(self) -> LoRAJob:
         """The freshest view: Kopf's live body, or our last write while the watch lags behind it."""
         live_rv = self.body.get("metadata", {}).get("resourceVersion")
-        if self.written is not None and not _newer(live_rv, self.written.metadata.resourceVersion, self.written_over):
+        if self.written is not None and not _newer(
+            live_rv, self.written.metadata.resourceVersion, self.written_over
+        ):
             return self.written
         self.written = None
         return LoRAJob.from_body(dict(self.body))
@@ -272,7 +275,7 @@ class JobLoop:
                     runtime.address, aid, train_request(job, self.ctx.store_url, plan.step)
                 )
         except RuntimeRejected as exc:
-            new = phases.dispatch_failed(job.status, str(exc), now)
+            new = phases.dispatch_failed(job.status, str(exc), now, backoff_base=self.ctx.backoff_base_s)
             await self.write(job, new, "DispatchFailed", new.message or "", warning=True)
             return 0.0
         except RuntimeUnreachable as exc:
@@ -355,7 +358,9 @@ class JobLoop:
             return None
         error = str(train.get("error") or "training failed")
         await self._delete_adapter(address, aid)
-        new = phases.dispatch_failed(phases.progressed(job.status, progress, ckpt), error, now)
+        new = phases.dispatch_failed(
+            phases.progressed(job.status, progress, ckpt), error, now, backoff_base=self.ctx.backoff_base_s
+        )
         await self.write(job, new, "TrainingFailed", new.message or error, warning=True)
         return 0.0
 

@@ -92,13 +92,17 @@ class RuntimeCalls:
 
     async def create_adapter(self, address: str, adapter_id: str, lora: LoRAConfig) -> dict[str, Any]:
         config = lora.model_dump()
-        return await self._call(lambda: self.client(address).create_adapter(adapter_id, expect_seq=1, **config))
+        return await self._call(
+            lambda: self.client(address).create_adapter(adapter_id, expect_seq=1, **config)
+        )
 
     async def load_adapter(
         self, address: str, adapter_id: str, source: str, *, optimizer: bool, expect_seq: int | None
     ) -> dict[str, Any]:
         return await self._call(
-            lambda: self.client(address).load_adapter(adapter_id, source, optimizer=optimizer, expect_seq=expect_seq)
+            lambda: self.client(address).load_adapter(
+                adapter_id, source, optimizer=optimizer, expect_seq=expect_seq
+            )
         )
 
     async def offload_adapter(self, address: str, adapter_id: str) -> dict[str, Any]:
@@ -114,7 +118,9 @@ class RuntimeCalls:
             raise
         return True
 
-    async def save_state(self, address: str, adapter_id: str, dest: str, *, wait: float = 60.0) -> dict[str, Any]:
+    async def save_state(
+        self, address: str, adapter_id: str, dest: str, *, wait: float = 60.0
+    ) -> dict[str, Any]:
         """Save weights and optimizer state to `dest` and wait for the result."""
         op = {"seq_id": None, "op": "save_state", "dest": dest, "optimizer": True}
         request_id = await self._call(lambda: self.client(address).submit_op(adapter_id, op))

@@ -26,6 +26,7 @@ from loraplane.operator import runtime_calls
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class _Pod:
     name: str

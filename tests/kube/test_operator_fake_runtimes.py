@@ -180,3 +180,47 @@ def test_a_burst_of_jobs_spreads_over_runtimes_without_duplicate_adapters(
     held = [set(rt.adapters) for rt in runtimes]
     assert len(held[0] | held[1]) == 24 and not held[0] & held[1]
     assert all(len(h) >= 6 for h in held)  # least loaded spreads them
+
+
+def test_refused_dispatches_back_off_then_fail_the_job_with_a_reason(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    rt = FakeRuntime("tiny").start()
+    rt.reject_creates = True
+    runtimes.append(rt)
+    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    with operator(kubeconfig_path, f"file://{tmp_path}", backoff_base_s=0.05):
+        cluster.emulator.create(lorajob("bad", backoffLimit=2))
+        status = cluster.wait_phase("bad", "Failed")
+    assert status["attempts"] == 3 and rt.calls["POST /v1/adapters"] == 3
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert ready["reason"] == "BackoffLimitExceeded" and "backoffLimit 2" in ready["message"]
+    assert "completionTime" in status and "runtime" not in status
+    reasons = [e["reason"] for e in cluster.events("bad")]
+    assert "DispatchFailed" in reasons and "BackoffLimitExceeded" in reasons
+
+
+def test_liveness_and_metrics_endpoints(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    import socket
+
+    import httpx
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    rt = FakeRuntime("tiny").start()
+    runtimes.append(rt)
+    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    liveness = f"http://127.0.0.1:{ports[0]}/healthz"
+    with operator(kubeconfig_path, f"file://{tmp_path}", liveness_endpoint=liveness, metrics_port=ports[1]):
+        cluster.emulator.create(lorajob("chat"))
+        cluster.wait_phase("chat", "Running")
+        assert wait_for(lambda: httpx.get(liveness).status_code == 200, what="liveness 200")
+        text = httpx.get(f"http://127.0.0.1:{ports[1]}/metrics").text
+    assert 'loraplane_operator_jobs{phase="Running"}' in text
+    assert 'loraplane_operator_dispatches_total{origin="fresh"}' in text
+    assert "loraplane_operator_scheduling_latency_seconds_count" in text

@@ -26,6 +26,7 @@ class FakeRuntime:
         self.max_adapters = max_adapters
         self.hold_at = hold_at  #: training stops advancing at this step while set
         self.ready = True
+        self.reject_creates = False  #: answer creates with 400, as a runtime refusing the config would
         self.adapters: dict[str, dict[str, Any]] = {}  #: adapter id -> AdapterInfo
         self.trains: dict[str, dict[str, Any]] = {}  #: adapter id -> run (request + TrainStatus)
         self.results: dict[str, dict[str, Any]] = {}  #: request id -> result body
@@ -116,6 +117,8 @@ class FakeRuntime:
     async def _create(self, request: web.Request) -> web.Response:
         body = await request.json()
         aid = body["adapter_id"]
+        if self.reject_creates:
+            return web.json_response({"detail": "rank too large for this runtime", "field": "rank"}, status=400)
         if aid in self.adapters:
             return web.json_response(self.adapters[aid], status=200)
         if len(self.adapters) >= self.max_adapters:

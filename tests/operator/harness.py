@@ -37,7 +37,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 15.0, what: str = "con
 
 
 @contextmanager
-def operator(kubeconfig: Path, store_url: str, settings: OperatorSettings = FAST) -> Iterator[None]:
+def operator(kubeconfig: Path, store_url: str, settings: OperatorSettings = FAST, **options: Any) -> Iterator[None]:
     """Run `loraplane operator` (through Kopf) in a thread until the block ends."""
     stop, ready = threading.Event(), threading.Event()
     errors: list[BaseException] = []
@@ -46,7 +46,7 @@ def operator(kubeconfig: Path, store_url: str, settings: OperatorSettings = FAST
         try:
             asyncio.run(
                 cli.run_operator(settings, store_url=store_url, kubeconfig=str(kubeconfig), stop_flag=stop,
-                                 ready_flag=ready)
+                                 ready_flag=ready, **options)
             )
         except BaseException as exc:  # surfaced by the assertion below
             errors.append(exc)
@@ -121,8 +121,10 @@ class Cluster:
         return (self.job(name) or {}).get("status") or {}
 
     def wait_phase(self, name: str, phase: str, timeout: float = 15.0) -> dict[str, Any]:
-        return wait_for(lambda: self.status(name).get("phase") == phase and self.status(name),
-                        timeout, f"{name} in phase {phase} (now {self.status(name).get('phase')})")
+        try:
+            return wait_for(lambda: self.status(name).get("phase") == phase and self.status(name), timeout)
+        except AssertionError:
+            raise AssertionError(f"{name} not {phase} within {timeout}s; status: {self.status(name)}") from None
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         response = self.http.patch(
