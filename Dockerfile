@@ -30,13 +30,22 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python3 -m venv --system-site-packages /opt/loraplane
 ENV PATH=/opt/loraplane/bin:$PATH
 WORKDIR /src
-# README.md is optional at build time (the glob matches nothing when it is absent).
+# Three layers, from the slowest-changing: torch, then the dependencies listed in pyproject.toml,
+# then loraplane itself (--no-deps), so that a code change rebuilds only the last, small layer.
+RUN if [ -n "$TORCH_SPEC" ]; then pip install "$TORCH_SPEC"; fi
+COPY pyproject.toml ./
+RUN python -c 'import os, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+extras = [e.strip() for e in os.environ.get("EXTRAS", "").split(",") if e.strip()]; \
+print("\n".join(p["dependencies"] + [r for e in extras for r in p["optional-dependencies"][e]]))' \
+    > /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt
+# README.md is optional at build time: the glob matches nothing when it is absent (a COPY needs one
+# source that exists, hence pyproject.toml again), and pyproject.toml names it as the long
+# description, so an empty one stands in.
 COPY pyproject.toml README.m[d] ./
 COPY loraplane ./loraplane
-# pyproject.toml names README.md as the long description; an empty one stands in when it is absent.
 RUN if [ ! -f README.md ]; then : > README.md; fi \
-    && if [ -n "$TORCH_SPEC" ]; then pip install "$TORCH_SPEC"; fi \
-    && pip install ".${EXTRAS:+[$EXTRAS]}" \
+    && pip install --no-deps ".${EXTRAS:+[$EXTRAS]}" \
     && python -c "import loraplane, torch; print('loraplane', loraplane.__version__, 'torch', torch.__version__)"
 
 FROM ${BASE_IMAGE}

@@ -15,7 +15,9 @@
 #     CA bundle (PyPI may sit behind a TLS-intercepting proxy) and a local wheel directory
 #     ($WHEELS, read-only) where pip finds torch without the multi-GB CUDA download;
 #  5. runs the image: non-root uid, `loraplane gateway` answers GET /healthz, `loraplane operator`
-#     and `loraplane runtime` start (--help).
+#     starts (--help), and `loraplane runtime` loads a tiny random-weight Llama (written by
+#     tests/utils/tiny_models.py on the host, mounted read-only) and answers GET /readyz on CPU.
+# Both servers run as the chart runs them: read-only root, a tmpfs /tmp, no capabilities.
 # Timings: cold (debootstrap + build) about 6-8 minutes on 2 cores, warm about 1-2 minutes.
 set -euo pipefail
 
@@ -27,6 +29,9 @@ WHEELS=${WHEELS:-/opt/wheels}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 CACHE_DIR=${CACHE_DIR:-/var/cache/loraplane-smoke}
 GATEWAY_PORT=${GATEWAY_PORT:-18080}
+RUNTIME_PORT=${RUNTIME_PORT:-18081}
+# Python with torch + transformers that writes the tiny random-weight test model (tests/utils).
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 KEEP_IMAGE=${KEEP_IMAGE:-1}
 HADOLINT=${HADOLINT:-$(command -v hadolint || echo "$ROOT/.venv/bin/hadolint")}
 
@@ -105,8 +110,18 @@ build() {
         -t "$IMAGE" -f "$ROOT/Dockerfile" "$ROOT"
 }
 
+# Containers and files of the checks, removed however the script ends.
+WORK=""
+cleanup() {
+    podman rm -f "loraplane-smoke-gateway-$$" "loraplane-smoke-runtime-$$" >/dev/null 2>&1 || true
+    if [ -n "$WORK" ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
 check() {
     step "checking $IMAGE"
+    WORK=$(mktemp -d)
+    chmod 0755 "$WORK"  # the image's user (uid 10001) reads the keys file and the model in it
     local uid
     uid=$(podman run --rm --no-healthcheck --entrypoint id "$IMAGE" -u)
     [ "$uid" != 0 ] || die "the image runs as root"
@@ -116,11 +131,55 @@ check() {
     podman run --rm --no-healthcheck "$IMAGE" operator --help >/dev/null || die "loraplane operator --help failed"
     podman run --rm --no-healthcheck "$IMAGE" runtime --help >/dev/null || die "loraplane runtime --help failed"
     echo "operator and runtime start (--help)"
+    check_gateway
+    check_runtime
+}
 
-    local work name="loraplane-smoke-gateway-$$"
-    work=$(mktemp -d)
-    chmod 0755 "$work"  # the image's user (uid 10001) reads the keys file in it
-    trap 'podman rm -f "$name" >/dev/null 2>&1 || true; rm -rf "$work"' RETURN
+# wait_http NAME URL: poll URL until it answers 2xx; fail if container NAME exits or 120 s pass.
+wait_http() {
+    local name=$1 url=$2 body=""
+    for _ in $(seq 1 120); do
+        if body=$(curl -fsS -m 2 "$url" 2>/dev/null); then
+            echo "$body"
+            return 0
+        fi
+        if [ "$(podman inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" != true ]; then
+            podman logs "$name" 2>&1 | tail -20 >&2
+            die "$name exited before $url answered"
+        fi
+        sleep 1
+    done
+    podman logs "$name" 2>&1 | tail -20 >&2
+    die "$url did not answer in 120 s"
+}
+
+check_runtime() {
+    local work="$WORK/runtime" name="loraplane-smoke-runtime-$$"
+    mkdir -p "$work"
+    (cd "$ROOT" && "$PYTHON" -c 'import sys; from tests.utils.tiny_models import build_tiny_llama; build_tiny_llama(sys.argv[1])' "$work/tiny") \
+        || die "could not write the tiny model with $PYTHON (set PYTHON to a Python with torch + transformers)"
+    chmod -R a+rX "$work"
+    podman run -d --no-healthcheck --name "$name" --network=host --read-only --tmpfs /tmp \
+        --cap-drop=ALL --security-opt=no-new-privileges \
+        -v "$work/tiny:/models/tiny:ro" \
+        -e LORAPLANE_RUNTIME__BASE_MODEL=smoke/tiny-llama \
+        -e LORAPLANE_RUNTIME__MODEL_PATH=/models/tiny \
+        -e LORAPLANE_RUNTIME__DEVICE=cpu \
+        -e LORAPLANE_RUNTIME__PORT="$RUNTIME_PORT" \
+        -e LORAPLANE_RUNTIME__THREADS=1 \
+        -e LORAPLANE_STORE__URL=file:///tmp/store \
+        "$IMAGE" runtime >/dev/null
+    local body
+    body=$(wait_http "$name" "http://127.0.0.1:$RUNTIME_PORT/readyz") || exit 1
+    case "$body" in
+        *'"base_model":"smoke/tiny-llama"'*) echo "runtime /readyz: $body" ;;
+        *) die "runtime /readyz does not name the base model: $body" ;;
+    esac
+}
+
+check_gateway() {
+    local work="$WORK/gateway" name="loraplane-smoke-gateway-$$"
+    mkdir -p "$work"
     echo "smoke=tml-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$work/keys"
     chmod 0644 "$work/keys"
     # A kubeconfig that names an unreachable API server: the gateway must come up and answer its
@@ -142,18 +201,8 @@ KCFG
         -e LORAPLANE_STORE__URL=file:///tmp/store \
         -e KUBECONFIG=/etc/loraplane/kubeconfig \
         "$IMAGE" gateway --port "$GATEWAY_PORT" >/dev/null
-    local body=""
-    for _ in $(seq 1 60); do
-        if body=$(curl -fsS -m 2 "http://127.0.0.1:$GATEWAY_PORT/healthz" 2>/dev/null); then
-            break
-        fi
-        if [ "$(podman inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" != true ]; then
-            podman logs "$name" | tail -20
-            die "the gateway exited before answering /healthz"
-        fi
-        sleep 1
-    done
-    [ -n "$body" ] || { podman logs "$name" | tail -20; die "gateway /healthz did not answer in 60s"; }
+    local body
+    body=$(wait_http "$name" "http://127.0.0.1:$GATEWAY_PORT/healthz") || exit 1
     echo "gateway /healthz: $body"
 }
 
