@@ -28,7 +28,7 @@ from typing import Any
 
 import pydantic
 
-from loraplane.core import artifacts, phases, scheduling
+from loraplane.core import artifacts, errors, phases, scheduling
 from loraplane.core.models.v1alpha1.lorajob import (
     Checkpoint,
     LoRAJob,
@@ -154,28 +154,41 @@ class JobLoop:
         return LoRAJob.from_body(dict(self.body))
 
     async def run(self, stopped: Any, uid: str) -> None:
+        """Reconcile until Kopf stops the daemon (deletion or shutdown); wake on changes."""
         waker = self.ctx.waker(uid)
+        stopping = asyncio.ensure_future(stopped.wait()) if hasattr(stopped, "wait") else None
         try:
             while not stopped:
                 waker.clear()
-                try:
-                    delay = await self.step()
-                except kubeapi.Gone:
-                    return
-                except kubeapi.Retry as exc:
-                    log.info("%s: %s; retrying in %ss", self.key, exc, exc.delay)
-                    delay = exc.delay
-                except pydantic.ValidationError as exc:
-                    await self._reject(exc)
-                    delay = None
+                delay = await self._step_safely()
                 if stopped:
                     break
-                try:
-                    await asyncio.wait_for(waker.wait(), delay if delay is not None else 3600.0)
-                except TimeoutError:
-                    pass
+                woken = asyncio.ensure_future(waker.wait())
+                waiting = {woken} | ({stopping} if stopping is not None else set())
+                await asyncio.wait(waiting, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
         finally:
+            if stopping is not None:
+                stopping.cancel()
             self.ctx.wakers.pop(uid, None)
+
+    async def _step_safely(self) -> float | None:
+        """One pass, with every failure turned into a wait or a permanent Failed."""
+        try:
+            return await self.step()
+        except kubeapi.Gone:
+            return None
+        except kubeapi.Retry as exc:  # 409 or 5xx from the API server: Kopf's TemporaryError, in-loop
+            log.info("%s: %s; retrying in %ss", self.key, exc, exc.delay)
+            return exc.delay
+        except pydantic.ValidationError as exc:
+            await self._reject("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        except errors.InvalidInput as exc:  # a value only the operator can judge, e.g. resumeFrom.path
+            await self._reject(exc.message)
+        except (RuntimeUnreachable, RuntimeRejected) as exc:
+            log.info("%s: runtime call failed: %s", self.key, exc)
+            return self.ctx.settings.health_interval_s
+        return None
 
     async def step(self) -> float | None:
         """One pass; returns seconds until the next one (None: on the next change)."""
@@ -419,12 +432,11 @@ class JobLoop:
         except (RuntimeUnreachable, RuntimeRejected) as exc:
             log.info("%s: adapter %s not deleted: %s", self.key, aid, exc)
 
-    async def _reject(self, exc: pydantic.ValidationError) -> None:
-        """A spec the model refuses: Failed, naming the fields."""
+    async def _reject(self, reason: str) -> None:
+        """A spec the operator cannot run: Failed, naming the fields."""
         meta = self.body.get("metadata", {})
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         if (self.body.get("status") or {}).get("phase") == Phase.FAILED.value:
             return
-        patch = {"phase": Phase.FAILED.value, "message": f"invalid spec: {fields}"}
+        patch = {"phase": Phase.FAILED.value, "message": f"invalid spec: {reason}"}
         stored = await self.ctx.jobs.patch_status(meta.get("namespace") or "default", meta["name"], patch)
         self.ctx.post_event(stored, "Warning", "InvalidSpec", patch["message"])

@@ -224,3 +224,16 @@ def test_liveness_and_metrics_endpoints(
     assert 'loraplane_operator_jobs{phase="Running"}' in text
     assert 'loraplane_operator_dispatches_total{origin="fresh"}' in text
     assert "loraplane_operator_scheduling_latency_seconds_count" in text
+
+
+def test_a_resume_path_the_schema_cannot_judge_fails_the_job_naming_the_field(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    rt = FakeRuntime("tiny").start()
+    runtimes.append(rt)
+    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    with operator(kubeconfig_path, f"file://{tmp_path}"):
+        cluster.emulator.create(lorajob("bad", resumeFrom={"path": "tinker://run/nonsense/x"}))
+        status = cluster.wait_phase("bad", "Failed")
+    assert "resumeFrom.path" in status["message"] and "unknown segment 'nonsense'" in status["message"]
+    assert rt.loads == [] and rt.adapters == {}
