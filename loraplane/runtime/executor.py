@@ -8,7 +8,7 @@ threads and no per-adapter locks exist.
 
 Ordering
 --------
-Each adapter has a `SeqQueue`. Ops carrying the SDK's `seq_id` run in seq order, whatever order
+Each adapter has a `SeqQueue` (`loraplane.runtime.ops`, with the op payloads). Ops carrying the SDK's `seq_id` run in seq order, whatever order
 they arrive in (the SDK sends the chunks of one forward_backward as 2, 3, then 1); a repeated
 `(adapter, seq_id)` returns the first submit's request id. When the next seq never arrives, the
 gap is skipped after `seq_gap_timeout_s` (the SDK skips the seq of a submit that failed for good).
@@ -40,212 +40,27 @@ from loraplane.core import errors
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import residency
 from loraplane.runtime.metrics import RuntimeMetrics
+from loraplane.runtime.ops import (
+    FORWARD_KINDS,
+    LoadState,
+    Op,
+    OptimStep,
+    Sample,
+    SaveSampler,
+    SaveState,
+    SeqQueue,
+    Snapshot,
+    op_kind,
+    work_tokens,
+)
+
+__all__ = ["FORWARD_KINDS", "Executor", "LoadState", "Op", "OptimStep", "Sample", "SaveSampler", "SaveState",
+           "Snapshot"]
 
 log = logging.getLogger(__name__)
 
 #: how many finished results stay retrievable by request id
 MAX_RESULTS = 50_000
-
-
-# ---- ops and their per-adapter order ---------------------------------------------------------
-
-#: op kinds that the scheduler gathers into one batched engine.forward_backward
-FORWARD_KINDS = frozenset({"forward_backward", "forward"})
-
-
-@dataclass(frozen=True)
-class OptimStep:
-    """Apply the adapter's AdamW step with `params` (an engine `AdamParams`)."""
-
-    adapter_id: str
-    params: Any
-
-    def apply(self, engine: Any) -> dict[str, float]:
-        return engine.optim_step(self.adapter_id, self.params)
-
-
-@dataclass(frozen=True)
-class SaveState:
-    """Save weights (and optimizer moments) to a store URL; result `{"dest", "step", "size_bytes"}`."""
-
-    adapter_id: str
-    dest: str
-    optimizer: bool = True
-
-    def apply(self, engine: Any) -> dict[str, Any]:
-        size = engine.save_state(self.adapter_id, self.dest, optimizer=self.optimizer)
-        return {"dest": self.dest, "step": engine.adapter_step(self.adapter_id), "size_bytes": size}
-
-
-@dataclass(frozen=True)
-class SaveSampler:
-    """Save the PEFT adapter files only; result `{"dest", "step", "size_bytes"}`."""
-
-    adapter_id: str
-    dest: str
-
-    def apply(self, engine: Any) -> dict[str, Any]:
-        size = engine.save_sampler(self.adapter_id, self.dest)
-        return {"dest": self.dest, "step": engine.adapter_step(self.adapter_id), "size_bytes": size}
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Copy the live weights into the read-only sampler adapter `sampler_id`."""
-
-    adapter_id: str
-    sampler_id: str
-
-    def apply(self, engine: Any) -> dict[str, Any]:
-        engine.snapshot(self.adapter_id, self.sampler_id)
-        return {"sampler_id": self.sampler_id}
-
-
-@dataclass(frozen=True)
-class LoadState:
-    """Load a saved state into this (existing) adapter; result `{"source", "step"}`."""
-
-    adapter_id: str
-    source: str
-    optimizer: bool = True
-
-    def apply(self, engine: Any) -> dict[str, Any]:
-        engine.load_state(self.adapter_id, self.source, optimizer=self.optimizer)
-        return {"source": self.source, "step": engine.adapter_step(self.adapter_id)}
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A sampling request (adapter None = the base model); result an engine `SampleResult`."""
-
-    adapter_id: str | None
-    prompt: list[int]
-    num_samples: int
-    params: Any
-    prompt_logprobs: bool = False
-    prompt_logprobs_last_n: int | None = None  # positions before len(prompt) - n are reported unscored
-
-    def apply(self, engine: Any) -> Any:
-        return engine.sample(self.adapter_id, self.prompt, self.num_samples, self.params,
-                             prompt_logprobs=self.prompt_logprobs)
-
-
-_KINDS: dict[type, str] = {
-    OptimStep: "optim_step", SaveState: "save_state", SaveSampler: "save_sampler",
-    Snapshot: "snapshot", LoadState: "load_state", Sample: "sample",
-}
-
-
-def op_kind(payload: Any) -> str:
-    """The op type of a payload: its metric label and whether it is batched.
-
-    No side effects; called by `Executor.submit`. A forward/backward payload is any object with
-    `forward_only` and `data` (the engine's `FwdBwdWork`).
-    """
-    kind = _KINDS.get(type(payload))
-    if kind is not None:
-        return kind
-    if hasattr(payload, "forward_only") and hasattr(payload, "data"):
-        return "forward" if payload.forward_only else "forward_backward"
-    raise TypeError(f"not an executor op: {type(payload).__name__}")
-
-
-def work_tokens(work: Any) -> int:
-    """Input tokens of a forward/backward work, the unit of `max_batch_tokens`. No side effects."""
-    return sum(len(datum.tokens) for datum in work.data)
-
-
-@dataclass
-class Op:
-    """One accepted request: what to run, and the future its result goes to."""
-
-    request_id: str
-    adapter_id: str | None
-    seq_id: int | None
-    kind: str
-    payload: Any
-    tokens: int = 0
-    future: Future = field(default_factory=Future)
-
-
-class SeqQueue:
-    """One adapter's ops, released in seq_id order; all methods run under the executor's lock.
-
-    `waiting` holds ops whose seq is ahead of `next_seq`; `ready` holds releasable ops in order.
-    """
-
-    def __init__(self, expect_seq: int | None) -> None:
-        self.next_seq: int | None = expect_seq   # the seq released next; None = learn it
-        self.waiting: dict[int, Op] = {}          # seq -> op not releasable yet
-        self.ready: deque[Op] = deque()           # releasable, in order
-        self.seen: dict[int, Op] = {}             # seq -> first op submitted with it (dedup)
-        self.blocked_since: float | None = None   # when the head-of-line gap was first seen
-        self.first_arrival: float | None = None   # first seq'd arrival while next_seq is None
-
-    def __len__(self) -> int:
-        return len(self.waiting) + len(self.ready)
-
-    def duplicate_of(self, seq_id: int | None) -> Op | None:
-        """The op first submitted with this seq, if any (a retry must not run twice)."""
-        return None if seq_id is None else self.seen.get(seq_id)
-
-    def push(self, op: Op, now: float) -> None:
-        """Accept an op: in arrival order without a seq, else held until its turn."""
-        if op.seq_id is None:
-            self.ready.append(op)
-            return
-        self.seen[op.seq_id] = op
-        if len(self.seen) > 4096:
-            for seq in sorted(self.seen)[: len(self.seen) - 4096]:
-                del self.seen[seq]
-        if self.next_seq is not None and op.seq_id < self.next_seq:
-            # its turn was skipped as a gap; running it late beats losing it
-            log.warning("seq %d arrived after its gap was skipped; running it now", op.seq_id)
-            self.ready.append(op)
-            return
-        self.waiting[op.seq_id] = op
-        if self.next_seq is None and self.first_arrival is None:
-            self.first_arrival = now
-        self.promote(now, float("inf"), float("inf"))
-
-    def promote(self, now: float, gap_timeout_s: float, reorder_window_s: float) -> None:
-        """Move every op whose turn has come to `ready`, skipping gaps older than the timeout."""
-        if self.next_seq is None:
-            if not self.waiting or self.first_arrival is None or now - self.first_arrival < reorder_window_s:
-                return
-            self.next_seq = min(self.waiting)
-        while True:
-            while self.next_seq in self.waiting:
-                self.ready.append(self.waiting.pop(self.next_seq))
-                self.next_seq += 1
-            if not self.waiting:
-                self.blocked_since = None
-                return
-            if self.blocked_since is None:
-                self.blocked_since = now
-                return
-            if now - self.blocked_since < gap_timeout_s:
-                return
-            skipped_to = min(self.waiting)
-            log.warning("seq %d..%d never arrived within %.1fs; skipping the gap",
-                        self.next_seq, skipped_to - 1, gap_timeout_s)
-            self.next_seq = skipped_to
-            self.blocked_since = None
-
-    def deadline(self, gap_timeout_s: float, reorder_window_s: float) -> float | None:
-        """When `promote` will next release something on its own (gap skip or learned baseline)."""
-        if self.next_seq is None and self.first_arrival is not None and self.waiting:
-            return self.first_arrival + reorder_window_s
-        if self.waiting and self.blocked_since is not None:
-            return self.blocked_since + gap_timeout_s
-        return None
-
-    def drain(self) -> list[Op]:
-        """Remove and return every queued op (the adapter is going away)."""
-        ops = list(self.ready) + [self.waiting[s] for s in sorted(self.waiting)]
-        self.ready.clear()
-        self.waiting.clear()
-        return ops
 
 
 @dataclass

@@ -30,8 +30,7 @@ from pydantic import Field
 
 from loraplane.core import errors
 from loraplane.runtime import engine as eng
-from loraplane.runtime import executor as ex
-from loraplane.runtime import wire
+from loraplane.runtime import ops, wire
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +227,7 @@ class TrainingRun:
         for step in range(body.start_step, total):
             batch = [examples[i] for i in batch_rows(step, body.batch_size, len(rows))]
             result = self._call(build_work(self.adapter_id, batch))
-            self._call(ex.OptimStep(self.adapter_id, params))
+            self._call(ops.OptimStep(self.adapter_id, params))
             self.status.loss = float(result.metrics["loss:sum"])
             self.status.tokens += sum(len(t) - 1 for t, _ in batch)
             self.status.step = step + 1
@@ -238,7 +237,7 @@ class TrainingRun:
             self._checkpoint(body.output, self.status.step)
 
     def _checkpoint(self, url: str, step: int) -> None:
-        self._call(ex.SaveState(self.adapter_id, url, optimizer=True))
+        self._call(ops.SaveState(self.adapter_id, url, optimizer=True))
         self.status.last_checkpoint = {"url": url, "step": step}
 
     def _call(self, payload: Any) -> Any:

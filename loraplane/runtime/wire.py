@@ -27,7 +27,7 @@ from tinker.proto import tinker_public_pb2 as pb
 
 from loraplane.core import errors
 from loraplane.runtime import engine as eng
-from loraplane.runtime import executor
+from loraplane.runtime import ops
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _NP_DTYPES = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_INT64: np.dtype("<i8"), pb.DTYPE_INT32: np.dtype("<i4")}
@@ -240,17 +240,17 @@ def op_from_body(adapter_id: str, body: OpBody) -> Any:
 
     if body.op == "optim_step":
         params = eng.AdamParams(**(body.adam_params or AdamParamsBody()).model_dump())
-        return executor.OptimStep(adapter_id, params)
+        return ops.OptimStep(adapter_id, params)
     if body.op == "save_state":
-        return executor.SaveState(adapter_id, need("dest"), optimizer=body.optimizer)
+        return ops.SaveState(adapter_id, need("dest"), optimizer=body.optimizer)
     if body.op == "save_sampler":
-        return executor.SaveSampler(adapter_id, need("dest"))
+        return ops.SaveSampler(adapter_id, need("dest"))
     if body.op == "snapshot":
-        return executor.Snapshot(adapter_id, need("sampler_id"))
-    return executor.LoadState(adapter_id, need("source"), optimizer=body.optimizer)
+        return ops.Snapshot(adapter_id, need("sampler_id"))
+    return ops.LoadState(adapter_id, need("source"), optimizer=body.optimizer)
 
 
-def sample_from_body(body: SampleBody, vocab_size: int) -> executor.Sample:
+def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
     """The executor payload of `POST /v1/sample`; token ids are checked against the vocabulary."""
     for i, tok in enumerate(body.prompt_tokens):
         if not 0 <= tok < vocab_size:
@@ -263,6 +263,6 @@ def sample_from_body(body: SampleBody, vocab_size: int) -> executor.Sample:
         max_tokens=sp.max_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
         stop=sp.stop, seed=sp.seed,
     )
-    return executor.Sample(body.adapter_id, list(body.prompt_tokens), body.num_samples, params,
+    return ops.Sample(body.adapter_id, list(body.prompt_tokens), body.num_samples, params,
                            prompt_logprobs=body.prompt_logprobs or body.prompt_logprobs_last_n is not None,
                            prompt_logprobs_last_n=body.prompt_logprobs_last_n)
