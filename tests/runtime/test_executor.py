@@ -319,3 +319,26 @@ def test_closed_executor_rejects_and_fails_pending_ops():
         waiting.result(0)
     with pytest.raises(errors.ServerError):
         ex.submit("a", 3, FakeWork("a", "s3"))
+
+
+def test_model_thread_skips_a_gap_when_woken_after_the_clock_passes_the_timeout():
+    clock = FakeClock()
+    ex = Executor(RecordingEngine(), RuntimeSettings(seq_gap_timeout_s=5.0), clock=clock, start=True)
+    try:
+        ex.create_adapter("a", spec=None).result(5)
+        _, fut = ex.submit("a", 3, FakeWork("a", "s3"))
+        clock.now += 1.0
+        ex.wake()
+        assert not fut.done()
+        clock.now += 5.0
+        ex.wake()
+        assert fut.result(5) == "result:a:s3"
+    finally:
+        ex.close()
+
+
+def test_finished_forward_backward_drops_its_input_tensors():
+    ex = make_executor()
+    rid, fut = ex.submit("a", 1, FakeWork("a", "s1"))
+    ex.run_once()
+    assert fut.result(0) == "result:a:s1" and ex.lookup(rid).payload is None
