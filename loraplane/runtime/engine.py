@@ -114,7 +114,22 @@ class Engine:
         dtype: str = "auto",
         threads: int = 0,
         max_lora_rank: int = 512,
+        max_pass_tokens: int | None = None,
     ) -> None:
+        """Load the base model and wrap its target linears.
+
+        Args:
+            model_path: local directory or id in the local HF cache (never downloaded).
+            base_model: the name clients use for it (default: `model_path`).
+            device: "auto", "cpu", "cuda", "cuda:N".
+            dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16".
+            threads: torch CPU threads (0 = torch's default).
+            max_lora_rank: largest rank `create_adapter` accepts.
+            max_pass_tokens: padded tokens per forward pass; a `forward_backward` call over more
+                runs several passes, split between adapters (never inside one). None = one pass
+                on CUDA, 1024 on CPU, where larger passes spill the caches and run slower than
+                the per-adapter ones they replace.
+        """
         if threads > 0:
             torch.set_num_threads(threads)
         host = model_host.load_base(model_path, device=device, dtype=dtype)
@@ -128,6 +143,10 @@ class Engine:
         self.eos_token_ids = host.eos_token_ids
         self.max_positions = host.max_positions
         self.max_lora_rank = max_lora_rank
+        if max_pass_tokens is None:
+            max_pass_tokens = 1 << 62 if self.device.type == "cuda" else 1024
+        #: Padded tokens per forward pass (see `plan_passes`).
+        self.max_pass_tokens = max_pass_tokens
         self._router = lora.LoraRouter()
         self._layers = lora.wrap_linears(self.model, self._router)
         #: Whether rows of different lengths run attention unpadded (see model_host).
@@ -258,8 +277,11 @@ class Engine:
                 ready.append(i)
             except errors.LoraplaneError as exc:
                 results[i] = exc
-        if ready:
-            self._run_batch(works, ready, results)
+        for part in plan_passes(
+            [(works[i].adapter_id, [int(d.tokens.shape[0]) for d in works[i].data]) for i in ready],
+            self.max_pass_tokens,
+        ):
+            self._run_batch(works, [ready[j] for j in part], results)
         return [r if r is not None else errors.ServerError("work was not run") for r in results]
 
     def _run_batch(
@@ -494,3 +516,30 @@ def _segments(adapter_of_row: list[str], lengths: list[int]) -> list[lora.Segmen
             out.append(lora.Segment(adapter_of_row[start], start, i, max(lengths[start:i])))
             start = i
     return out
+
+
+def plan_passes(works: list[tuple[str, list[int]]], max_tokens: int) -> list[list[int]]:
+    """Split works into forward passes of at most `max_tokens` padded tokens (rows x longest row).
+
+    Pure; called by `Engine.forward_backward`. `works` are (adapter id, row lengths) in order;
+    the answer lists indices into it. All works of one adapter share a pass, so that an adapter's
+    gradient comes from one backward pass, exactly as when it runs alone; an adapter over the
+    budget by itself gets a pass of its own.
+    """
+    by_adapter: dict[str, list[int]] = {}
+    for i, (adapter_id, _) in enumerate(works):
+        by_adapter.setdefault(adapter_id, []).append(i)
+    passes: list[list[int]] = []
+    rows = width = 0
+    for adapter_id in sorted(by_adapter):
+        members = by_adapter[adapter_id]
+        lengths = [n for i in members for n in works[i][1]]
+        new_rows, new_width = rows + len(lengths), max(width, max(lengths, default=0))
+        if passes and new_rows * new_width > max_tokens:
+            passes.append([])
+            new_rows, new_width = len(lengths), max(lengths, default=0)
+        elif not passes:
+            passes.append([])
+        passes[-1].extend(members)
+        rows, width = new_rows, new_width
+    return passes

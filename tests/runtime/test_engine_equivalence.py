@@ -67,13 +67,26 @@ def _weights(engine: engine_mod.Engine, adapter_id: str) -> dict[str, torch.Tens
 
 
 @pytest.mark.parametrize(
-    ("n_adapters", "uniform"), [(1, False), (2, False), (4, False), (8, False), (4, True), (8, True)]
+    ("n_adapters", "uniform", "pass_tokens"),
+    [
+        (1, False, None),
+        (2, False, None),
+        (4, False, None),
+        (8, False, None),
+        (4, True, None),
+        (8, True, None),
+        (8, False, 40),
+        (8, True, 1),
+    ],
 )
-def test_batched_multi_adapter_training_equals_each_adapter_alone(tiny_model_dir, n_adapters, uniform):
-    """`uniform`: equal ranks and lengths, so the layers take their stacked (bmm) path."""
+def test_batched_multi_adapter_training_equals_each_adapter_alone(tiny_model_dir, n_adapters, uniform, pass_tokens):
+    """`uniform`: equal ranks and lengths, so the layers take their stacked (bmm) path.
+
+    `pass_tokens`: a small pass budget, so that one call runs several passes.
+    """
     specs = UNIFORM_SPECS if uniform else SPECS
     works = [_work(i, uniform) for i in range(n_adapters)]
-    together = engine_mod.Engine(str(tiny_model_dir))
+    together = engine_mod.Engine(str(tiny_model_dir), max_pass_tokens=pass_tokens)
     alone = {}
     for i in range(n_adapters):
         together.create_adapter(works[i].adapter_id, specs[i])
@@ -124,3 +137,19 @@ def test_rows_of_one_adapter_from_several_works_are_routed_to_it(tiny_model_dir)
         single = reference.forward_backward([work])[0]
         for lp_b, lp_s in zip(batched[i].logprobs, single.logprobs, strict=True):
             assert _rel(lp_b, lp_s) <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("works", "budget", "expected"),
+    [
+        ([], 100, []),
+        ([("a", [10]), ("b", [10]), ("c", [10])], 100, [[0, 1, 2]]),
+        ([("a", [10]), ("b", [10]), ("c", [10])], 20, [[0, 1], [2]]),
+        ([("a", [50]), ("b", [10])], 20, [[0], [1]]),
+        ([("b", [5]), ("a", [5]), ("b", [5])], 10, [[1], [0, 2]]),
+        ([("a", [4, 8]), ("b", [2])], 24, [[0, 1]]),
+        ([("a", [4, 8]), ("b", [2])], 23, [[0], [1]]),
+    ],
+)
+def test_plan_passes_splits_between_adapters_within_the_budget(works, budget, expected):
+    assert engine_mod.plan_passes(works, budget) == expected
