@@ -121,3 +121,13 @@ def test_api_keys_come_from_the_named_secret_and_never_from_values_in_plain_env(
     env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
     assert env["LORAPLANE_GATEWAY__API_KEYS_FILE"] == "/etc/loraplane/api-keys/api-keys"
     assert spec["containers"][0]["envFrom"] == [{"secretRef": {"name": "loraplane-s3"}}]
+
+
+def test_tenant_keys_become_the_secret_file_the_gateway_reads() -> None:
+    digest = "sha256:" + "ab" * 32
+    docs = render({"apiKeys": {"tenants": {"alice": digest, "bob": "tml-bobkey"}}})
+    secret = one(docs, "Secret", "lp-loraplane-api-keys")
+    assert secret["stringData"]["api-keys"].split() == [f"alice={digest}", "bob=tml-bobkey"]
+    spec = one(docs, "Deployment", "lp-loraplane-gateway")["spec"]["template"]["spec"]
+    keys = next(v for v in spec["volumes"] if v["name"] == "api-keys")
+    assert keys["secret"]["secretName"] == "lp-loraplane-api-keys"
