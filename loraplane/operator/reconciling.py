@@ -380,17 +380,18 @@ class JobLoop:
     async def _check_idle(
         self, job: LoRAJob, address: str, aid: str, info: Mapping[str, Any], now: datetime
     ) -> None:
-        if not info.get("resident") or not phases.idle_expired(
-            job, last_used=info.get("last_used"), now=now.timestamp()
-        ):
-            return
-        await self.ctx.runtime.offload_adapter(address, aid)
-        message = f"idle for {job.spec.idle_timeout_seconds}s or more; adapter offloaded from the device"
-        conditions = phases.set_condition(
-            job.status.conditions, phases.IDLE, "True", "IdleTimeout", message, now
-        )
-        await self.write(job, job.status.model_copy(update={"conditions": conditions}), "Idle", message)
-        self.ctx.post_event(self.body, "Normal", "Idle", message)
+        """Offload an adapter idle past idleTimeoutSeconds once; clear the Idle condition on use."""
+        idle = phases.idle_expired(job, last_used=info.get("last_used"), now=now.timestamp())
+        marked = any(c.type == phases.IDLE and c.status == "True" for c in job.status.conditions)
+        if idle and not marked and info.get("resident"):
+            await self.ctx.runtime.offload_adapter(address, aid)
+            message = f"idle for {job.spec.idle_timeout_seconds}s or more; adapter offloaded from the device"
+            conditions = phases.set_condition(job.status.conditions, phases.IDLE, "True", "IdleTimeout", message, now)
+            await self.write(job, job.status.model_copy(update={"conditions": conditions}), "Idle", message)
+            self.ctx.post_event(self.body, "Normal", "Idle", message)
+        elif marked and not idle:
+            conditions = phases.set_condition(job.status.conditions, phases.IDLE, "False", "Active", "in use", now)
+            await self.write(job, job.status.model_copy(update={"conditions": conditions}), "Active", "in use")
 
     async def restore(self, job: LoRAJob, now: datetime) -> None:
         plan = phases.restore_plan(job)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,3 +238,61 @@ def test_a_resume_path_the_schema_cannot_judge_fails_the_job_naming_the_field(
         status = cluster.wait_phase("bad", "Failed")
     assert "resumeFrom.path" in status["message"] and "unknown segment 'nonsense'" in status["message"]
     assert rt.loads == [] and rt.adapters == {}
+
+
+def test_an_idle_interactive_job_is_offloaded_and_says_so(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    rt = FakeRuntime("tiny").start()
+    runtimes.append(rt)
+    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    with operator(kubeconfig_path, f"file://{tmp_path}"):
+        cluster.emulator.create(lorajob("chat", idleTimeoutSeconds=60))
+        cluster.wait_phase("chat", "Running")
+        assert rt.calls["POST /v1/adapters/{id}/offload"] == 0
+        rt.adapters["default.chat"]["last_used"] -= 61  # a minute without a request
+        wait_for(lambda: rt.calls["POST /v1/adapters/{id}/offload"] == 1, what="offload")
+        idle = wait_for(lambda: {c["type"]: c for c in cluster.status("chat").get("conditions", [])}.get("Idle"))
+        assert idle["status"] == "True" and idle["reason"] == "IdleTimeout"
+        assert cluster.status("chat")["phase"] == "Running"  # it comes back on the next request
+
+        rt.adapters["default.chat"].update(resident=True, last_used=time.time())  # used again
+        wait_for(lambda: {c["type"]: c["status"] for c in cluster.status("chat")["conditions"]}["Idle"] == "False",
+                 what="Idle cleared")
+    assert rt.calls["POST /v1/adapters/{id}/offload"] == 1  # once, however many polls saw it idle
+
+
+def test_loraplane_operator_command_serves_its_liveness_probe(
+    cluster: Cluster, kubeconfig_path: Path, tmp_path: Path
+) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    liveness = f"http://127.0.0.1:{port}/healthz"
+    command = [sys.executable, "-m", "loraplane", "operator", "--kubeconfig", str(kubeconfig_path),
+               "--namespace", "default", "--store", f"file://{tmp_path}", "--metrics-port", "0",
+               "--liveness", liveness]
+    proc = subprocess.Popen(command, env={**os.environ, "LORAPLANE_LOG_LEVEL": "warning"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def alive() -> bool:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                return httpx.get(liveness, timeout=1.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(alive, timeout=30, what="liveness probe")
+        cluster.emulator.create(lorajob("chat"))
+        status = cluster.wait_phase("chat", "Pending")
+        assert {c["type"]: c["reason"] for c in status["conditions"]}["Scheduled"] == "NoRuntime"
+    finally:
+        proc.terminate()
+        proc.wait(20)
