@@ -296,3 +296,22 @@ def test_loraplane_operator_command_serves_its_liveness_probe(
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_a_deleted_runtime_pod_moves_its_jobs_to_another_runtime(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    a, b = FakeRuntime("tiny").start(), FakeRuntime("tiny").start()
+    runtimes += [a, b]
+    cluster.add_pod(runtime_pod("rt-a", a.url))
+    with operator(kubeconfig_path, f"file://{tmp_path}"):
+        cluster.emulator.create(lorajob("chat"))
+        assert cluster.wait_phase("chat", "Running")["runtime"]["pod"] == "rt-a"
+        cluster.add_pod(runtime_pod("rt-b", b.url))
+        cluster.delete_pod("rt-a")
+        status = wait_for(lambda: (s := cluster.status("chat")).get("runtime", {}).get("pod") == "rt-b" and s,
+                          what="job on rt-b")
+    assert status["phase"] == "Running" and status["attempts"] == 1
+    assert "default.chat" in b.adapters
+    lost = next(e for e in cluster.events("chat") if e["reason"] == "RuntimeLost")
+    assert "runtime rt-a lost at step 0: no checkpoint, restarting from a fresh adapter" in lost["message"]
