@@ -438,6 +438,9 @@ class Engine:
         """
         saved = checkpoints.load(source, with_optimizer=optimizer)
         spec = LoraSpec(**saved.lora.spec_kwargs())
+        existing = self._adapters.get(adapter_id)
+        if existing is not None and existing.sampler == sampler and _same_shape(existing.spec, spec):
+            spec = existing.spec  # the seed only chose initial weights, which the load replaces
         record = self._create(adapter_id, spec, sampler=sampler)
         self.ensure_resident(adapter_id)
         missing = sorted(set(record.params) - set(saved.weights))
@@ -502,6 +505,17 @@ class Engine:
             return 0
         tensors = list(record.params.values()) + record.optim_state.tensors()
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _same_shape(a: LoraSpec, b: LoraSpec) -> bool:
+    """Whether two specs build the same tensors (everything but the seed). Pure; for `load_state`."""
+    return (a.rank, a.alpha, a.train_attn, a.train_mlp, a.train_unembed) == (
+        b.rank,
+        b.alpha,
+        b.train_attn,
+        b.train_mlp,
+        b.train_unembed,
+    )
 
 
 def _segments(adapter_of_row: list[str], lengths: list[int]) -> list[lora.Segment]:

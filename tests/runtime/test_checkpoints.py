@@ -220,3 +220,15 @@ def test_peft_config_names_the_trained_modules():
     assert body["target_modules"] == ["gate_proj", "up_proj", "down_proj", "lm_head"]
     assert (body["lora_dropout"], body["bias"], body["peft_type"]) == (0.0, "none", "LORA")
     assert checkpoints.config_from_peft(body) == cfg
+
+
+def test_loading_into_an_existing_adapter_of_another_seed_replaces_its_weights(engine, tmp_path):
+    engine.create_adapter("seeded", engine_mod.LoraSpec(rank=2, seed=1))
+    _train(engine, "seeded", 1)
+    engine.save_state("seeded", str(tmp_path / "seeded"))
+    engine.create_adapter("target", engine_mod.LoraSpec(rank=2, seed=None))
+    assert engine.load_state("target", str(tmp_path / "seeded")) == engine_mod.LoraSpec(rank=2, seed=None)
+    for key, value in _weights(engine, "seeded").items():
+        assert torch.equal(engine._adapters["target"].params[key].detach(), value)
+    engine.delete_adapter("seeded")
+    engine.delete_adapter("target")
