@@ -98,3 +98,45 @@ def test_schema_forbids_unknown_keys_in_every_object() -> None:
 
     visit(schema, "")
     assert loose == []
+
+
+def _schema_has(schema: dict[str, Any], path: list[str]) -> bool:
+    node = schema
+    for key in path:
+        properties = node.get("properties") or {}
+        if key not in properties:
+            return False
+        node = properties[key]
+    return True
+
+
+def test_every_value_the_templates_read_is_declared_in_the_schema() -> None:
+    """A misspelt `.Values.x.y` in a template renders as empty without any error; this catches it."""
+    import json
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    text = "\n".join(p.read_text() for p in (CHART_DIR / "templates").iterdir())
+    used = sorted(set(re.findall(r"\.Values\.([A-Za-z][\w.]*[\w])", text)))
+    assert used
+    assert [u for u in used if not _schema_has(schema, u.split("."))] == []
+
+
+def test_every_value_the_schema_declares_has_a_default_in_values_yaml() -> None:
+    import json
+
+    import yaml
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    missing: list[str] = []
+
+    def visit(node: dict[str, Any], values: Any, path: str) -> None:
+        for key, sub in (node.get("properties") or {}).items():
+            if not isinstance(values, dict) or key not in values:
+                missing.append(f"{path}{key}")
+            elif sub.get("type") == "object" and "properties" in sub and values[key]:
+                # An empty default ({}) is an optional Kubernetes object such as affinity.
+                visit(sub, values[key], f"{path}{key}.")
+
+    visit(schema, defaults, "")
+    assert missing == []
