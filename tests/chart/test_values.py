@@ -140,3 +140,14 @@ def test_every_value_the_schema_declares_has_a_default_in_values_yaml() -> None:
 
     visit(schema, defaults, "")
     assert missing == []
+
+
+def test_every_runtime_field_the_templates_read_is_declared_in_the_schema() -> None:
+    import json
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    runtime = schema["properties"]["runtimes"]["items"]
+    text = "\n".join(p.read_text() for p in (CHART_DIR / "templates").iterdir())
+    used = sorted(set(re.findall(r"\$rt\.([A-Za-z][\w.]*[\w])", text)))
+    assert "model.pvc.claimName" in used
+    assert [u for u in used if not _schema_has(runtime, u.split("."))] == []
