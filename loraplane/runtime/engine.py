@@ -281,7 +281,11 @@ class Engine:
             [(works[i].adapter_id, [int(d.tokens.shape[0]) for d in works[i].data]) for i in ready],
             self.max_pass_tokens,
         ):
-            self._run_batch(works, [ready[j] for j in part], results)
+            members = [ready[j] for j in part]
+            try:
+                self._run_batch(works, members, results)
+            except Exception as exc:  # a fault of the pass (e.g. out of memory) fails its works only
+                self._fail_pass(works, members, results, exc)
         return [r if r is not None else errors.ServerError("work was not run") for r in results]
 
     def _run_batch(
@@ -327,7 +331,33 @@ class Engine:
             if not work.forward_only:
                 total = loss if total is None else total + loss
         if total is not None and total.requires_grad:
-            total.backward()
+            try:
+                total.backward()
+            except Exception:
+                # A backward pass that stops midway leaves partial sums in `.grad`: drop them, so
+                # that the next optim_step cannot apply a gradient nobody asked for.
+                for wi in ready:
+                    for p in self._adapters[works[wi].adapter_id].params.values():
+                        p.grad = None
+                raise
+
+    def _fail_pass(
+        self,
+        works: list[FwdBwdWork],
+        members: list[int],
+        results: list[FwdBwdResult | Exception | None],
+        exc: Exception,
+    ) -> None:
+        """Put the pass's failure into each of its works' slots, as a retryable or server error."""
+        if isinstance(exc, torch.OutOfMemoryError):
+            failure: Exception = errors.CapacityError(
+                "out of device memory for this batch; retry, or send fewer or shorter examples"
+            )
+        else:
+            failure = errors.ServerError(f"forward/backward pass failed: {type(exc).__name__}: {exc}")
+        failure.__cause__ = exc
+        for wi in members:
+            results[wi] = failure
 
     def _work_loss(self, work: FwdBwdWork, row_lps: list[torch.Tensor]) -> tuple[torch.Tensor, FwdBwdResult]:
         config = losses.resolve_config(work.loss_fn, work.loss_config)

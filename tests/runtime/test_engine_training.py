@@ -202,3 +202,24 @@ def test_sampler_snapshots_cannot_be_trained(engine):
     assert isinstance(ok, engine_mod.FwdBwdResult)
     engine.delete_adapter("snap")
     engine.delete_adapter("live")
+
+
+def test_a_pass_that_faults_fails_only_its_own_works(tiny_model_dir, monkeypatch):
+    engine = engine_mod.Engine(str(tiny_model_dir), max_pass_tokens=8)  # one adapter per pass
+    engine.create_adapter("boom", engine_mod.LoraSpec(rank=2, seed=1))
+    engine.create_adapter("calm", engine_mod.LoraSpec(rank=2, seed=2))
+    layer = next(iter(engine._layers.values()))
+    real_forward = layer.forward
+
+    def faulty_forward(x):
+        if any(seg.adapter_id == "boom" for seg in engine._router.segments):
+            raise torch.OutOfMemoryError("simulated")
+        return real_forward(x)
+
+    monkeypatch.setattr(layer, "forward", faulty_forward)
+    results = engine.forward_backward([_work("boom", [_datum(6, 1)]), _work("calm", [_datum(6, 2)])])
+    assert isinstance(results[0], errors.CapacityError)
+    assert isinstance(results[1], engine_mod.FwdBwdResult)
+    assert _grads(engine, "boom") == {} and _grads(engine, "calm")
+    monkeypatch.undo()
+    assert isinstance(engine.forward_backward([_work("boom", [_datum(6, 1)])])[0], engine_mod.FwdBwdResult)
