@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from functools import cached_property
 
 from loraplane.core import errors
 
@@ -98,17 +99,21 @@ class FutureRef:
     def encode(self) -> str:
         return f"{self.owner}.{self.pod}.{self.op}.{self.runtime_request_id}"
 
+    @cached_property
+    def _parsed(self) -> tuple[str, str, str]:
+        return id_for_owner(self.owner)
+
     @property
     def session_id(self) -> str:
-        return id_for_owner(self.owner)[0]
+        return self._parsed[0]
 
     @property
     def kind(self) -> str:
-        return id_for_owner(self.owner)[1]
+        return self._parsed[1]
 
     @property
     def tinker_id(self) -> str:
-        return id_for_owner(self.owner)[2]
+        return self._parsed[2]
 
 
 def parse_request_id(value: object) -> FutureRef:
@@ -119,5 +124,5 @@ def parse_request_id(value: object) -> FutureRef:
     if len(parts) != 4 or parts[2] not in OPS or not POD_RE.match(parts[1]) or not parts[3]:
         raise errors.NotFound(f"unknown request_id {value!r}", field="request_id")
     ref = FutureRef(*parts)
-    id_for_owner(ref.owner)
+    ref.session_id  # noqa: B018 (parses the owner now, so a malformed one is a 404 here)
     return ref
