@@ -309,9 +309,11 @@ def test_a_deleted_runtime_pod_moves_its_jobs_to_another_runtime(
         assert cluster.wait_phase("chat", "Running")["runtime"]["pod"] == "rt-a"
         cluster.add_pod(runtime_pod("rt-b", b.url))
         cluster.delete_pod("rt-a")
-        status = wait_for(lambda: (s := cluster.status("chat")).get("runtime", {}).get("pod") == "rt-b" and s,
-                          what="job on rt-b")
-    assert status["phase"] == "Running" and status["attempts"] == 1
+        status = wait_for(
+            lambda: (s := cluster.status("chat")).get("phase") == "Running" and s["runtime"]["pod"] == "rt-b" and s,
+            what="job Running on rt-b",
+        )
+    assert status["attempts"] == 1
     assert "default.chat" in b.adapters
     lost = next(e for e in cluster.events("chat") if e["reason"] == "RuntimeLost")
     assert "runtime rt-a lost at step 0: no checkpoint, restarting from a fresh adapter" in lost["message"]
