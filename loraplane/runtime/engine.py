@@ -145,7 +145,7 @@ class Engine:
         self.max_lora_rank = max_lora_rank
         if max_pass_tokens is None:
             max_pass_tokens = 1 << 62 if self.device.type == "cuda" else 1024
-        #: Padded tokens per forward pass (see `plan_passes`).
+        #: Padded tokens per forward pass (see `lora.plan_passes`).
         self.max_pass_tokens = max_pass_tokens
         self._router = lora.LoraRouter()
         self._layers = lora.wrap_linears(self.model, self._router)
@@ -277,7 +277,7 @@ class Engine:
                 ready.append(i)
             except errors.LoraplaneError as exc:
                 results[i] = exc
-        for part in plan_passes(
+        for part in lora.plan_passes(
             [(works[i].adapter_id, [int(d.tokens.shape[0]) for d in works[i].data]) for i in ready],
             self.max_pass_tokens,
         ):
@@ -302,7 +302,7 @@ class Engine:
             input_ids[r, : lengths[r]] = datum.tokens
             targets[r, : lengths[r]] = datum.loss_inputs["target_tokens"]
         mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
-        segments = _segments([works[wi].adapter_id for wi, _ in rows], lengths)
+        segments = lora.segments_for([works[wi].adapter_id for wi, _ in rows], lengths)
         train = any(not works[i].forward_only for i in ready)
         groups = model_host.length_groups(lengths, self.device) if self._packed_attention else None
         padded = min(lengths) != width and groups is None
@@ -546,44 +546,3 @@ def _same_shape(a: LoraSpec, b: LoraSpec) -> bool:
         b.train_mlp,
         b.train_unembed,
     )
-
-
-def _segments(adapter_of_row: list[str], lengths: list[int]) -> list[lora.Segment]:
-    """Contiguous runs of equal adapter ids as routing segments, each with its rows' longest length.
-
-    Pure; called by `_run_batch`.
-    """
-    out: list[lora.Segment] = []
-    start = 0
-    for i in range(1, len(adapter_of_row) + 1):
-        if i == len(adapter_of_row) or adapter_of_row[i] != adapter_of_row[start]:
-            out.append(lora.Segment(adapter_of_row[start], start, i, max(lengths[start:i])))
-            start = i
-    return out
-
-
-def plan_passes(works: list[tuple[str, list[int]]], max_tokens: int) -> list[list[int]]:
-    """Split works into forward passes of at most `max_tokens` padded tokens (rows x longest row).
-
-    Pure; called by `Engine.forward_backward`. `works` are (adapter id, row lengths) in order;
-    the answer lists indices into it. All works of one adapter share a pass, so that an adapter's
-    gradient comes from one backward pass, exactly as when it runs alone; an adapter over the
-    budget by itself gets a pass of its own.
-    """
-    by_adapter: dict[str, list[int]] = {}
-    for i, (adapter_id, _) in enumerate(works):
-        by_adapter.setdefault(adapter_id, []).append(i)
-    passes: list[list[int]] = []
-    rows = width = 0
-    for adapter_id in sorted(by_adapter):
-        members = by_adapter[adapter_id]
-        lengths = [n for i in members for n in works[i][1]]
-        new_rows, new_width = rows + len(lengths), max(width, max(lengths, default=0))
-        if passes and new_rows * new_width > max_tokens:
-            passes.append([])
-            new_rows, new_width = len(lengths), max(lengths, default=0)
-        elif not passes:
-            passes.append([])
-        passes[-1].extend(members)
-        rows, width = new_rows, new_width
-    return passes

@@ -1,7 +1,8 @@
 """Multi-adapter LoRA layers: one frozen base `nn.Linear`, many adapters, rows routed per forward.
 
 Callers: `loraplane.runtime.engine.Engine` wraps the base model's target linears once at load
-(`wrap_linears`), then sets a `Routing` on the shared `LoraRouter` around every forward pass.
+(`wrap_linears`), splits each `forward_backward` into passes (`plan_passes`) and sets the rows'
+segments (`segments_for`) on the shared `LoraRouter` around every forward pass.
 `loraplane.runtime.checkpoints` reads and writes the per-adapter tensors by PEFT's key names.
 
 ## Why our own layers
@@ -239,3 +240,44 @@ def wrap_linears(model: nn.Module, router: LoraRouter) -> dict[str, MultiLoraLin
 def layers_for(layers: dict[str, MultiLoraLinear], suffixes: tuple[str, ...]) -> dict[str, MultiLoraLinear]:
     """The wrapped layers whose module name ends in one of `suffixes`. Pure; called by the engine."""
     return {name: layer for name, layer in layers.items() if name.rsplit(".", 1)[-1] in suffixes}
+
+
+def segments_for(adapter_of_row: list[str], lengths: list[int]) -> list[Segment]:
+    """Contiguous runs of equal adapter ids as routing segments, each with its rows' longest length.
+
+    Pure; called by `Engine._run_batch` on rows already ordered by adapter.
+    """
+    out: list[Segment] = []
+    start = 0
+    for i in range(1, len(adapter_of_row) + 1):
+        if i == len(adapter_of_row) or adapter_of_row[i] != adapter_of_row[start]:
+            out.append(Segment(adapter_of_row[start], start, i, max(lengths[start:i])))
+            start = i
+    return out
+
+
+def plan_passes(works: list[tuple[str, list[int]]], max_tokens: int) -> list[list[int]]:
+    """Split works into forward passes of at most `max_tokens` padded tokens (rows x longest row).
+
+    Pure; called by `Engine.forward_backward`. `works` are (adapter id, row lengths) in order;
+    the answer lists indices into it. All works of one adapter share a pass, so that an adapter's
+    gradient comes from one backward pass, exactly as when it runs alone; an adapter over the
+    budget by itself gets a pass of its own.
+    """
+    by_adapter: dict[str, list[int]] = {}
+    for i, (adapter_id, _) in enumerate(works):
+        by_adapter.setdefault(adapter_id, []).append(i)
+    passes: list[list[int]] = []
+    rows = width = 0
+    for adapter_id in sorted(by_adapter):
+        members = by_adapter[adapter_id]
+        lengths = [n for i in members for n in works[i][1]]
+        new_rows, new_width = rows + len(lengths), max(width, max(lengths, default=0))
+        if passes and new_rows * new_width > max_tokens:
+            passes.append([])
+            new_rows, new_width = len(lengths), max(lengths, default=0)
+        elif not passes:
+            passes.append([])
+        passes[-1].extend(members)
+        rows, width = new_rows, new_width
+    return passes

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from loraplane.runtime import engine as engine_mod
+from loraplane.runtime import lora
 
 SPECS = [
     engine_mod.LoraSpec(rank=4, alpha=8.0, seed=1),
@@ -152,4 +153,4 @@ def test_rows_of_one_adapter_from_several_works_are_routed_to_it(tiny_model_dir)
     ],
 )
 def test_plan_passes_splits_between_adapters_within_the_budget(works, budget, expected):
-    assert engine_mod.plan_passes(works, budget) == expected
+    assert lora.plan_passes(works, budget) == expected
