@@ -311,8 +311,11 @@ class Engine:
             logits = self.model(
                 input_ids=input_ids.to(self.device), attention_mask=attention, use_cache=False
             ).logits
-            flat = logits[mask.to(logits.device)].float()
-            flat_targets = targets[mask].to(flat.device)
+            if min(lengths) == width:  # no padding: every position is a token of some row
+                flat, flat_targets = logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)
+            else:
+                flat, flat_targets = logits[mask.to(logits.device)].float(), targets[mask]
+            flat_targets = flat_targets.to(flat.device)
             token_lp = flat.gather(-1, flat_targets[:, None]).squeeze(-1) - torch.logsumexp(flat, dim=-1)
             del logits, flat
         per_row = torch.split(token_lp, lengths)
