@@ -152,3 +152,8 @@ def test_cross_field_rules_are_in_the_model_and_the_crd(schema: dict[str, Any], 
     rules += [r["rule"] for r in schema["properties"]["spec"]["properties"]["training"]["x-kubernetes-validations"]]
     assert "self.mode != 'training' || has(self.training)" in rules
     assert "!(has(self.steps) && has(self.epochs))" in rules
+
+
+@pytest.mark.parametrize(("namespace", "name", "aid"), [("team-a", "chat", "team-a.chat"), (None, "chat", "chat")])
+def test_adapter_id_is_unique_across_namespaces(namespace: str | None, name: str, aid: str) -> None:
+    assert lorajob.adapter_id(namespace, name) == aid

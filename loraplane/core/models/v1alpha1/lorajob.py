@@ -40,8 +40,10 @@ def _immutable(field: str) -> dict[str, Any]:
 
 
 def adapter_id(namespace: str | None, name: str) -> str:
-    """The runtime adapter id of a job: unique across namespaces, and its training run id."""
-    return f"{namespace or 'default'}.{name}"
+    """The runtime adapter id of a job: `<namespace>.<name>`, unique across namespaces that share
+    a runtime pod; the bare name for jobs outside Kubernetes (single-node mode has no namespace).
+    The operator creates adapters under this id, so every caller of a runtime must use it too."""
+    return f"{namespace}.{name}" if namespace else name
 
 
 class _Model(BaseModel):
