@@ -123,6 +123,24 @@ def packed_attention(
     return out, None
 
 
+def packs_safely(config: Any) -> bool:
+    """Whether `packed_attention` computes exactly what the model's own attention does.
+
+    Pure; called by `install_packed_attention`. It does for models that run plain causal SDPA
+    over full attention; not for sliding-window layers (the causal flag ignores the window) or
+    models loaded with another attention implementation (eager soft-capping, flash kernels).
+    """
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types and any(kind != "full_attention" for kind in layer_types):
+        return False
+    if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
+        return False
+    return True
+
+
 def install_packed_attention(model: nn.Module, layout: object) -> bool:
     """Switch `model` to `packed_attention`, reading row lengths from `layout.length_groups`.
 
@@ -132,6 +150,9 @@ def install_packed_attention(model: nn.Module, layout: object) -> bool:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    config = getattr(model, "config", None)
+    if config is None or not packs_safely(config):
+        return False
     AttentionInterface.register(PACKED_ATTENTION, packed_attention)
     AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
     try:

@@ -100,3 +100,25 @@ def test_bfloat16_base_trains_fp32_adapters(tiny_model_dir):
     assert all(p.dtype == torch.float32 for p in engine._adapters["a"].params.values())
     sample = engine.sample("a", [1, 5, 6], 2, engine_mod.SamplingParams(max_tokens=3, seed=0))
     assert all(len(s.tokens) == len(s.logprobs) for s in sample.sequences)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"_attn_implementation": "sdpa"}, True),
+        ({"_attn_implementation": "eager"}, False),
+        ({"_attn_implementation": "sdpa", "layer_types": ["full_attention", "full_attention"]}, True),
+        ({"_attn_implementation": "sdpa", "layer_types": ["sliding_attention", "full_attention"]}, False),
+        ({"_attn_implementation": "sdpa", "sliding_window": 4096, "use_sliding_window": False}, True),
+        ({"_attn_implementation": "sdpa", "sliding_window": 4096}, False),
+        ({"_attn_implementation": "sdpa", "sliding_window": None}, True),
+    ],
+)
+def test_packed_attention_only_where_it_matches_the_models_own(fields, expected):
+    assert model_host.packs_safely(SimpleNamespace(**fields)) is expected
+
+
+def test_the_tiny_llama_runs_packed_attention(tiny_model_dir):
+    engine = engine_mod.Engine(str(tiny_model_dir))
+    assert engine._packed_attention
+    assert engine.model.config._attn_implementation == model_host.PACKED_ATTENTION
