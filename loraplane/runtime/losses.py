@@ -61,6 +61,8 @@ def check_inputs(loss_fn: str, inputs: Mapping[str, torch.Tensor], n_tokens: int
     (e.g. `data[3].loss_fn_inputs`) so that the error names the exact field.
     """
     check_loss_name(loss_fn)
+    if not isinstance(inputs, Mapping):
+        raise errors.InvalidInput("loss inputs must map names to tensors", field=prefix)
     for key in REQUIRED_INPUTS[loss_fn]:
         if key not in inputs:
             raise errors.InvalidInput(f"loss {loss_fn!r} needs input {key!r}", field=f"{prefix}.{key}")
@@ -68,6 +70,8 @@ def check_inputs(loss_fn: str, inputs: Mapping[str, torch.Tensor], n_tokens: int
         if key not in inputs:
             continue
         value = inputs[key]
+        if not isinstance(value, torch.Tensor):
+            raise errors.InvalidInput(f"{key} must be a tensor, got {type(value).__name__}", field=f"{prefix}.{key}")
         if tuple(value.shape) != (n_tokens,):
             raise errors.InvalidInput(
                 f"{key} has shape {list(value.shape)}, expected [{n_tokens}] (one per input token)",

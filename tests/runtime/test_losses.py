@@ -72,10 +72,11 @@ def test_losses_are_sums_over_tokens_not_means():
         ("dro", {"target_tokens": [1, 2], "logprobs": [0.0, float("nan")], "advantages": [0.0, 0.0]}, 2,
          "data[0].loss_fn_inputs.logprobs"),
         ("nope", {"target_tokens": [1, 2]}, 2, "loss_fn"),
+        ("cross_entropy", {"target_tokens": [1, 2], "weights": "heavy"}, 2, "data[0].loss_fn_inputs.weights"),
     ],
 )
 def test_bad_loss_inputs_are_rejected_naming_the_field(loss_fn, inputs, n, field):
-    tensors = {k: torch.tensor(v) for k, v in inputs.items()}
+    tensors = {k: v if isinstance(v, str) else torch.tensor(v) for k, v in inputs.items()}
     with pytest.raises(errors.InvalidInput) as info:
         losses.check_inputs(loss_fn, tensors, n, "data[0].loss_fn_inputs")
     assert info.value.field == field
