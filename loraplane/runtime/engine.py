@@ -401,7 +401,16 @@ class Engine:
         params: SamplingParams,
         prompt_logprobs: bool = False,
     ) -> SampleResult:
-        """Generate `num_samples` continuations of `prompt` (adapter None = the base model alone)."""
+        """Generate `num_samples` continuations of `prompt` with a KV cache.
+
+        Args:
+            adapter_id: the adapter (training or sampler snapshot) every row runs on; None for the
+                base model alone.
+            prompt: token ids, each in the vocabulary.
+            num_samples: sequences to draw (one batch; the prompt runs once).
+            params: see `sampling.SamplingParams` and the choices in `loraplane.runtime.sampling`.
+            prompt_logprobs: also return log p(prompt[i] | prompt[:i]) for i >= 1 (entry 0 is None).
+        """
         if adapter_id is not None:
             self._get(adapter_id)
             self.ensure_resident(adapter_id)
