@@ -1,0 +1,124 @@
+"""Kubernetes mode end to end: the official tinker SDK, the gateway, the operator and real runtimes.
+
+Everything is real but the cluster: the SDK (0.38.0, unmodified) talks to the gateway app in
+Kubernetes mode (uvicorn, loopback), which keeps LoRAJobs in the API emulator through
+`KubeControlPlane`; the operator runs through Kopf against the same emulator and dispatches the
+jobs to a runtime process with the tiny model, which an emulated pod points at with the
+`loraplane.dev/runtime-url` annotation. Gateway, operator and runtime share a file:// store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tinker
+import torch
+
+from loraplane.api import ids
+from loraplane.core import artifacts
+from loraplane.core.models.v1alpha1.lorajob import (
+    API_VERSION,
+    KIND,
+    PLURAL,
+    SESSION_LABEL,
+    TENANT_LABEL,
+    adapter_id,
+)
+from tests.acceptance.helpers import ce_batch, train
+from tests.kube.emulator import KubeEmulator
+from tests.kube.stack import GatewayServer, kubernetes_settings
+from tests.operator.harness import Cluster, operator, runtime_pod, wait_for
+from tests.operator.real_runtime import RealRuntime
+
+KEYS = {"alice": "tml-alice-0123456789"}
+#: Paths of LoRAJob objects in the emulator's request counts.
+LORAJOB_PATHS = rf"/apis/{API_VERSION}/namespaces/default/{PLURAL}"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def cluster(kube_emulator: KubeEmulator) -> Iterator[Cluster]:
+    c = Cluster(kube_emulator)
+    yield c
+    c.close()
+
+
+def jobs_in(cluster: Cluster) -> list[dict[str, Any]]:
+    return cluster.emulator.list(API_VERSION, KIND, "default")
+
+
+def adapter_ids(rt: RealRuntime) -> list[str]:
+    return [a["adapter_id"] for a in rt.get("/v1/adapters").json()["adapters"]]
+
+
+def test_sdk_session_runs_as_a_lorajob_placed_by_the_operator_and_is_unloaded_on_close(
+    cluster: Cluster, kubeconfig_path: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    store_url = f"file://{store}"
+    rt = RealRuntime(tiny_model_dir).start()
+    ready_status = runtime_pod("rt-0", rt.url)["status"]
+    try:
+        # The runtime pod exists but is not Ready yet: the job must wait in Pending.
+        cluster.add_pod(runtime_pod("rt-0", rt.url, ready=False))
+        with operator(kubeconfig_path, store_url), GatewayServer(
+            kubernetes_settings(), store_url, KEYS, kubeconfig=kubeconfig_path
+        ) as gw:
+            service = tinker.ServiceClient(base_url=gw.url, api_key=KEYS["alice"])
+            creating = service.create_lora_training_client(base_model="tiny", rank=4, seed=1)
+
+            body = wait_for(lambda: next(iter(jobs_in(cluster)), None), 30, "the LoRAJob to be created")
+            name = body["metadata"]["name"]
+            labels = body["metadata"]["labels"]
+            assert labels[TENANT_LABEL] == "alice" and body["spec"]["tenant"] == "alice"
+            assert labels[SESSION_LABEL] and name.startswith(labels[SESSION_LABEL])
+            assert body["spec"]["baseModel"] == "tiny" and body["spec"]["lora"]["rank"] == 4
+            pending = cluster.wait_phase(name, "Pending", timeout=30)
+            assert pending.get("runtime") is None
+
+            cluster.set_pod_status("rt-0", ready_status)
+            client = creating.result(timeout=60)
+            assert ids.job_name(client.model_id) == name
+            running = cluster.status(name)
+            assert running["phase"] == "Running"
+            assert running["runtime"]["pod"] == "rt-0" and running["runtime"]["address"] == rt.url
+            assert cluster.job(name)["metadata"].get("finalizers"), "the operator guards the job with a finalizer"
+            assert adapter_ids(rt) == [adapter_id("default", name)]  # the operator created it
+
+            # Per-step calls find the runtime in the gateway's watch-fed cache, never by reading the job.
+            reads = cluster.emulator.request_count("get", LORAJOB_PATHS)
+            lists = cluster.emulator.request_count("list", LORAJOB_PATHS)
+            losses = train(client, 4)
+            assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
+            out = client.forward(ce_batch(), "cross_entropy").result()
+            assert out.metrics["loss:sum"] < losses[0]
+
+            sampler = client.save_weights_and_get_sampling_client().result()
+            prompt = tinker.ModelInput.from_ints([1, 70, 71, 72])
+            sampled = sampler.sample(prompt=prompt, num_samples=2,
+                                     sampling_params=tinker.SamplingParams(max_tokens=4, temperature=1.0, seed=3)).result()
+            assert len(sampled.sequences) == 2
+            assert all(1 <= len(s.tokens) <= 4 and len(s.logprobs) == len(s.tokens) for s in sampled.sequences)
+
+            saved = client.save_state("k8s").result().path
+            assert saved == f"tinker://{client.model_id}/weights/k8s"
+            assert cluster.emulator.request_count("get", LORAJOB_PATHS) == reads
+            assert cluster.emulator.request_count("list", LORAJOB_PATHS) == lists
+            folder = artifacts.checkpoint_url(store_url, artifacts.parse_tinker_path(saved)).removeprefix("file://")
+            assert (Path(folder) / "adapter_model.safetensors").exists()
+
+            # Closing the session deletes the job; the operator's finalizer unloads the adapter.
+            service.close("success").result(timeout=30)
+            wait_for(lambda: cluster.job(name) is None, 30, f"LoRAJob {name} to be deleted")
+            wait_for(lambda: adapter_ids(rt) == [], 30, "the runtime to hold no adapter")
+            wait_for(lambda: gw.control_plane.runtime_for(name) is None, 15, "the gateway's cache to drop the job")
+    finally:
+        rt.stop()
