@@ -40,7 +40,7 @@ from loraplane.core.models.v1alpha1.lorajob import (
 from loraplane.core.models.v1alpha1.lorajob import adapter_id as make_adapter_id
 from loraplane.core.phases import Action
 from loraplane.core.settings import OperatorSettings
-from loraplane.operator import kubeapi, metrics
+from loraplane.operator import kubeapi, metrics, runs
 from loraplane.operator.runtime_calls import RuntimeCalls, RuntimeRejected, RuntimeUnreachable
 from loraplane.operator.runtimes import RuntimePool
 
@@ -71,49 +71,6 @@ class OperatorContext:
     def wake_all(self) -> None:
         for event in self.wakers.values():
             event.set()
-
-
-def checkpoint_source_url(store: str, path: str) -> str:
-    """A checkpoint path as the runtime loads it: tinker:// mapped into the store. Pure."""
-    if path.startswith(artifacts.TINKER_SCHEME):
-        return artifacts.checkpoint_url(store, artifacts.parse_tinker_path(path, field="resumeFrom.path"))
-    return path
-
-
-def checkpoint_path(store: str, url: str) -> str:
-    """A store URL as status shows it: tinker:// when it is a run's checkpoint. Pure."""
-    tinker = artifacts.tinker_path_for_url(store, url)
-    return str(tinker) if tinker is not None else url
-
-
-def run_id(job: LoRAJob) -> str:
-    """The training run whose folder holds the job's checkpoints. Pure."""
-    if job.spec.session is not None:
-        return job.spec.session.model_id
-    return make_adapter_id(job.metadata.namespace, job.metadata.name)
-
-
-def train_request(job: LoRAJob, store: str, start_step: int) -> dict[str, Any]:
-    """The body of POST /v1/adapters/{id}/train for a declarative job. Pure."""
-    spec = job.spec.training
-    assert spec is not None
-    run = run_id(job)
-    body: dict[str, Any] = {
-        "dataset": spec.dataset,
-        "format": spec.format,
-        "batch_size": spec.batch_size,
-        "learning_rate": spec.learning_rate,
-        "max_seq_len": spec.max_seq_len,
-        "checkpoint_every": spec.checkpoint_every,
-        "checkpoint_prefix": artifacts.join(artifacts.run_url(store, run), "weights"),
-        "output": artifacts.checkpoint_url(store, artifacts.TinkerPath(run, "weights", spec.output_name)),
-        "start_step": start_step,
-    }
-    if spec.steps is not None:
-        body["steps"] = spec.steps
-    if spec.epochs is not None:
-        body["epochs"] = spec.epochs
-    return body
 
 
 def _newer(live: str | None, written: str | None, written_over: str | None) -> bool:
@@ -275,7 +232,7 @@ class JobLoop:
                     await self.ctx.runtime.load_adapter(
                         runtime.address,
                         aid,
-                        checkpoint_source_url(self.ctx.store_url, plan.source),
+                        runs.checkpoint_source_url(self.ctx.store_url, plan.source),
                         optimizer=plan.optimizer,
                         expect_seq=1 if first else None,
                     )
@@ -285,7 +242,7 @@ class JobLoop:
                 and await self.ctx.runtime.train_status(runtime.address, aid) is None
             ):
                 await self.ctx.runtime.start_training(
-                    runtime.address, aid, train_request(job, self.ctx.store_url, plan.step)
+                    runtime.address, aid, runs.train_request(job, self.ctx.store_url, plan.step)
                 )
         except RuntimeRejected as exc:
             new = phases.dispatch_failed(job.status, str(exc), now, backoff_base=self.ctx.backoff_base_s)
@@ -347,7 +304,7 @@ class JobLoop:
         ckpt = None
         if last:
             ckpt = Checkpoint(
-                path=checkpoint_path(self.ctx.store_url, last["url"]),
+                path=runs.checkpoint_path(self.ctx.store_url, last["url"]),
                 step=int(last["step"]),
                 time=phases.iso(now),
             )
@@ -361,7 +318,7 @@ class JobLoop:
             return min(interval, self.ctx.settings.health_interval_s)
         if state == "succeeded":
             assert job.spec.training is not None
-            output = artifacts.TinkerPath(run_id(job), "weights", job.spec.training.output_name)
+            output = artifacts.TinkerPath(runs.run_id(job), "weights", job.spec.training.output_name)
             final = Checkpoint(path=str(output), step=progress.step, time=phases.iso(now))
             new = phases.progressed(job.status, progress, final)
             message = f"trained {progress.step} steps; final state {output}"
@@ -408,7 +365,7 @@ class JobLoop:
             try:
                 if job.spec.mode == "interactive" and await self.ctx.runtime.adapter(runtime.address, aid):
                     name = f"suspend-{int(now.timestamp())}"
-                    path = artifacts.TinkerPath(run_id(job), "weights", name)
+                    path = artifacts.TinkerPath(runs.run_id(job), "weights", name)
                     result = await self.ctx.runtime.save_state(
                         runtime.address, aid, artifacts.checkpoint_url(self.ctx.store_url, path)
                     )

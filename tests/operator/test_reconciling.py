@@ -8,7 +8,7 @@ import pytest
 
 from loraplane.core import errors
 from loraplane.core.models.v1alpha1.lorajob import LoRAJob
-from loraplane.operator import reconciling
+from loraplane.operator import reconciling, runs
 
 STORE = "file:///store"
 
@@ -27,13 +27,13 @@ def job(**spec: Any) -> LoRAJob:
     ],
 )
 def test_checkpoint_source_url(path: str, url: str) -> None:
-    assert reconciling.checkpoint_source_url(STORE, path) == url
-    assert reconciling.checkpoint_path(STORE, url) == path
+    assert runs.checkpoint_source_url(STORE, path) == url
+    assert runs.checkpoint_path(STORE, url) == path
 
 
 def test_a_malformed_tinker_path_names_the_field() -> None:
     with pytest.raises(errors.InvalidInput, match="resumeFrom.path"):
-        reconciling.checkpoint_source_url(STORE, "tinker://only-two/parts")
+        runs.checkpoint_source_url(STORE, "tinker://only-two/parts")
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_a_malformed_tinker_path_names_the_field() -> None:
     ],
 )
 def test_run_id(spec: dict[str, Any], run: str) -> None:
-    assert reconciling.run_id(job(**spec)) == run
+    assert runs.run_id(job(**spec)) == run
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_run_id(spec: dict[str, Any], run: str) -> None:
     ],
 )
 def test_train_request(training: dict[str, Any], expected: dict[str, Any]) -> None:
-    body = reconciling.train_request(job(mode="training", training=training), STORE, start_step=4)
+    body = runs.train_request(job(mode="training", training=training), STORE, start_step=4)
     assert body["checkpoint_prefix"] == "file:///store/runs/ns.j/weights"
     assert body["output"] == f"file:///store/runs/ns.j/weights/{training.get('outputName', 'final')}"
     assert body["start_step"] == 4 and body["dataset"] == "file:///d.jsonl"
