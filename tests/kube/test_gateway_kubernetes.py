@@ -28,7 +28,7 @@ from loraplane.core.models.v1alpha1.lorajob import (
     TENANT_LABEL,
     adapter_id,
 )
-from tests.acceptance.helpers import ce_batch, train
+from tests.acceptance.helpers import ce_batch, close, train
 from tests.kube.emulator import KubeEmulator
 from tests.kube.stack import GatewayServer, kubernetes_settings
 from tests.operator.harness import Cluster, operator, runtime_pod, wait_for
@@ -115,9 +115,18 @@ def test_sdk_session_runs_as_a_lorajob_placed_by_the_operator_and_is_unloaded_on
             folder = artifacts.checkpoint_url(store_url, artifacts.parse_tinker_path(saved)).removeprefix("file://")
             assert (Path(folder) / "adapter_model.safetensors").exists()
 
-            # Closing the session deletes the job; the operator's finalizer unloads the adapter.
+            # A run from that state is a second job that the operator restores from the shared store.
+            continued = train(client, 2, pipelined=False)
+            resumed = service.create_training_client_from_state_with_optimizer(saved).result(timeout=60)
+            second = ids.job_name(resumed.model_id)
+            assert cluster.job(second)["spec"]["resumeFrom"] == {"path": saved, "optimizer": True}
+            assert cluster.status(second)["runtime"]["pod"] == "rt-0"
+            assert close(train(resumed, 2, pipelined=False), continued), continued
+
+            # Closing the session deletes its jobs; the operator's finalizer unloads their adapters.
             service.close("success").result(timeout=30)
-            wait_for(lambda: cluster.job(name) is None, 30, f"LoRAJob {name} to be deleted")
+            for job in (name, second):
+                wait_for(lambda job=job: cluster.job(job) is None, 30, f"LoRAJob {job} to be deleted")
             wait_for(lambda: adapter_ids(rt) == [], 30, "the runtime to hold no adapter")
             wait_for(lambda: gw.control_plane.runtime_for(name) is None, 15, "the gateway's cache to drop the job")
     finally:
