@@ -2,9 +2,8 @@
 
 It is wired as `loraplane gateway` wires it (`loraplane.api.cli.run`): settings with
 `gateway.control_plane = "kubernetes"`, a `KubeControlPlane` built from those settings and the
-emulator's kubeconfig, API keys from inline
-`tenant=key` entries, and the artifact store the runtimes and the operator share. Only the
-listening socket differs: a free loopback port, bound before uvicorn starts, so the test knows
+emulator's kubeconfig, API keys from inline `tenant=key` entries, and the artifact store that
+the runtimes and the operator share. Only the listening socket differs: a free loopback port, bound before uvicorn starts, so the test knows
 the URL without parsing logs.
 """
 
