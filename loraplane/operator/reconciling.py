@@ -237,13 +237,14 @@ class JobLoop:
                         expect_seq=1 if first else None,
                     )
                 metrics.DISPATCHES.labels(origin=plan.origin).inc()
-            if (
-                job.spec.mode == "training"
-                and await self.ctx.runtime.train_status(runtime.address, aid) is None
-            ):
-                await self.ctx.runtime.start_training(
-                    runtime.address, aid, runs.train_request(job, self.ctx.store_url, plan.step)
-                )
+            if job.spec.mode == "training":
+                run = await self.ctx.runtime.train_status(runtime.address, aid)
+                # a run that is going (or done) is left alone; a failed one (e.g. its adapter was
+                # deleted by a suspend) is started again from the state just loaded
+                if run is None or run.get("state") == "failed":
+                    await self.ctx.runtime.start_training(
+                        runtime.address, aid, runs.train_request(job, self.ctx.store_url, plan.step)
+                    )
         except RuntimeRejected as exc:
             new = phases.dispatch_failed(job.status, str(exc), now, backoff_base=self.ctx.backoff_base_s)
             await self.write(job, new, "DispatchFailed", new.message or "", warning=True)

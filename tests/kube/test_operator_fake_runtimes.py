@@ -72,7 +72,7 @@ def test_runtime_lost_mid_training_restores_on_another_runtime_from_the_last_che
         assert done["latestCheckpoint"] == {**done["latestCheckpoint"], "path": "tinker://default.sft/weights/final", "step": 6}
         assert b.loads == [{"adapter_id": "default.sft", "source": f"{store}/runs/default.sft/weights/step-2",
                             "optimizer": True, "expect_seq": None}]
-        assert b.trains == {} and b.adapters == {}  # the finished adapter freed its slot
+        assert b.adapters == {}  # the finished adapter freed its slot
         conditions = {c["type"]: c for c in done["conditions"]}
         assert conditions["Restored"]["status"] == "True"
         lost = [e for e in cluster.events("sft") if e["reason"] == "RuntimeLost"]
@@ -317,3 +317,23 @@ def test_a_deleted_runtime_pod_moves_its_jobs_to_another_runtime(
     assert "default.chat" in b.adapters
     lost = next(e for e in cluster.events("chat") if e["reason"] == "RuntimeLost")
     assert "runtime rt-a lost at step 0: no checkpoint, restarting from a fresh adapter" in lost["message"]
+
+
+def test_a_suspended_training_job_resumes_from_its_checkpoint_on_the_same_runtime(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    rt = FakeRuntime("tiny", hold_at=5).start()
+    runtimes.append(rt)
+    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    with operator(kubeconfig_path, f"file://{tmp_path}"):
+        cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=8, every=2)))
+        wait_for(lambda: cluster.status("sft").get("progress", {}).get("step") == 5, what="step 5")
+        cluster.patch_spec("sft", {"suspend": True})
+        suspended = cluster.wait_phase("sft", "Suspended")
+        assert suspended["latestCheckpoint"]["step"] == 4 and rt.adapters == {}
+        rt.hold_at = None
+        cluster.patch_spec("sft", {"suspend": False})
+        done = cluster.wait_phase("sft", "Succeeded")
+    assert done["progress"]["step"] == 8 and done["attempts"] == 0
+    assert rt.loads[-1]["source"].endswith("/runs/default.sft/weights/step-4")
+    assert rt.trains["default.sft"]["request"]["start_step"] == 4

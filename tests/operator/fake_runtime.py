@@ -134,7 +134,9 @@ class FakeRuntime:
         aid = request.match_info["id"]
         if self.adapters.pop(aid, None) is None:
             return web.json_response({"detail": "unknown adapter"}, status=404)
-        self.trains.pop(aid, None)
+        run = self.trains.get(aid)
+        if run is not None and self._status(run)["state"] == "running":
+            run["error"] = "the adapter was deleted"  # as the runtime does: the run stays, failed
         return web.Response(status=204)
 
     async def _load(self, request: web.Request) -> web.Response:
@@ -164,7 +166,7 @@ class FakeRuntime:
         aid, body = request.match_info["id"], await request.json()
         if aid not in self.adapters:
             return web.json_response({"detail": "unknown adapter"}, status=404)
-        if aid in self.trains:
+        if aid in self.trains and self._status(self.trains[aid])["state"] == "running":
             return web.json_response(self._status(self.trains[aid]), status=200)
         self.trains[aid] = {"request": body, "step": body.get("start_step", 0), "last_checkpoint": None}
         return web.json_response(self._status(self.trains[aid]), status=202)
@@ -174,7 +176,7 @@ class FakeRuntime:
         if run is None:
             return web.json_response({"detail": "no run"}, status=404)
         total = run["request"].get("steps") or 1
-        if run["step"] < total and (self.hold_at is None or run["step"] < self.hold_at):
+        if run.get("error") is None and run["step"] < total and (self.hold_at is None or run["step"] < self.hold_at):
             run["step"] += 1
             every = run["request"].get("checkpoint_every") or 0
             if every and run["step"] % every == 0 and run["step"] < total:
@@ -186,6 +188,7 @@ class FakeRuntime:
 
     def _status(self, run: dict[str, Any]) -> dict[str, Any]:
         total = run["request"].get("steps") or 1
-        return {"state": "succeeded" if run["step"] >= total else "running", "step": run["step"],
+        state = "failed" if run.get("error") else "succeeded" if run["step"] >= total else "running"
+        return {"state": state, "step": run["step"],
                 "total_steps": total, "loss": 2.0 / (1 + run["step"]), "tokens": 100 * run["step"],
-                "last_checkpoint": run["last_checkpoint"], "error": None}
+                "last_checkpoint": run["last_checkpoint"], "error": run.get("error")}
