@@ -27,6 +27,7 @@ from loraplane.api.records import Records
 from loraplane.core import artifacts, errors
 from loraplane.core.controlplane import ControlPlane
 from loraplane.core.models.v1alpha1 import LoRAJob, ResumeFrom, RuntimeRef
+from loraplane.core.models.v1alpha1.lorajob import adapter_id
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,11 @@ class Gateway:
             raise errors.CapacityError(f"model {model_id!r} is not placed on a runtime yet; retry shortly")
         return ref
 
+    def adapter(self, model_id: str) -> str:
+        """The runtime adapter id of a training run: the one its control plane created it under
+        (`<namespace>.<job>` in Kubernetes, where the operator creates it; the job name otherwise)."""
+        return adapter_id(getattr(self.cp, "namespace", None), ids.job_name(model_id))
+
     def owned_runtime(self, tenant: str, model_id: str) -> RuntimeRef:
         """Ownership from the session record (cached), runtime from the control plane's cache: no remote read."""
         session_id, _ = ids.parse_model_id(model_id)
@@ -198,7 +204,7 @@ class Gateway:
         raw = codecs.decode_body(body, content_encoding, max_bytes=self.max_request_bytes)
         model_id, _seq = codecs.routing_fields(raw)
         ref = self.owned_runtime(tenant, model_id)
-        rid = await self.runtimes.submit_forward_backward(ref.address, ids.job_name(model_id), raw)
+        rid = await self.runtimes.submit_forward_backward(ref.address, self.adapter(model_id), raw)
         return self._future(model_id, ref, "fwdbwd", rid)
 
     async def optim_step(self, tenant: str, body: protocol.OptimStep) -> dict[str, Any]:
@@ -210,7 +216,7 @@ class Gateway:
         ref = self.owned_runtime(tenant, body.model_id)
         params = (body.adam_params or protocol.AdamParams()).model_dump()
         rid = await self.runtimes.submit_op(
-            ref.address, ids.job_name(body.model_id), {"seq_id": body.seq_id, "op": "optim_step", "adam_params": params}
+            ref.address, self.adapter(body.model_id), {"seq_id": body.seq_id, "op": "optim_step", "adam_params": params}
         )
         return self._future(body.model_id, ref, "optim", rid)
 
@@ -231,7 +237,7 @@ class Gateway:
         dest = self._reserve_save(tenant, path, overwrite=body.overwrite, ttl_seconds=body.ttl_seconds,
                                   user_metadata=body.user_metadata)
         rid = await self.runtimes.submit_op(
-            ref.address, ids.job_name(body.model_id),
+            ref.address, self.adapter(body.model_id),
             {"seq_id": body.seq_id, "op": "save_state", "dest": dest, "optimizer": True},
         )
         return self._future(body.model_id, ref, "save", rid)
@@ -245,7 +251,7 @@ class Gateway:
             dest = self._reserve_save(tenant, path, overwrite=True, ttl_seconds=body.ttl_seconds,
                                       user_metadata=body.user_metadata)
             rid = await self.runtimes.submit_op(
-                ref.address, adapter, {"seq_id": body.seq_id, "op": "save_sampler", "dest": dest}
+                ref.address, self.adapter(body.model_id), {"seq_id": body.seq_id, "op": "save_sampler", "dest": dest}
             )
             return self._future(body.model_id, ref, "save_sampler", rid)
         if body.sampling_session_seq_id is None:
@@ -257,7 +263,8 @@ class Gateway:
             "adapter_id": ids.owner_key(sampler), "job": adapter, "pod": ref.pod, "created": self.clock(),
         })
         rid = await self.runtimes.submit_op(
-            ref.address, adapter, {"seq_id": body.seq_id, "op": "snapshot", "sampler_id": ids.owner_key(sampler)}
+            ref.address, self.adapter(body.model_id),
+            {"seq_id": body.seq_id, "op": "snapshot", "sampler_id": ids.owner_key(sampler)},
         )
         return self._future(body.model_id, ref, "snapshot", rid)
 
@@ -267,7 +274,7 @@ class Gateway:
         ref = self.owned_runtime(tenant, body.model_id)
         path = artifacts.parse_tinker_path(body.path)
         self.records.checkpoint(tenant, path)
-        rid = await self.runtimes.submit_op(ref.address, ids.job_name(body.model_id), {
+        rid = await self.runtimes.submit_op(ref.address, self.adapter(body.model_id), {
             "seq_id": body.seq_id, "op": "load_state", "source": artifacts.checkpoint_url(self.store.url, path),
             "optimizer": body.optimizer,
         })
