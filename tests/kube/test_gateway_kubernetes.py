@@ -3,8 +3,13 @@
 Everything is real but the cluster: the SDK (0.38.0, unmodified) talks to the gateway app in
 Kubernetes mode (uvicorn, loopback), which keeps LoRAJobs in the API emulator through
 `KubeControlPlane`; the operator runs through Kopf against the same emulator and dispatches the
-jobs to a runtime process with the tiny model, which an emulated pod points at with the
-`loraplane.dev/runtime-url` annotation. Gateway, operator and runtime share a file:// store.
+jobs to a runtime (its real API, engine and executor with the tiny model, served on loopback),
+which an emulated pod points at with the `loraplane.dev/runtime-url` annotation. Gateway,
+operator and runtime share a file:// store.
+
+One test follows a session's life (Pending until a runtime is Ready, training, sampling, a saved
+state and a run restored from it, close); the other drops every watch and compacts the history
+mid-training, which the gateway's cache and the operator must both survive.
 """
 
 from __future__ import annotations
