@@ -21,8 +21,9 @@ Conditions keep their `lastTransitionTime` while their status does not change, a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -142,16 +143,41 @@ def _after_finish(job: LoRAJob, now: datetime) -> Decision:
     return Decision(Action.WAIT, delay=remaining)
 
 
-def restore_plan(job: LoRAJob) -> RestorePlan:
+def _recency(ckpt: Checkpoint) -> tuple[int, datetime]:
+    """Sort key of a checkpoint: step, then the time it was saved (unknown times sort first)."""
+    return ckpt.step, parse_time(ckpt.time) or datetime.min.replace(tzinfo=UTC)
+
+
+def newest_state(job: LoRAJob, saved: Sequence[Checkpoint] = ()) -> Checkpoint | None:
+    """The newest state a restore can load: status.latestCheckpoint or a state saved in the store. Pure.
+
+    Called by `restore_plan` and the operator's suspend. `saved` are the training states of the
+    job's run found in the artifact store (saves made through the gateway, already stripped of
+    expired and incomplete ones). Only those saved since the job first ran count: a run folder
+    can hold the states of an earlier job of the same name. Newest is by step, then time; on a tie
+    status.latestCheckpoint wins, since the operator recorded it itself.
+    """
+    started = parse_time(job.status.start_time)
+    candidates = [job.status.latest_checkpoint] if job.status.latest_checkpoint is not None else []
+    if started is not None:
+        for ckpt in saved:
+            when = parse_time(ckpt.time)
+            if when is not None and when >= started:
+                candidates.append(ckpt)
+    return max(candidates, key=_recency, default=None)
+
+
+def restore_plan(job: LoRAJob, saved: Sequence[Checkpoint] = ()) -> RestorePlan:
     """Which state a (re)dispatch loads, and the steps it loses. Pure; called by the dispatcher.
 
-    The latest checkpoint the job itself saved wins over spec.resumeFrom, which only seeds the
-    first dispatch; with neither, the adapter starts fresh (and a restore loses every step).
+    The newest state the job has (`newest_state`: its latest checkpoint or a save of its run in
+    the store) wins over spec.resumeFrom, which only seeds the first dispatch; with none, the
+    adapter starts fresh (and a restore loses every step). Steps lost are the adapter's last known
+    step (status.progress.step) less the state's.
     """
-    status = job.status
-    step = status.progress.step
-    if status.latest_checkpoint is not None:
-        ckpt = status.latest_checkpoint
+    step = job.status.progress.step
+    ckpt = newest_state(job, saved)
+    if ckpt is not None:
         return RestorePlan(ckpt.path, ckpt.step, True, max(0, step - ckpt.step), "checkpoint")
     if job.spec.resume_from is not None:
         return RestorePlan(job.spec.resume_from.path, 0, job.spec.resume_from.optimizer, step, "resumeFrom")
@@ -222,13 +248,17 @@ def running(
     )
 
 
-def runtime_lost(job: LoRAJob, now: datetime) -> tuple[LoRAJobStatus, str]:
+def runtime_lost(
+    job: LoRAJob, now: datetime, saved: Sequence[Checkpoint] = ()
+) -> tuple[LoRAJobStatus, str]:
     """Back to Pending after its runtime went away, one attempt used. Pure.
 
-    Returns the new status and the message for the Event and the Restored condition.
+    `saved` as for `restore_plan`; the state chosen becomes status.latestCheckpoint, so that the
+    status names what the next dispatch loads. Returns the new status and the message for the
+    Event and the Restored condition.
     """
     status = job.status
-    plan = restore_plan(job)
+    plan = restore_plan(job, saved)
     pod = status.runtime.pod if status.runtime else "?"
     if plan.source:
         what = f"restoring from {plan.source} (step {plan.step}); {plan.steps_lost} step(s) lost"
@@ -243,6 +273,7 @@ def runtime_lost(job: LoRAJob, now: datetime) -> tuple[LoRAJobStatus, str]:
         runtime=None,
         attempts=status.attempts + 1,
         conditions=conditions,
+        latest_checkpoint=newest_state(job, saved),
         message=message,
     )
     return new, message
@@ -274,14 +305,34 @@ def dispatch_failed(
     )
 
 
-def suspended(status: LoRAJobStatus, checkpoint: Checkpoint | None, now: datetime) -> LoRAJobStatus:
-    """Saved and removed from its runtime; the slot is free. Pure."""
-    message = f"suspended; state saved at {checkpoint.path}" if checkpoint else "suspended"
+def suspended(
+    status: LoRAJobStatus, checkpoint: Checkpoint | None, now: datetime, *, save_error: str | None = None
+) -> LoRAJobStatus:
+    """Removed from its runtime, the slot free; `checkpoint` is the state saved first. Pure.
+
+    Called by the operator's suspend. With a checkpoint, resuming loses nothing and progress is
+    the saved step. When the save failed (`save_error`), the message says so and how many steps
+    a resume from the previous checkpoint loses.
+    """
+    progress = status.progress
+    if checkpoint is not None:
+        message = f"suspended at step {checkpoint.step}; state saved at {checkpoint.path}"
+        progress = progress.model_copy(update={"step": checkpoint.step})
+    elif save_error is not None:
+        latest = status.latest_checkpoint
+        origin = f"{latest.path} (step {latest.step})" if latest else "a fresh adapter"
+        lost = progress.step - (latest.step if latest else 0)
+        message = (
+            f"suspended without saving ({save_error}); resuming from {origin} loses {max(0, lost)} step(s)"
+        )
+    else:
+        message = "suspended"
     conditions = set_condition(status.conditions, READY, "False", "Suspended", message, now)
     return _with(
         status,
         phase=Phase.SUSPENDED,
         runtime=None,
+        progress=progress,
         latest_checkpoint=checkpoint or status.latest_checkpoint,
         conditions=conditions,
         message=message,

@@ -222,9 +222,11 @@ class JobLoop:
 
     async def dispatch(self, job: LoRAJob, runtime: RuntimeRef, now: datetime) -> float | None:
         aid = make_adapter_id(job.metadata.namespace, job.metadata.name)
-        plan = phases.restore_plan(job)
+        plan = phases.restore_plan(job, await self.saved_states(job))
+        placed = False
         try:
             if await self.ctx.runtime.adapter(runtime.address, aid) is None:
+                placed = True
                 if plan.source is None:
                     await self.ctx.runtime.create_adapter(runtime.address, aid, job.spec.lora)
                 else:
@@ -239,9 +241,7 @@ class JobLoop:
                 metrics.DISPATCHES.labels(origin=plan.origin).inc()
             if job.spec.mode == "training":
                 run = await self.ctx.runtime.train_status(runtime.address, aid)
-                # a run that is going (or done) is left alone; a failed one (e.g. its adapter was
-                # deleted by a suspend) is started again from the state just loaded
-                if run is None or run.get("state") == "failed":
+                if runs.needs_new_run(run, adapter_was_placed=placed):
                     await self.ctx.runtime.start_training(
                         runtime.address, aid, runs.train_request(job, self.ctx.store_url, plan.step)
                     )
@@ -285,6 +285,7 @@ class JobLoop:
             if info is None:
                 await self.restore(job, now)
                 return 0.0
+            job = await self._note_step(job, info)
             await self._check_idle(job, address, aid, info, now)
         except RuntimeUnreachable:
             pass  # the health poll decides whether the runtime is lost
@@ -335,6 +336,18 @@ class JobLoop:
         await self.write(job, new, "TrainingFailed", new.message or error, warning=True)
         return 0.0
 
+    async def _note_step(self, job: LoRAJob, info: Mapping[str, Any]) -> LoRAJob:
+        """Record an interactive adapter's step (rate-bounded), the step a restore counts losses from."""
+        step = info.get("step")
+        if not isinstance(step, int) or step == job.status.progress.step:
+            return job
+        mono = time.monotonic()
+        if not phases.progress_due(self.last_progress_write, mono, self.ctx.settings.progress_interval_s):
+            return job
+        progress = job.status.progress.model_copy(update={"step": step})
+        self.last_progress_write = mono
+        return await self.write(job, phases.progressed(job.status, progress, None), "Progress", "")
+
     async def _check_idle(
         self, job: LoRAJob, address: str, aid: str, info: Mapping[str, Any], now: datetime
     ) -> None:
@@ -351,33 +364,66 @@ class JobLoop:
             conditions = phases.set_condition(job.status.conditions, phases.IDLE, "False", "Active", "in use", now)
             await self.write(job, job.status.model_copy(update={"conditions": conditions}), "Active", "in use")
 
+    async def saved_states(self, job: LoRAJob) -> list[Checkpoint]:
+        """The training states of the job's run in the artifact store (see `runs.saved_states`).
+
+        Read only once the job has run: before, none can be its own. A store that cannot be read
+        now yields none, so that a restore still happens, from status.latestCheckpoint.
+        """
+        if job.status.start_time is None:
+            return []
+        run = runs.run_id(job)
+        now = phases.iso(self.ctx.clock())
+
+        def read() -> list[tuple[artifacts.TinkerPath, dict[str, Any] | None]]:
+            store = artifacts.ArtifactStore(self.ctx.store_url)
+            return [
+                (path, store.read_json(artifacts.checkpoint_record_url(store.url, path)))
+                for path in store.checkpoints(run)
+            ]
+
+        try:
+            entries = await asyncio.to_thread(read)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: could not list the saved states of run %s: %s", self.key, run, exc)
+            return []
+        return runs.saved_states(entries, now)
+
     async def restore(self, job: LoRAJob, now: datetime) -> None:
-        plan = phases.restore_plan(job)
-        new, message = phases.runtime_lost(job, now)
+        saved = await self.saved_states(job)
+        plan = phases.restore_plan(job, saved)
+        new, message = phases.runtime_lost(job, now, saved)
         metrics.RESTORES.inc()
         metrics.STEPS_LOST.inc(plan.steps_lost)
         await self.write(job, new, "RuntimeLost", message, warning=True)
 
     async def suspend(self, job: LoRAJob, now: datetime) -> None:
-        saved = None
+        """Save the adapter's state, then remove it and free the slot (spec.suspend).
+
+        The runtime cannot stop a declarative run, so the save is queued on the adapter behind
+        the op in flight: it runs between two of the run's ops and holds the weights and moments
+        of the last finished step, which is the step it reports (and the run resumes from).
+        Deleting the adapter then ends the run. A failed save still frees the slot; the status
+        says how many steps that loses. An unreachable runtime raises, to try again later.
+        """
+        saved, save_error = None, None
         runtime = job.status.runtime
         if runtime is not None and self.ctx.pool.is_ready(runtime.pod):
             aid = make_adapter_id(job.metadata.namespace, job.metadata.name)
-            try:
-                if job.spec.mode == "interactive" and await self.ctx.runtime.adapter(runtime.address, aid):
-                    name = f"suspend-{int(now.timestamp())}"
-                    path = artifacts.TinkerPath(runs.run_id(job), "weights", name)
+            info = await self.ctx.runtime.adapter(runtime.address, aid)
+            if info is not None:
+                path = runs.suspend_path(job, int(info.get("step") or 0))
+                try:
                     result = await self.ctx.runtime.save_state(
                         runtime.address, aid, artifacts.checkpoint_url(self.ctx.store_url, path)
                     )
-                    saved = Checkpoint(
-                        path=str(path), step=int(result.get("step") or 0), time=phases.iso(now)
-                    )
+                    saved = Checkpoint(path=str(path), step=int(result.get("step") or 0), time=phases.iso(now))
+                except RuntimeRejected as exc:
+                    log.warning("%s: could not save before suspending: %s", self.key, exc)
+                    save_error = str(exc)
                 await self._delete_adapter(runtime.address, aid)
-            except RuntimeRejected as exc:
-                log.warning("%s: could not save before suspending: %s", self.key, exc)
-        new = phases.suspended(job.status, saved, now)
-        await self.write(job, new, "Suspended", new.message or "suspended")
+        new = phases.suspended(job.status, saved, now, save_error=save_error)
+        await self.write(job, new, "Suspended", new.message or "suspended", warning=save_error is not None)
 
     async def unload(self, job: LoRAJob) -> None:
         """Remove the job's adapter from its runtime, if it is there and reachable."""

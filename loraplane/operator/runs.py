@@ -1,16 +1,24 @@
 """Where a job's run lives in the artifact store, and what the runtime is asked to train.
 
-Callers: `reconciling` (dispatch, follow, suspend). Pure functions over the job and the store URL
-(`loraplane.core.artifacts` holds the layout), so that status shows the same tinker:// paths the
-gateway hands to Tinker users.
+Callers: `reconciling` (dispatch, follow, suspend, restore). Pure functions over the job and the
+store URL (`loraplane.core.artifacts` holds the layout), so that status shows the same tinker://
+paths the gateway hands to Tinker users.
+
+Design notes
+============
+A user's saves (Tinker save_state through the gateway) land in the run's `weights/` folder with a
+checkpoint.json record that the gateway writes once the files are complete; the operator never
+hears of them otherwise. `saved_states` turns what the store holds into restore candidates, so
+that a lost runtime restores the newest state whoever saved it (`phases.restore_plan` chooses).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from loraplane.core import artifacts
-from loraplane.core.models.v1alpha1.lorajob import LoRAJob
+from loraplane.core.models.v1alpha1.lorajob import Checkpoint, LoRAJob
 from loraplane.core.models.v1alpha1.lorajob import adapter_id as make_adapter_id
 
 
@@ -55,3 +63,44 @@ def train_request(job: LoRAJob, store: str, start_step: int) -> dict[str, Any]:
     if spec.epochs is not None:
         body["epochs"] = spec.epochs
     return body
+
+
+def saved_states(
+    entries: Iterable[tuple[artifacts.TinkerPath, Mapping[str, Any] | None]], now: str
+) -> list[Checkpoint]:
+    """Restore candidates among a run's checkpoints and their records (`now` ISO-8601). Pure.
+
+    Called by `reconciling` after listing the store. Kept: training states (`weights/`) whose
+    record is complete (a step and a time) and not expired. Sampler snapshots hold no optimizer
+    state and a record still being written is no state yet, so neither is ever restored.
+    """
+    out = []
+    for path, record in entries:
+        if path.segment != "weights" or not record or artifacts.is_expired(dict(record), now):
+            continue
+        step, saved_at = record.get("step"), record.get("time")
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0 or not isinstance(saved_at, str):
+            continue
+        out.append(Checkpoint(path=str(path), step=step, time=saved_at))
+    return out
+
+
+def suspend_path(job: LoRAJob, step: int) -> artifacts.TinkerPath:
+    """Where a suspend saves the adapter: `weights/suspend-step-<n>` of the job's run. Pure."""
+    return artifacts.TinkerPath(run_id(job), "weights", f"suspend-step-{step}")
+
+
+def needs_new_run(run: Mapping[str, Any] | None, *, adapter_was_placed: bool) -> bool:
+    """Whether a dispatch starts a training run on the runtime. Pure; called by `reconciling.dispatch`.
+
+    The runtime keeps a run's status after it ends, under the adapter id, which a job recreated
+    under the same name shares. A run that outlived its adapter (deleted by a suspend, by the end
+    of an earlier job of that name) is not this adapter's: when the dispatch has just created or
+    loaded the adapter, only a run still going counts. When the adapter was already there (an
+    operator restarted mid-dispatch), a run going or done is this job's and a failed one restarts.
+    """
+    if run is None:
+        return True
+    if adapter_was_placed:
+        return run.get("state") != "running"
+    return run.get("state") == "failed"

@@ -319,7 +319,7 @@ def test_a_deleted_runtime_pod_moves_its_jobs_to_another_runtime(
     assert "runtime rt-a lost at step 0: no checkpoint, restarting from a fresh adapter" in lost["message"]
 
 
-def test_a_suspended_training_job_resumes_from_its_checkpoint_on_the_same_runtime(
+def test_a_suspended_training_job_saves_its_state_first_and_resumes_from_it_on_the_same_runtime(
     cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
 ) -> None:
     rt = FakeRuntime("tiny", hold_at=5).start()
@@ -330,10 +330,17 @@ def test_a_suspended_training_job_resumes_from_its_checkpoint_on_the_same_runtim
         wait_for(lambda: cluster.status("sft").get("progress", {}).get("step") == 5, what="step 5")
         cluster.patch_spec("sft", {"suspend": True})
         suspended = cluster.wait_phase("sft", "Suspended")
-        assert suspended["latestCheckpoint"]["step"] == 4 and rt.adapters == {}
+        assert suspended["latestCheckpoint"] == {
+            "path": "tinker://default.sft/weights/suspend-step-5", "step": 5, "time": suspended["latestCheckpoint"]["time"],
+        }
+        assert suspended["progress"]["step"] == 5 and rt.adapters == {}
+        assert suspended["message"] == "suspended at step 5; state saved at tinker://default.sft/weights/suspend-step-5"
         rt.hold_at = None
         cluster.patch_spec("sft", {"suspend": False})
         done = cluster.wait_phase("sft", "Succeeded")
     assert done["progress"]["step"] == 8 and done["attempts"] == 0
-    assert rt.loads[-1]["source"].endswith("/runs/default.sft/weights/step-4")
-    assert rt.trains["default.sft"]["request"]["start_step"] == 4
+    save = rt.ops[-1]
+    assert (save["op"], save["optimizer"]) == ("save_state", True)
+    assert save["dest"].endswith("/runs/default.sft/weights/suspend-step-5")
+    assert rt.loads[-1]["source"] == save["dest"] and rt.loads[-1]["expect_seq"] is None
+    assert rt.trains["default.sft"]["request"]["start_step"] == 5

@@ -32,6 +32,7 @@ class FakeRuntime:
         self.results: dict[str, dict[str, Any]] = {}  #: request id -> result body
         self.calls: Counter[str] = Counter()  #: "POST /v1/adapters" -> count
         self.loads: list[dict[str, Any]] = []  #: bodies of load calls, in order
+        self.ops: list[dict[str, Any]] = []  #: bodies of submitted ops (save_state...), in order
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -154,6 +155,7 @@ class FakeRuntime:
     async def _op(self, request: web.Request) -> web.Response:
         aid, body = request.match_info["id"], await request.json()
         rid = f"r{next(self._ids)}"
+        self.ops.append({"adapter_id": aid, **body})
         step = self.adapters.get(aid, {}).get("step", 0)
         self.results[rid] = {"status": "done", "result": {"dest": body.get("dest"), "step": step, "size_bytes": 1}}
         return web.json_response({"request_id": rid}, status=202)
@@ -178,6 +180,8 @@ class FakeRuntime:
         total = run["request"].get("steps") or 1
         if run.get("error") is None and run["step"] < total and (self.hold_at is None or run["step"] < self.hold_at):
             run["step"] += 1
+            if request.match_info["id"] in self.adapters:  # the adapter's optimizer step follows the run
+                self.adapters[request.match_info["id"]]["step"] = run["step"]
             every = run["request"].get("checkpoint_every") or 0
             if every and run["step"] % every == 0 and run["step"] < total:
                 url = f"{run['request']['checkpoint_prefix']}/step-{run['step']}"
