@@ -218,3 +218,74 @@ def test_progressed_keeps_the_newest_checkpoint(checkpoint: Checkpoint | None, l
 )
 def test_status_patch(old: LoRAJobStatus, new: LoRAJobStatus, patch: dict[str, Any]) -> None:
     assert phases.status_patch(old, new) == patch
+
+
+STARTED = ago(3600)
+OWN = Checkpoint(path="tinker://ns.j/weights/step-20", step=20, time=ago(600))
+
+
+def saved(name: str, step: int, seconds_ago: float) -> Checkpoint:
+    return Checkpoint(path=f"tinker://ns.j/weights/{name}", step=step, time=ago(seconds_ago))
+
+
+@pytest.mark.parametrize(
+    ("status", "stored", "expected"),
+    [
+        # a user's save newer (by step) than the operator's checkpoint wins; losses count from it
+        ({"latest_checkpoint": OWN}, [saved("mine", 25, 60)], phases.RestorePlan("tinker://ns.j/weights/mine", 25, True, 2, "checkpoint")),
+        # an older save loses to the operator's checkpoint
+        ({"latest_checkpoint": OWN}, [saved("old", 10, 60)], phases.RestorePlan(OWN.path, 20, True, 7, "checkpoint")),
+        # the same step: the later one; a tie in both keeps the operator's own
+        ({"latest_checkpoint": OWN}, [saved("same", 20, 60)], phases.RestorePlan("tinker://ns.j/weights/same", 20, True, 7, "checkpoint")),
+        ({"latest_checkpoint": OWN}, [saved("tie", 20, 600)], phases.RestorePlan(OWN.path, 20, True, 7, "checkpoint")),
+        # no checkpoint of its own: the newest of the saves
+        ({}, [saved("a", 5, 90), saved("b", 12, 80), saved("c", 12, 70)], phases.RestorePlan("tinker://ns.j/weights/c", 12, True, 15, "checkpoint")),
+        # saves from before the job first ran belong to an earlier job of that name
+        ({}, [saved("stale", 99, 7200)], phases.RestorePlan(None, 0, False, 27, "fresh")),
+        # a save beats spec.resumeFrom, which only seeds the first dispatch
+        ({"resume": True}, [saved("mine", 3, 60)], phases.RestorePlan("tinker://ns.j/weights/mine", 3, True, 24, "checkpoint")),
+        # the adapter already went past no state: nothing lost beyond zero
+        ({"step": 2}, [saved("ahead", 5, 60)], phases.RestorePlan("tinker://ns.j/weights/ahead", 5, True, 0, "checkpoint")),
+    ],
+)
+def test_restore_plan_considers_the_runs_saved_states(
+    status: dict[str, Any], stored: list[Checkpoint], expected: phases.RestorePlan
+) -> None:
+    spec = {"resumeFrom": {"path": "tinker://r/weights/a"}} if status.pop("resume", False) else {}
+    step = status.pop("step", 27)
+    j = job(spec, phase=Phase.RUNNING, runtime=RT, start_time=STARTED, progress=Progress(step=step), **status)
+    assert phases.restore_plan(j, stored) == expected
+
+
+def test_saved_states_are_ignored_before_the_job_first_ran() -> None:
+    fresh = job({}, progress=Progress(step=0))
+    assert phases.restore_plan(fresh, [saved("any", 9, 1)]) == phases.RestorePlan(None, 0, False, 0, "fresh")
+
+
+def test_runtime_lost_restores_a_users_save_and_records_it_as_the_latest_checkpoint() -> None:
+    lost = job({}, phase=Phase.RUNNING, runtime=RT, start_time=STARTED, progress=Progress(step=9), latest_checkpoint=None)
+    status, message = phases.runtime_lost(lost, NOW, [saved("mine", 7, 30)])
+    assert message == "runtime rt-0 lost at step 9: restoring from tinker://ns.j/weights/mine (step 7); 2 step(s) lost"
+    assert status.latest_checkpoint == saved("mine", 7, 30)
+    after = job({}, **{k: v for k, v in status.model_dump().items() if k != "conditions"})
+    assert phases.restore_plan(after).source == "tinker://ns.j/weights/mine"
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "error", "latest", "message", "step"),
+    [
+        (Checkpoint(path="tinker://ns.j/weights/suspend-step-9", step=9), None, OWN,
+         "suspended at step 9; state saved at tinker://ns.j/weights/suspend-step-9", 9),
+        (None, "disk full", OWN,
+         "suspended without saving (disk full); resuming from tinker://ns.j/weights/step-20 (step 20) loses 7 step(s)", 27),
+        (None, "disk full", None, "suspended without saving (disk full); resuming from a fresh adapter loses 27 step(s)", 27),
+        (None, None, OWN, "suspended", 27),
+    ],
+)
+def test_suspended_says_what_was_saved_or_what_a_resume_loses(
+    checkpoint: Checkpoint | None, error: str | None, latest: Checkpoint | None, message: str, step: int
+) -> None:
+    before = LoRAJobStatus(phase=Phase.RUNNING, runtime=RT, progress=Progress(step=27), latest_checkpoint=latest)
+    status = phases.suspended(before, checkpoint, NOW, save_error=error)
+    assert (status.phase, status.runtime, status.message, status.progress.step) == (Phase.SUSPENDED, None, message, step)
+    assert status.latest_checkpoint == (checkpoint or latest)

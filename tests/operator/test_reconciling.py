@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from loraplane.core import errors
-from loraplane.core.models.v1alpha1.lorajob import LoRAJob
+from loraplane.core import artifacts, errors
+from loraplane.core.models.v1alpha1.lorajob import Checkpoint, LoRAJob
 from loraplane.operator import reconciling, runs
 
 STORE = "file:///store"
@@ -76,3 +76,55 @@ def test_train_request(training: dict[str, Any], expected: dict[str, Any]) -> No
 )
 def test_newer_tells_late_events_from_fresh_ones(live: str, written: str, written_over: str, newer: bool) -> None:
     assert reconciling._newer(live, written, written_over) is newer
+
+
+WHEN = "2026-01-02T03:04:05.123456Z"
+
+
+def record(step: Any = 4, *, time: Any = WHEN, expires_at: str | None = None) -> dict[str, Any]:
+    return {"checkpoint_id": "x", "step": step, "time": time, "expires_at": expires_at}
+
+
+@pytest.mark.parametrize(
+    ("segment", "body", "kept"),
+    [
+        ("weights", record(), True),
+        ("sampler_weights", record(), False),  # no optimizer state: never a restore source
+        ("weights", None, False),  # no record yet: still being written
+        ("weights", record(None), False),  # no step: cannot say what a restore loses
+        ("weights", record(True), False),
+        ("weights", record(-1), False),
+        ("weights", record(time=None), False),
+        ("weights", record(expires_at="2026-01-02T03:00:00Z"), False),
+        ("weights", record(expires_at="2026-01-02T04:00:00Z"), True),
+    ],
+)
+def test_saved_states_keep_complete_unexpired_training_states(
+    segment: str, body: dict[str, Any] | None, kept: bool
+) -> None:
+    path = artifacts.TinkerPath("ns.j", segment, "mine")
+    states = runs.saved_states([(path, body)], "2026-01-02T03:30:00Z")
+    assert states == ([Checkpoint(path="tinker://ns.j/weights/mine", step=4, time=WHEN)] if kept else [])
+
+
+@pytest.mark.parametrize(
+    ("run", "placed", "start"),
+    [
+        (None, True, True),
+        (None, False, True),
+        # the adapter was just created or loaded: a finished run under its id is an earlier one's
+        ({"state": "succeeded"}, True, True),
+        ({"state": "failed"}, True, True),
+        ({"state": "running"}, True, False),
+        # the adapter was already there (operator restarted mid-dispatch): the run is this job's
+        ({"state": "succeeded"}, False, False),
+        ({"state": "running"}, False, False),
+        ({"state": "failed"}, False, True),
+    ],
+)
+def test_needs_new_run(run: dict[str, Any] | None, placed: bool, start: bool) -> None:
+    assert runs.needs_new_run(run, adapter_was_placed=placed) is start
+
+
+def test_suspend_path_names_the_step() -> None:
+    assert str(runs.suspend_path(job(), 12)) == "tinker://ns.j/weights/suspend-step-12"
