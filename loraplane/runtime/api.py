@@ -70,8 +70,12 @@ class _LoadBody(wire.StrictBody):
     expect_seq: int | None = 1
 
 
-def _executor(request: Request) -> ex.Executor:
-    """The serving executor; 503 while the base model is still loading."""
+async def _executor(request: Request) -> ex.Executor:
+    """The serving executor; 503 while the base model is still loading.
+
+    `async def` although it never awaits: FastAPI runs a plain `def` dependency in a worker
+    thread, and that hop cost more than the rest of a per-step call.
+    """
     executor = request.app.state.runtime.executor
     if executor is None:
         raise errors.CapacityError("the base model is still loading; retry shortly")
