@@ -66,10 +66,16 @@ class RuntimeClient:
                  timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout)
+        self._timeouts = httpx.Timeout(timeout).as_dict()
+        # Requests go straight to the transport (pooled connections, or the in-process app), not
+        # through `httpx.AsyncClient`: its cookie, auth, redirect and URL-merging machinery cost
+        # more than the in-process runtime call itself, and the runtime's API uses none of it.
+        self._own_transport = transport is None
+        self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._own_transport:
+            await self._transport.aclose()
 
     async def __aenter__(self) -> RuntimeClient:
         return self
@@ -142,9 +148,9 @@ class RuntimeClient:
         JSON bodies are `{"status": "pending"}`, `{"status": "done", "result"}` or
         `{"status": "failed", "error", "category"}`. `wait` long-polls up to 60 s.
         """
-        timeout = httpx.Timeout(self._timeout, read=self._timeout + wait)
-        response = await self._request("GET", f"/v1/results/{_id(request_id)}", params={"wait": wait},
-                                       timeout=timeout)
+        timeouts = dict(self._timeouts, read=self._timeout + wait)
+        response = await self._request("GET", f"/v1/results/{_id(request_id)}?wait={float(wait)!r}",
+                                       timeouts=timeouts)
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
         if content_type == PROTOBUF:
             return content_type, response.content
@@ -162,9 +168,15 @@ class RuntimeClient:
 
     # ---- transport -------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201), **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201),
+                       timeouts: dict[str, float | None] | None = None, **kwargs: Any) -> httpx.Response:
+        """One call: `kwargs` are `httpx.Request`'s (json, content, headers); the body is read in full."""
+        request = httpx.Request(method, self.base_url + path, extensions={"timeout": timeouts or self._timeouts},
+                                **kwargs)
         try:
-            response = await self._http.request(method, path, **kwargs)
+            response = await self._transport.handle_async_request(request)
+            response.request = request
+            await response.aread()
         except httpx.TransportError as exc:
             raise RuntimeUnavailable(f"runtime {self.base_url} unreachable: {type(exc).__name__}: {exc}") from exc
         if response.status_code in ok:
