@@ -8,13 +8,18 @@ and that hop cost more than the whole dependency on the per-step path.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request
+from pydantic import BaseModel, ValidationError
 
 from loraplane.api import ids
 from loraplane.api.auth import KeyTable
+from loraplane.api.errors import invalid_body
 from loraplane.api.gateway import Gateway
+from loraplane.core import errors
+
+M = TypeVar("M", bound=BaseModel)
 
 
 async def get_gateway(request: Request) -> Gateway:
@@ -43,3 +48,27 @@ async def owned_run(run_id: str, gw: GatewayDep, tenant: TenantDep) -> dict[str,
 
 SessionDep = Annotated[dict[str, Any], Depends(owned_session)]
 RunDep = Annotated[dict[str, Any], Depends(owned_run)]
+
+
+# ---- the per-step routes' lean path ---------------------------------------------------------
+# forward_backward, optim_step and retrieve_future run once per training step each. They take
+# only the `Request` and call these two instead of declaring dependencies and a body model:
+# FastAPI's dependency solving and body handling cost more per call than the gateway's own work.
+
+def caller(request: Request) -> tuple[Gateway, str]:
+    """(gateway, tenant) of a per-step request; 401 like `get_tenant`. Callers: routes.training,
+    routes.futures."""
+    keys: KeyTable = request.app.state.keys
+    return request.app.state.gateway, keys.tenant_for(request.headers.get("x-api-key"))
+
+
+async def json_body(request: Request, model: type[M]) -> M:
+    """The request's JSON body as `model`, validated straight from the bytes (one pass, no
+    intermediate dict); a bad or missing field is a 400 naming it, as on every other route."""
+    raw = await request.body()
+    if not raw.strip():
+        raise errors.InvalidInput("body: Field required", field="body")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise invalid_body(exc.errors()) from None

@@ -40,8 +40,14 @@ def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
 
 
 def validation_error(exc: RequestValidationError) -> errors.InvalidInput:
-    """A pydantic/FastAPI validation failure -> InvalidInput naming the first bad field. Pure."""
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    """A FastAPI validation failure -> InvalidInput naming the first bad field. Pure."""
+    return invalid_body(exc.errors())
+
+
+def invalid_body(problems: Any) -> errors.InvalidInput:
+    """Pydantic's error list -> InvalidInput naming the first bad field. Pure; called by
+    `validation_error` and by `deps.json_body` (the per-step routes validate bodies themselves)."""
+    first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
     field = _field_of(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return errors.InvalidInput(f"body is not valid JSON: {first.get('msg')}", field="body")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from loraplane.api import futures, protocol
-from loraplane.api.deps import GatewayDep, TenantDep
+from loraplane.api.deps import caller, json_body
 
 router = APIRouter(tags=["futures"])
 
 
 @router.post("/retrieve_future", response_model=None)
-async def retrieve_future(body: protocol.RetrieveFuture, gw: GatewayDep, tenant: TenantDep) -> dict[str, Any] | Response:
-    return await futures.retrieve(gw, tenant, body.request_id)
+async def retrieve_future(request: Request) -> Response:
+    """Per-step: no declared dependencies (see `deps.caller`)."""
+    gw, tenant = caller(request)
+    body = await json_body(request, protocol.RetrieveFuture)
+    answer = await futures.retrieve(gw, tenant, body.request_id)
+    return answer if isinstance(answer, Response) else JSONResponse(answer)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from loraplane.api import protocol
-from loraplane.api.deps import GatewayDep, TenantDep
+from loraplane.api.deps import GatewayDep, TenantDep, caller, json_body
 
 router = APIRouter(tags=["training"])
 
@@ -27,18 +28,20 @@ async def unload_model(body: protocol.ModelRef, gw: GatewayDep, tenant: TenantDe
     return await gw.unload(tenant, body.model_id)
 
 
-@router.post("/forward_backward")
-async def forward_backward(
-    request: Request, gw: GatewayDep, tenant: TenantDep,
-    content_encoding: Annotated[str | None, Header()] = None,
-) -> dict[str, Any]:
-    """Protobuf in (maybe zstd); forwarded to the runtime as bytes (see `codecs.routing_fields`)."""
-    return await gw.forward_backward(tenant, await request.body(), content_encoding)
+@router.post("/forward_backward", response_model=None)
+async def forward_backward(request: Request) -> JSONResponse:
+    """Protobuf in (maybe zstd); forwarded to the runtime as bytes (see `codecs.routing_fields`).
+    Per-step: no declared dependencies (see `deps.caller`)."""
+    gw, tenant = caller(request)
+    body = await request.body()
+    return JSONResponse(await gw.forward_backward(tenant, body, request.headers.get("content-encoding")))
 
 
-@router.post("/optim_step")
-async def optim_step(body: protocol.OptimStep, gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
-    return await gw.optim_step(tenant, body)
+@router.post("/optim_step", response_model=None)
+async def optim_step(request: Request) -> JSONResponse:
+    """Per-step: no declared dependencies (see `deps.caller`)."""
+    gw, tenant = caller(request)
+    return JSONResponse(await gw.optim_step(tenant, await json_body(request, protocol.OptimStep)))
 
 
 @router.post("/save_weights")
