@@ -1,18 +1,25 @@
 """Latency the gateway adds: the same forward_backward through the SDK + gateway vs straight to the runtime.
 
-    python bench/gateway_overhead.py [--iterations 50] [--batch 4] [--seq 32]
+    python bench/gateway_overhead.py [--iterations 200] [--batch 4] [--seq 32]
 
-Builds the tiny test model, runs the single-node server (gateway + in-process runtime) on a
-loopback port, and times, per op, (a) the official SDK's `forward_backward(...).result()` and
-`optim_step(...).result()` through the gateway, and (b) the same op submitted with the runtime's
-internal API on the in-process transport, polled to completion. The two use separate adapters of
-the same runtime, so they do the same model work. Added latency = (a) - (b), at p50 and p99.
+Builds the tiny test model and serves the single-node app (gateway + in-process runtime) on a
+loopback port with uvicorn configured as `loraplane serve` configures it. Times, per op (a submit
+and its result), the same forward_backward batch and optim_step on three adapters of the one
+runtime, so every path does the same model work:
+
+* sdk+gw: the official SDK's `forward_backward(...).result()` / `optim_step(...).result()`;
+* httpx+gw: the same requests from a bare httpx client (the gateway's cost without the SDK's);
+* direct: the runtime's internal API on the in-process transport, long-polled to completion.
+
+The paths run interleaved in a rotating order, so load drift hits all alike. Added latency is a
+path's p50 (p99) minus direct's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import statistics
 import sys
@@ -38,6 +45,7 @@ from loraplane.singlenode.server import ServeConfig, build_app
 from tests.utils.tiny_models import build_tiny_llama
 
 KEY = "tml-bench-0123456789"
+OPS = ("forward_backward", "optim_step")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -50,8 +58,9 @@ def batch_tokens(batch: int, seq: int) -> list[list[int]]:
     return [list(map(int, rng.integers(3, 250, size=seq + 1))) for _ in range(batch)]
 
 
-def proto_body(rows: list[list[int]], seq_id: int) -> bytes:
-    req = pb.ForwardBackwardRequest(model_id="bench", seq_id=seq_id, loss_fn="cross_entropy")
+def proto_body(rows: list[list[int]], seq_id: int, model_id: str) -> bytes:
+    """The ForwardBackwardRequest the SDK sends for `rows` (token ids; targets are shifted by one)."""
+    req = pb.ForwardBackwardRequest(model_id=model_id, seq_id=seq_id, loss_fn="cross_entropy")
     for tokens in rows:
         datum = req.data.add()
         datum.model_input.add().encoded_text.tokens = np.asarray(tokens[:-1], dtype="<i4").tobytes()
@@ -65,23 +74,27 @@ def proto_body(rows: list[list[int]], seq_id: int) -> bytes:
 
 
 class Background:
-    """uvicorn on a free loopback port in a thread; `call` runs a coroutine on its loop."""
+    """uvicorn on a free loopback port in a thread, configured as `loraplane serve` configures it
+    (its loop factory: uvloop when installed; httptools; no access log); `call` runs a coroutine
+    on the server's loop."""
 
     def __init__(self, app: Any) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(config.get_loop_factory(),), daemon=True)
         self.thread.start()
         while not self.server.started:
             time.sleep(0.05)
         self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
 
-    def _run(self) -> None:
+    def _run(self, loop_factory: Any) -> None:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
             await self.server.serve()
 
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main())
 
     def call(self, coro: Any) -> Any:
         assert self.loop is not None
@@ -92,64 +105,89 @@ class Background:
         self.thread.join(timeout=30)
 
 
-async def raw_gateway(url: str, model_id: str, rows: list[list[int]], args: Any,
-                      adam: dict[str, Any]) -> dict[str, list[float]]:
-    """The same ops through the gateway with a bare httpx client: the gateway's share without the SDK's."""
-    import httpx
+class SdkPath:
+    """(a) the official SDK through the gateway, on its own training run."""
 
-    out: dict[str, list[float]] = {"forward_backward": [], "optim_step": []}
-    headers = {"X-API-Key": KEY}
-    # The SDK client above used seq 1..2n; this one continues its sequence on the same adapter.
-    seq = 2 * (args.warmup + args.iterations) + 1
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http:
-        async def op(submit: Any) -> float:
-            start = time.perf_counter()
-            rid = (await submit()).json()["request_id"]
-            while True:
-                resp = await http.post("/api/v1/retrieve_future", json={"request_id": rid})
-                if "protobuf" in resp.headers["content-type"] or resp.json().get("type") != "try_again":
-                    return time.perf_counter() - start
+    def __init__(self, client: Any, data: list[Any], adam: Any) -> None:
+        self.client, self.data, self.adam = client, data, adam
 
-        for i in range(args.warmup + args.iterations):
-            body = proto_body(rows, seq)
-            body = _with_model(body, model_id)
-            fb = await op(lambda b=body: http.post("/api/v1/forward_backward", content=b,
-                                                   headers={"content-type": "application/x-protobuf"}))
-            opt = await op(lambda s=seq: http.post("/api/v1/optim_step", json={
-                "model_id": model_id, "seq_id": s + 1, "adam_params": adam, "type": "optim_step"}))
-            seq += 2
-            if i >= args.warmup:
-                out["forward_backward"].append(fb)
-                out["optim_step"].append(opt)
-    return out
+    def forward_backward(self) -> float:
+        start = time.perf_counter()
+        self.client.forward_backward(self.data, "cross_entropy").result()
+        return time.perf_counter() - start
+
+    def optim_step(self) -> float:
+        start = time.perf_counter()
+        self.client.optim_step(self.adam).result()
+        return time.perf_counter() - start
 
 
-def _with_model(body: bytes, model_id: str) -> bytes:
-    req = pb.ForwardBackwardRequest()
-    req.ParseFromString(body)
-    req.model_id = model_id
-    return req.SerializeToString()
+class HttpPath:
+    """(b) the same calls through the gateway with a bare httpx client on its own event loop (in
+    this thread), on a second training run: the gateway's share without the SDK's."""
+
+    def __init__(self, url: str, model_id: str, rows: list[list[int]], adam: dict[str, Any]) -> None:
+        import httpx
+
+        self.loop = asyncio.new_event_loop()
+        self.http = httpx.AsyncClient(base_url=url, headers={"X-API-Key": KEY}, timeout=60)
+        self.model_id, self.rows, self.adam, self.seq = model_id, rows, adam, 1
+
+    async def _op(self, submit: Any) -> float:
+        start = time.perf_counter()
+        rid = (await submit).json()["request_id"]
+        while True:
+            resp = await self.http.post("/api/v1/retrieve_future", json={"request_id": rid})
+            if "protobuf" in resp.headers["content-type"] or resp.json().get("type") != "try_again":
+                return time.perf_counter() - start
+
+    def forward_backward(self) -> float:
+        body = proto_body(self.rows, self.seq, self.model_id)
+        self.seq += 1
+        return self.loop.run_until_complete(self._op(self.http.post(
+            "/api/v1/forward_backward", content=body, headers={"content-type": "application/x-protobuf"})))
+
+    def optim_step(self) -> float:
+        op = {"model_id": self.model_id, "seq_id": self.seq, "adam_params": self.adam, "type": "optim_step"}
+        self.seq += 1
+        return self.loop.run_until_complete(self._op(self.http.post("/api/v1/optim_step", json=op)))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.http.aclose())
+        self.loop.close()
 
 
-async def direct_op(runtimes: Runtimes, address: str, adapter: str, submit: Any) -> float:
-    start = time.perf_counter()
-    rid = await submit()
-    while (await runtimes.result(address, rid, wait_s=30)).state == "pending":
-        pass
-    return time.perf_counter() - start
+class DirectPath:
+    """(c) the same ops with the runtime's internal API on the in-process transport, on a third
+    adapter of the same runtime, long-polled to completion. Lives in the server process."""
+
+    def __init__(self, bg: Background, runtimes: Runtimes, rows: list[list[int]], adam: dict[str, Any]) -> None:
+        self.bg, self.runtimes, self.rows, self.adam, self.seq = bg, runtimes, rows, adam, 1
+        self.address, self.adapter = "http://runtime-0", "bench-direct"
+        bg.call(runtimes.client(self.address).create_adapter(self.adapter, rank=8, seed=0, expect_seq=1))
+
+    async def _op(self, submit: Any) -> float:
+        start = time.perf_counter()
+        rid = await submit
+        while (await self.runtimes.result(self.address, rid, wait_s=30)).state == "pending":
+            pass
+        return time.perf_counter() - start
+
+    def forward_backward(self) -> float:
+        body = proto_body(self.rows, self.seq, "bench")
+        self.seq += 1
+        return self.bg.call(self._op(self.runtimes.submit_forward_backward(self.address, self.adapter, body)))
+
+    def optim_step(self) -> float:
+        op = {"seq_id": self.seq, "op": "optim_step", "adam_params": self.adam}
+        self.seq += 1
+        return self.bg.call(self._op(self.runtimes.submit_op(self.address, self.adapter, op)))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+def serve(conn: Any, args: argparse.Namespace) -> None:
+    """The server process: the single-node app on a loopback port, and the direct path run on
+    request, so the clients (SDK, httpx) live in another process as they do in use."""
     torch.set_num_threads(args.threads)
-    import tinker
-
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_llama(Path(tmp) / "tiny")
         config = ServeConfig(models={"tiny": str(model_dir)}, keys=load_keys(inline=[f"bench={KEY}"]),
@@ -158,55 +196,88 @@ def main() -> int:
         app = build_app(config)
         bg = Background(app)
         try:
-            service = tinker.ServiceClient(base_url=bg.url, api_key=KEY)
-            client = service.create_lora_training_client(base_model="tiny", rank=8, seed=0).result()
-            rows = batch_tokens(args.batch, args.seq)
-            data = [tinker.Datum(model_input=tinker.ModelInput.from_ints(t[:-1]),
-                                 loss_fn_inputs={"target_tokens": t[1:], "weights": [1.0] * (len(t) - 1)}) for t in rows]
-            adam = tinker.AdamParams(learning_rate=1e-4)
-            sdk: dict[str, list[float]] = {"forward_backward": [], "optim_step": []}
-            for i in range(args.warmup + args.iterations):
-                t0 = time.perf_counter()
-                client.forward_backward(data, "cross_entropy").result()
-                t1 = time.perf_counter()
-                client.optim_step(adam).result()
-                t2 = time.perf_counter()
-                if i >= args.warmup:
-                    sdk["forward_backward"].append(t1 - t0)
-                    sdk["optim_step"].append(t2 - t1)
-
-            runtimes: Runtimes = app.state.gateway.runtimes
-            address = "http://runtime-0"
-            bg.call(runtimes.client(address).create_adapter("bench-direct", rank=8, seed=0, expect_seq=1))
-            direct: dict[str, list[float]] = {"forward_backward": [], "optim_step": []}
-            seq = 1
-            for i in range(args.warmup + args.iterations):
-                body = proto_body(rows, seq)
-                fb = bg.call(direct_op(runtimes, address, "bench-direct",
-                                       lambda b=body: runtimes.submit_forward_backward(address, "bench-direct", b)))
-                op = {"seq_id": seq + 1, "op": "optim_step", "adam_params": adam.model_dump()}
-                opt = bg.call(direct_op(runtimes, address, "bench-direct",
-                                        lambda o=op: runtimes.submit_op(address, "bench-direct", o)))
-                seq += 2
-                if i >= args.warmup:
-                    direct["forward_backward"].append(fb)
-                    direct["optim_step"].append(opt)
-            raw = asyncio.run(raw_gateway(bg.url, client.model_id, rows, args, adam.model_dump()))
-            service.close("success").result()
+            conn.send(bg.url)
+            adam = conn.recv()
+            direct = DirectPath(bg, app.state.gateway.runtimes, batch_tokens(args.batch, args.seq), adam)
+            conn.send("ready")
+            while (op := conn.recv()) is not None:
+                conn.send(getattr(direct, op)())
         finally:
             bg.stop()
 
-    print(f"tiny Llama, batch {args.batch} x {args.seq} tokens, {args.iterations} iterations, loopback, CPU")
+
+class RemoteDirect:
+    """The server process's DirectPath, driven through a pipe; times are measured over there."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def forward_backward(self) -> float:
+        self.conn.send("forward_backward")
+        return self.conn.recv()
+
+    def optim_step(self) -> float:
+        self.conn.send("optim_step")
+        return self.conn.recv()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import tinker
+
+    labels = ("sdk+gw", "httpx+gw", "direct")
+    times: dict[str, dict[str, list[float]]] = {op: {k: [] for k in labels} for op in OPS}
+    conn, child_conn = multiprocessing.Pipe()
+    server = multiprocessing.get_context("spawn").Process(target=serve, args=(child_conn, args), daemon=True)
+    server.start()
+    try:
+        url = conn.recv()
+        service = tinker.ServiceClient(base_url=url, api_key=KEY)
+        client = service.create_lora_training_client(base_model="tiny", rank=8, seed=0).result()
+        other = service.create_lora_training_client(base_model="tiny", rank=8, seed=0).result()
+        rows = batch_tokens(args.batch, args.seq)
+        data = [tinker.Datum(model_input=tinker.ModelInput.from_ints(t[:-1]),
+                             loss_fn_inputs={"target_tokens": t[1:], "weights": [1.0] * (len(t) - 1)}) for t in rows]
+        adam = tinker.AdamParams(learning_rate=1e-4)
+        conn.send(adam.model_dump())
+        conn.recv()
+        paths = {"sdk+gw": SdkPath(client, data, adam), "httpx+gw": HttpPath(url, other.model_id, rows, adam.model_dump()),
+                 "direct": RemoteDirect(conn)}
+        for i in range(args.warmup + args.iterations):
+            # Interleaved, in a rotating order: drift in machine load hits every path alike.
+            for label in labels[i % 3:] + labels[:i % 3]:
+                fb, opt = paths[label].forward_backward(), paths[label].optim_step()
+                if i >= args.warmup:
+                    times["forward_backward"][label].append(fb)
+                    times["optim_step"][label].append(opt)
+        paths["httpx+gw"].close()
+        service.close("success").result()
+    finally:
+        conn.send(None)
+        server.join(timeout=60)
+
+    print(f"tiny Llama, batch {args.batch} x {args.seq} tokens, {args.iterations} iterations (interleaved), "
+          f"loopback, CPU")
     print("sdk+gw: official SDK through the gateway; httpx+gw: bare HTTP client through the gateway;")
     print("direct: runtime API in process. Rows starting with '+' are the latency added over direct.")
     print(f"{'op':<18}{'path':<10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name in ("forward_backward", "optim_step"):
-        for label, series in (("sdk+gw", sdk[name]), ("httpx+gw", raw[name]), ("direct", direct[name])):
+    for name in OPS:
+        direct = times[name]["direct"]
+        for label in labels:
+            series = times[name][label]
             print(f"{name:<18}{label:<10}{1e3 * statistics.median(series):>10.2f}{1e3 * percentile(series, 0.99):>10.2f}")
-        for label, series in (("+sdk+gw", sdk[name]), ("+gw", raw[name])):
-            added50 = 1e3 * (statistics.median(series) - statistics.median(direct[name]))
-            added99 = 1e3 * (percentile(series, 0.99) - percentile(direct[name], 0.99))
-            print(f"{name:<18}{label:<10}{added50:>10.2f}{added99:>10.2f}")
+        for label in labels[:2]:
+            series = times[name][label]
+            added50 = 1e3 * (statistics.median(series) - statistics.median(direct))
+            added99 = 1e3 * (percentile(series, 0.99) - percentile(direct, 0.99))
+            print(f"{name:<18}{'+' + label:<10}{added50:>10.2f}{added99:>10.2f}")
     return 0
 
 
