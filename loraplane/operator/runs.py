@@ -86,7 +86,12 @@ def saved_states(
 
 
 def suspend_path(job: LoRAJob, step: int) -> artifacts.TinkerPath:
-    """Where a suspend saves the adapter: `weights/suspend-step-<n>` of the job's run. Pure."""
+    """Where a suspend saves the adapter: `weights/suspend-step-<n>` of the job's run. Pure.
+
+    `step` is the adapter's step when the suspend begins; with a declarative run going, an
+    optimizer step already queued can land before the save, so the state's record (and status)
+    carries the step the runtime reports, which may be one more.
+    """
     return artifacts.TinkerPath(run_id(job), "weights", f"suspend-step-{step}")
 
 
