@@ -14,8 +14,11 @@ with `status_patch`).
 
 Design notes
 ============
-A lost runtime costs the steps since the last checkpoint. `restore_plan` says which state the job
-comes back from and how many steps that loses, so that the Event and condition can say so.
+A lost runtime costs the steps since the last saved state. `restore_plan` says which state the job
+comes back from and how many steps that loses, so that the Event and condition can say so. The
+candidates are status.latestCheckpoint (the operator's own: periodic, suspend, final) and the
+training states of the job's run that its user saved through the gateway, which the caller reads
+from the artifact store and passes in as data. A suspend saves first, so resuming loses nothing.
 Conditions keep their `lastTransitionTime` while their status does not change, as Kubernetes does.
 """
 

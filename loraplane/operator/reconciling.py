@@ -12,6 +12,10 @@ a dispatch and its status write dispatches nothing twice. The placement is writt
 Scheduled, status.runtime) *before* the dispatch, so that a restarted operator goes back to the
 same pod (placement is sticky) instead of leaving an orphan adapter on another.
 
+Restores. A restore (and every re-dispatch) reads the training states of the job's run from the
+artifact store, since saves that a Tinker user makes through the gateway reach no status field;
+`phases.restore_plan` picks the newest of those and status.latestCheckpoint.
+
 Freshness. Status is written with a merge patch and the loop goes on from the stored object
 the API returns, until the watch (Kopf's live body) shows a newer version.
 """

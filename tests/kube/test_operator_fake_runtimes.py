@@ -344,3 +344,21 @@ def test_a_suspended_training_job_saves_its_state_first_and_resumes_from_it_on_t
     assert save["dest"].endswith("/runs/default.sft/weights/suspend-step-5")
     assert rt.loads[-1]["source"] == save["dest"] and rt.loads[-1]["expect_seq"] is None
     assert rt.trains["default.sft"]["request"]["start_step"] == 5
+
+
+def test_a_job_recreated_under_the_same_name_trains_anew_rather_than_taking_the_old_run(
+    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+) -> None:
+    rt = FakeRuntime("tiny").start()
+    runtimes.append(rt)
+    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    with operator(kubeconfig_path, f"file://{tmp_path}"):
+        cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=2, every=0)))
+        assert cluster.wait_phase("sft", "Succeeded")["progress"]["step"] == 2
+        cluster.delete_job("sft")
+        wait_for(lambda: cluster.job("sft") is None, what="job deleted")
+        cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=4, every=0)))
+        done = cluster.wait_phase("sft", "Succeeded")
+    assert done["progress"]["step"] == 4
+    assert rt.calls["POST /v1/adapters/{id}/train"] == 2
+    assert rt.trains["default.sft"]["request"]["steps"] == 4
