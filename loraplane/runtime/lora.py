@@ -132,47 +132,55 @@ class MultiLoraLinear(nn.Module):
         segments = [s for s in self._router.segments if s.adapter_id in self.lora_A]
         if not segments:
             return out
-        pieces: list[torch.Tensor] = []
-        covered = 0
-        for group in _shape_groups(segments, self.lora_A):
-            start, end = group[0].start, group[-1].end
-            if start > covered:
-                pieces.append(out.new_zeros((start - covered, *out.shape[1:])))
-            pieces.append(self._delta(x, group, out))
-            covered = end
-        if covered < out.shape[0]:
-            pieces.append(out.new_zeros((out.shape[0] - covered, *out.shape[1:])))
-        # One add of the stitched updates: in-place slice adds would make autograd copy the whole
-        # output gradient once per segment.
-        return out + (torch.cat(pieces) if len(pieces) > 1 else pieces[0])
+        groups = _shape_groups(segments, self.lora_A, self.scaling)
+        blocks = _blocks(groups, out.shape[0])
+        if len(blocks) == 1:
+            return self._updated(x, groups[0], out)
+        # One split and one cat: their backward passes are one cat and one split of the output
+        # gradient, where in-place slice adds or per-block slices would each copy all of it.
+        parts = out.split([end - start for start, end, _ in blocks])
+        pieces = [
+            part if group is None else self._updated(x, group, part)
+            for part, (_, _, group) in zip(parts, blocks, strict=True)
+        ]
+        return torch.cat(pieces)
 
-    def _delta(self, x: torch.Tensor, group: list[Segment], out: torch.Tensor) -> torch.Tensor:
-        """The scaled low-rank updates of adjacent segments of equal shape (rows, width, rank).
+    def _updated(self, x: torch.Tensor, group: list[Segment], base: torch.Tensor) -> torch.Tensor:
+        """`base` (the base output's rows of the group) plus the scaled low-rank updates of the group.
 
-        Two batched matmuls for the whole group: with many adapters of one rank and length in a
-        batch, the autograd graph (and its per-node overhead) keeps the same size however many
-        adapters there are. A lone segment takes the same bmm path, so that an adapter's numbers
-        do not depend on whether it was grouped with others.
+        The group's adjacent segments share (rows, width, rank), so two batched matmuls serve the
+        whole group and the second one adds onto the base output as it goes (`baddbmm`): with many
+        adapters of one rank and length in a batch, the autograd graph keeps the same size however
+        many adapters there are, and no separate update tensor is built and added. A lone segment
+        takes the same path, so that an adapter's numbers do not depend on whether it was grouped.
         """
         k = len(group)
         width = _cut_width(group[0], x)
-        rows = x[group[0].start : group[-1].end]
+        start, end = group[0].start, group[-1].end
+        # A slice of every row would cost a zero-filled copy of the input gradient in backward.
+        rows = x if start == 0 and end == x.shape[0] else x[start:end]
         if width is not None:
-            rows = rows[:, :width]
-        seq = rows.shape[1]
+            rows, rest, base = rows[:, :width], base[:, width:], base[:, :width]
+        shape = base.shape
         ids = [seg.adapter_id for seg in group]
         if k == 1:
             a, b = self.lora_A[ids[0]][None], self.lora_B[ids[0]][None]  # type: ignore[index]
         else:
             a = torch.stack([self.lora_A[i] for i in ids])  # type: ignore[index]
             b = torch.stack([self.lora_B[i] for i in ids])  # type: ignore[index]
-        scale = torch.tensor([self.scaling[i] for i in ids], dtype=a.dtype, device=a.device)  # type: ignore[index]
-        batched = rows.to(a.dtype).reshape(k, -1, self.in_features)
-        hidden = torch.bmm(batched, a.transpose(1, 2)) * scale[:, None, None]
-        delta = torch.bmm(hidden, b.transpose(1, 2)).reshape(-1, seq, self.out_features).to(out.dtype)
+        scale = self.scaling[ids[0]]  # type: ignore[index]
+        hidden = torch.bmm(rows.to(a.dtype).reshape(k, -1, self.in_features), a.transpose(1, 2))
+        if base.dtype == a.dtype:
+            summed = torch.baddbmm(
+                base.reshape(k, -1, self.out_features), hidden, b.transpose(1, 2), alpha=scale
+            )
+        else:  # a low-precision base: the update is computed in fp32, then rounded and added
+            delta = torch.bmm(hidden, b.transpose(1, 2)) * scale
+            summed = base.reshape(k, -1, self.out_features) + delta.to(base.dtype)
+        summed = summed.reshape(shape)
         if width is not None:
-            delta = nn.functional.pad(delta, (0, 0, 0, x.shape[1] - width))
-        return delta
+            summed = torch.cat([summed, rest], dim=1)
+        return summed
 
 
 def _cut_width(seg: Segment, x: torch.Tensor) -> int | None:
@@ -182,10 +190,31 @@ def _cut_width(seg: Segment, x: torch.Tensor) -> int | None:
     return None
 
 
-def _shape_groups(segments: list[Segment], lora_a: dict[str, nn.Parameter]) -> list[list[Segment]]:
-    """Runs of adjacent segments with equal row count, width and rank, batched together by `_delta`.
+def _blocks(groups: list[list[Segment]], batch: int) -> list[tuple[int, int, list[Segment] | None]]:
+    """The batch's rows cut into (start, end, group) blocks in order, group None for rows no group covers.
 
-    Pure; called by `MultiLoraLinear.forward` for the segments of adapters this layer holds.
+    Pure; called by `MultiLoraLinear.forward` to split the base output once.
+    """
+    blocks: list[tuple[int, int, list[Segment] | None]] = []
+    covered = 0
+    for group in groups:
+        start, end = group[0].start, group[-1].end
+        if start > covered:
+            blocks.append((covered, start, None))
+        blocks.append((start, end, group))
+        covered = end
+    if covered < batch:
+        blocks.append((covered, batch, None))
+    return blocks
+
+
+def _shape_groups(
+    segments: list[Segment], lora_a: dict[str, nn.Parameter], scaling: dict[str, float]
+) -> list[list[Segment]]:
+    """Runs of adjacent segments with equal row count, width, rank and scaling, batched together.
+
+    Pure; called by `MultiLoraLinear.forward` for the segments of adapters this layer holds. One
+    scaling per group lets `MultiLoraLinear._updated` apply it as the `alpha` of its second matmul.
     """
     groups: list[list[Segment]] = []
     for seg in segments:
@@ -196,6 +225,7 @@ def _shape_groups(segments: list[Segment], lora_a: dict[str, nn.Parameter]) -> l
                 and last.end - last.start == seg.end - seg.start
                 and last.width == seg.width
                 and lora_a[last.adapter_id].shape == lora_a[seg.adapter_id].shape  # type: ignore[index]
+                and scaling[last.adapter_id] == scaling[seg.adapter_id]  # type: ignore[index]
             ):
                 groups[-1].append(seg)
                 continue
