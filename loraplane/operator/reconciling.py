@@ -426,6 +426,8 @@ class JobLoop:
                     log.warning("%s: could not save before suspending: %s", self.key, exc)
                     save_error = str(exc)
                 await self._delete_adapter(runtime.address, aid)
+        elif runtime is not None:
+            save_error = f"runtime {runtime.pod} is not ready"
         new = phases.suspended(job.status, saved, now, save_error=save_error)
         await self.write(job, new, "Suspended", new.message or "suspended", warning=save_error is not None)
 
