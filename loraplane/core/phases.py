@@ -25,7 +25,7 @@ Conditions keep their `lastTransitionTime` while their status does not change, a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -81,6 +81,8 @@ class RestorePlan:
     optimizer: bool  #: restore the optimizer moments too
     steps_lost: int  #: progress made since that state, which is gone
     origin: str  #: "fresh", "resumeFrom" or "checkpoint"
+    #: the state loaded when origin is "checkpoint" (a user's save, maybe), for status.latestCheckpoint
+    checkpoint: Checkpoint | None = field(default=None, compare=False)
 
 
 def iso(now: datetime) -> str:
@@ -181,7 +183,7 @@ def restore_plan(job: LoRAJob, saved: Sequence[Checkpoint] = ()) -> RestorePlan:
     step = job.status.progress.step
     ckpt = newest_state(job, saved)
     if ckpt is not None:
-        return RestorePlan(ckpt.path, ckpt.step, True, max(0, step - ckpt.step), "checkpoint")
+        return RestorePlan(ckpt.path, ckpt.step, True, max(0, step - ckpt.step), "checkpoint", ckpt)
     if job.spec.resume_from is not None:
         return RestorePlan(job.spec.resume_from.path, 0, job.spec.resume_from.optimizer, step, "resumeFrom")
     return RestorePlan(None, 0, False, step, "fresh")
@@ -232,7 +234,7 @@ def scheduled(status: LoRAJobStatus, runtime: RuntimeRef, message: str, now: dat
 def running(
     status: LoRAJobStatus, plan: RestorePlan, now: datetime, *, generation: int | None
 ) -> LoRAJobStatus:
-    """The adapter is live on its runtime. Pure."""
+    """The adapter is live on its runtime, loaded as `plan` says (its state becomes the latest). Pure."""
     source = f" from {plan.source} (step {plan.step})" if plan.source else ""
     message = f"adapter live{source}"
     conditions = set_condition(status.conditions, READY, "True", "AdapterLive", message, now)
@@ -244,6 +246,7 @@ def running(
         phase=Phase.RUNNING,
         conditions=conditions,
         progress=progress,
+        latest_checkpoint=plan.checkpoint or status.latest_checkpoint,
         start_time=status.start_time or iso(now),
         next_attempt_time=None,
         observed_generation=generation,

@@ -289,3 +289,9 @@ def test_suspended_says_what_was_saved_or_what_a_resume_loses(
     status = phases.suspended(before, checkpoint, NOW, save_error=error)
     assert (status.phase, status.runtime, status.message, status.progress.step) == (Phase.SUSPENDED, None, message, step)
     assert status.latest_checkpoint == (checkpoint or latest)
+
+
+def test_running_records_a_restored_save_as_the_latest_checkpoint() -> None:
+    before = job({}, start_time=STARTED, progress=Progress(step=9), latest_checkpoint=OWN)
+    status = phases.running(before.status, phases.restore_plan(before, [saved("mine", 25, 30)]), NOW, generation=1)
+    assert status.latest_checkpoint == saved("mine", 25, 30) and status.progress.step == 25
