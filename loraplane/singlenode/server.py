@@ -33,16 +33,53 @@ from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntim
 
 
 class RuntimeTransport(httpx.AsyncBaseTransport):
-    """Routes requests by host name to in-process ASGI apps."""
+    """Routes requests by host name to in-process ASGI apps.
+
+    Calls the app directly rather than through `httpx.ASGITransport`: the request body is already
+    in memory (the gateway's client sends bytes), so it is handed over in one message, and the
+    answer is collected into one `httpx.Response`; two requests per training step go this way.
+    An exception in the app propagates to the caller, as with `ASGITransport`.
+    """
 
     def __init__(self, apps: dict[str, Any]) -> None:
-        self._routes = {host: httpx.ASGITransport(app=app) for host, app in apps.items()}
+        self._apps = dict(apps)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        route = self._routes.get(request.url.host)
-        if route is None:
+        app = self._apps.get(request.url.host)
+        if app is None:
             raise httpx.ConnectError(f"no in-process runtime named {request.url.host!r}", request=request)
-        return await route.handle_async_request(request)
+        body = await request.aread()
+        url = request.url
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
+            "headers": [(k.lower(), v) for k, v in request.headers.raw], "scheme": url.scheme,
+            "path": url.path, "raw_path": url.raw_path.split(b"?")[0], "query_string": url.query,
+            "server": (url.host, url.port), "client": ("127.0.0.1", 0), "root_path": "",
+        }
+        sent = False
+        done = asyncio.Event()
+        status, headers, parts = 500, [], []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()  # a second read means the app listens for a disconnect: after the answer
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status, headers = message["status"], message.get("headers", [])
+            elif message["type"] == "http.response.body":
+                if message.get("body"):
+                    parts.append(message["body"])
+                if not message.get("more_body", False):
+                    done.set()
+
+        await app(scope, receive, send)
+        return httpx.Response(status, headers=headers, content=b"".join(parts), request=request)
 
 
 @dataclass
