@@ -26,6 +26,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -128,59 +129,126 @@ class MultiLoraLinear(nn.Module):
         return adapter_id in self.lora_A
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
         segments = [s for s in self._router.segments if s.adapter_id in self.lora_A]
         if not segments:
-            return out
-        groups = _shape_groups(segments, self.lora_A, self.scaling)
-        blocks = _blocks(groups, out.shape[0])
-        if len(blocks) == 1:
-            return self._updated(x, groups[0], out)
-        # One split and one cat: their backward passes are one cat and one split of the output
-        # gradient, where in-place slice adds or per-block slices would each copy all of it.
-        parts = out.split([end - start for start, end, _ in blocks])
-        pieces = [
-            part if group is None else self._updated(x, group, part)
-            for part, (_, _, group) in zip(parts, blocks, strict=True)
-        ]
-        return torch.cat(pieces)
+            return self.base_layer(x)
+        if self.base_layer.weight.requires_grad:
+            raise RuntimeError("MultiLoraLinear trains adapters over a frozen base layer only")
+        plan: list[_Group] = []
+        params: list[torch.Tensor] = []
+        for group in _shape_groups(segments, self.lora_A, self.scaling):
+            ids = [seg.adapter_id for seg in group]
+            width = _cut_width(group[0], x)
+            plan.append(_Group(group[0].start, group[-1].end, width, len(ids), self.scaling[ids[0]]))  # type: ignore[index]
+            params.extend(self.lora_A[i] for i in ids)  # type: ignore[index]
+            params.extend(self.lora_B[i] for i in ids)  # type: ignore[index]
+        return _LoraLinear.apply(x, self.base_layer, tuple(plan), *params)
 
-    def _updated(self, x: torch.Tensor, group: list[Segment], base: torch.Tensor) -> torch.Tensor:
-        """`base` (the base output's rows of the group) plus the scaled low-rank updates of the group.
 
-        The group's adjacent segments share (rows, width, rank), so two batched matmuls serve the
-        whole group and the second one adds onto the base output as it goes (`baddbmm`): with many
-        adapters of one rank and length in a batch, the autograd graph keeps the same size however
-        many adapters there are, and no separate update tensor is built and added. A lone segment
-        takes the same path, so that an adapter's numbers do not depend on whether it was grouped.
-        """
-        k = len(group)
-        width = _cut_width(group[0], x)
-        start, end = group[0].start, group[-1].end
-        # A slice of every row would cost a zero-filled copy of the input gradient in backward.
-        rows = x if start == 0 and end == x.shape[0] else x[start:end]
-        if width is not None:
-            rows, rest, base = rows[:, :width], base[:, width:], base[:, :width]
-        shape = base.shape
-        ids = [seg.adapter_id for seg in group]
-        if k == 1:
-            a, b = self.lora_A[ids[0]][None], self.lora_B[ids[0]][None]  # type: ignore[index]
-        else:
-            a = torch.stack([self.lora_A[i] for i in ids])  # type: ignore[index]
-            b = torch.stack([self.lora_B[i] for i in ids])  # type: ignore[index]
-        scale = self.scaling[ids[0]]  # type: ignore[index]
-        hidden = torch.bmm(rows.to(a.dtype).reshape(k, -1, self.in_features), a.transpose(1, 2))
-        if base.dtype == a.dtype:
-            summed = torch.baddbmm(
-                base.reshape(k, -1, self.out_features), hidden, b.transpose(1, 2), alpha=scale
-            )
-        else:  # a low-precision base: the update is computed in fp32, then rounded and added
-            delta = torch.bmm(hidden, b.transpose(1, 2)) * scale
-            summed = base.reshape(k, -1, self.out_features) + delta.to(base.dtype)
-        summed = summed.reshape(shape)
-        if width is not None:
-            summed = torch.cat([summed, rest], dim=1)
-        return summed
+@dataclass(frozen=True)
+class _Group:
+    """Rows `[start, end)` (cut to `width` positions) of `k` equal-shape adapters of one scaling."""
+
+    start: int
+    end: int
+    width: int | None
+    k: int
+    scale: float
+
+
+class _LoraLinear(torch.autograd.Function):
+    """`base(x)` plus each group's scaled low-rank update, with a hand-written backward pass.
+
+    Called by `MultiLoraLinear.forward` with the layer's groups and their adapters' A and B
+    tensors (for each group, its k A's then its k B's). Each group costs two batched matmuls
+    forward and four backward, whatever k is, and both the update and the update's share of the
+    input gradient are added in place into the base output and the base input gradient, inside
+    the matmuls (`baddbmm_`). Autograd would instead stack the adapters' tensors into a graph
+    node, build the update and the input gradient as separate tensors and add them. A lone
+    adapter runs the same code as a group, so its numbers do not depend on its batch neighbours.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, base: nn.Linear, plan: tuple[_Group, ...], *params: torch.Tensor
+    ) -> torch.Tensor:
+        out = base(x)
+        stacks: list[torch.Tensor] = []
+        hiddens: list[torch.Tensor] = []
+        n = 0
+        for group in plan:
+            a, b = _stacked(params[n : n + group.k]), _stacked(params[n + group.k : n + 2 * group.k])
+            n += 2 * group.k
+            rows = _block(x, group).to(a.dtype).reshape(group.k, -1, a.shape[2])
+            hidden = torch.bmm(rows, a.transpose(1, 2))
+            _add_product(_block(out, group), hidden, b.transpose(1, 2), group)
+            stacks += [a, b]
+            hiddens.append(hidden)
+        ctx.base, ctx.plan = base, plan
+        ctx.save_for_backward(x, *stacks, *hiddens)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, *saved = ctx.saved_tensors
+        plan: tuple[_Group, ...] = ctx.plan
+        stacks, hiddens = saved[: 2 * len(plan)], saved[2 * len(plan) :]
+        needs = ctx.needs_input_grad
+        grad_x = grad_out.matmul(ctx.base.weight) if needs[0] else None
+        grads: list[torch.Tensor | None] = []
+        n = 3
+        for g, group in enumerate(plan):
+            a, b, hidden = stacks[2 * g], stacks[2 * g + 1], hiddens[g]
+            rows_grad = _block(grad_out, group).to(a.dtype).reshape(group.k, -1, b.shape[1])
+            grad_hidden = torch.bmm(rows_grad, b).mul_(group.scale)
+            if any(needs[n : n + 2 * group.k]):
+                rows = _block(x, group).to(a.dtype).reshape(group.k, -1, a.shape[2])
+                grads.extend(torch.bmm(grad_hidden.transpose(1, 2), rows).unbind(0))
+                grads.extend(
+                    torch.bmm(hidden.transpose(1, 2), rows_grad).mul_(group.scale).transpose(1, 2).unbind(0)
+                )
+            else:
+                grads.extend([None] * (2 * group.k))
+            n += 2 * group.k
+            if grad_x is not None:
+                _add_product(_block(grad_x, group), grad_hidden, a, group, scale=1.0)
+        return (grad_x, None, None, *grads)
+
+
+def _stacked(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The tensors stacked on a new first dimension (a view for one). Pure; for `_LoraLinear`."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _block(t: torch.Tensor, group: _Group) -> torch.Tensor:
+    """The view of `t` (input, output or a gradient of either) that `group` covers. Pure."""
+    if group.start == 0 and group.end == t.shape[0]:
+        block = t
+    else:
+        block = t[group.start : group.end]
+    return block if group.width is None else block[:, : group.width]
+
+
+def _add_product(
+    target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, group: _Group, scale: float | None = None
+) -> None:
+    """`target += scale * (left @ right)`, batched over the group's k adapters, in place.
+
+    Called by `_LoraLinear` for the update (into the base output) and for the update's input
+    gradient (into the base input gradient). The product is added inside the matmul; a target
+    that is not one contiguous block of the product's dtype is gathered, summed and written back,
+    so that every row gets the same arithmetic however it is laid out.
+    """
+    alpha = group.scale if scale is None else scale
+    if target.dtype == left.dtype and target.is_contiguous():
+        target.view(group.k, -1, target.shape[-1]).baddbmm_(left, right, alpha=alpha)
+        return
+    summed = (
+        target.to(left.dtype, memory_format=torch.contiguous_format, copy=True)
+        .reshape(group.k, -1, target.shape[-1])
+        .baddbmm_(left, right, alpha=alpha)
+    )
+    target.copy_(summed.view(target.shape))
 
 
 def _cut_width(seg: Segment, x: torch.Tensor) -> int | None:
@@ -190,31 +258,13 @@ def _cut_width(seg: Segment, x: torch.Tensor) -> int | None:
     return None
 
 
-def _blocks(groups: list[list[Segment]], batch: int) -> list[tuple[int, int, list[Segment] | None]]:
-    """The batch's rows cut into (start, end, group) blocks in order, group None for rows no group covers.
-
-    Pure; called by `MultiLoraLinear.forward` to split the base output once.
-    """
-    blocks: list[tuple[int, int, list[Segment] | None]] = []
-    covered = 0
-    for group in groups:
-        start, end = group[0].start, group[-1].end
-        if start > covered:
-            blocks.append((covered, start, None))
-        blocks.append((start, end, group))
-        covered = end
-    if covered < batch:
-        blocks.append((covered, batch, None))
-    return blocks
-
-
 def _shape_groups(
     segments: list[Segment], lora_a: dict[str, nn.Parameter], scaling: dict[str, float]
 ) -> list[list[Segment]]:
     """Runs of adjacent segments with equal row count, width, rank and scaling, batched together.
 
     Pure; called by `MultiLoraLinear.forward` for the segments of adapters this layer holds. One
-    scaling per group lets `MultiLoraLinear._updated` apply it as the `alpha` of its second matmul.
+    scaling per group lets `_LoraLinear` apply it as the `alpha` of its second matmul.
     """
     groups: list[list[Segment]] = []
     for seg in segments:
