@@ -9,7 +9,8 @@ runtime, so every path does the same model work:
 
 * sdk+gw: the official SDK's `forward_backward(...).result()` / `optim_step(...).result()`;
 * httpx+gw: the same requests from a bare httpx client (the gateway's cost without the SDK's);
-* direct: the runtime's internal API on the in-process transport, long-polled to completion.
+* direct: the runtime's internal API on the in-process transport, long-polled to completion;
+* 2xrtt: two GET /healthz from the httpx client: the HTTP floor of any submit + retrieve.
 
 The paths run interleaved in a rotating order, so load drift hits all alike. Added latency is a
 path's p50 (p99) minus direct's.
@@ -152,6 +153,17 @@ class HttpPath:
         self.seq += 1
         return self.loop.run_until_complete(self._op(self.http.post("/api/v1/optim_step", json=op)))
 
+    async def _round_trips(self) -> float:
+        start = time.perf_counter()
+        await self.http.get("/healthz")
+        await self.http.get("/healthz")
+        return time.perf_counter() - start
+
+    def round_trips(self) -> float:
+        """Two trivial requests (GET /healthz) on the same connection: the floor under any op
+        made of a submit and a retrieve, whatever the gateway does."""
+        return self.loop.run_until_complete(self._round_trips())
+
     def close(self) -> None:
         self.loop.run_until_complete(self.http.aclose())
         self.loop.close()
@@ -206,6 +218,13 @@ def serve(conn: Any, args: argparse.Namespace) -> None:
             bg.stop()
 
 
+class RoundTrips:
+    """(d) two GET /healthz through the same client as (b), in place of each op."""
+
+    def __init__(self, http: HttpPath) -> None:
+        self.forward_backward = self.optim_step = http.round_trips
+
+
 class RemoteDirect:
     """The server process's DirectPath, driven through a pipe; times are measured over there."""
 
@@ -232,7 +251,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     import tinker
 
-    labels = ("sdk+gw", "httpx+gw", "direct")
+    labels = ("sdk+gw", "httpx+gw", "direct", "2xrtt")
     times: dict[str, dict[str, list[float]]] = {op: {k: [] for k in labels} for op in OPS}
     conn, child_conn = multiprocessing.Pipe()
     server = multiprocessing.get_context("spawn").Process(target=serve, args=(child_conn, args), daemon=True)
@@ -248,11 +267,12 @@ def main() -> int:
         adam = tinker.AdamParams(learning_rate=1e-4)
         conn.send(adam.model_dump())
         conn.recv()
-        paths = {"sdk+gw": SdkPath(client, data, adam), "httpx+gw": HttpPath(url, other.model_id, rows, adam.model_dump()),
-                 "direct": RemoteDirect(conn)}
+        http = HttpPath(url, other.model_id, rows, adam.model_dump())
+        paths = {"sdk+gw": SdkPath(client, data, adam), "httpx+gw": http, "direct": RemoteDirect(conn),
+                 "2xrtt": RoundTrips(http)}
         for i in range(args.warmup + args.iterations):
             # Interleaved, in a rotating order: drift in machine load hits every path alike.
-            for label in labels[i % 3:] + labels[:i % 3]:
+            for label in labels[i % 4:] + labels[:i % 4]:
                 fb, opt = paths[label].forward_backward(), paths[label].optim_step()
                 if i >= args.warmup:
                     times["forward_backward"][label].append(fb)
@@ -266,18 +286,22 @@ def main() -> int:
     print(f"tiny Llama, batch {args.batch} x {args.seq} tokens, {args.iterations} iterations (interleaved), "
           f"loopback, CPU")
     print("sdk+gw: official SDK through the gateway; httpx+gw: bare HTTP client through the gateway;")
-    print("direct: runtime API in process. Rows starting with '+' are the latency added over direct.")
+    print("direct: runtime API in process; 2xrtt: two GET /healthz, the HTTP floor of a submit + retrieve.")
+    print("Rows starting with '+' are the latency added over direct; 'gw work' is +httpx+gw less 2xrtt.")
     print(f"{'op':<18}{'path':<10}{'p50 ms':>10}{'p99 ms':>10}")
     for name in OPS:
         direct = times[name]["direct"]
         for label in labels:
             series = times[name][label]
             print(f"{name:<18}{label:<10}{1e3 * statistics.median(series):>10.2f}{1e3 * percentile(series, 0.99):>10.2f}")
-        for label in labels[:2]:
+        for label in ("sdk+gw", "httpx+gw"):
             series = times[name][label]
             added50 = 1e3 * (statistics.median(series) - statistics.median(direct))
             added99 = 1e3 * (percentile(series, 0.99) - percentile(direct, 0.99))
             print(f"{name:<18}{'+' + label:<10}{added50:>10.2f}{added99:>10.2f}")
+        floor = times[name]["2xrtt"]
+        work = 1e3 * (statistics.median(times[name]["httpx+gw"]) - statistics.median(direct) - statistics.median(floor))
+        print(f"{name:<18}{'gw work':<10}{work:>10.2f}")
     return 0
 
 
