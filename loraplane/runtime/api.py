@@ -151,15 +151,8 @@ def create_app(state: RuntimeState) -> FastAPI:
         return Response(status_code=204)
 
     @app.post("/v1/adapters/{adapter_id}/ops", status_code=202)
-    async def submit_op(adapter_id: str, request: Request, executor: Exec) -> dict[str, str]:
-        raw = await read_body(request, state.max_body_bytes)
-        if request.headers.get("content-type", "").split(";")[0].strip() == PROTOBUF:
-            seq_id, payload = wire.decode_forward_backward(adapter_id, wire.decompress(raw, state.max_body_bytes))
-        else:
-            body = wire.parse_body(wire.OpBody, _json(raw))
-            seq_id, payload = body.seq_id, wire.op_from_body(adapter_id, body)
-        request_id, _ = executor.submit(adapter_id, seq_id, payload)
-        return {"request_id": request_id}
+    async def submit_op(adapter_id: str, request: Request, executor: Exec) -> Response:
+        return await submit_step(state, executor, adapter_id, request)
 
     @app.post("/v1/sample", status_code=202)
     async def submit_sample(request: Request, executor: Exec) -> dict[str, str]:
@@ -171,10 +164,7 @@ def create_app(state: RuntimeState) -> FastAPI:
     async def result(
         request_id: str, executor: Exec, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0
     ) -> Response:
-        op = executor.lookup(request_id)
-        if not op.future.done() and wait > 0:
-            await asyncio.wait([asyncio.wrap_future(op.future)], timeout=wait)
-        return encode_result(op)
+        return await read_result(executor, request_id, wait)
 
     @app.post("/v1/adapters/{adapter_id}/train")
     async def start_training(adapter_id: str, request: Request, executor: Exec) -> JSONResponse:
@@ -188,7 +178,83 @@ def create_app(state: RuntimeState) -> FastAPI:
         assert state.trainings is not None
         return state.trainings.status(adapter_id).to_dict()
 
+    app.add_middleware(StepLane, state=state)
     return app
+
+
+# ---- the per-step calls ----------------------------------------------------------------------
+# Submitting an op and reading its result happen once each per training step. `StepLane` hands
+# them to `submit_step` / `read_result` without FastAPI's routing and dependency solving, which
+# cost more than the calls themselves; the routes above call the same two functions.
+
+async def submit_step(state: RuntimeState, executor: ex.Executor, adapter_id: str, request: Request) -> Response:
+    """`POST /v1/adapters/{id}/ops`: protobuf forward/backward or a JSON op, queued; 202 with its id."""
+    raw = await read_body(request, state.max_body_bytes)
+    if request.headers.get("content-type", "").split(";")[0].strip() == PROTOBUF:
+        seq_id, payload = wire.decode_forward_backward(adapter_id, wire.decompress(raw, state.max_body_bytes))
+    else:
+        body = wire.parse_body(wire.OpBody, _json(raw))
+        seq_id, payload = body.seq_id, wire.op_from_body(adapter_id, body)
+    request_id, _ = executor.submit(adapter_id, seq_id, payload)
+    return JSONResponse({"request_id": request_id}, 202)
+
+
+async def read_result(executor: ex.Executor, request_id: str, wait: float) -> Response:
+    """`GET /v1/results/{id}`: held until the op is done or `wait` seconds pass; wakes on completion."""
+    op = executor.lookup(request_id)
+    if not op.future.done() and wait > 0:
+        await asyncio.wait([asyncio.wrap_future(op.future)], timeout=wait)
+    return encode_result(op)
+
+
+def step_call(method: str, path: str) -> tuple[str, str] | None:
+    """("submit", adapter id) or ("result", request id) for a per-step call, else None. Pure; called
+    by `StepLane` on every request. Ids match as FastAPI's `{param}` does: one non-empty segment."""
+    if method == "POST" and path.startswith("/v1/adapters/") and path.endswith("/ops"):
+        ident = path[len("/v1/adapters/"):-len("/ops")]
+        return ("submit", ident) if ident and "/" not in ident else None
+    if method == "GET" and path.startswith("/v1/results/"):
+        ident = path[len("/v1/results/"):]
+        return ("result", ident) if ident and "/" not in ident else None
+    return None
+
+
+def wait_of(query: str | None) -> float:
+    """The `wait` query parameter in seconds (default 0); InvalidInput naming it unless 0-60. Pure."""
+    if query is None:
+        return 0.0
+    try:
+        wait = float(query)
+    except ValueError:
+        raise errors.InvalidInput(f"wait: {query!r} is not a number of seconds", field="wait") from None
+    if not 0 <= wait <= MAX_WAIT_S:  # also refuses nan
+        raise errors.InvalidInput(f"wait: must be from 0 to {MAX_WAIT_S:g} seconds, got {query}", field="wait")
+    return wait
+
+
+class StepLane:
+    """Pure ASGI middleware: per-step calls (`step_call`) go straight to their functions; errors
+    get the same JSON answers as the app's handler gives. Everything else goes to the app."""
+
+    def __init__(self, app: Any, state: RuntimeState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        call = step_call(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if call is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            executor = await _executor(request)
+            if call[0] == "submit":
+                response = await submit_step(self.state, executor, call[1], request)
+            else:
+                response = await read_result(executor, call[1], wait_of(request.query_params.get("wait")))
+        except errors.LoraplaneError as exc:
+            response = JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        await response(scope, receive, send)
 
 
 # ---- helpers (pure unless noted) -------------------------------------------------------------
