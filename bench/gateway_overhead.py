@@ -3,9 +3,10 @@
     python bench/gateway_overhead.py [--iterations 200] [--batch 4] [--seq 32]
 
 Builds the tiny test model and serves the single-node app (gateway + in-process runtime) on a
-loopback port with uvicorn configured as `loraplane serve` configures it. Times, per op (a submit
-and its result), the same forward_backward batch and optim_step on three adapters of the one
-runtime, so every path does the same model work:
+loopback port, in a child process, with uvicorn configured as `loraplane serve` configures it; the
+clients run in this process, as they do in use (sharing the server's interpreter lock would charge
+their work to the gateway). Times, per op (a submit and its result), the same forward_backward
+batch and optim_step on three adapters of the one runtime, so every path does the same model work:
 
 * sdk+gw: the official SDK's `forward_backward(...).result()` / `optim_step(...).result()`;
 * httpx+gw: the same requests from a bare httpx client (the gateway's cost without the SDK's);
@@ -13,7 +14,7 @@ runtime, so every path does the same model work:
 * 2xrtt: two GET /healthz from the httpx client: the HTTP floor of any submit + retrieve.
 
 The paths run interleaved in a rotating order, so load drift hits all alike. Added latency is a
-path's p50 (p99) minus direct's.
+path's p50 (p99) minus direct's; "gw work" is the bare client's added p50 less the 2xrtt floor.
 """
 
 from __future__ import annotations
