@@ -5,6 +5,9 @@ process behind `loraplane.core.runtime_client.RuntimeClient`. Routes parse the b
 call the executor or the training runs, and encode the answer; every `LoraplaneError` becomes its
 status code with a JSON body in one handler, so a bad field is a 4xx naming it and never a crash.
 
+Submitting an op and reading its result (twice per training step) take `StepLane`, which calls
+`submit_step` / `read_result` directly; the FastAPI routes for them call the same functions.
+
 The app can be built before the model is loaded (`RuntimeState.executor` is None): `/healthz`
 answers at once and `/readyz` says 503 until `RuntimeState.attach` is called.
 """
