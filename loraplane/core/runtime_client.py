@@ -176,7 +176,11 @@ class RuntimeClient:
         try:
             response = await self._transport.handle_async_request(request)
             response.request = request
-            await response.aread()
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()  # hand the connection back (or drop it) on a broken read
+                raise
         except httpx.TransportError as exc:
             raise RuntimeUnavailable(f"runtime {self.base_url} unreachable: {type(exc).__name__}: {exc}") from exc
         if response.status_code in ok:
