@@ -202,10 +202,15 @@ class _LoraLinear(torch.autograd.Function):
             rows_grad = _block(grad_out, group).to(a.dtype).reshape(group.k, -1, b.shape[1])
             grad_hidden = torch.bmm(rows_grad, b).mul_(group.scale)
             if any(needs[n : n + 2 * group.k]):
+                # Contiguous per-adapter slices, which autograd adopts as `.grad` without a copy.
                 rows = _block(x, group).to(a.dtype).reshape(group.k, -1, a.shape[2])
                 grads.extend(torch.bmm(grad_hidden.transpose(1, 2), rows).unbind(0))
                 grads.extend(
-                    torch.bmm(hidden.transpose(1, 2), rows_grad).mul_(group.scale).transpose(1, 2).unbind(0)
+                    torch.bmm(hidden.transpose(1, 2), rows_grad)
+                    .mul_(group.scale)
+                    .transpose(1, 2)
+                    .contiguous()
+                    .unbind(0)
                 )
             else:
                 grads.extend([None] * (2 * group.k))
