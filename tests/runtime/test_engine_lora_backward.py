@@ -31,9 +31,11 @@ LAYOUTS = {
 }
 
 
-def _layer(frozen: tuple[str, ...]) -> tuple[lora.MultiLoraLinear, lora.LoraRouter]:
+def _layer(
+    frozen: tuple[str, ...], dtype: torch.dtype = torch.float32
+) -> tuple[lora.MultiLoraLinear, lora.LoraRouter]:
     torch.manual_seed(0)
-    base = nn.Linear(12, 10, bias=True).requires_grad_(False)
+    base = nn.Linear(12, 10, bias=True).to(dtype).requires_grad_(False)
     router = lora.LoraRouter()
     layer = lora.MultiLoraLinear(base, router)
     generator = torch.Generator().manual_seed(1)
@@ -56,11 +58,11 @@ def _reference(layer: lora.MultiLoraLinear, x: torch.Tensor, segments: list[lora
         for seg in segments:
             if seg.start <= row < seg.end:
                 width = seg.width if x.dim() == 3 and seg.width is not None else None
-                rows = x[row] if width is None else x[row, :width]
+                rows = (x[row] if width is None else x[row, :width]).float()
                 update = layer.scaling[seg.adapter_id] * (rows @ a[seg.adapter_id].T) @ b[seg.adapter_id].T
                 if width is not None:
                     update = nn.functional.pad(update, (0, 0, 0, x.shape[1] - width))
-                out = out + update
+                out = (out.float() + update).to(x.dtype)
         pieces.append(out)
     return torch.stack(pieces), a, b
 
@@ -94,6 +96,30 @@ def test_layer_output_and_gradients_equal_autograd_of_the_plain_formula(layout, 
                 torch.testing.assert_close(
                     mine[adapter_id].grad, theirs[adapter_id].grad, rtol=1e-5, atol=1e-6
                 )
+
+
+def test_low_precision_base_keeps_adapters_and_their_gradients_in_float32():
+    """A bf16 base: the update is computed in fp32 and rounded once into the bf16 output."""
+    layer, router = _layer((), torch.bfloat16)
+    segments = LAYOUTS["mixed-3d"]
+    x = torch.randn(6, 5, 12, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    upstream = torch.randn(6, 5, 10, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    x_ours = x.clone().requires_grad_(True)
+    with router.route(segments):
+        ours = layer(x_ours)
+    (ours.float() * upstream.float()).sum().backward()
+    x_ref = x.clone().requires_grad_(True)
+    expected, a_ref, _ = _reference(layer, x_ref, segments)
+    (expected.float() * upstream.float()).sum().backward()
+
+    assert ours.dtype == torch.bfloat16 and x_ours.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=2e-2, atol=2e-2)
+    for adapter_id in ADAPTERS:
+        assert layer.lora_A[adapter_id].grad.dtype == torch.float32
+        torch.testing.assert_close(
+            layer.lora_A[adapter_id].grad, a_ref[adapter_id].grad, rtol=2e-2, atol=2e-2
+        )
 
 
 def test_layer_without_routed_adapters_is_the_base_layer():
