@@ -13,6 +13,15 @@ adapter `a`. The base matmul runs once for the whole batch; each adapter's low-r
 its own contiguous slice of rows, so the per-layer cost is one Python iteration per adapter present
 in the batch, never per row.
 
+## Why a hand-written backward
+Adapters of equal rank, scaling and row layout run as one group: two batched matmuls forward and
+four backward, whatever the group's size. The layer is one `torch.autograd.Function`
+(`_LoraLinear`) so that the updates are added into the base output, and their input gradients into
+the base input gradient, inside those matmuls, and each adapter's gradients come out as slices of
+one tensor; through autograd every layer paid for a stack node, separate update and gradient
+tensors and the adds that join them. `tests/runtime/test_engine_lora_backward.py` checks it
+against autograd of the plain formula.
+
 ## State
 Per-adapter state lives in dicts keyed by adapter id, named in `ADAPTER_TENSORS` (trainable
 tensors) and `ADAPTER_SCALARS` (plain numbers), so that delete, copy and offload stay generic.
