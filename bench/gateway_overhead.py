@@ -10,11 +10,15 @@ batch and optim_step on three adapters of the one runtime, so every path does th
 
 * sdk+gw: the official SDK's `forward_backward(...).result()` / `optim_step(...).result()`;
 * httpx+gw: the same requests from a bare httpx client (the gateway's cost without the SDK's);
-* direct: the runtime's internal API on the in-process transport, long-polled to completion;
+* runtime: straight to the runtime's internal API over loopback HTTP (the same runtime, served on
+  a second port), with the runtime client, long-polled to completion: what a caller gets without
+  the gateway;
+* direct: the runtime's internal API on the in-process transport (no HTTP at all), for reference;
 * 2xrtt: two GET /healthz from the httpx client: the HTTP floor of any submit + retrieve.
 
 The paths run interleaved in a rotating order, so load drift hits all alike. Added latency is a
-path's p50 (p99) minus direct's; "gw work" is the bare client's added p50 less the 2xrtt floor.
+path's p50 (p99) minus the runtime path's: the gateway's hop (and, for sdk+gw, the SDK's own
+client-side work); "gw work" is the bare client's time less the in-process runtime and the floor.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from tinker.proto import tinker_public_pb2 as pb
 from loraplane.api.auth import load_keys
 from loraplane.api.dataplane import Runtimes
 from loraplane.core.settings import RuntimeSettings
-from loraplane.singlenode.server import ServeConfig, build_app
+from loraplane.singlenode.server import ServeConfig, build_app, default_runtime_app
 from tests.utils.tiny_models import build_tiny_llama
 
 KEY = "tml-bench-0123456789"
@@ -80,20 +84,24 @@ class Background:
     (its loop factory: uvloop when installed; httptools; no access log); `call` runs a coroutine
     on the server's loop."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, runtime_app: Any) -> None:
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)
+        # The same runtime app, also on its own port (its lifespan runs with the gateway's).
+        self.runtime_server = uvicorn.Server(uvicorn.Config(
+            runtime_app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off"))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, args=(config.get_loop_factory(),), daemon=True)
         self.thread.start()
-        while not self.server.started:
+        while not (self.server.started and self.runtime_server.started):
             time.sleep(0.05)
         self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        self.runtime_url = f"http://127.0.0.1:{self.runtime_server.servers[0].sockets[0].getsockname()[1]}"
 
     def _run(self, loop_factory: Any) -> None:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
-            await self.server.serve()
+            await asyncio.gather(self.server.serve(), self.runtime_server.serve())
 
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(main())
@@ -103,7 +111,7 @@ class Background:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.server.should_exit = self.runtime_server.should_exit = True
         self.thread.join(timeout=30)
 
 
@@ -170,8 +178,43 @@ class HttpPath:
         self.loop.close()
 
 
+class RuntimeHttpPath:
+    """(c) straight to the runtime's internal API over loopback HTTP with the runtime client, on a
+    third adapter of the same runtime, in this process like the other clients."""
+
+    def __init__(self, url: str, rows: list[list[int]], adam: dict[str, Any]) -> None:
+        from loraplane.core.runtime_client import RuntimeClient
+
+        self.loop = asyncio.new_event_loop()
+        self.client = RuntimeClient(url, timeout=60)
+        self.rows, self.adam, self.seq, self.adapter = rows, adam, 1, "bench-runtime-http"
+        self.loop.run_until_complete(self.client.create_adapter(self.adapter, rank=8, seed=0, expect_seq=1))
+
+    async def _op(self, submit: Any) -> float:
+        start = time.perf_counter()
+        rid = await submit
+        while True:
+            _kind, body = await self.client.result(rid, wait=30)
+            if not (isinstance(body, dict) and body.get("status") == "pending"):
+                return time.perf_counter() - start
+
+    def forward_backward(self) -> float:
+        body = proto_body(self.rows, self.seq, "bench")
+        self.seq += 1
+        return self.loop.run_until_complete(self._op(self.client.submit_forward_backward(self.adapter, body)))
+
+    def optim_step(self) -> float:
+        op = {"seq_id": self.seq, "op": "optim_step", "adam_params": self.adam}
+        self.seq += 1
+        return self.loop.run_until_complete(self._op(self.client.submit_op(self.adapter, op)))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
+
+
 class DirectPath:
-    """(c) the same ops with the runtime's internal API on the in-process transport, on a third
+    """(d) the same ops with the runtime's internal API on the in-process transport, on a fourth
     adapter of the same runtime, long-polled to completion. Lives in the server process."""
 
     def __init__(self, bg: Background, runtimes: Runtimes, rows: list[list[int]], adam: dict[str, Any]) -> None:
@@ -206,10 +249,16 @@ def serve(conn: Any, args: argparse.Namespace) -> None:
         config = ServeConfig(models={"tiny": str(model_dir)}, keys=load_keys(inline=[f"bench={KEY}"]),
                              store_url=f"file://{tmp}/store",
                              runtime=RuntimeSettings(device="cpu", threads=args.threads))
-        app = build_app(config)
-        bg = Background(app)
+        runtime_apps: list[Any] = []
+
+        def keep_runtime_app(settings: RuntimeSettings) -> Any:
+            runtime_apps.append(default_runtime_app(settings))
+            return runtime_apps[-1]
+
+        app = build_app(config, runtime_app=keep_runtime_app)
+        bg = Background(app, runtime_apps[0])
         try:
-            conn.send(bg.url)
+            conn.send((bg.url, bg.runtime_url))
             adam = conn.recv()
             direct = DirectPath(bg, app.state.gateway.runtimes, batch_tokens(args.batch, args.seq), adam)
             conn.send("ready")
@@ -220,7 +269,7 @@ def serve(conn: Any, args: argparse.Namespace) -> None:
 
 
 class RoundTrips:
-    """(d) two GET /healthz through the same client as (b), in place of each op."""
+    """(e) two GET /healthz through the same client as (b), in place of each op."""
 
     def __init__(self, http: HttpPath) -> None:
         self.forward_backward = self.optim_step = http.round_trips
@@ -252,13 +301,13 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     import tinker
 
-    labels = ("sdk+gw", "httpx+gw", "direct", "2xrtt")
+    labels = ("sdk+gw", "httpx+gw", "runtime", "direct", "2xrtt")
     times: dict[str, dict[str, list[float]]] = {op: {k: [] for k in labels} for op in OPS}
     conn, child_conn = multiprocessing.Pipe()
     server = multiprocessing.get_context("spawn").Process(target=serve, args=(child_conn, args), daemon=True)
     server.start()
     try:
-        url = conn.recv()
+        url, runtime_url = conn.recv()
         service = tinker.ServiceClient(base_url=url, api_key=KEY)
         client = service.create_lora_training_client(base_model="tiny", rank=8, seed=0).result()
         other = service.create_lora_training_client(base_model="tiny", rank=8, seed=0).result()
@@ -269,16 +318,18 @@ def main() -> int:
         conn.send(adam.model_dump())
         conn.recv()
         http = HttpPath(url, other.model_id, rows, adam.model_dump())
-        paths = {"sdk+gw": SdkPath(client, data, adam), "httpx+gw": http, "direct": RemoteDirect(conn),
-                 "2xrtt": RoundTrips(http)}
+        runtime = RuntimeHttpPath(runtime_url, rows, adam.model_dump())
+        paths = {"sdk+gw": SdkPath(client, data, adam), "httpx+gw": http, "runtime": runtime,
+                 "direct": RemoteDirect(conn), "2xrtt": RoundTrips(http)}
         for i in range(args.warmup + args.iterations):
             # Interleaved, in a rotating order: drift in machine load hits every path alike.
-            for label in labels[i % 4:] + labels[:i % 4]:
+            for label in labels[i % len(labels):] + labels[:i % len(labels)]:
                 fb, opt = paths[label].forward_backward(), paths[label].optim_step()
                 if i >= args.warmup:
                     times["forward_backward"][label].append(fb)
                     times["optim_step"][label].append(opt)
-        paths["httpx+gw"].close()
+        http.close()
+        runtime.close()
         service.close("success").result()
     finally:
         conn.send(None)
@@ -287,18 +338,20 @@ def main() -> int:
     print(f"tiny Llama, batch {args.batch} x {args.seq} tokens, {args.iterations} iterations (interleaved), "
           f"loopback, CPU")
     print("sdk+gw: official SDK through the gateway; httpx+gw: bare HTTP client through the gateway;")
-    print("direct: runtime API in process; 2xrtt: two GET /healthz, the HTTP floor of a submit + retrieve.")
-    print("Rows starting with '+' are the latency added over direct; 'gw work' is +httpx+gw less 2xrtt.")
+    print("runtime: straight to the runtime API over loopback HTTP; direct: runtime API in process;")
+    print("2xrtt: two GET /healthz, the HTTP floor of a submit + retrieve.")
+    print("Rows starting with '+' are the latency added over the runtime path (the target: p50 < 2 ms);")
+    print("'gw work' is httpx+gw less direct less 2xrtt: the gateway's own code.")
     print(f"{'op':<18}{'path':<10}{'p50 ms':>10}{'p99 ms':>10}")
     for name in OPS:
-        direct = times[name]["direct"]
+        direct, baseline = times[name]["direct"], times[name]["runtime"]
         for label in labels:
             series = times[name][label]
             print(f"{name:<18}{label:<10}{1e3 * statistics.median(series):>10.2f}{1e3 * percentile(series, 0.99):>10.2f}")
         for label in ("sdk+gw", "httpx+gw"):
             series = times[name][label]
-            added50 = 1e3 * (statistics.median(series) - statistics.median(direct))
-            added99 = 1e3 * (percentile(series, 0.99) - percentile(direct, 0.99))
+            added50 = 1e3 * (statistics.median(series) - statistics.median(baseline))
+            added99 = 1e3 * (percentile(series, 0.99) - percentile(baseline, 0.99))
             print(f"{name:<18}{'+' + label:<10}{added50:>10.2f}{added99:>10.2f}")
         floor = times[name]["2xrtt"]
         work = 1e3 * (statistics.median(times[name]["httpx+gw"]) - statistics.median(direct) - statistics.median(floor))
