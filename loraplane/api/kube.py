@@ -286,5 +286,7 @@ async def _api_client(kubeconfig: str | None) -> client.ApiClient:
         config.load_incluster_config()
         return client.ApiClient()
     configuration = client.Configuration()
-    await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    # kubernetes_asyncio reads $KUBECONFIG once, at import; read it when connecting instead.
+    await config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"),
+                                  client_configuration=configuration)
     return client.ApiClient(configuration=configuration)
