@@ -1,14 +1,15 @@
 """The gateway in Kubernetes mode, served by uvicorn in a thread on 127.0.0.1, for end-to-end tests.
 
 It is wired as `loraplane gateway` wires it (`loraplane.api.cli.run`): settings with
-`gateway.control_plane = "kubernetes"`, a `KubeControlPlane` built from those settings and the
-emulator's kubeconfig, API keys from inline `tenant=key` entries, and the artifact store that
-the runtimes and the operator share. Only the listening socket differs: a free loopback port, bound before uvicorn starts, so the test knows
-the URL without parsing logs.
+`gateway.control_plane = "kubernetes"`, a `KubeControlPlane` built from those settings (it
+finds the emulator through $KUBECONFIG), API keys from inline `tenant=key` entries, and the
+artifact store that the runtimes and the operator share. Only the listening socket differs: a
+free loopback port, bound before uvicorn starts, so the test knows the URL without parsing logs.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -44,12 +45,10 @@ class GatewayServer:
 
     def __init__(self, settings: Settings, store_url: str, keys: dict[str, str], *, kubeconfig: Path) -> None:
         assert settings.gateway.control_plane == "kubernetes", settings.gateway.control_plane
-        # As `KubeControlPlane.from_settings`, with the kubeconfig named: kubernetes_asyncio reads
-        # $KUBECONFIG once, at import, before the fixture sets it for this test.
-        self.control_plane = KubeControlPlane(
-            settings.gateway.namespace, runtime_selector=settings.operator.runtime_selector,
-            runtime_port=settings.operator.runtime_port, kubeconfig=str(kubeconfig),
-        )
+        # As the CLI builds it: the cluster is found through $KUBECONFIG, which the kubeconfig_path
+        # fixture set after kubernetes_asyncio was imported.
+        assert os.environ.get("KUBECONFIG") == str(kubeconfig), "use the kubeconfig_path fixture"
+        self.control_plane = KubeControlPlane.from_settings(settings)
         gateway = Gateway(
             control_plane=self.control_plane,
             runtimes=Runtimes(timeout_s=settings.gateway.long_poll_s + 60),
