@@ -32,8 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _control_plane(settings: Settings) -> Any:
     from loraplane.api import kube
 
-    factory = getattr(kube.KubeControlPlane, "from_settings", None)
-    return factory(settings) if factory else kube.KubeControlPlane(settings)
+    return kube.KubeControlPlane.from_settings(settings)
 
 
 def run(args: argparse.Namespace) -> int:
