@@ -22,16 +22,6 @@ from loraplane.core import errors
 
 log = logging.getLogger(__name__)
 
-#: HTTP status of a framework error (unknown route, wrong method) -> our class
-_BY_STATUS: dict[int, type[errors.LoraplaneError]] = {
-    400: errors.InvalidInput,
-    404: errors.NotFound,
-    409: errors.Conflict,
-    413: errors.PayloadTooLarge,
-    422: errors.InvalidInput,
-    429: errors.CapacityError,
-    503: errors.CapacityError,
-}
 
 
 def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -74,7 +64,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        cls = _BY_STATUS.get(exc.status_code, errors.UserError if exc.status_code < 500 else errors.ServerError)
+        cls = errors.class_for_status(exc.status_code)
         err = cls(str(exc.detail))
         err.status_code = exc.status_code
         return response_for(err)

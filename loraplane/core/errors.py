@@ -66,3 +66,22 @@ class CapacityError(LoraplaneError):
 class ServerError(LoraplaneError):
     status_code = 500
     category = "server"
+
+
+#: HTTP status -> the class a caller catches (the inverse of `status_code`, where it is ambiguous
+#: the most general class: 422 is a bad field too, 429 and 503 both mean "no room now").
+_BY_STATUS: dict[int, type[LoraplaneError]] = {
+    400: InvalidInput,
+    401: Unauthenticated,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: InvalidInput,
+    429: CapacityError,
+    503: CapacityError,
+}
+
+
+def class_for_status(status_code: int) -> type[LoraplaneError]:
+    """The error class for an HTTP status answered by another loraplane component or a framework."""
+    return _BY_STATUS.get(status_code) or (UserError if status_code < 500 else ServerError)

@@ -20,17 +20,6 @@ from loraplane.core import errors
 
 PROTOBUF = "application/x-protobuf"
 
-#: status code -> the error class a caller catches
-_ERRORS: dict[int, type[errors.LoraplaneError]] = {
-    400: errors.InvalidInput,
-    401: errors.Unauthenticated,
-    404: errors.NotFound,
-    409: errors.Conflict,
-    413: errors.PayloadTooLarge,
-    422: errors.InvalidInput,
-    429: errors.CapacityError,
-    503: errors.CapacityError,
-}
 
 
 class RuntimeUnavailable(errors.ServerError):
@@ -45,7 +34,7 @@ def error_for(status_code: int, body: Any) -> errors.LoraplaneError:
     field = body.get("field") if isinstance(body, dict) else None
     if not isinstance(detail, str):
         detail = f"runtime answered HTTP {status_code}"
-    cls = _ERRORS.get(status_code) or (errors.UserError if status_code < 500 else errors.ServerError)
+    cls = errors.class_for_status(status_code)
     return cls(detail, field=field if isinstance(field, str) else None)
 
 
