@@ -443,19 +443,14 @@ class Engine:
     def save_state(self, adapter_id: str, dest: str, optimizer: bool = True) -> int:
         """Write PEFT files + trainer_state.json (+ optimizer.pt) to `dest`; returns bytes written."""
         record = self._get(adapter_id)
-        self.ensure_resident(adapter_id)
-        return checkpoints.save(
-            dest,
-            weights=record.params,
-            config=checkpoints.LoraConfig.from_spec(record.spec),
-            base_model=self.base_model,
-            step=record.step,
-            kind="sampler" if record.sampler else "train",
-            optimizer=record.optim_state.state_dict() if optimizer and not record.sampler else None,
-        )
+        kind = "sampler" if record.sampler else "train"
+        return self._save(adapter_id, dest, kind=kind, optimizer=optimizer and not record.sampler)
 
     def save_sampler(self, adapter_id: str, dest: str) -> int:
         """Write only what a sampler needs (PEFT files + trainer_state.json); returns bytes written."""
+        return self._save(adapter_id, dest, kind="sampler", optimizer=False)
+
+    def _save(self, adapter_id: str, dest: str, *, kind: str, optimizer: bool) -> int:
         record = self._get(adapter_id)
         self.ensure_resident(adapter_id)
         return checkpoints.save(
@@ -464,8 +459,8 @@ class Engine:
             config=checkpoints.LoraConfig.from_spec(record.spec),
             base_model=self.base_model,
             step=record.step,
-            kind="sampler",
-            optimizer=None,
+            kind=kind,
+            optimizer=record.optim_state.state_dict() if optimizer else None,
         )
 
     def load_state(self, adapter_id: str, source: str, optimizer: bool = True, sampler: bool = False) -> LoraSpec:
