@@ -39,7 +39,6 @@ def test_crds_preload_from_a_yaml_file(kube_emulator: KubeEmulator, client: http
     assert client.get("/apis/testing.loraplane.io/v1/gadgets").json()["items"] == []
 
 
-@pytest.mark.skipif(not PROJECT_CRD.exists(), reason="crds/lorajob.yaml is not written yet")
 def test_the_project_lorajob_crd_preloads_and_is_served(kube_emulator: KubeEmulator, client: httpx.Client) -> None:
     (crd,) = [obj for obj in kube_emulator.load_manifests(PROJECT_CRD) if obj["kind"] == "CustomResourceDefinition"]
     group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
@@ -47,8 +46,6 @@ def test_the_project_lorajob_crd_preloads_and_is_served(kube_emulator: KubeEmula
     assert client.get(f"/apis/{group}/{version}/namespaces/default/{plural}").status_code == 200
 
 
-@pytest.mark.skipif(not (PROJECT_CRD.parent.parent / "examples" / "lorajob-training.yaml").exists(),
-                    reason="the project's examples are not written yet")
 def test_the_project_examples_validate_and_their_immutable_fields_hold(kube_emulator: KubeEmulator,
                                                                        client: httpx.Client) -> None:
     kube_emulator.load_manifests(PROJECT_CRD)
