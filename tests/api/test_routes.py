@@ -7,42 +7,21 @@ case here fails before a runtime would be needed, which is the point.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from loraplane.api import auth
-from loraplane.api.app import create_app
-from loraplane.api.dataplane import Runtimes
 from loraplane.api.gateway import Gateway
 from loraplane.core import artifacts
-from loraplane.singlenode.controlplane import EmbeddedControlPlane
+from tests.api.conftest import MODEL
 
 ALICE = {"X-API-Key": "tml-alice"}
 BOB = {"X-API-Key": "tml-bob"}
-MODEL = "tiny/base"
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Gateway:
-    store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
-    return Gateway(control_plane=EmbeddedControlPlane(store, []), runtimes=Runtimes(), store=store,
-                   models=[MODEL], max_request_bytes=4096, long_poll_s=0.1)
-
-
-@pytest.fixture
-async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(gateway, auth.load_keys(inline=["alice=tml-alice", "bob=tml-bob"]))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
-        yield c
 
 
 async def _session(client: httpx.AsyncClient, headers: dict[str, str] = ALICE) -> str:

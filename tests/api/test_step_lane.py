@@ -3,41 +3,18 @@ errors are JSON naming the field, metrics label them by route, other methods fal
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import httpx
 import pytest
 
-from loraplane.api import auth
-from loraplane.api.app import API_PREFIX, STEP_PATHS, create_app, step_routes
-from loraplane.api.dataplane import Runtimes
+from loraplane.api.app import API_PREFIX, STEP_PATHS, step_routes
 from loraplane.api.gateway import Gateway
-from loraplane.core import artifacts
-from loraplane.singlenode.controlplane import EmbeddedControlPlane
 
 ALICE = {"X-API-Key": "tml-alice"}
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Gateway:
-    store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
-    return Gateway(control_plane=EmbeddedControlPlane(store, []), runtimes=Runtimes(), store=store,
-                   models=["tiny/base"], max_request_bytes=4096, long_poll_s=0.1)
-
-
-@pytest.fixture
-async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(gateway, auth.load_keys(inline=["alice=tml-alice"]))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
-        yield c
 
 
 def test_every_step_path_has_its_route() -> None:

@@ -12,10 +12,19 @@ import pytest
 from tests.kube.emulator import KubeEmulator
 from tests.kube.emulator.fixtures import TOKEN, kube_emulator, kubeconfig_path
 from tests.kube.emulator.samples import GADGET_CRD, WIDGET_CRD
+from tests.operator.harness import Cluster
 
 __all__ = ["kube_emulator", "kubeconfig_path"]
 
 WIDGETS = "/apis/testing.loraplane.io/v1/namespaces/default/widgets"
+
+
+@pytest.fixture
+def cluster(kube_emulator: KubeEmulator) -> Iterator[Cluster]:
+    """The emulator with the LoRAJob CRD, seen through the operator tests' helpers; closed after the test."""
+    c = Cluster(kube_emulator)
+    yield c
+    c.close()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +9,10 @@ import pytest
 import yaml
 
 from loraplane.core.models.v1alpha1.lorajob import API_VERSION, PLURAL
-from tests.kube.emulator import KubeEmulator
 from tests.operator.harness import ROOT, Cluster
 
 JOBS = f"/apis/{API_VERSION}/namespaces/default/{PLURAL}"
 
-
-@pytest.fixture
-def cluster(kube_emulator: KubeEmulator) -> Iterator[Cluster]:
-    c = Cluster(kube_emulator)
-    yield c
-    c.close()
 
 
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("lorajob-*.yaml")), ids=lambda p: p.name)

@@ -8,16 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube.emulator import KubeEmulator
 from tests.operator.fake_runtime import FakeRuntime
 from tests.operator.harness import Cluster, lorajob, operator, runtime_pod, wait_for
-
-
-@pytest.fixture
-def cluster(kube_emulator: KubeEmulator) -> Iterator[Cluster]:
-    c = Cluster(kube_emulator)
-    yield c
-    c.close()
 
 
 @pytest.fixture
@@ -26,6 +18,15 @@ def runtimes() -> Iterator[list[FakeRuntime]]:
     yield started
     for rt in started:
         rt.stop()
+
+
+@pytest.fixture
+def rt0(cluster: Cluster, runtimes: list[FakeRuntime]) -> FakeRuntime:
+    """One fake runtime of base model "tiny" behind a Ready pod rt-0."""
+    rt = FakeRuntime("tiny").start()
+    runtimes.append(rt)
+    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    return rt
 
 
 def test_interactive_job_waits_for_a_runtime_then_runs_with_its_adapter_created(
@@ -102,48 +103,39 @@ def test_restarted_operator_dispatches_nothing_twice(
 
 
 def test_suspend_saves_and_frees_the_slot_and_resume_restores(
-    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+    cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
-    rt = FakeRuntime("tiny").start()
-    runtimes.append(rt)
-    cluster.add_pod(runtime_pod("rt-0", rt.url))
     with operator(kubeconfig_path, f"file://{tmp_path}"):
         cluster.emulator.create(lorajob("chat"))
         cluster.wait_phase("chat", "Running")
         cluster.patch_spec("chat", {"suspend": True})
         status = cluster.wait_phase("chat", "Suspended")
-        assert "runtime" not in status and rt.adapters == {}
+        assert "runtime" not in status and rt0.adapters == {}
         assert status["latestCheckpoint"]["path"].startswith("tinker://default.chat/weights/suspend-")
 
         cluster.patch_spec("chat", {"suspend": False})
         status = cluster.wait_phase("chat", "Running")
         saved = status["latestCheckpoint"]["path"].removeprefix("tinker://")
-        assert rt.loads[-1]["source"] == f"file://{tmp_path}/runs/{saved}"
-        assert rt.loads[-1]["expect_seq"] is None
-        assert "default.chat" in rt.adapters
+        assert rt0.loads[-1]["source"] == f"file://{tmp_path}/runs/{saved}"
+        assert rt0.loads[-1]["expect_seq"] is None
+        assert "default.chat" in rt0.adapters
 
 
 def test_deleting_a_job_unloads_its_adapter(
-    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+    cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
-    rt = FakeRuntime("tiny").start()
-    runtimes.append(rt)
-    cluster.add_pod(runtime_pod("rt-0", rt.url))
     with operator(kubeconfig_path, f"file://{tmp_path}"):
         cluster.emulator.create(lorajob("chat"))
         cluster.wait_phase("chat", "Running")
-        assert "default.chat" in rt.adapters
+        assert "default.chat" in rt0.adapters
         cluster.delete_job("chat")
         wait_for(lambda: cluster.job("chat") is None, what="job gone")
-        assert rt.adapters == {}
+        assert rt0.adapters == {}
 
 
 def test_finished_job_is_deleted_after_its_ttl(
-    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+    cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
-    rt = FakeRuntime("tiny").start()
-    runtimes.append(rt)
-    cluster.add_pod(runtime_pod("rt-0", rt.url))
     with operator(kubeconfig_path, f"file://{tmp_path}"):
         cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=2), ttlSecondsAfterFinished=1))
         wait_for(lambda: cluster.job("sft") is None, timeout=20, what="job deleted by TTL")
@@ -184,16 +176,13 @@ def test_a_burst_of_jobs_spreads_over_runtimes_without_duplicate_adapters(
 
 
 def test_refused_dispatches_back_off_then_fail_the_job_with_a_reason(
-    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+    cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
-    rt = FakeRuntime("tiny").start()
-    rt.reject_creates = True
-    runtimes.append(rt)
-    cluster.add_pod(runtime_pod("rt-0", rt.url))
+    rt0.reject_creates = True
     with operator(kubeconfig_path, f"file://{tmp_path}", backoff_base_s=0.05):
         cluster.emulator.create(lorajob("bad", backoffLimit=2))
         status = cluster.wait_phase("bad", "Failed")
-    assert status["attempts"] == 3 and rt.calls["POST /v1/adapters"] == 3
+    assert status["attempts"] == 3 and rt0.calls["POST /v1/adapters"] == 3
     ready = {c["type"]: c for c in status["conditions"]}["Ready"]
     assert ready["reason"] == "BackoffLimitExceeded" and "backoffLimit 2" in ready["message"]
     assert "completionTime" in status and "runtime" not in status
@@ -202,7 +191,7 @@ def test_refused_dispatches_back_off_then_fail_the_job_with_a_reason(
 
 
 def test_liveness_and_metrics_endpoints(
-    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+    cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
     import socket
 
@@ -213,9 +202,6 @@ def test_liveness_and_metrics_endpoints(
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
-    rt = FakeRuntime("tiny").start()
-    runtimes.append(rt)
-    cluster.add_pod(runtime_pod("rt-0", rt.url))
     liveness = f"http://127.0.0.1:{ports[0]}/healthz"
     with operator(kubeconfig_path, f"file://{tmp_path}", liveness_endpoint=liveness, metrics_port=ports[1]):
         cluster.emulator.create(lorajob("chat"))
@@ -228,38 +214,32 @@ def test_liveness_and_metrics_endpoints(
 
 
 def test_a_resume_path_the_schema_cannot_judge_fails_the_job_naming_the_field(
-    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+    cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
-    rt = FakeRuntime("tiny").start()
-    runtimes.append(rt)
-    cluster.add_pod(runtime_pod("rt-0", rt.url))
     with operator(kubeconfig_path, f"file://{tmp_path}"):
         cluster.emulator.create(lorajob("bad", resumeFrom={"path": "tinker://run/nonsense/x"}))
         status = cluster.wait_phase("bad", "Failed")
     assert "resumeFrom.path" in status["message"] and "unknown segment 'nonsense'" in status["message"]
-    assert rt.loads == [] and rt.adapters == {}
+    assert rt0.loads == [] and rt0.adapters == {}
 
 
 def test_an_idle_interactive_job_is_offloaded_and_says_so(
-    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+    cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
-    rt = FakeRuntime("tiny").start()
-    runtimes.append(rt)
-    cluster.add_pod(runtime_pod("rt-0", rt.url))
     with operator(kubeconfig_path, f"file://{tmp_path}"):
         cluster.emulator.create(lorajob("chat", idleTimeoutSeconds=60))
         cluster.wait_phase("chat", "Running")
-        assert rt.calls["POST /v1/adapters/{id}/offload"] == 0
-        rt.adapters["default.chat"]["last_used"] -= 61  # a minute without a request
-        wait_for(lambda: rt.calls["POST /v1/adapters/{id}/offload"] == 1, what="offload")
+        assert rt0.calls["POST /v1/adapters/{id}/offload"] == 0
+        rt0.adapters["default.chat"]["last_used"] -= 61  # a minute without a request
+        wait_for(lambda: rt0.calls["POST /v1/adapters/{id}/offload"] == 1, what="offload")
         idle = wait_for(lambda: {c["type"]: c for c in cluster.status("chat").get("conditions", [])}.get("Idle"))
         assert idle["status"] == "True" and idle["reason"] == "IdleTimeout"
         assert cluster.status("chat")["phase"] == "Running"  # it comes back on the next request
 
-        rt.adapters["default.chat"].update(resident=True, last_used=time.time())  # used again
+        rt0.adapters["default.chat"].update(resident=True, last_used=time.time())  # used again
         wait_for(lambda: {c["type"]: c["status"] for c in cluster.status("chat")["conditions"]}["Idle"] == "False",
                  what="Idle cleared")
-    assert rt.calls["POST /v1/adapters/{id}/offload"] == 1  # once, however many polls saw it idle
+    assert rt0.calls["POST /v1/adapters/{id}/offload"] == 1  # once, however many polls saw it idle
 
 
 def test_loraplane_operator_command_serves_its_liveness_probe(
@@ -347,11 +327,8 @@ def test_a_suspended_training_job_saves_its_state_first_and_resumes_from_it_on_t
 
 
 def test_a_job_recreated_under_the_same_name_trains_anew_rather_than_taking_the_old_run(
-    cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
+    cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
-    rt = FakeRuntime("tiny").start()
-    runtimes.append(rt)
-    cluster.add_pod(runtime_pod("rt-0", rt.url))
     with operator(kubeconfig_path, f"file://{tmp_path}"):
         cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=2, every=0)))
         assert cluster.wait_phase("sft", "Succeeded")["progress"]["step"] == 2
@@ -360,5 +337,5 @@ def test_a_job_recreated_under_the_same_name_trains_anew_rather_than_taking_the_
         cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=4, every=0)))
         done = cluster.wait_phase("sft", "Succeeded")
     assert done["progress"]["step"] == 4
-    assert rt.calls["POST /v1/adapters/{id}/train"] == 2
-    assert rt.trains["default.sft"]["request"]["steps"] == 4
+    assert rt0.calls["POST /v1/adapters/{id}/train"] == 2
+    assert rt0.trains["default.sft"]["request"]["steps"] == 4

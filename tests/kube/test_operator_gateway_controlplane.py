@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,16 +10,8 @@ import pytest
 from loraplane.api.kube import KubeControlPlane, job_manifest
 from loraplane.core import errors
 from loraplane.core.models.v1alpha1.lorajob import LoRAJob, LoRAJobSpec, ObjectMeta, SessionRef
-from tests.kube.emulator import KubeEmulator
 from tests.operator.fake_runtime import FakeRuntime
 from tests.operator.harness import Cluster, operator, runtime_pod, wait_for
-
-
-@pytest.fixture
-def cluster(kube_emulator: KubeEmulator) -> Iterator[Cluster]:
-    c = Cluster(kube_emulator)
-    yield c
-    c.close()
 
 
 def session_job(name: str = "s-1-train-0", *, rank: int = 4) -> LoRAJob:

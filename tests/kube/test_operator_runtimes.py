@@ -7,7 +7,6 @@ runtime killed mid-training hands the job to another runtime, which resumes from
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import pytest
 import torch
 import yaml
 
-from tests.kube.emulator import KubeEmulator
 from tests.operator.harness import ROOT, Cluster, operator, runtime_pod, wait_for
 from tests.operator.real_runtime import RealRuntime
 
@@ -26,12 +24,6 @@ ROWS = [{"prompt": f"Q{i}: 2+{i}?", "completion": f" {2 + i}"} for i in range(8)
 def _one_thread() -> None:
     torch.set_num_threads(1)
 
-
-@pytest.fixture
-def cluster(kube_emulator: KubeEmulator) -> Iterator[Cluster]:
-    c = Cluster(kube_emulator)
-    yield c
-    c.close()
 
 
 @pytest.fixture

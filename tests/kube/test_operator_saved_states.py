@@ -9,7 +9,6 @@ job suspended mid-run saves its state first and resumes from it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import torch
 from loraplane.api.gateway import utcnow
 from loraplane.api.records import Records
 from loraplane.core import artifacts
-from tests.kube.emulator import KubeEmulator
 from tests.operator.harness import Cluster, lorajob, operator, runtime_pod, wait_for
 from tests.operator.real_runtime import RealRuntime
 
@@ -32,12 +30,6 @@ ADAM = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight
 def _one_thread() -> None:
     torch.set_num_threads(1)
 
-
-@pytest.fixture
-def cluster(kube_emulator: KubeEmulator) -> Iterator[Cluster]:
-    c = Cluster(kube_emulator)
-    yield c
-    c.close()
 
 
 def op(rt: RealRuntime, body: dict[str, Any]) -> dict[str, Any]:
