@@ -72,13 +72,19 @@ class Records:
         self._sessions[record["session_id"]] = record
 
     def session(self, tenant: str, session_id: str) -> dict[str, Any]:
-        record = self._sessions.get(session_id)
-        if record is None:
-            record = self.store.read_json(artifacts.session_record_url(self.store.url, session_id))
-            if record is not None:
-                self._sessions[session_id] = record
+        record = self._cached(self._sessions, session_id, artifacts.session_record_url)
         if record is None or record.get("tenant") != tenant:
             raise errors.NotFound(f"unknown session_id {session_id!r}", field="session_id")
+        return record
+
+    def _cached(self, cache: dict[str, dict[str, Any]], key: str,
+                url_of: Callable[[str, str], str]) -> dict[str, Any] | None:
+        """A record from this replica's cache, else from the store (records another replica wrote)."""
+        record = cache.get(key)
+        if record is None and "/" not in key:
+            record = self.store.read_json(url_of(self.store.url, key))
+            if record is not None:
+                cache[key] = record
         return record
 
     def sessions(self, tenant: str) -> list[dict[str, Any]]:
@@ -91,11 +97,7 @@ class Records:
         self._samplers[record["sampler_id"]] = record
 
     def sampler(self, tenant: str, sampler_id: str) -> dict[str, Any]:
-        record = self._samplers.get(sampler_id)
-        if record is None and "/" not in sampler_id:
-            record = self.store.read_json(artifacts.sampler_record_url(self.store.url, sampler_id))
-            if record is not None:
-                self._samplers[sampler_id] = record
+        record = self._cached(self._samplers, sampler_id, artifacts.sampler_record_url)
         if record is None or record.get("tenant") != tenant:
             raise errors.NotFound(f"unknown sampler {sampler_id!r}", field="sampling_session_id")
         return record
