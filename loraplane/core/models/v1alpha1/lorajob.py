@@ -69,9 +69,7 @@ TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 class LoRAConfig(_Model):
     """Which adapter to build: Tinker's `lora_config` plus alpha."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", json_schema_extra=_immutable("lora")
-    )
+    model_config = ConfigDict(json_schema_extra=_immutable("lora"))  # merged with _Model's
 
     rank: int = Field(32, ge=MIN_RANK, le=MAX_RANK, description="LoRA rank r.")
     alpha: float | None = Field(
@@ -94,10 +92,7 @@ class SessionRef(_Model):
 class TrainingSpec(_Model):
     """A declarative fine-tuning run."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
+    model_config = ConfigDict(  # merged with _Model's
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "!(has(self.steps) && has(self.epochs))", "message": "set steps or epochs, not both"}
@@ -135,10 +130,7 @@ class ResumeFrom(_Model):
 class LoRAJobSpec(_Model):
     """What the job should be; see design.md. The base model and LoRA config never change."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
+    model_config = ConfigDict(  # merged with _Model's
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "self.mode != 'training' || has(self.training)", "message": "mode training needs training"},
@@ -205,7 +197,7 @@ class Checkpoint(_Model):
 
 
 class LoRAJobStatus(_Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(extra="ignore")  # the operator may add fields; older readers ignore them
 
     phase: Phase = Phase.PENDING
     conditions: list[Condition] = Field(default_factory=list)
