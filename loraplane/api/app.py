@@ -5,9 +5,10 @@ Callers: `loraplane serve` (single-node) and `loraplane gateway` (Kubernetes), w
 
 Design notes
 ============
-* Health (`/healthz`, `/api/v1/healthz`) and `/metrics` need no key; every other route does.
-* The body-size limit is checked on `Content-Length` before the body is read, and again while a
-  chunked body streams in, so an oversized request costs no memory and gets a 413 JSON answer.
+* Health (`/healthz`, `/api/v1/healthz`) needs no key; `/metrics` needs the metrics token; every
+  other route needs an API key, checked before the body is read (`guards`).
+* Body limits (per kind of body), the body-read timeout and per-tenant rates are `guards` too.
+* `/openapi.json` is served only when `GatewaySettings.openapi` is on, and then behind the key.
 * Metrics are one counter and one histogram per route template, labelled by status class, kept by
   a pure ASGI middleware that costs a few microseconds per request.
 * The per-step calls (forward_backward, optim_step, retrieve_future: two requests per training
@@ -31,61 +32,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loraplane.api import errors as api_errors
+from loraplane.api import guards
 from loraplane.api.auth import KeyTable
 from loraplane.api.gateway import Gateway
 from loraplane.api.routes import checkpoints, futures, sampling, sessions, training
 from loraplane.core import errors
+from loraplane.core.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 #: the per-step endpoints `StepLane` serves (POST, exact path under API_PREFIX)
 STEP_PATHS = ("/forward_backward", "/optim_step", "/retrieve_future")
-
-
-class BodyLimit:
-    """Pure ASGI middleware: 413 (JSON) for bodies over `max_bytes`."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._reject(send, int(value))
-                return
-        seen = 0
-        exceeded = False
-
-        async def limited() -> Message:
-            nonlocal seen, exceeded
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    exceeded = True
-                    raise errors.PayloadTooLarge(f"request body over the limit of {self.max_bytes} bytes")
-            return message
-
-        async def guarded(message: Message) -> None:
-            # Whatever the app made of the interrupted read (FastAPI calls it a parse error), the
-            # answer is the 413.
-            if not exceeded:
-                await send(message)
-            elif message["type"] == "http.response.start":
-                await self._reject(send, seen)
-
-        await self.app(scope, limited, guarded)
-
-    async def _reject(self, send: Send, size: int) -> None:
-        err = errors.PayloadTooLarge(f"request body of {size}+ bytes is over the limit of {self.max_bytes} bytes")
-        response = api_errors.response_for(err)
-        await send({"type": "http.response.start", "status": err.status_code, "headers": response.raw_headers})
-        await send({"type": "http.response.body", "body": response.body})
 
 
 class Metrics:
@@ -163,8 +121,14 @@ def step_routes() -> dict[str, APIRoute]:
     return found
 
 
-def create_app(gateway: Gateway, keys: KeyTable, *, on_shutdown: Callable[[], Awaitable[Any]] | None = None) -> FastAPI:
-    """The gateway app; `on_shutdown` runs after the gateway's own clean-up (single-node stops its runtimes)."""
+def create_app(gateway: Gateway, keys: KeyTable, *, settings: GatewaySettings | None = None,
+               on_shutdown: Callable[[], Awaitable[Any]] | None = None) -> FastAPI:
+    """The gateway app; `on_shutdown` runs after the gateway's own clean-up (single-node stops its runtimes).
+
+    `settings` gives the front door's limits (`guards`); the defaults when None. The protobuf body
+    limit is the gateway's own `max_request_bytes`.
+    """
+    settings = settings or GatewaySettings()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -174,7 +138,8 @@ def create_app(gateway: Gateway, keys: KeyTable, *, on_shutdown: Callable[[], Aw
         if on_shutdown is not None:
             await on_shutdown()
 
-    app = FastAPI(title="loraplane gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="loraplane gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if settings.openapi else None)
     app.state.gateway = gateway
     app.state.keys = keys
     api_errors.install(app)
@@ -195,6 +160,13 @@ def create_app(gateway: Gateway, keys: KeyTable, *, on_shutdown: Callable[[], Aw
     for module in (sessions, training, sampling, futures, checkpoints):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_middleware(StepLane, routes=step_routes())
-    app.add_middleware(BodyLimit, max_bytes=gateway.max_request_bytes)
+    app.add_middleware(guards.RateLimit, rate_per_s=settings.rate_per_s, burst=settings.rate_burst,
+                       exempt=frozenset({API_PREFIX + "/retrieve_future"}))
+
+    def body_limit(path: str) -> int:
+        return gateway.max_request_bytes if path == API_PREFIX + "/forward_backward" else settings.max_json_bytes
+
+    app.add_middleware(guards.BodyLimit, limit_for=body_limit, timeout_s=settings.body_timeout_s)
+    app.add_middleware(guards.Authenticate, keys=keys, metrics_token=settings.metrics_token)
     app.add_middleware(Metrics, registry=registry)
     return app

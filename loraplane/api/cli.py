@@ -38,6 +38,7 @@ def _control_plane(settings: Settings) -> Any:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from loraplane.api import limits
     from loraplane.api.app import create_app
     from loraplane.api.dataplane import Runtimes
     from loraplane.api.gateway import Gateway
@@ -64,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     gateway = Gateway(
         control_plane=_control_plane(settings), runtimes=Runtimes(timeout_s=gw_settings.long_poll_s + 60),
         store=store, models=list(args.model), long_poll_s=gw_settings.long_poll_s,
-        max_request_bytes=gw_settings.max_request_bytes,
+        max_request_bytes=gw_settings.max_request_bytes, sample_caps=limits.caps_from(gw_settings),
     )
     log.info("loraplane gateway at http://%s:%s", gw_settings.host, gw_settings.port)
-    uvicorn.run(create_app(gateway, keys), host=gw_settings.host, port=gw_settings.port, log_level="warning",
+    uvicorn.run(create_app(gateway, keys, settings=gw_settings), host=gw_settings.host, port=gw_settings.port, log_level="warning",
                 access_log=False, timeout_keep_alive=75)
     return 0

@@ -11,6 +11,7 @@ person reading a log wants the field's name. The classes and their codes are `lo
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -45,8 +46,16 @@ def invalid_body(problems: Any) -> errors.InvalidInput:
 
 
 def response_for(exc: errors.LoraplaneError) -> JSONResponse:
-    headers = {"x-should-retry": "false"} if isinstance(exc, errors.UserError) else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+    """The JSON answer of `exc`. User errors and store failures say `x-should-retry: false`: the SDK
+    retries other 4xx/5xx answers, and a full or read-only store will not heal in a retry's time.
+    Rate and queue limits carry `Retry-After`, which the SDK honours."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, errors.UserError | errors.StoreUnavailable):
+        headers["x-should-retry"] = "false"
+    if isinstance(exc, errors.TooManyRequests):
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(exc.retry_after_s * 1000)))
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers or None)
 
 
 def install(app: FastAPI) -> None:

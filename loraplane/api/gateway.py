@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from loraplane.api import codecs, ids, jobs, protocol
+from loraplane.api import codecs, ids, jobs, limits, protocol
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.records import Records
 from loraplane.core import artifacts, errors
@@ -56,6 +56,7 @@ class Gateway:
         models: list[str] | None = None,
         long_poll_s: float = 30.0,
         max_request_bytes: int = 64 * 1024 * 1024,
+        sample_caps: limits.SampleCaps | None = None,
         clock: Callable[[], str] = utcnow,
     ) -> None:
         self.cp = control_plane
@@ -66,6 +67,7 @@ class Gateway:
         self.models = list(models or [])
         self.long_poll_s = long_poll_s
         self.max_request_bytes = max_request_bytes
+        self.sample_caps = sample_caps or limits.SampleCaps()
         self.clock = clock
         #: (runtime address, adapter id) of snapshots this replica has loaded as samplers
         self._loaded: set[tuple[str, str]] = set()
@@ -331,6 +333,8 @@ class Gateway:
             raise errors.InvalidInput("target_prompt_logprobs is not supported", field="target_prompt_logprobs")
         record = self.records.sampler(tenant, body.sampling_session_id)
         tokens = codecs.prompt_tokens(body.prompt)
+        limits.check_sample_size(self.sample_caps, prompt_tokens=len(tokens), num_samples=body.num_samples,
+                                 max_tokens=body.sampling_params.max_tokens or protocol.DEFAULT_MAX_TOKENS)
         ref = await self.sampler_runtime(record)
         request = {
             "adapter_id": record.get("adapter_id"), "prompt_tokens": tokens, "num_samples": body.num_samples,

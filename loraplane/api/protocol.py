@@ -118,6 +118,10 @@ class CreateSamplingSession(_Body):
     model_path: str | None = None
 
 
+#: New tokens per sample when a request leaves `max_tokens` unset (the runtime's default too).
+DEFAULT_MAX_TOKENS = 64
+
+
 class SamplingParams(_Body):
     max_tokens: int | None = Field(None, ge=1, le=32768)
     seed: int | None = None

@@ -7,7 +7,9 @@
     │   ├── Conflict               the resource exists with a different shape (409)
     │   ├── Unauthenticated        missing or unknown API key (401)
     │   └── PayloadTooLarge        a request body over the configured limit (413)
-    ├── CapacityError              no runtime has room right now; retryable (429 / 503)
+    ├── CapacityError              no runtime has room right now; retryable (503)
+    │   ├── TooManyRequests        over a rate or queue limit; retry after `retry_after_s` (429)
+    │   └── StoreUnavailable       the artifact store refused a write: read-only, full, gone (507)
     └── ServerError                a fault on our side (500, Tinker category "server")
 
 Each carries `status_code` and `category` so that the HTTP layers map them in one place
@@ -63,6 +65,21 @@ class CapacityError(LoraplaneError):
     category = "server"
 
 
+class TooManyRequests(CapacityError):
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        #: seconds the caller should wait (the `Retry-After` header)
+        self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(CapacityError):
+    """Messages name the cause (read-only, full) but never the store's path, which is the server's business."""
+
+    status_code = 507
+
+
 class ServerError(LoraplaneError):
     status_code = 500
     category = "server"
@@ -77,8 +94,9 @@ _BY_STATUS: dict[int, type[LoraplaneError]] = {
     409: Conflict,
     413: PayloadTooLarge,
     422: InvalidInput,
-    429: CapacityError,
+    429: TooManyRequests,
     503: CapacityError,
+    507: StoreUnavailable,
 }
 
 

@@ -47,8 +47,26 @@ class GatewaySettings(BaseModel):
     api_keys_file: str | None = None
     #: Inline `tenant=key` pairs, comma-separated (development only).
     api_keys: str | None = None
-    #: Largest accepted request body, bytes.
+    #: Largest accepted forward_backward body (protobuf, after zstd), bytes.
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    #: Largest accepted JSON body, bytes (parsing JSON costs many times its size in memory).
+    max_json_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    #: Seconds a client has to send a request's headers; slower connections are closed.
+    header_timeout_s: float = Field(10.0, gt=0)
+    #: Seconds a client has to send a request's body once its headers are in (408 after).
+    body_timeout_s: float = Field(60.0, gt=0)
+    #: Requests per second each tenant may make, sustained (retrieve_future is not counted).
+    rate_per_s: float = Field(200.0, gt=0)
+    #: Requests a tenant may make at once before the rate applies (429 with Retry-After after).
+    rate_burst: int = Field(1000, ge=1)
+    #: Tokens of one sampling prompt.
+    max_prompt_tokens: int = Field(32768, ge=1)
+    #: num_samples x max_tokens of one sample request.
+    max_sample_tokens: int = Field(65536, ge=1)
+    #: Bearer token that /metrics requires; unset, /metrics is not served by the gateway.
+    metrics_token: str | None = None
+    #: Serve the OpenAPI description at /openapi.json (behind the API key). Off in production.
+    openapi: bool = False
     #: How long retrieve_future holds a request before answering try_again.
     long_poll_s: float = Field(30.0, gt=0, le=40)
     #: How long create_model waits for its job to be Running.

@@ -13,10 +13,13 @@ from loraplane.api.app import create_app
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.gateway import Gateway
 from loraplane.core import artifacts
+from loraplane.core.settings import GatewaySettings
 from loraplane.singlenode.controlplane import EmbeddedControlPlane
 
 #: The base model the gateway fixture offers.
 MODEL = "tiny/base"
+#: The bearer token the app fixture's /metrics takes.
+METRICS = {"Authorization": "Bearer metrics-secret"}
 
 
 @pytest.fixture
@@ -34,6 +37,7 @@ def gateway(tmp_path: Path) -> Gateway:
 @pytest.fixture
 async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway's app with tenants alice (tml-alice) and bob (tml-bob), through an ASGI transport."""
-    app = create_app(gateway, auth.load_keys(inline=["alice=tml-alice", "bob=tml-bob"]))
+    app = create_app(gateway, auth.load_keys(inline=["alice=tml-alice", "bob=tml-bob"]),
+                     settings=GatewaySettings(metrics_token="metrics-secret", max_json_bytes=4096))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
         yield c

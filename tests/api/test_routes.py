@@ -13,7 +13,7 @@ import pytest
 
 from loraplane.api.gateway import Gateway
 from loraplane.core import artifacts
-from tests.api.conftest import MODEL
+from tests.api.conftest import METRICS, MODEL
 
 ALICE = {"X-API-Key": "tml-alice"}
 BOB = {"X-API-Key": "tml-bob"}
@@ -51,7 +51,7 @@ async def test_health_and_bootstrap_answer(client: httpx.AsyncClient) -> None:
     assert resp.json() == {"status": "accepted"}
     sid = await _session(client)
     assert (await client.post("/api/v1/session_heartbeat", json={"session_id": sid}, headers=ALICE)).status_code == 200
-    assert "loraplane_gateway_requests" in (await client.get("/metrics")).text
+    assert "loraplane_gateway_requests" in (await client.get("/metrics", headers=METRICS)).text
 
 
 async def test_another_tenants_session_is_not_found(client: httpx.AsyncClient) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from loraplane.api.app import API_PREFIX, STEP_PATHS, step_routes
 from loraplane.api.gateway import Gateway
+from tests.api.conftest import METRICS
 
 ALICE = {"X-API-Key": "tml-alice"}
 
@@ -68,5 +69,5 @@ async def test_unexpected_errors_are_a_json_500(client: httpx.AsyncClient, gatew
 
 async def test_step_calls_are_counted_under_their_route(client: httpx.AsyncClient) -> None:
     await client.post("/api/v1/retrieve_future", json={}, headers=ALICE)
-    metrics = (await client.get("/metrics")).text
+    metrics = (await client.get("/metrics", headers=METRICS)).text
     assert 'loraplane_gateway_requests_total{route="/retrieve_future",status="4xx"} 1.0' in metrics

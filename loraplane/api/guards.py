@@ -1,0 +1,178 @@
+"""The gateway's front door: pure ASGI middlewares that run before any route reads a body.
+
+Callers: `app.create_app` stacks them, outermost first: `Metrics`, `Authenticate`, `BodyLimit`,
+`RateLimit`, then the routes. Each answers with the same JSON error body as the routes
+(`api.errors.response_for`).
+
+Design notes
+============
+* Authentication comes first and reads only the `X-API-Key` header: a request without a valid key
+  gets its 401 before a byte of its body is read, so an anonymous 60 MB body costs nothing.
+  The tenant is put in the ASGI scope (`TENANT_KEY`), where `deps` reads it.
+* Body limits are per kind of body: the forward_backward protobuf may be large
+  (`max_request_bytes`); every JSON body has a much smaller limit (`max_json_bytes`), since
+  parsing JSON costs many times its size in memory. Both are checked on `Content-Length` before
+  reading and again while a chunked body streams in.
+* A body must arrive within `body_timeout_s`: a client that sends headers and then trickles (or
+  stops) gets a 408, and its connection is freed. Slow headers are the server's part
+  (`serving.py`).
+* Rate limits are per tenant, a token bucket (`limits.TokenBucket`); `retrieve_future` is not
+  counted (a long poll is one request per pending future, bounded by the futures themselves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loraplane.api import errors as api_errors
+from loraplane.api import limits
+from loraplane.api.auth import KeyTable
+from loraplane.core import errors
+
+#: scope key of the authenticated tenant
+TENANT_KEY = "loraplane.tenant"
+#: paths that need no key (liveness probes)
+OPEN_PATHS = frozenset({"/healthz", "/api/v1/healthz"})
+
+
+async def reject(send: Send, err: errors.LoraplaneError) -> None:
+    """Send `err` as the gateway's JSON error answer (I/O)."""
+    response = api_errors.response_for(err)
+    await send({"type": "http.response.start", "status": err.status_code, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class Authenticate:
+    """401 for a missing or unknown key before the body is read; the tenant goes into the scope.
+
+    `/metrics` takes the metrics token instead (`Authorization: Bearer <token>`), and is not
+    served at all when no token is configured.
+    """
+
+    def __init__(self, app: ASGIApp, keys: KeyTable, metrics_token: str | None) -> None:
+        self.app = app
+        self.keys = keys
+        self.metrics_token = metrics_token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/metrics":
+            await self._metrics(scope, receive, send)
+            return
+        try:
+            scope[TENANT_KEY] = self.keys.tenant_for(_header(scope, b"x-api-key"))
+        except errors.Unauthenticated as exc:
+            await reject(send, exc)
+            return
+        await self.app(scope, receive, send)
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.metrics_token:
+            await reject(send, errors.NotFound(
+                "/metrics is off: set LORAPLANE_GATEWAY__METRICS_TOKEN and scrape with that bearer token"))
+            return
+        presented = (_header(scope, b"authorization") or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(presented.encode(), self.metrics_token.encode()):
+            await reject(send, errors.Unauthenticated("/metrics needs 'Authorization: Bearer <metrics token>'"))
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """413 (JSON) for bodies over their limit; 408 for a body that does not arrive in time.
+
+    `limit_for(path)` gives the byte limit of a path's body.
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int], timeout_s: float) -> None:
+        self.app = app
+        self.limit_for = limit_for
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await reject(send, errors.PayloadTooLarge(
+                f"request body of {declared} bytes is over the limit of {limit} bytes for {scope['path']}",
+                field="body"))
+            return
+        seen = 0
+        failure: errors.LoraplaneError | None = None
+        deadline = time.monotonic() + self.timeout_s
+
+        async def limited() -> Message:
+            nonlocal seen, failure
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                failure = RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s")
+                raise failure from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    failure = errors.PayloadTooLarge(
+                        f"request body over the limit of {limit} bytes for {scope['path']}", field="body")
+                    raise failure
+            return message
+
+        async def guarded(message: Message) -> None:
+            # Whatever the app made of the interrupted read (FastAPI calls it a parse error), the
+            # answer is the limit's.
+            if failure is None:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await reject(send, failure)
+
+        try:
+            await self.app(scope, limited, guarded)
+        except errors.LoraplaneError:
+            if failure is None:
+                raise
+
+
+class RequestTimeout(errors.UserError):
+    """A client that did not send its body in time (408)."""
+
+    status_code = 408
+
+
+class RateLimit:
+    """Per-tenant token bucket: 429 with `Retry-After` once a tenant's burst is spent."""
+
+    def __init__(self, app: ASGIApp, rate_per_s: float, burst: int, exempt: frozenset[str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.app = app
+        self.exempt = exempt
+        self.clock = clock
+        self.buckets = limits.TenantBuckets(rate_per_s, burst)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tenant = scope.get(TENANT_KEY) if scope["type"] == "http" else None
+        if tenant is None or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        wait_s = self.buckets.take(tenant, self.clock())
+        if wait_s > 0:
+            await reject(send, errors.TooManyRequests(
+                f"tenant {tenant!r} is over its request rate of {self.buckets.rate_per_s:g}/s "
+                f"(burst {self.buckets.burst}); retry in {wait_s:.2f} s", retry_after_s=wait_s))
+            return
+        await self.app(scope, receive, send)
