@@ -12,9 +12,11 @@ grow with the batch. The runtime parses the full message (and rejects a malforme
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import zstandard
+from fastapi.responses import JSONResponse
 
 from loraplane.core import errors
 
@@ -22,10 +24,14 @@ PROTOBUF = "application/x-protobuf"
 _WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
 
 
+def is_identity(content_encoding: str | None) -> bool:
+    return (content_encoding or "identity").strip().lower() in ("", "identity")
+
+
 def decode_body(body: bytes, content_encoding: str | None, *, max_bytes: int) -> bytes:
     """Undo `Content-Encoding: zstd` (the SDK's `proto_compress_fwdbwd`). Pure."""
     encoding = (content_encoding or "identity").strip().lower()
-    if encoding in ("", "identity"):
+    if is_identity(encoding):
         return body
     if encoding != "zstd":
         raise errors.InvalidInput(
@@ -93,6 +99,15 @@ def routing_fields(body: bytes) -> tuple[str, int]:
     if not model_id:
         raise errors.InvalidInput("forward_backward body has no model_id", field="model_id")
     return model_id, seq_id
+
+
+class FutureJSON(JSONResponse):
+    """A future's JSON answer, with non-finite metrics spelt `Infinity` / `NaN`: the SDK's JSON parser
+    reads them, and a strict encoder would turn an overflowed metric into a 500 that the SDK polls
+    forever."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode()
 
 
 def try_again(request_id: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ Design notes
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
@@ -203,7 +204,10 @@ class Gateway:
         return {"request_id": ids.FutureRef(ids.owner_key(model_id), ref.pod, op, rid).encode(), "model_id": model_id}
 
     async def forward_backward(self, tenant: str, body: bytes, content_encoding: str | None) -> dict[str, Any]:
-        raw = codecs.decode_body(body, content_encoding, max_bytes=self.max_request_bytes)
+        if codecs.is_identity(content_encoding):
+            raw = codecs.decode_body(body, content_encoding, max_bytes=self.max_request_bytes)
+        else:  # decompressing costs up to max_request_bytes of work: not on the event loop
+            raw = await asyncio.to_thread(codecs.decode_body, body, content_encoding, max_bytes=self.max_request_bytes)
         model_id, _seq = codecs.routing_fields(raw)
         ref = self.owned_runtime(tenant, model_id)
         rid = await self.runtimes.submit_forward_backward(ref.address, self.adapter(model_id), raw)

@@ -194,12 +194,31 @@ async def submit_step(state: RuntimeState, executor: ex.Executor, adapter_id: st
     """`POST /v1/adapters/{id}/ops`: protobuf forward/backward or a JSON op, queued; 202 with its id."""
     raw = await read_body(request, state.max_body_bytes)
     if request.headers.get("content-type", "").split(";")[0].strip() == PROTOBUF:
-        seq_id, payload = wire.decode_forward_backward(adapter_id, wire.decompress(raw, state.max_body_bytes))
+        # A compressed body's decoded size is unknown until decoded: always off the loop.
+        size = state.max_body_bytes if wire.is_compressed(raw) else len(raw)
+        seq_id, payload = await off_loop(_decode_step, adapter_id, raw, state.max_body_bytes, size=size)
     else:
         body = wire.parse_body(wire.OpBody, _json(raw))
         seq_id, payload = body.seq_id, wire.op_from_body(adapter_id, body)
     request_id, _ = executor.submit(adapter_id, seq_id, payload)
     return JSONResponse({"request_id": request_id}, 202)
+
+
+#: Bodies up to this size are decoded on the event loop: a thread hop costs more than they do.
+#: Larger ones (and every compressed one) decode in a worker thread, so that one big step never
+#: holds up the other requests on the loop (in `loraplane serve`, every tenant's).
+OFF_LOOP_BYTES = 256 * 1024
+
+
+async def off_loop(fn: Any, *args: Any, size: int) -> Any:
+    """`fn(*args)`, in a worker thread when `size` bytes of input make it worth one (I/O)."""
+    if size <= OFF_LOOP_BYTES:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
+
+
+def _decode_step(adapter_id: str, raw: bytes, max_bytes: int) -> tuple[int | None, Any]:
+    return wire.decode_forward_backward(adapter_id, wire.decompress(raw, max_bytes))
 
 
 async def read_result(executor: ex.Executor, request_id: str, wait: float) -> Response:
@@ -314,7 +333,16 @@ def encode_result(op: ex.Op) -> Response:
         payload = op.payload
         data = wire.encode_sample_response(result, len(payload.prompt), payload.prompt_logprobs_last_n)
         return Response(data, media_type=PROTOBUF)
-    return JSONResponse({"status": "done", "result": result})
+    return ResultJSON({"status": "done", "result": result})
+
+
+class ResultJSON(JSONResponse):
+    """JSON that spells non-finite floats as `NaN` / `Infinity`, as Python's json reads them: a
+    metric may overflow (a loss of inf), and the answer must still reach the client, whose JSON
+    parser accepts them, instead of failing the response."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode()
 
 
 def _check_adapter_id(adapter_id: str) -> None:

@@ -104,6 +104,18 @@ def adamw_step(params: dict[str, torch.nn.Parameter], state: AdamState, hp: Adam
     """
     grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)) for name, p in params.items()}
     total_norm = global_grad_norm(list(grads.values()))
+    if not math.isfinite(total_norm):
+        # One overflowed gradient would turn every weight and both moments into NaN for good:
+        # refuse the step, keep the adapter as it was, and drop the bad gradients so that the
+        # next forward_backward starts clean.
+        for p in params.values():
+            p.grad = None
+        raise errors.InvalidInput(
+            f"the accumulated gradient norm is {total_norm}: optim_step was skipped, the weights and "
+            "optimizer state are unchanged and the gradients were discarded; look for overflowing "
+            "loss inputs (advantages, weights, logprobs) or a learning rate that diverged",
+            field="gradients",
+        )
     coef = clip_coefficient(total_norm, hp.grad_clip_norm)
     if coef != 1.0:
         for g in grads.values():

@@ -30,10 +30,17 @@ from loraplane.runtime import engine as eng
 from loraplane.runtime import ops
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: The most values a loss input may hold per input token of its datum. Today's losses take one
+#: per token; the headroom admits per-token vectors (top-k targets) without admitting a bomb.
+MAX_VALUES_PER_TOKEN = 64
 _NP_DTYPES = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_INT64: np.dtype("<i8"), pb.DTYPE_INT32: np.dtype("<i4")}
 
 
 # ---- forward_backward request ----------------------------------------------------------------
+
+def is_compressed(body: bytes) -> bool:
+    return body.startswith(_ZSTD_MAGIC)
+
 
 def decompress(body: bytes, max_bytes: int) -> bytes:
     """Undo the SDK's optional zstd compression (recognised by its magic number), capped at `max_bytes`."""
@@ -90,18 +97,30 @@ def _decode_datum(datum: Any, where: str) -> eng.Datum:
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     if tokens.size == 0:
         raise errors.InvalidInput(f"{where}.model_input holds no tokens", field=f"{where}.model_input")
-    inputs = {key: decode_tensor(t, f"{where}.loss_fn_inputs.{key}") for key, t in datum.loss_fn_inputs.items()}
+    limit = tokens.size * MAX_VALUES_PER_TOKEN
+    inputs = {key: decode_tensor(t, f"{where}.loss_fn_inputs.{key}", max_values=limit)
+              for key, t in datum.loss_fn_inputs.items()}
     return eng.Datum(tokens=torch.from_numpy(tokens), loss_inputs=inputs)
 
 
-def decode_tensor(tensor: Any, field: str) -> torch.Tensor:
-    """A proto `Tensor` (dense or CSR with zero fill) as a torch tensor of its declared shape."""
+def decode_tensor(tensor: Any, field: str, *, max_values: int) -> torch.Tensor:
+    """A proto `Tensor` (dense or CSR with zero fill) as a torch tensor of its declared shape.
+
+    The declared shape is checked against `max_values` before anything is allocated: a sparse
+    tensor of a few bytes may declare billions of cells.
+    """
     dtype = _NP_DTYPES.get(tensor.dtype)
     if dtype is None:
         raise errors.InvalidInput(f"unsupported dtype {tensor.dtype}; use FLOAT32 or INT64", field=field)
     shape = tuple(int(s) for s in tensor.shape)
     if any(s < 0 for s in shape):
         raise errors.InvalidInput(f"negative dimension in shape {list(shape)}", field=field)
+    if len(shape) > 2 or math.prod(shape) > max_values:
+        raise errors.InvalidInput(
+            f"shape {list(shape)} declares {math.prod(shape)} values; a loss input holds at most "
+            f"{MAX_VALUES_PER_TOKEN} per input token ({max_values} here) in at most 2 dimensions",
+            field=field,
+        )
     encoding = tensor.WhichOneof("encoding")
     if encoding == "sparse_csr":
         array = _decode_csr(tensor.sparse_csr, dtype, shape, field)

@@ -62,7 +62,7 @@ def _csr(values, crow, col, shape, dtype=pb.DTYPE_FLOAT32, np_dtype="<f4"):
     ],
 )
 def test_decode_tensor_dense_and_sparse(tensor, expected):
-    assert wire.decode_tensor(tensor, "x").tolist() == expected
+    assert wire.decode_tensor(tensor, "x", max_values=1000).tolist() == expected
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_decode_tensor_dense_and_sparse(tensor, expected):
 )
 def test_decode_tensor_rejects_malformed_tensors_naming_the_field(tensor):
     with pytest.raises(errors.InvalidInput) as info:
-        wire.decode_tensor(tensor, "data[0].loss_fn_inputs.weights")
+        wire.decode_tensor(tensor, "data[0].loss_fn_inputs.weights", max_values=1000)
     assert info.value.field == "data[0].loss_fn_inputs.weights"
 
 

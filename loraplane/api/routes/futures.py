@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
-from loraplane.api import futures, protocol
+from loraplane.api import codecs, futures, protocol
 from loraplane.api.deps import caller, json_body
 
 router = APIRouter(tags=["futures"])
@@ -17,4 +16,4 @@ async def retrieve_future(request: Request) -> Response:
     gw, tenant = caller(request)
     body = await json_body(request, protocol.RetrieveFuture)
     answer = await futures.retrieve(gw, tenant, body.request_id)
-    return answer if isinstance(answer, Response) else JSONResponse(answer)
+    return answer if isinstance(answer, Response) else codecs.FutureJSON(answer)
