@@ -61,8 +61,8 @@ class Runtimes:
     async def submit_sample(self, address: str, body: dict[str, Any]) -> str:
         return await self.client(address).submit_sample(body)
 
-    async def result(self, address: str, request_id: str, *, wait_s: float) -> Result:
-        content_type, body = await self.client(address).result(request_id, wait=wait_s)
+    async def result(self, address: str, request_id: str, *, wait_s: float, owner: str) -> Result:
+        content_type, body = await self.client(address).result(request_id, wait=wait_s, owner=owner)
         if content_type == PROTOBUF and isinstance(body, bytes):
             return Result("proto", payload=body)
         if not isinstance(body, dict):

@@ -34,7 +34,10 @@ async def retrieve(gw: Gateway, tenant: str, request_id: str) -> dict[str, Any] 
     runtime = await _runtime_of(gw, tenant, ref)
     if runtime is None:
         return codecs.failed(f"the runtime that held {request_id!r} is gone; submit the call again", "server")
-    result = await gw.runtimes.result(runtime.address, ref.runtime_request_id, wait_s=gw.long_poll_s)
+    # The runtime checks the owner too: the request id's last part is the runtime's id, which a
+    # caller could copy from someone else's request id into one of its own.
+    owner = gw.adapter(ref.tinker_id) if ref.kind == "train" else ref.owner
+    result = await gw.runtimes.result(runtime.address, ref.runtime_request_id, wait_s=gw.long_poll_s, owner=owner)
     return translate(gw, ref, result)
 
 

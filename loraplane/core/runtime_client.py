@@ -131,15 +131,18 @@ class RuntimeClient:
         response = await self._request("POST", "/v1/sample", json=body, ok=(202,))
         return response.json()["request_id"]
 
-    async def result(self, request_id: str, wait: float = 0.0) -> tuple[str, bytes | dict[str, Any]]:
+    async def result(self, request_id: str, wait: float = 0.0, owner: str | None = None) -> tuple[str, bytes | dict[str, Any]]:
         """(content type, body) of a result: protobuf bytes, or the JSON status dict.
+
+        `owner` (an adapter id, or the `owner` a sample was submitted with) makes the runtime answer
+        404 for a result of anyone else.
 
         JSON bodies are `{"status": "pending"}`, `{"status": "done", "result"}` or
         `{"status": "failed", "error", "category"}`. `wait` long-polls up to 60 s.
         """
         timeouts = dict(self._timeouts, read=self._timeout + wait)
-        response = await self._request("GET", f"/v1/results/{_id(request_id)}?wait={float(wait)!r}",
-                                       timeouts=timeouts)
+        query = f"wait={float(wait)!r}" + (f"&owner={quote(owner, safe='')}" if owner is not None else "")
+        response = await self._request("GET", f"/v1/results/{_id(request_id)}?{query}", timeouts=timeouts)
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
         if content_type == PROTOBUF:
             return content_type, response.content

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from loraplane.core import errors
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import executor as ex
-from loraplane.runtime import residency, training, wire
+from loraplane.runtime import ops, residency, training, wire
 from loraplane.runtime.engine import LoraSpec
 from loraplane.runtime.metrics import PROMETHEUS_CONTENT_TYPE, RuntimeMetrics
 
@@ -165,9 +165,10 @@ def create_app(state: RuntimeState) -> FastAPI:
 
     @app.get("/v1/results/{request_id}")
     async def result(
-        request_id: str, executor: Exec, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0
+        request_id: str, executor: Exec, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0,
+        owner: Annotated[str | None, Query(max_length=253)] = None,
     ) -> Response:
-        return await read_result(executor, request_id, wait)
+        return await read_result(executor, request_id, wait, owner)
 
     @app.post("/v1/adapters/{adapter_id}/train")
     async def start_training(adapter_id: str, request: Request, executor: Exec) -> JSONResponse:
@@ -221,9 +222,15 @@ def _decode_step(adapter_id: str, raw: bytes, max_bytes: int) -> tuple[int | Non
     return wire.decode_forward_backward(adapter_id, wire.decompress(raw, max_bytes))
 
 
-async def read_result(executor: ex.Executor, request_id: str, wait: float) -> Response:
-    """`GET /v1/results/{id}`: held until the op is done or `wait` seconds pass; wakes on completion."""
+async def read_result(executor: ex.Executor, request_id: str, wait: float, owner: str | None = None) -> Response:
+    """`GET /v1/results/{id}`: held until the op is done or `wait` seconds pass; wakes on completion.
+
+    With `owner`, a result that belongs to someone else (`ops.result_owner`) is as unknown as a
+    missing one: a request id that leaked is no key to another tenant's results.
+    """
     op = executor.lookup(request_id)
+    if owner is not None and ops.result_owner(op.adapter_id, op.payload) != owner:
+        raise errors.NotFound(f"unknown or expired request id {request_id!r}", field="request_id")
     if not op.future.done() and wait > 0:
         await asyncio.wait([asyncio.wrap_future(op.future)], timeout=wait)
     return encode_result(op)
@@ -273,7 +280,8 @@ class StepLane:
             if call[0] == "submit":
                 response = await submit_step(self.state, executor, call[1], request)
             else:
-                response = await read_result(executor, call[1], wait_of(request.query_params.get("wait")))
+                response = await read_result(executor, call[1], wait_of(request.query_params.get("wait")),
+                                             request.query_params.get("owner"))
         except errors.LoraplaneError as exc:
             response = JSONResponse(exc.to_dict(), status_code=exc.status_code)
         await response(scope, receive, send)

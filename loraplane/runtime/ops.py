@@ -92,6 +92,7 @@ class Sample:
     params: Any
     prompt_logprobs: bool = False
     prompt_logprobs_last_n: int | None = None  # positions before len(prompt) - n are reported unscored
+    owner: str | None = None  # who may read the result (the gateway's sampler); None: anyone who knows its id
 
     def apply(self, engine: Any) -> Any:
         return engine.sample(self.adapter_id, self.prompt, self.num_samples, self.params,
@@ -102,6 +103,12 @@ _KINDS: dict[type, str] = {
     OptimStep: "optim_step", SaveState: "save_state", SaveSampler: "save_sampler",
     Snapshot: "snapshot", LoadState: "load_state", Sample: "sample",
 }
+
+
+def result_owner(adapter_id: str | None, payload: Any) -> str | None:
+    """Who may read an op's result: a sample's `owner`, else the adapter the op ran on. Pure;
+    called by the runtime API, which answers a result read by anyone else as unknown."""
+    return payload.owner if isinstance(payload, Sample) else adapter_id
 
 
 def op_kind(payload: Any) -> str:

@@ -231,6 +231,8 @@ class SamplingParamsBody(StrictBody):
 
 class SampleBody(StrictBody):
     adapter_id: str | None = None
+    #: who may read the result (`GET /v1/results/{id}?owner=`); the gateway names the sampler
+    owner: str | None = Field(None, max_length=253)
     prompt_tokens: list[int] = Field(min_length=1)
     num_samples: int = Field(1, ge=1, le=128)
     sampling_params: SamplingParamsBody = Field(default_factory=SamplingParamsBody)
@@ -284,4 +286,4 @@ def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
     )
     return ops.Sample(body.adapter_id, list(body.prompt_tokens), body.num_samples, params,
                            prompt_logprobs=body.prompt_logprobs or body.prompt_logprobs_last_n is not None,
-                           prompt_logprobs_last_n=body.prompt_logprobs_last_n)
+                           prompt_logprobs_last_n=body.prompt_logprobs_last_n, owner=body.owner)
