@@ -12,9 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: Seeds torch's generators take: any 64-bit value, signed or not.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+#: The largest model_seq_id / sampling_session_seq_id an id can spell (`ids.MODEL_RE`, `ids.SAMPLER_RE`).
+MODEL_SEQ_MAX, SAMPLER_SEQ_MAX = 10**9 - 1, 10**12 - 1
+
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    # Python's JSON reader takes NaN and Infinity: no float field of the protocol means either.
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), allow_inf_nan=False)
 
 
 class SdkVersion(_Body):
@@ -40,7 +46,7 @@ class FinishSession(_Body):
 
 class LoraConfigBody(_Body):
     rank: int = Field(32, ge=1, le=512)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     train_unembed: bool = True
     train_mlp: bool = True
     train_attn: bool = True
@@ -52,7 +58,7 @@ class OptimizerConfig(_Body):
 
 class CreateModel(_Body):
     session_id: str
-    model_seq_id: int = Field(ge=0)
+    model_seq_id: int = Field(ge=0, le=MODEL_SEQ_MAX)
     base_model: str = Field(min_length=1)
     user_metadata: dict[str, Any] | None = None
     lora_config: LoraConfigBody = Field(default_factory=LoraConfigBody)
@@ -91,7 +97,7 @@ class SaveWeights(_Body):
 class SaveWeightsForSampler(_Body):
     model_id: str
     path: str | None = None
-    sampling_session_seq_id: int | None = Field(None, ge=0)
+    sampling_session_seq_id: int | None = Field(None, ge=0, le=SAMPLER_SEQ_MAX)
     kind: Literal["snapshot", "inflight"] = "snapshot"
     seq_id: int | None = None
     ttl_seconds: int | None = Field(None, ge=0)
@@ -104,7 +110,7 @@ class LoadWeights(_Body):
     model_id: str | None = None
     seq_id: int | None = None
     session_id: str | None = None
-    model_seq_id: int | None = Field(None, ge=0)
+    model_seq_id: int | None = Field(None, ge=0, le=MODEL_SEQ_MAX)
     path: str
     optimizer: bool = False
     base_model: str | None = None
@@ -113,7 +119,7 @@ class LoadWeights(_Body):
 
 class CreateSamplingSession(_Body):
     session_id: str
-    sampling_session_seq_id: int = Field(ge=0)
+    sampling_session_seq_id: int = Field(ge=0, le=SAMPLER_SEQ_MAX)
     base_model: str | None = None
     model_path: str | None = None
 
@@ -124,9 +130,10 @@ DEFAULT_MAX_TOKENS = 64
 
 class SamplingParams(_Body):
     max_tokens: int | None = Field(None, ge=1, le=32768)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | list[int] | None = None
     temperature: float = Field(1.0, ge=0)
+
     top_k: int = -1
     top_p: float = Field(1.0, gt=0, le=1)
 

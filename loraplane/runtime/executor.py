@@ -234,6 +234,7 @@ class Executor:
             existing = state.queue.duplicate_of(seq_id)
             if existing is not None:
                 return existing.request_id, existing.future
+            state.queue.check_window(seq_id)
             op = Op(
                 request_id=_new_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
                 tokens=work_tokens(payload) if kind in FORWARD_KINDS else 0,

@@ -15,8 +15,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from loraplane.core import errors
+
 log = logging.getLogger(__name__)
 
+#: How far a seq_id may run ahead of the next one to run, and how many seqs are remembered for
+#: deduplication: the SDK keeps far fewer calls in flight than this.
+MAX_SEQ_AHEAD = 4096
 #: op kinds that the scheduler gathers into one batched engine.forward_backward
 FORWARD_KINDS = frozenset({"forward_backward", "forward"})
 
@@ -164,14 +169,24 @@ class SeqQueue:
         """The op first submitted with this seq, if any (a retry must not run twice)."""
         return None if seq_id is None else self.seen.get(seq_id)
 
+    def check_window(self, seq_id: int | None) -> None:
+        """Refuse a seq too far ahead of the next one to run: it could only wait out the gap
+        timeout and stall this adapter's queue. Raises InvalidInput naming `seq_id`."""
+        if seq_id is None or self.next_seq is None:
+            return
+        if seq_id - self.next_seq > MAX_SEQ_AHEAD:
+            raise errors.InvalidInput(
+                f"seq_id {seq_id} is {seq_id - self.next_seq} ahead of the next one this model runs "
+                f"({self.next_seq}); at most {MAX_SEQ_AHEAD} calls may be ahead in flight", field="seq_id")
+
     def push(self, op: Op, now: float) -> None:
         """Accept an op: in arrival order without a seq, else held until its turn."""
         if op.seq_id is None:
             self.ready.append(op)
             return
         self.seen[op.seq_id] = op
-        if len(self.seen) > 4096:
-            for seq in sorted(self.seen)[: len(self.seen) - 4096]:
+        if len(self.seen) > MAX_SEQ_AHEAD:
+            for seq in sorted(self.seen)[: len(self.seen) - MAX_SEQ_AHEAD]:
                 del self.seen[seq]
         if self.next_seq is not None and op.seq_id < self.next_seq:
             # its turn was skipped as a gap; running it late beats losing it

@@ -29,6 +29,9 @@ import torch
 from loraplane.core import errors
 from loraplane.runtime import lora
 
+#: Below this (and above 0, which is greedy) a temperature divides logits into overflow.
+MIN_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -45,14 +48,18 @@ class SamplingParams:
         prefix = "sampling_params."
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 0:
             raise errors.InvalidInput(f"max_tokens must be an integer >= 0, got {self.max_tokens!r}", field=prefix + "max_tokens")
-        if not _is_number(self.temperature) or not self.temperature >= 0 or not math.isfinite(self.temperature):
-            raise errors.InvalidInput(f"temperature must be >= 0, got {self.temperature!r}", field=prefix + "temperature")
+        if (not _is_number(self.temperature) or not math.isfinite(self.temperature)
+                or not (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE)):
+            raise errors.InvalidInput(
+                f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {self.temperature!r}",
+                field=prefix + "temperature")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise errors.InvalidInput(f"top_p must be in (0, 1], got {self.top_p!r}", field=prefix + "top_p")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < -1:
             raise errors.InvalidInput(f"top_k must be -1 (off) or a positive integer, got {self.top_k!r}", field=prefix + "top_k")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise errors.InvalidInput(f"seed must be an integer or null, got {self.seed!r}", field=prefix + "seed")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not -(2**63) <= self.seed < 2**64):
+            raise errors.InvalidInput(f"seed must be a 64-bit integer or null, got {self.seed!r}", field=prefix + "seed")
 
 
 def _is_number(value: object) -> bool:
