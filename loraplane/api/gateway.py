@@ -352,6 +352,11 @@ class Gateway:
         try:
             rid = await self.runtimes.submit_sample(ref.address, request)
         except errors.NotFound:
+            if record.get("job"):
+                raise errors.NotFound(
+                    f"sampler {record['sampler_id']!r} was a snapshot of its training client that has been "
+                    "dropped: a training client keeps only its newest snapshots. Take a new one, or "
+                    "save_weights_for_sampler with a path to keep it", field="sampling_session_id") from None
             if not record.get("source"):
                 raise
             self._loaded.discard((ref.address, record["adapter_id"]))  # the runtime restarted: load it again

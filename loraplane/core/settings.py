@@ -26,8 +26,12 @@ class RuntimeSettings(BaseModel):
     dtype: str = "auto"
     #: Adapters kept on the device at once; idle ones beyond this are offloaded.
     max_resident_adapters: int = Field(16, ge=1)
-    #: Adapters a runtime accepts in all (resident + offloaded); its advertised capacity.
+    #: Training adapters a runtime accepts in all (resident + offloaded); its advertised capacity.
+    #: Sampler snapshots are not counted.
     max_adapters: int = Field(64, ge=1)
+    #: Sampler snapshots (save_weights_and_get_sampling_client) kept per training adapter; taking
+    #: one more drops the oldest, which then answers 404 (save with a path to keep one).
+    max_snapshots: int = Field(4, ge=1)
     #: Where offloaded adapters go: "host" (CPU memory) or a directory path (disk).
     offload_to: str = "host"
     #: Seconds an op waits for a missing earlier seq_id before the gap is skipped.

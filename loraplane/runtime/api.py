@@ -200,7 +200,7 @@ async def submit_step(state: RuntimeState, executor: ex.Executor, adapter_id: st
         seq_id, payload = await off_loop(_decode_step, adapter_id, raw, state.max_body_bytes, size=size)
     else:
         body = wire.parse_body(wire.OpBody, _json(raw))
-        seq_id, payload = body.seq_id, wire.op_from_body(adapter_id, body)
+        seq_id, payload = body.seq_id, wire.op_from_body(adapter_id, body, keep_snapshots=state.settings.max_snapshots)
     request_id, _ = executor.submit(adapter_id, seq_id, payload)
     return JSONResponse({"request_id": request_id}, 202)
 
@@ -304,7 +304,8 @@ def health(state: RuntimeState) -> dict[str, Any]:
         "ready": executor.alive, "base_model": engine.base_model, "model_path": engine.model_path,
         "device": str(engine.device), "dtype": str(engine.dtype).removeprefix("torch."),
         "adapters": {"resident": resident, "offloaded": len(ids) - resident, "total": len(ids)},
-        "capacity": {"max_adapters": s.max_adapters, "free_slots": residency.free_slots(len(ids), s.max_adapters)},
+        "capacity": {"max_adapters": s.max_adapters,
+                     "free_slots": residency.free_slots(engine.training_adapter_count(), s.max_adapters)},
         "queue_depth": executor.queue_depth(),
     }
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from loraplane.core import errors
-from loraplane.runtime import checkpoints, lora, losses, model_host, optim, sampling
+from loraplane.runtime import checkpoints, lora, losses, model_host, optim, residency, sampling
 
 AdamParams = optim.AdamParams
 SamplingParams = sampling.SamplingParams
@@ -100,6 +100,8 @@ class _Adapter:
     optim_state: optim.AdamState = field(default_factory=optim.AdamState)
     #: None when on the device; else "host" or the directory the tensors were written to.
     offloaded: str | None = None
+    #: Sampler snapshots taken of this adapter that still exist, oldest first.
+    snapshots: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -501,8 +503,12 @@ class Engine:
             record.optim_state = optim.AdamState()
         return spec
 
-    def snapshot(self, adapter_id: str, sampler_id: str) -> None:
-        """Copy the adapter's current weights into read-only sampler `sampler_id` (replaced if present)."""
+    def snapshot(self, adapter_id: str, sampler_id: str, keep: int = 4) -> list[str]:
+        """Copy the adapter's current weights into read-only sampler `sampler_id` (replaced if present).
+
+        Only the newest `keep` snapshots of an adapter stay (`residency.snapshots_to_drop`); the
+        older ones are deleted and returned. Snapshots hold no training slot.
+        """
         record = self._get(adapter_id)
         self.ensure_resident(adapter_id)
         if sampler_id in self._adapters:
@@ -514,6 +520,16 @@ class Engine:
             for key, param in copy.params.items():
                 param.copy_(record.params[key])
         copy.step = record.step
+        record.snapshots = [s for s in record.snapshots if s != sampler_id and s in self._adapters] + [sampler_id]
+        dropped = residency.snapshots_to_drop(record.snapshots, keep)
+        for old in dropped:
+            self.delete_adapter(old)
+        record.snapshots = [s for s in record.snapshots if s not in dropped]
+        return dropped
+
+    def training_adapter_count(self) -> int:
+        """Adapters that hold a training slot (sampler snapshots do not)."""
+        return sum(1 for record in self._adapters.values() if not record.sampler)
 
     # ---- memory ------------------------------------------------------------------------------
 

@@ -156,7 +156,7 @@ class Executor:
 
         def create(engine: Any) -> None:
             if not engine.has_adapter(adapter_id):
-                if residency.free_slots(len(engine.adapter_ids()), self.settings.max_adapters) == 0:
+                if residency.free_slots(engine.training_adapter_count(), self.settings.max_adapters) == 0:
                     raise errors.CapacityError(
                         f"this runtime holds its maximum of {self.settings.max_adapters} adapters"
                     )
@@ -171,7 +171,7 @@ class Executor:
 
         def load(engine: Any) -> Any:
             if not engine.has_adapter(adapter_id):
-                if residency.free_slots(len(engine.adapter_ids()), self.settings.max_adapters) == 0:
+                if residency.free_slots(engine.training_adapter_count(), self.settings.max_adapters) == 0:
                     raise errors.CapacityError(
                         f"this runtime holds its maximum of {self.settings.max_adapters} adapters"
                     )

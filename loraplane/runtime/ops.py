@@ -64,14 +64,16 @@ class SaveSampler:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Copy the live weights into the read-only sampler adapter `sampler_id`."""
+    """Copy the live weights into the read-only sampler adapter `sampler_id`, keeping at most
+    `keep` snapshots of this adapter (the oldest beyond are dropped; result names them)."""
 
     adapter_id: str
     sampler_id: str
+    keep: int = 4
 
     def apply(self, engine: Any) -> dict[str, Any]:
-        engine.snapshot(self.adapter_id, self.sampler_id)
-        return {"sampler_id": self.sampler_id}
+        dropped = engine.snapshot(self.adapter_id, self.sampler_id, keep=self.keep)
+        return {"sampler_id": self.sampler_id, "dropped": dropped}
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,18 @@ def choose_evictions(
     return candidates[:excess]
 
 
+def snapshots_to_drop(snapshots: list[str], keep: int) -> list[str]:
+    """The oldest snapshots beyond the newest `keep` (`snapshots` is oldest first).
+
+    No side effects; called by `Engine.snapshot`. An RL loop takes a snapshot per iteration and
+    samples from the newest: keeping a few bounds memory, and a sampler that needs to outlive them
+    is saved with a path (its files stay loadable).
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    return snapshots[: max(0, len(snapshots) - keep)]
+
+
 def free_slots(total_adapters: int, max_adapters: int) -> int:
     """How many more adapters this runtime accepts; reported by `/readyz` as `capacity.free_slots`.
 

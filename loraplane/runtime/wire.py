@@ -250,8 +250,9 @@ def parse_body(model: type[BaseModel], body: Any) -> Any:
         raise errors.InvalidInput(f"{where}: {first['msg']}", field=where) from None
 
 
-def op_from_body(adapter_id: str, body: OpBody) -> Any:
-    """The executor payload of a JSON op; raises InvalidInput when a field it needs is missing."""
+def op_from_body(adapter_id: str, body: OpBody, *, keep_snapshots: int = 4) -> Any:
+    """The executor payload of a JSON op; raises InvalidInput when a field it needs is missing.
+    `keep_snapshots`: how many sampler snapshots of one adapter a `snapshot` keeps."""
 
     def need(name: str) -> Any:
         value = getattr(body, name)
@@ -267,7 +268,7 @@ def op_from_body(adapter_id: str, body: OpBody) -> Any:
     if body.op == "save_sampler":
         return ops.SaveSampler(adapter_id, need("dest"))
     if body.op == "snapshot":
-        return ops.Snapshot(adapter_id, need("sampler_id"))
+        return ops.Snapshot(adapter_id, need("sampler_id"), keep=keep_snapshots)
     return ops.LoadState(adapter_id, need("source"), optimizer=body.optimizer)
 
 

@@ -56,6 +56,9 @@ class RecordingEngine:
     def adapter_ids(self):
         return list(self.adapters)
 
+    def training_adapter_count(self):
+        return len(self.adapters)
+
     def is_resident(self, adapter_id):
         return self.adapters[adapter_id]
 
