@@ -162,17 +162,11 @@ class Records:
 
     # -- saves in flight ------------------------------------------------------------------------
     def pending_url(self, path: TinkerPath) -> str:
-        """Where a save's request metadata waits until its result is fetched."""
-        return artifacts.join(artifacts.run_url(self.store.url, path.run_id), "pending", f"{path.segment}.{path.name}.json")
+        """Where a save's request metadata waits until the runtime has written its files."""
+        return artifacts.save_pending_url(self.store.url, path)
 
     def finish_save(self, path: TinkerPath, *, now: str, step: int | None, size_bytes: int | None) -> None:
-        """Write checkpoint.json once the runtime has saved the files (idempotent)."""
-        pending = self.store.read_json(self.pending_url(path)) or {}
-        record = artifacts.build_checkpoint_record(
-            path=path, now=now, size_bytes=size_bytes, step=step, user_metadata=pending.get("user_metadata"),
-            expires_at=artifacts.expiry_time(now, pending.get("ttl_seconds")),
-        )
-        existing = self.store.read_json(artifacts.checkpoint_record_url(self.store.url, path))
-        if existing is None or existing.get("step") != step:
-            self.store.write_json(artifacts.checkpoint_record_url(self.store.url, path), record)
-        self.store.delete(self.pending_url(path))
+        """Write checkpoint.json once the runtime has saved the files (idempotent: the runtime has
+        usually written it already, when the files were complete)."""
+        artifacts.record_saved_checkpoint(artifacts.checkpoint_url(self.store.url, path), now=now, step=step,
+                                          size_bytes=size_bytes)

@@ -21,9 +21,11 @@ knows nothing of tenants, which the gateway checks on the records it reads.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,22 @@ def job_record_url(store: str, job_name: str) -> str:
     return join(store, "jobs", f"{job_name}.json")
 
 
+def save_pending_url(store: str, path: TinkerPath) -> str:
+    """Where a save's request metadata (user metadata, TTL) waits until its files are complete."""
+    return join(run_url(store, path.run_id), "pending", f"{path.segment}.{path.name}.json")
+
+
+def locate_checkpoint_url(url: str) -> tuple[str, TinkerPath] | None:
+    """(store URL, tinker path) of a checkpoint folder URL `<store>/runs/<run>/<segment>/<name>`;
+    None for any other URL. Pure; the inverse of `checkpoint_url` without knowing the store."""
+    parts = url.rstrip("/").rsplit("/", 4)
+    if len(parts) != 5 or parts[1] != "runs" or parts[3] not in SEGMENTS:
+        return None
+    if not (NAME_PATTERN.match(parts[2]) and NAME_PATTERN.match(parts[4])):
+        return None
+    return parts[0], TinkerPath(parts[2], parts[3], parts[4])
+
+
 def tinker_path_for_url(store: str, url: str) -> TinkerPath | None:
     """The inverse of `checkpoint_url`; None for a URL outside the store's runs. Pure."""
     prefix = join(store, "runs") + "/"
@@ -194,8 +212,50 @@ def is_expired(record: dict[str, Any], now: str) -> bool:
         return False
 
 
+def store_error(exc: OSError, doing: str) -> errors.StoreUnavailable:
+    """An OSError of a store write -> StoreUnavailable naming the cause, never the path. Pure.
+
+    Paths are the server's business (and may name other tenants' runs); the cause is what a
+    client and an operator need: the store is full, read-only, or refused the write.
+    """
+    causes = {
+        errno.ENOSPC: "the artifact store is full", errno.EDQUOT: "the artifact store's quota is used up",
+        errno.EROFS: "the artifact store is read-only", errno.EACCES: "the artifact store refused the write",
+        errno.EPERM: "the artifact store refused the write",
+    }
+    cause = causes.get(exc.errno or 0) or f"the artifact store failed ({exc.strerror or type(exc).__name__})"
+    return errors.StoreUnavailable(f"{cause} while {doing}; nothing was kept. Ask the operator to free or fix it, "
+                                   "then retry")
+
+
+def record_saved_checkpoint(dest: str, *, now: str, step: int | None, size_bytes: int | None) -> bool:
+    """Write checkpoint.json beside a checkpoint whose files are complete, from the save's pending
+    request (user metadata, TTL). Idempotent; False when `dest` is not a checkpoint folder of a
+    store. I/O; called by the runtime right after a save (so a finished save is listed even if its
+    result is never fetched) and by the gateway when it translates the save's result."""
+    located = locate_checkpoint_url(dest)
+    if located is None:
+        return False
+    store_url, path = located
+    store = ArtifactStore(store_url)
+    pending_url = save_pending_url(store_url, path)
+    pending = store.read_json(pending_url) or {}
+    record_url = checkpoint_record_url(store_url, path)
+    existing = store.read_json(record_url)
+    if existing is None or existing.get("step") != step:
+        store.write_json(record_url, build_checkpoint_record(
+            path=path, now=now, size_bytes=size_bytes, step=step, user_metadata=pending.get("user_metadata"),
+            expires_at=expiry_time(now, pending.get("ttl_seconds")),
+        ))
+    store.delete(pending_url)
+    return True
+
+
 class ArtifactStore:
-    """Thin fsspec adapter: JSON records and folders under one store URL."""
+    """Thin fsspec adapter: JSON records and folders under one store URL.
+
+    Write failures (full, read-only) raise `errors.StoreUnavailable` without the path.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
@@ -217,12 +277,23 @@ class ArtifactStore:
     def write_json(self, url: str, body: dict[str, Any]) -> None:
         """Write a record; on a local disk through a temporary file and rename, so readers never see half."""
         path = self._path(url)
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         data = json.dumps(body, sort_keys=True).encode()
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, path)
+        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+        try:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+            self.fs.mv(tmp, path)
+        except OSError as exc:
+            self._discard(tmp)
+            raise store_error(exc, "writing a record") from None
+
+    def _discard(self, path: str) -> None:
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        except OSError:
+            pass
 
     def exists(self, url: str) -> bool:
         return bool(self.fs.exists(self._path(url)))
@@ -230,8 +301,13 @@ class ArtifactStore:
     def delete(self, url: str) -> None:
         """Delete a file or a folder; a missing one is ignored."""
         path = self._path(url)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise store_error(exc, "deleting") from None
 
     def size_bytes(self, url: str) -> int:
         """Total size of the files under a folder."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from loraplane.core import errors
+from loraplane.core import artifacts, errors
 from loraplane.runtime import lora, optim
 
 CONFIG_FILE = "adapter_config.json"
@@ -140,10 +141,41 @@ def save(
         }
         torch.save(cpu_state, buf)
         blobs[OPTIMIZER_FILE] = buf.getvalue()
-    fs.makedirs(root, exist_ok=True)
-    for name, blob in blobs.items():
-        fs.pipe_file(_join(root, name), blob)
+    write_folder(fs, root, blobs)
     return sum(len(b) for b in blobs.values())
+
+
+def write_folder(fs: Any, root: str, blobs: dict[str, bytes]) -> None:
+    """Write `blobs` as the files of folder `root`, all or nothing (I/O).
+
+    The files go to a hidden sibling folder first, which then takes `root`'s place: a reader
+    never sees half a checkpoint, and a write that fails (a full or read-only store) leaves nothing
+    behind. A store error becomes `errors.StoreUnavailable`, which names the cause, not the path.
+    """
+    parent, _, name = root.rstrip("/").rpartition("/")
+    staging = f"{parent}/.{name}.partial-{uuid.uuid4().hex[:12]}"
+    replaced = f"{parent}/.{name}.old-{uuid.uuid4().hex[:12]}"
+    try:
+        fs.makedirs(staging, exist_ok=True)
+        for file_name, blob in blobs.items():
+            fs.pipe_file(_join(staging, file_name), blob)
+        if fs.exists(root):
+            fs.mv(root, replaced, recursive=True)
+        fs.mv(staging, root, recursive=True)
+    except OSError as exc:
+        _remove(fs, staging)
+        if not fs.exists(root) and fs.exists(replaced):
+            fs.mv(replaced, root, recursive=True)
+        raise artifacts.store_error(exc, "saving a checkpoint") from None
+    _remove(fs, replaced)
+
+
+def _remove(fs: Any, path: str) -> None:
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except OSError:
+        pass
 
 
 @dataclass

@@ -9,13 +9,14 @@ order; it is plain data driven by the executor under its lock, with time passed 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraplane.core import errors
+from loraplane.core import artifacts, errors
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,14 @@ class OptimStep:
         return engine.optim_step(self.adapter_id, self.params)
 
 
+def _recorded(dest: str, step: int, size: int) -> dict[str, Any]:
+    """Record a finished save in the store at once (I/O), so that it is listed, loadable and
+    deletable even if its result is never fetched; the save's result."""
+    now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    artifacts.record_saved_checkpoint(dest, now=now, step=step, size_bytes=size)
+    return {"dest": dest, "step": step, "size_bytes": size}
+
+
 @dataclass(frozen=True)
 class SaveState:
     """Save weights (and optimizer moments) to a store URL; result `{"dest", "step", "size_bytes"}`."""
@@ -47,7 +56,7 @@ class SaveState:
 
     def apply(self, engine: Any) -> dict[str, Any]:
         size = engine.save_state(self.adapter_id, self.dest, optimizer=self.optimizer)
-        return {"dest": self.dest, "step": engine.adapter_step(self.adapter_id), "size_bytes": size}
+        return _recorded(self.dest, engine.adapter_step(self.adapter_id), size)
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class SaveSampler:
 
     def apply(self, engine: Any) -> dict[str, Any]:
         size = engine.save_sampler(self.adapter_id, self.dest)
-        return {"dest": self.dest, "step": engine.adapter_step(self.adapter_id), "size_bytes": size}
+        return _recorded(self.dest, engine.adapter_step(self.adapter_id), size)
 
 
 @dataclass(frozen=True)
