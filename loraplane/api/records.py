@@ -65,10 +65,14 @@ class Records:
         self._sessions: dict[str, dict[str, Any]] = {}
         #: sampler_id -> record
         self._samplers: dict[str, dict[str, Any]] = {}
+        #: whether the store's indexes are known to be complete
+        self._indexed = False
 
     # -- sessions -------------------------------------------------------------------------------
     def put_session(self, record: dict[str, Any]) -> None:
         self.store.write_json(artifacts.session_record_url(self.store.url, record["session_id"]), record)
+        self.store.touch(artifacts.join(artifacts.tenant_sessions_index_url(self.store.url, record["tenant"]),
+                                        artifacts.session_marker(record)))
         self._sessions[record["session_id"]] = record
 
     def session(self, tenant: str, session_id: str) -> dict[str, Any]:
@@ -87,13 +91,34 @@ class Records:
                 cache[key] = record
         return record
 
-    def sessions(self, tenant: str) -> list[dict[str, Any]]:
-        found = [r for r in self.store.records("sessions") if r.get("tenant") == tenant]
-        return sorted(found, key=lambda r: r.get("created", ""))
+    def session_ids(self, tenant: str) -> list[str]:
+        """The tenant's session ids, oldest first, from its index folder (no record is read)."""
+        self._ensure_index()
+        names = self.store.children(artifacts.tenant_sessions_index_url(self.store.url, tenant))
+        return [name.rsplit("_", 1)[-1] for name in names]
+
+    def _ensure_index(self) -> None:
+        """Index the records of a store written before the indexes existed, once per store."""
+        built = artifacts.index_built_url(self.store.url)
+        if self._indexed or self.store.exists(built):
+            self._indexed = True
+            return
+        for record in self.store.records("sessions"):
+            if isinstance(record.get("tenant"), str) and isinstance(record.get("session_id"), str):
+                self.store.touch(artifacts.join(artifacts.tenant_sessions_index_url(self.store.url, record["tenant"]),
+                                                artifacts.session_marker(record)))
+        for record in self.store.records("samplers"):
+            if isinstance(record.get("session_id"), str) and isinstance(record.get("sampler_id"), str):
+                self.store.touch(artifacts.join(
+                    artifacts.session_samplers_index_url(self.store.url, record["session_id"]), record["sampler_id"]))
+        self.store.write_json(built, {"built": self.clock()})
+        self._indexed = True
 
     # -- samplers -------------------------------------------------------------------------------
     def put_sampler(self, record: dict[str, Any]) -> None:
         self.store.write_json(artifacts.sampler_record_url(self.store.url, record["sampler_id"]), record)
+        self.store.touch(artifacts.join(artifacts.session_samplers_index_url(self.store.url, record["session_id"]),
+                                        record["sampler_id"]))
         self._samplers[record["sampler_id"]] = record
 
     def sampler(self, tenant: str, sampler_id: str) -> dict[str, Any]:
@@ -103,9 +128,8 @@ class Records:
         return record
 
     def samplers_of_session(self, session_id: str) -> list[str]:
-        return sorted(
-            r["sampler_id"] for r in self.store.records("samplers") if r.get("session_id") == session_id
-        )
+        self._ensure_index()
+        return self.store.children(artifacts.session_samplers_index_url(self.store.url, session_id))
 
     # -- runs and checkpoints -------------------------------------------------------------------
     def put_run(self, record: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ records), the operator (declarative jobs and restores). The layout under the sto
     <store>/samplers/<sampler_id>.json                      sampler records, shared by gateway replicas
     <store>/sessions/<session_id>.json                      Tinker session records
     <store>/jobs/<job_name>.json                            LoRAJobs of single-node mode
+    <store>/index/tenants/<tenant>/sessions/<created>_<id>  a tenant's sessions (empty markers), oldest first
+    <store>/index/sessions/<session_id>/<sampler_id>        a session's samplers (empty markers)
 
 Design notes
 ============
@@ -131,6 +133,25 @@ def session_record_url(store: str, session_id: str) -> str:
 
 def job_record_url(store: str, job_name: str) -> str:
     return join(store, "jobs", f"{job_name}.json")
+
+
+def tenant_sessions_index_url(store: str, tenant: str) -> str:
+    """Folder of a tenant's session markers: listing them reads one folder, not every session."""
+    return join(store, "index", "tenants", tenant, "sessions")
+
+
+def session_samplers_index_url(store: str, session_id: str) -> str:
+    return join(store, "index", "sessions", session_id)
+
+
+def index_built_url(store: str) -> str:
+    """Present once the indexes hold the records that stores written before them had."""
+    return join(store, "index", "built.json")
+
+
+def session_marker(record: dict[str, Any]) -> str:
+    """The marker name of a session record: its creation time first, so names sort by age. Pure."""
+    return f"{record.get('created') or ''}_{record['session_id']}"
 
 
 def save_pending_url(store: str, path: TinkerPath) -> str:
@@ -294,6 +315,15 @@ class ArtifactStore:
                 self.fs.rm(path, recursive=True)
         except OSError:
             pass
+
+    def touch(self, url: str) -> None:
+        """Create an empty marker file (and its folders)."""
+        path = self._path(url)
+        try:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.pipe_file(path, b"")
+        except OSError as exc:
+            raise store_error(exc, "writing an index entry") from None
 
     def exists(self, url: str) -> bool:
         return bool(self.fs.exists(self._path(url)))

@@ -1,4 +1,8 @@
-"""Training runs and checkpoints (the RestClient's calls), weights_info, server capabilities."""
+"""Training runs and checkpoints (the RestClient's calls), weights_info, server capabilities.
+
+Listings are plain `def` routes: FastAPI runs them in its thread pool, so reading many records
+from the store never holds the event loop that every tenant's calls share.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ def _run_view(gw: Any, tenant: str, run: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/training_runs")
-async def list_training_runs(
+def list_training_runs(
     gw: GatewayDep, tenant: TenantDep,
     limit: int = Query(20, ge=0, le=10000), offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
@@ -34,12 +38,12 @@ async def list_training_runs(
 
 
 @router.get("/training_runs/{run_id}")
-async def get_training_run(run: RunDep, gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
+def get_training_run(run: RunDep, gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
     return _run_view(gw, tenant, run)
 
 
 @router.get("/training_runs/{run_id}/checkpoints")
-async def list_checkpoints(run: RunDep, gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
+def list_checkpoints(run: RunDep, gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
     cps = gw.records.checkpoints(tenant, run["training_run_id"])
     return {"checkpoints": cps, "cursor": {"offset": 0, "limit": len(cps), "total_count": len(cps)}}
 
@@ -61,7 +65,7 @@ async def set_checkpoint_ttl(
 
 
 @router.get("/checkpoints")
-async def list_user_checkpoints(
+def list_user_checkpoints(
     gw: GatewayDep, tenant: TenantDep,
     limit: int = Query(100, ge=0, le=10000), offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:

@@ -65,16 +65,18 @@ async def telemetry(_: TenantDep, body: dict[str, Any] | None = None) -> dict[st
     return {"status": "accepted"}
 
 
+# Listings read the store: plain `def` routes, which FastAPI runs in its thread pool, so that a
+# long listing never holds the event loop (and every other tenant's calls) while it reads.
+
 @router.get("/sessions")
-async def list_sessions(
+def list_sessions(
     gw: GatewayDep, tenant: TenantDep, limit: int = Query(100, ge=0, le=10000), offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
-    ids_ = [r["session_id"] for r in gw.records.sessions(tenant)]
-    return {"sessions": ids_[offset : offset + limit]}
+    return {"sessions": gw.records.session_ids(tenant)[offset : offset + limit]}
 
 
 @router.get("/sessions/{session_id}")
-async def get_session(session_id: str, session: SessionDep, gw: GatewayDep) -> dict[str, Any]:
+def get_session(session_id: str, session: SessionDep, gw: GatewayDep) -> dict[str, Any]:
     prefix = f"{session_id}:train:"
     runs = sorted(r for r in gw.store.run_ids() if r.startswith(prefix))
     out: dict[str, Any] = {
