@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+#: Commands that serve tenants' data: what they write (checkpoints, records) is readable by the
+#: service's own user only.
+SERVERS = frozenset({"serve", "gateway", "operator", "runtime"})
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("loraplane.singlenode.cli", "gateway + runtime + embedded control plane in one process (no Kubernetes)"),
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv)  # prints usage and exits for unknown commands or --help/--version
         return 2
     command, rest = argv[0], argv[1:]
+    if command in SERVERS:
+        os.umask(0o077)
     module = importlib.import_module(COMMANDS[command][0])
     parser = argparse.ArgumentParser(prog=f"loraplane {command}", description=COMMANDS[command][1])
     module.configure(parser)

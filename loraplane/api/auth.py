@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from loraplane.core import errors
+
+log = logging.getLogger(__name__)
 
 #: Tenants become Kubernetes label values and store folder names: keep them DNS-label-safe.
 TENANT_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -83,23 +88,54 @@ class KeyTable:
 
 
 def load_keys(*, inline: Iterable[str] = (), files: Iterable[str] = ()) -> KeyTable:
-    """Build the table from inline `tenant=key` entries and key files."""
-    table = KeyTable()
+    """Build the table from inline `tenant=key` entries and key files.
+
+    Refuses a key given to two tenants (a request with it could act as either); warns about a
+    keys file that other users may read or change.
+    """
+    entries: list[tuple[str, str, str]] = []  # (tenant, hash, where)
     for n, entry in enumerate(inline):
         parsed = parse_key_line(entry, source=f"api key #{n + 1}")
         if parsed:
-            table.add(*parsed)
+            entries.append((*parsed, f"api key #{n + 1}"))
     for path in files:
         try:
             with open(path, encoding="utf-8") as f:
+                warning = insecure_file_warning(path, os.fstat(f.fileno()).st_mode)
                 lines = f.read().splitlines()
         except OSError as exc:
             raise errors.InvalidInput(f"cannot read API keys file {path!r}: {exc.strerror}") from exc
+        if warning:
+            log.warning("%s", warning)
         for lineno, line in enumerate(lines, 1):
             parsed = parse_key_line(line, source=f"{path}:{lineno}")
             if parsed:
-                table.add(*parsed)
+                entries.append((*parsed, f"{path}:{lineno}"))
+    check_unique(entries)
+    table = KeyTable()
+    for tenant, key_hash, _ in entries:
+        table.add(tenant, key_hash)
     return table
+
+
+def check_unique(entries: list[tuple[str, str, str]]) -> None:
+    """Raise InvalidInput when one key belongs to two tenants. Pure; called by `load_keys`."""
+    owner: dict[str, tuple[str, str]] = {}
+    for tenant, key_hash, where in entries:
+        first = owner.setdefault(key_hash, (tenant, where))
+        if first[0] != tenant:
+            raise errors.InvalidInput(
+                f"{where}: the key of tenant {tenant!r} is also the key of tenant {first[0]!r} ({first[1]}); "
+                "every tenant needs a key of its own")
+
+
+def insecure_file_warning(path: str, mode: int) -> str | None:
+    """A warning when users other than the owner may read or change the keys file. Pure."""
+    if mode & 0o077 == 0:
+        return None
+    who = "anyone" if mode & 0o007 else "its group"
+    return (f"API keys file {path!r} (mode {stat.S_IMODE(mode):o}) can be read or changed by {who}; "
+            f"run: chmod 600 {path}")
 
 
 def split_inline(value: str | None) -> list[str]:

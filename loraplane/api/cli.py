@@ -38,7 +38,7 @@ def _control_plane(settings: Settings) -> Any:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from loraplane.api import limits
+    from loraplane.api import limits, serving
     from loraplane.api.app import create_app
     from loraplane.api.dataplane import Runtimes
     from loraplane.api.gateway import Gateway
@@ -68,6 +68,5 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=gw_settings.max_request_bytes, sample_caps=limits.caps_from(gw_settings),
     )
     log.info("loraplane gateway at http://%s:%s", gw_settings.host, gw_settings.port)
-    uvicorn.run(create_app(gateway, keys, settings=gw_settings), host=gw_settings.host, port=gw_settings.port, log_level="warning",
-                access_log=False, timeout_keep_alive=75)
+    uvicorn.Server(serving.uvicorn_config(create_app(gateway, keys, settings=gw_settings), gw_settings)).run()
     return 0

@@ -102,6 +102,7 @@ def serve(config: Any) -> None:
     """Run the server until interrupted, logging the one ready line once the socket listens."""
     import uvicorn
 
+    from loraplane.api import serving
     from loraplane.singlenode.server import build_app
 
     app = build_app(config)
@@ -113,6 +114,4 @@ def serve(config: Any) -> None:
                 host, port = self.servers[0].sockets[0].getsockname()[:2]
                 log.info("loraplane serving at http://%s:%s", host, port)
 
-    uv_config = uvicorn.Config(app, host=config.gateway.host, port=config.gateway.port, log_level="warning",
-                               access_log=False, timeout_keep_alive=75)
-    _Server(uv_config).run()
+    _Server(serving.uvicorn_config(app, config.gateway)).run()
