@@ -43,7 +43,8 @@ def decode_body(body: bytes, content_encoding: str | None, *, max_bytes: int) ->
     except zstandard.ZstdError as exc:
         raise errors.InvalidInput(f"body is not valid zstd: {exc}", field="body") from exc
     if len(out) > max_bytes:
-        raise errors.PayloadTooLarge(f"decompressed body is {len(out)} bytes, over the limit of {max_bytes}")
+        raise errors.PayloadTooLarge(f"decompressed body is {len(out)}+ bytes, over the limit of {max_bytes}",
+                                     field="body")
     return out
 
 

@@ -74,6 +74,10 @@ def decode_forward_backward(adapter_id: str, body: bytes) -> tuple[int | None, e
     for key, value in request.loss_fn_config_v2.items():
         if value.WhichOneof("value") == "number":
             config[key] = float(value.number)
+    for key, number in config.items():
+        if not math.isfinite(number):
+            raise errors.InvalidInput(f"loss_fn_config {key!r} must be a finite number, got {number}",
+                                      field=f"loss_fn_config.{key}")
     work = eng.FwdBwdWork(
         adapter_id=adapter_id, data=data, loss_fn=request.loss_fn, loss_config=config,
         forward_only=request.forward_only,
