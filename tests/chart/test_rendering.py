@@ -115,17 +115,24 @@ def test_operator_is_one_replica_recreate_with_liveness() -> None:
     assert env["LORAPLANE_OPERATOR__RUNTIME_SELECTOR"] == "loraplane.dev/component=runtime,app.kubernetes.io/instance=lp"
 
 
-def test_service_monitor_scrapes_every_metrics_service() -> None:
-    docs = render(load_values(GPU_VALUES))
+@pytest.mark.parametrize("token_secret", ["", "lp-metrics"])
+def test_service_monitor_scrapes_every_metrics_service(token_secret: str) -> None:
+    """The gateway's /metrics takes a bearer token: scraped only when the chart names its Secret."""
+    values = load_values(GPU_VALUES)
+    values["gateway"]["metricsToken"] = {"existingSecret": token_secret, "key": "token"}
+    docs = render(values)
     (monitor,) = by_kind(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     selector = monitor["spec"]["selector"]["matchLabels"]
     scraped = [s for s in by_kind(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()]
     ports = {e["port"] for e in monitor["spec"]["endpoints"]}
-    assert len(scraped) == 4  # gateway, operator metrics, two runtime pools
+    # operator metrics, two runtime pools, and the gateway when its token is configured
+    assert len(scraped) == (4 if token_secret else 3)
     for svc in scraped:
         assert ports & {p["name"] for p in svc["spec"]["ports"]}, svc["metadata"]["name"]
+    (http,) = [e for e in monitor["spec"]["endpoints"] if e["port"] == "http"]
+    assert http.get("bearerTokenSecret") == ({"name": token_secret, "key": "token"} if token_secret else None)
 
 
 def test_notes_tell_how_to_point_the_sdk_at_the_gateway() -> None:
