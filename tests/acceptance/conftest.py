@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,8 @@ class Server:
     model: str
     store: str
     proc: subprocess.Popen[str]
+    #: what the server logged before it was ready
+    startup_log: list[str] = field(default_factory=list)
 
     def stop(self, *, kill: bool = False) -> None:
         if kill:
@@ -42,11 +44,17 @@ class Server:
             self.proc.wait()
 
 
-def start_server(model_dir: Path, store: str, *, timeout_s: float = 120) -> Server:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LORAPLANE_LOG_LEVEL": "info"}
-    keys = [arg for tenant, key in KEYS.items() for arg in ("--api-key", f"{tenant}={key}")]
+def start_server(model_dir: Path, store: str, *, timeout_s: float = 120, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> Server:
+    """`loraplane serve` with alice's and bob's keys; `env` adds LORAPLANE_* settings, `args` flags
+    (`--api-keys-file F` replaces the inline keys)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LORAPLANE_LOG_LEVEL": "info",
+           **(env or {})}
+    args = list(args or [])
+    keys = [] if "--api-keys-file" in args else [
+        arg for tenant, key in KEYS.items() for arg in ("--api-key", f"{tenant}={key}")]
     cmd = [sys.executable, "-m", "loraplane", "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
-           "--threads", "1", "--model", f"{model_dir}={model_dir}", "--store", store, *keys]
+           "--threads", "1", "--model", f"{model_dir}={model_dir}", "--store", store, *keys, *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     assert proc.stderr is not None
     deadline = time.monotonic() + timeout_s
@@ -60,7 +68,7 @@ def start_server(model_dir: Path, store: str, *, timeout_s: float = 120) -> Serv
         if m:
             # Keep draining stderr so the server never blocks on a full pipe.
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
-            return Server(m.group(1), str(model_dir), store, proc)
+            return Server(m.group(1), str(model_dir), store, proc, startup_log=lines)
     proc.kill()
     raise RuntimeError("loraplane serve did not start:\n" + "".join(lines[-40:]))
 
