@@ -118,7 +118,7 @@ def test_item2_sampler_snapshots_take_no_training_slot_and_only_the_newest_stay(
                           env={"LORAPLANE_RUNTIME__MAX_ADAPTERS": "2", "LORAPLANE_RUNTIME__MAX_SNAPSHOTS": "2"})
     try:
         _, client = _training_client(server)
-        samplers = [client.save_weights_and_get_sampling_client() for _ in range(5)]
+        samplers = [client.save_weights_and_get_sampling_client().result() for _ in range(5)]
         # Two training slots: alice's client and bob's new one fit beside 5 snapshots taken.
         _, other = _training_client(server, "bob")
         assert other.forward_backward(ce_batch(), "cross_entropy").result().metrics
