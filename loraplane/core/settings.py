@@ -38,6 +38,9 @@ class RuntimeSettings(BaseModel):
     seq_gap_timeout_s: float = Field(30.0, gt=0)
     #: Largest number of tokens gathered into one batched forward/backward.
     max_batch_tokens: int = Field(16384, ge=1)
+    #: Largest number of input tokens in one forward_backward request (413 beyond): one request
+    #: runs as one pass, so this bounds how long it holds the model and how much memory it takes.
+    max_request_tokens: int = Field(65536, ge=1)
     #: torch CPU threads (0 = torch's default).
     threads: int = Field(0, ge=0)
     host: str = "0.0.0.0"

@@ -198,6 +198,12 @@ async def submit_step(state: RuntimeState, executor: ex.Executor, adapter_id: st
         # A compressed body's decoded size is unknown until decoded: always off the loop.
         size = state.max_body_bytes if wire.is_compressed(raw) else len(raw)
         seq_id, payload = await off_loop(_decode_step, adapter_id, raw, state.max_body_bytes, size=size)
+        tokens = ops.work_tokens(payload)
+        if tokens > state.settings.max_request_tokens:
+            raise errors.PayloadTooLarge(
+                f"this forward_backward holds {tokens} tokens, over this runtime's limit of "
+                f"{state.settings.max_request_tokens} per request; split the batch into several calls",
+                field="data")
     else:
         body = wire.parse_body(wire.OpBody, _json(raw))
         seq_id, payload = body.seq_id, wire.op_from_body(adapter_id, body, keep_snapshots=state.settings.max_snapshots)

@@ -31,6 +31,7 @@ LIMITS = {
     "LORAPLANE_GATEWAY__HEADER_TIMEOUT_S": "1", "LORAPLANE_GATEWAY__BODY_TIMEOUT_S": "1",
     "LORAPLANE_GATEWAY__MAX_SAMPLE_TOKENS": "4096", "LORAPLANE_GATEWAY__MAX_PROMPT_TOKENS": "256",
     "LORAPLANE_GATEWAY__OPENAPI": "true", "LORAPLANE_GATEWAY__METRICS_TOKEN": "scrape-token",
+    "LORAPLANE_RUNTIME__MAX_REQUEST_TOKENS": "64",
 }
 
 
@@ -147,6 +148,18 @@ def test_item3_an_overflowing_gradient_fails_optim_step_in_the_client_and_keeps_
     client.forward_backward(ce_batch(), "cross_entropy").result()
     client.optim_step(tinker.AdamParams(learning_rate=1e-2)).result(timeout=60)
     assert math.isfinite(client.forward_backward(ce_batch(), "cross_entropy").result().metrics["loss:sum"])
+
+
+def test_item4_a_forward_backward_over_the_token_cap_gets_413(hardened: Server, http: httpx.Client) -> None:
+    _, client = _training_client(hardened)
+    many = ce_batch(["x" * 30, "y" * 30, "z" * 30])  # 90 tokens, over the cap of 64
+    request = pb.ForwardBackwardRequest.FromString(_fwdbwd(client.model_id))
+    for datum in many:
+        tokens = datum.model_input.to_ints()
+        extra = request.data.add()
+        extra.model_input.add().encoded_text.tokens = np.asarray(tokens, dtype="<i4").tobytes()
+        extra.loss_fn_inputs["target_tokens"].CopyFrom(_tensor(tokens, pb.DTYPE_INT64))
+    _error(_post_proto(http, request.SerializeToString()), 413, "data")
 
 
 def test_item4_a_sample_request_over_the_caps_gets_413_naming_the_field(hardened: Server, http: httpx.Client) -> None:
