@@ -20,7 +20,9 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from loraplane.api import quotas
 from loraplane.core import errors
+from loraplane.core.settings import TenantQuota
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +41,13 @@ def parse_key_line(line: str, *, source: str) -> tuple[str, str] | None:
     """One `tenant=key` / `tenant=sha256:<hex>` entry -> (tenant, sha256 hex); None for blanks and comments.
 
     Pure; called by `load_keys`. Raises InvalidInput that names the source and the problem.
+    Tenant settings after the key (`quotas.parse_overrides`) are not read here.
     """
     line = line.strip()
     if not line or line.startswith("#"):
         return None
     tenant, sep, secret = line.partition("=")
-    tenant, secret = tenant.strip(), secret.strip()
+    tenant, secret = tenant.strip(), (secret.split() or [""])[0]
     if not sep or not secret:
         raise errors.InvalidInput(f"{source}: expected 'tenant=key' or 'tenant=sha256:<hex>', got {line[:40]!r}")
     if not TENANT_RE.match(tenant):
@@ -63,9 +66,11 @@ def parse_key_line(line: str, *, source: str) -> tuple[str, str] | None:
 
 @dataclass
 class KeyTable:
-    """sha256(key) -> tenant, compared in constant time."""
+    """sha256(key) -> tenant, compared in constant time; and the tenants' own settings."""
 
     entries: list[tuple[bytes, str]] = field(default_factory=list)
+    #: tenant -> quota settings from its keys-file line (`quotas.QuotaTable` applies them)
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -94,10 +99,14 @@ def load_keys(*, inline: Iterable[str] = (), files: Iterable[str] = ()) -> KeyTa
     keys file that other users may read or change.
     """
     entries: list[tuple[str, str, str]] = []  # (tenant, hash, where)
+    overrides: dict[str, dict[str, str]] = {}
     for n, entry in enumerate(inline):
         parsed = parse_key_line(entry, source=f"api key #{n + 1}")
         if parsed:
             entries.append((*parsed, f"api key #{n + 1}"))
+            settings = quotas.parse_overrides(entry.split()[1:], source=f"api key #{n + 1}")
+            if settings:
+                overrides.setdefault(parsed[0], {}).update(settings)
     for path in files:
         try:
             with open(path, encoding="utf-8") as f:
@@ -111,8 +120,13 @@ def load_keys(*, inline: Iterable[str] = (), files: Iterable[str] = ()) -> KeyTa
             parsed = parse_key_line(line, source=f"{path}:{lineno}")
             if parsed:
                 entries.append((*parsed, f"{path}:{lineno}"))
+                settings = quotas.parse_overrides(line.split()[1:], source=f"{path}:{lineno}")
+                if settings:
+                    overrides.setdefault(parsed[0], {}).update(settings)
     check_unique(entries)
-    table = KeyTable()
+    for tenant, values in overrides.items():
+        quotas.resolve(TenantQuota(), values, source=f"tenant {tenant!r}")  # bad values fail at start-up
+    table = KeyTable(overrides=overrides)
     for tenant, key_hash, _ in entries:
         table.add(tenant, key_hash)
     return table

@@ -38,7 +38,7 @@ def _control_plane(settings: Settings) -> Any:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from loraplane.api import limits, serving
+    from loraplane.api import limits, quotas, serving
     from loraplane.api.app import create_app
     from loraplane.api.dataplane import Runtimes
     from loraplane.api.gateway import Gateway
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         control_plane=_control_plane(settings), runtimes=Runtimes(timeout_s=gw_settings.long_poll_s + 60),
         store=store, models=list(args.model), long_poll_s=gw_settings.long_poll_s,
         max_request_bytes=gw_settings.max_request_bytes, sample_caps=limits.caps_from(gw_settings),
+        quotas=quotas.QuotaTable(gw_settings.tenant_defaults, keys.overrides),
     )
     log.info("loraplane gateway at http://%s:%s", gw_settings.host, gw_settings.port)
     uvicorn.Server(serving.uvicorn_config(create_app(gateway, keys, settings=gw_settings), gw_settings)).run()

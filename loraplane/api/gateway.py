@@ -23,12 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 from loraplane.api import codecs, ids, jobs, limits, protocol
+from loraplane.api import quotas as quotas_mod
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.records import Records
 from loraplane.core import artifacts, errors
 from loraplane.core.controlplane import ControlPlane
 from loraplane.core.models.v1alpha1 import LoRAJob, ResumeFrom, RuntimeRef
-from loraplane.core.models.v1alpha1.lorajob import adapter_id
+from loraplane.core.models.v1alpha1.lorajob import TERMINAL_PHASES, adapter_id
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Gateway:
         long_poll_s: float = 30.0,
         max_request_bytes: int = 64 * 1024 * 1024,
         sample_caps: limits.SampleCaps | None = None,
+        quotas: quotas_mod.QuotaTable | None = None,
         clock: Callable[[], str] = utcnow,
     ) -> None:
         self.cp = control_plane
@@ -69,6 +71,7 @@ class Gateway:
         self.long_poll_s = long_poll_s
         self.max_request_bytes = max_request_bytes
         self.sample_caps = sample_caps or limits.SampleCaps()
+        self.quotas = quotas or quotas_mod.QuotaTable()
         self.clock = clock
         #: (runtime address, adapter id) of snapshots this replica has loaded as samplers
         self._loaded: set[tuple[str, str]] = set()
@@ -91,6 +94,7 @@ class Gateway:
         # Live snapshots (save_weights_and_get_sampling_client) are adapters of their own on the
         # training run's runtime: unload them while that runtime is still known.
         for sampler in self.records.samplers_of_session(session_id):
+            self.records.close_sampler(tenant, sampler)
             record = self.records.sampler(tenant, sampler)
             ref = self.cp.runtime_for(record["job"]) if record.get("job") else None
             if ref is not None and ref.pod == record.get("pod"):
@@ -147,6 +151,13 @@ class Gateway:
     async def _start_run(self, tenant: str, job: LoRAJob, metadata: dict[str, Any] | None, *, op: str) -> dict[str, Any]:
         session = job.spec.session
         assert session is not None
+        quota = self.quotas.for_tenant(tenant)
+        quotas_mod.check_rank(tenant, job.spec.lora.rank, quota)
+        if quota.max_training_clients is not None:
+            live = [j for j in await self.cp.list_jobs(tenant=tenant)
+                    if j.status.phase not in TERMINAL_PHASES and j.metadata.name != job.metadata.name]
+            quotas_mod.check_count(tenant, "training clients", "max_training_clients", len(live),
+                                   quota.max_training_clients)
         existing = self.store.read_json(artifacts.run_record_url(self.store.url, session.model_id))
         if existing is None:
             self.records.put_run(artifacts.build_run_record(
@@ -226,8 +237,12 @@ class Gateway:
         )
         return self._future(body.model_id, ref, "optim", rid)
 
-    def _reserve_save(self, tenant: str, path: artifacts.TinkerPath, *, overwrite: bool,
-                      ttl_seconds: int | None, user_metadata: dict[str, str] | None) -> str:
+    async def _reserve_save(self, tenant: str, path: artifacts.TinkerPath, *, overwrite: bool,
+                            ttl_seconds: int | None, user_metadata: dict[str, str] | None) -> str:
+        quota = self.quotas.for_tenant(tenant)
+        if quota.max_storage_bytes is not None:
+            used = await asyncio.to_thread(self.records.storage_bytes, tenant)
+            quotas_mod.check_storage(tenant, used, quota)
         record_url = artifacts.checkpoint_record_url(self.store.url, path)
         if not overwrite and self.store.exists(record_url):
             raise errors.InvalidInput(f"checkpoint {str(path)!r} exists; pass overwrite=True to replace it", field="path")
@@ -240,7 +255,7 @@ class Gateway:
         ref = self.owned_runtime(tenant, body.model_id)
         name = artifacts.check_name(body.path or f"ckpt-{body.seq_id or 0}", field="path")
         path = artifacts.TinkerPath(body.model_id, "weights", name)
-        dest = self._reserve_save(tenant, path, overwrite=body.overwrite, ttl_seconds=body.ttl_seconds,
+        dest = await self._reserve_save(tenant, path, overwrite=body.overwrite, ttl_seconds=body.ttl_seconds,
                                   user_metadata=body.user_metadata)
         rid = await self.runtimes.submit_op(
             ref.address, self.adapter(body.model_id),
@@ -254,7 +269,7 @@ class Gateway:
         adapter = ids.job_name(body.model_id)
         if body.path:
             path = artifacts.TinkerPath(body.model_id, "sampler_weights", artifacts.check_name(body.path, field="path"))
-            dest = self._reserve_save(tenant, path, overwrite=True, ttl_seconds=body.ttl_seconds,
+            dest = await self._reserve_save(tenant, path, overwrite=True, ttl_seconds=body.ttl_seconds,
                                       user_metadata=body.user_metadata)
             rid = await self.runtimes.submit_op(
                 ref.address, self.adapter(body.model_id), {"seq_id": body.seq_id, "op": "save_sampler", "dest": dest}
@@ -303,7 +318,12 @@ class Gateway:
         else:
             self._check_model(str(body.base_model))
             record.update(base_model=body.base_model, adapter_id=None)
+        quota = self.quotas.for_tenant(tenant)
+        if quota.max_sampling_clients is not None:
+            quotas_mod.check_count(tenant, "sampling clients", "max_sampling_clients",
+                                   self.records.open_samplers(tenant), quota.max_sampling_clients)
         self.records.put_sampler(record)
+        self.records.open_sampler(tenant, sampler)
         return {"sampling_session_id": sampler}
 
     def sampler_view(self, tenant: str, sampler_id: str) -> dict[str, Any]:

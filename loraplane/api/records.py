@@ -111,6 +111,11 @@ class Records:
             if isinstance(record.get("session_id"), str) and isinstance(record.get("sampler_id"), str):
                 self.store.touch(artifacts.join(
                     artifacts.session_samplers_index_url(self.store.url, record["session_id"]), record["sampler_id"]))
+        for run_id in self.store.run_ids():
+            record = self.store.read_json(artifacts.run_record_url(self.store.url, run_id))
+            if record is not None and isinstance(record.get("tenant"), str):
+                self.store.touch(artifacts.join(artifacts.tenant_index_url(self.store.url, record["tenant"], "runs"),
+                                                run_id))
         self.store.write_json(built, {"built": self.clock()})
         self._indexed = True
 
@@ -134,6 +139,25 @@ class Records:
     # -- runs and checkpoints -------------------------------------------------------------------
     def put_run(self, record: dict[str, Any]) -> None:
         self.store.write_json(artifacts.run_record_url(self.store.url, record["training_run_id"]), record)
+        self.store.touch(artifacts.join(artifacts.tenant_index_url(self.store.url, record["tenant"], "runs"),
+                                        record["training_run_id"]))
+
+    def storage_bytes(self, tenant: str) -> int:
+        """Bytes the tenant's checkpoints take in the store (I/O: walks their folders)."""
+        self._ensure_index()
+        run_ids = self.store.children(artifacts.tenant_index_url(self.store.url, tenant, "runs"))
+        return sum(self.store.size_bytes(artifacts.join(artifacts.run_url(self.store.url, run_id), segment))
+                   for run_id in run_ids for segment in artifacts.SEGMENTS)
+
+    # -- sampling clients counted for quotas ----------------------------------------------------
+    def open_sampler(self, tenant: str, sampler_id: str) -> None:
+        self.store.touch(artifacts.join(artifacts.tenant_index_url(self.store.url, tenant, "samplers"), sampler_id))
+
+    def close_sampler(self, tenant: str, sampler_id: str) -> None:
+        self.store.delete(artifacts.join(artifacts.tenant_index_url(self.store.url, tenant, "samplers"), sampler_id))
+
+    def open_samplers(self, tenant: str) -> int:
+        return len(self.store.children(artifacts.tenant_index_url(self.store.url, tenant, "samplers")))
 
     def run(self, tenant: str, run_id: str, *, field: str = "training_run_id") -> dict[str, Any]:
         record = None

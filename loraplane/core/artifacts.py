@@ -12,6 +12,8 @@ records), the operator (declarative jobs and restores). The layout under the sto
     <store>/jobs/<job_name>.json                            LoRAJobs of single-node mode
     <store>/index/tenants/<tenant>/sessions/<created>_<id>  a tenant's sessions (empty markers), oldest first
     <store>/index/sessions/<session_id>/<sampler_id>        a session's samplers (empty markers)
+    <store>/index/tenants/<tenant>/runs/<run_id>            a tenant's training runs
+    <store>/index/tenants/<tenant>/samplers/<sampler_id>    a tenant's sampling clients of open sessions
 
 Design notes
 ============
@@ -138,6 +140,11 @@ def job_record_url(store: str, job_name: str) -> str:
 def tenant_sessions_index_url(store: str, tenant: str) -> str:
     """Folder of a tenant's session markers: listing them reads one folder, not every session."""
     return join(store, "index", "tenants", tenant, "sessions")
+
+
+def tenant_index_url(store: str, tenant: str, kind: str) -> str:
+    """Folder of a tenant's markers of one kind ("runs", "samplers"): counted and listed cheaply."""
+    return join(store, "index", "tenants", tenant, kind)
 
 
 def session_samplers_index_url(store: str, session_id: str) -> str:

@@ -6,6 +6,7 @@
     │   ├── NotFound               an id or path that does not exist, or belongs to another tenant (404)
     │   ├── Conflict               the resource exists with a different shape (409)
     │   ├── Unauthenticated        missing or unknown API key (401)
+    │   ├── Forbidden              allowed to no one of this tenant, whatever the retry (403)
     │   └── PayloadTooLarge        a request body over the configured limit (413)
     ├── CapacityError              no runtime has room right now; retryable (503)
     │   ├── TooManyRequests        over a rate or queue limit; retry after `retry_after_s` (429)
@@ -56,6 +57,10 @@ class Unauthenticated(UserError):
     status_code = 401
 
 
+class Forbidden(UserError):
+    status_code = 403
+
+
 class PayloadTooLarge(UserError):
     status_code = 413
 
@@ -90,6 +95,7 @@ class ServerError(LoraplaneError):
 _BY_STATUS: dict[int, type[LoraplaneError]] = {
     400: InvalidInput,
     401: Unauthenticated,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,

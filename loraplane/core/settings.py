@@ -47,6 +47,21 @@ class RuntimeSettings(BaseModel):
     port: int = 8001
 
 
+class TenantQuota(BaseModel):
+    """What one tenant may hold; a tenant's line of the keys file can override each field."""
+
+    #: Training clients (LoRAJobs not yet finished) at once; None = no limit.
+    max_training_clients: int | None = Field(None, ge=0)
+    #: Largest LoRA rank of a training client.
+    max_lora_rank: int | None = Field(None, ge=1)
+    #: Sampling clients of open sessions at once.
+    max_sampling_clients: int | None = Field(None, ge=0)
+    #: Bytes of checkpoints kept in the store; a save past it is refused.
+    max_storage_bytes: int | None = Field(None, ge=0)
+    #: Share of the runtimes' time relative to other tenants (fair share).
+    weight: float = Field(1.0, gt=0)
+
+
 class GatewaySettings(BaseModel):
     host: str = "0.0.0.0"
     port: int = 8000
@@ -74,6 +89,8 @@ class GatewaySettings(BaseModel):
     metrics_token: str | None = None
     #: Serve the OpenAPI description at /openapi.json (behind the API key). Off in production.
     openapi: bool = False
+    #: Quotas of tenants whose keys-file line sets none (LORAPLANE_GATEWAY__TENANT_DEFAULTS__MAX_LORA_RANK=64).
+    tenant_defaults: TenantQuota = Field(default_factory=TenantQuota)
     #: How long retrieve_future holds a request before answering try_again.
     long_poll_s: float = Field(30.0, gt=0, le=40)
     #: How long create_model waits for its job to be Running.

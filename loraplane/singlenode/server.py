@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from loraplane.api import limits
+from loraplane.api import limits, quotas
 from loraplane.api.app import create_app
 from loraplane.api.auth import KeyTable
 from loraplane.api.dataplane import Runtimes
@@ -156,6 +156,7 @@ def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], A
         long_poll_s=config.gateway.long_poll_s,
         max_request_bytes=config.gateway.max_request_bytes,
         sample_caps=limits.caps_from(config.gateway),
+        quotas=quotas.QuotaTable(config.gateway.tenant_defaults, config.keys.overrides),
     )
     app = create_app(gateway, config.keys, settings=config.gateway)
     inner = app.router.lifespan_context
