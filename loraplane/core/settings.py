@@ -58,8 +58,6 @@ class TenantQuota(BaseModel):
     max_sampling_clients: int | None = Field(None, ge=0)
     #: Bytes of checkpoints kept in the store; a save past it is refused.
     max_storage_bytes: int | None = Field(None, ge=0)
-    #: Share of the runtimes' time relative to other tenants (fair share).
-    weight: float = Field(1.0, gt=0)
 
 
 class GatewaySettings(BaseModel):

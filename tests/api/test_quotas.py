@@ -10,18 +10,18 @@ from loraplane.core.settings import TenantQuota
 
 
 def test_settings_after_a_key_override_the_defaults_for_that_tenant_only() -> None:
-    keys = auth.load_keys(inline=["alice=tml-a max_training_clients=2 max_lora_rank=16 weight=3", "bob=tml-b"])
+    keys = auth.load_keys(inline=["alice=tml-a max_training_clients=2 max_lora_rank=16", "bob=tml-b"])
     table = quotas.QuotaTable(TenantQuota(max_lora_rank=64, max_sampling_clients=5), keys.overrides)
     alice, bob = table.for_tenant("alice"), table.for_tenant("bob")
-    assert (alice.max_training_clients, alice.max_lora_rank, alice.max_sampling_clients, alice.weight) == (2, 16, 5, 3.0)
-    assert (bob.max_training_clients, bob.max_lora_rank, bob.weight) == (None, 64, 1.0)
+    assert (alice.max_training_clients, alice.max_lora_rank, alice.max_sampling_clients) == (2, 16, 5)
+    assert (bob.max_training_clients, bob.max_lora_rank) == (None, 64)
     assert keys.tenant_for("tml-a") == "alice"
 
 
 @pytest.mark.parametrize(("line", "message"), [
     ("alice=tml-a max_rank=4", "not a tenant setting; accepted: max_training_clients=N"),
     ("alice=tml-a max_lora_rank=0", "max_lora_rank: Input should be greater than or equal to 1"),
-    ("alice=tml-a weight=lots", "weight: Input should be a valid number"),
+    ("alice=tml-a max_storage_bytes=lots", "max_storage_bytes: Input should be a valid integer"),
 ])
 def test_a_bad_tenant_setting_is_refused_at_start_up_naming_it(line: str, message: str) -> None:
     with pytest.raises(errors.InvalidInput, match=message):
