@@ -7,7 +7,9 @@ Design notes
 ============
 A job stays where it is while its runtime is healthy (sticky), because moving an adapter costs a
 save and a load and loses whatever the optimizer did since the last checkpoint. A new or displaced
-job goes to the ready runtime of its base model with the fewest adapters; ties go to the pod name,
+job goes to the ready runtime of its base model that holds the fewest jobs of the job's tenant, then
+the fewest adapters: one tenant's many jobs spread over the runtimes instead of filling one, so a
+runtime's fair share between tenants has several tenants to share between. Ties go to the pod name,
 so that two operators (or one restarted) make the same choice for the same observations.
 """
 
@@ -85,6 +87,7 @@ def place(
     candidates: Iterable[RuntimeCandidate],
     *,
     current: str | None = None,
+    tenant_jobs: Mapping[str, int] | None = None,
 ) -> Placement:
     """Choose a runtime for a job of `base_model`. Pure; called by the operator's dispatcher.
 
@@ -92,7 +95,9 @@ def place(
         base_model: the job's spec.baseModel.
         candidates: every runtime pod seen, ready or not.
         current: the pod that holds the job now (status.runtime.pod), if any.
+        tenant_jobs: pod -> how many other jobs of the job's tenant it holds (none: 0 everywhere).
     """
+    tenant_jobs = tenant_jobs or {}
     pods = list(candidates)
     serving = [c for c in pods if c.ready and c.base_model == base_model]
     if current is not None:
@@ -110,7 +115,9 @@ def place(
             PlacementReason.NO_CAPACITY,
             f"all {len(serving)} ready runtime(s) of {base_model!r} are full; waiting for a free slot",
         )
-    best = min(with_room, key=lambda c: (c.adapters, -c.free_slots, c.pod))
+    best = min(with_room, key=lambda c: (tenant_jobs.get(c.pod, 0), c.adapters, -c.free_slots, c.pod))
     return Placement(
-        best, PlacementReason.LEAST_LOADED, f"placed on runtime {best.pod} ({best.adapters} adapter(s) there)"
+        best, PlacementReason.LEAST_LOADED,
+        f"placed on runtime {best.pod} ({best.adapters} adapter(s) there, "
+        f"{tenant_jobs.get(best.pod, 0)} of this tenant's jobs)",
     )

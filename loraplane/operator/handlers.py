@@ -138,6 +138,7 @@ def build_registry(
         except ValueError:
             return  # an invalid spec was never dispatched
         await loop.unload(job)
+        ctx().pool.unplaced(f"{namespace}/{name}")
         ctx().phase_counts.set(f"{namespace}/{name}", None)
 
     return registry

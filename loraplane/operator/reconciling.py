@@ -207,12 +207,14 @@ class JobLoop:
 
     async def schedule(self, job: LoRAJob, now: datetime) -> float | None:
         current = job.status.runtime.pod if job.status.runtime else None
-        placement = scheduling.place(job.spec.base_model, self.ctx.pool.candidates(), current=current)
+        placement = scheduling.place(job.spec.base_model, self.ctx.pool.candidates(), current=current,
+                                     tenant_jobs=self.ctx.pool.tenant_jobs(job.spec.tenant, besides=self.key))
         if placement.runtime is None:
             new = phases.unschedulable(job.status, placement.reason.value, placement.message, now)
             await self.write(job, new, placement.reason.value, placement.message)
             return self.ctx.settings.health_interval_s
         runtime = RuntimeRef(pod=placement.runtime.pod, address=placement.runtime.address)
+        self.ctx.pool.placed(self.key, runtime.pod, job.spec.tenant)
         if job.status.runtime != runtime or job.status.phase != Phase.SCHEDULED:
             job = await self.write(
                 job,

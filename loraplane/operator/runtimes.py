@@ -44,6 +44,7 @@ class RuntimePool:
         self._health: dict[str, RuntimeCandidate] = {}  #: last /readyz view per pod
         self._listeners: list[Callable[[], None]] = []  #: called when readiness or capacity changes
         self._adapters: dict[str, dict[str, dict[str, Any]]] = {}  #: pod -> adapter id -> AdapterInfo
+        self._placed: dict[str, tuple[str, str]] = {}  #: job key -> (pod, tenant), as scheduled
 
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -84,6 +85,21 @@ class RuntimePool:
     def is_ready(self, pod: str) -> bool:
         health = self._health.get(pod)
         return bool(health and health.ready and pod in self._pods and self._pods[pod].pod_ready)
+
+    def placed(self, job_key: str, pod: str, tenant: str) -> None:
+        """Remember where a job runs, for the tenant-spreading part of placement."""
+        self._placed[job_key] = (pod, tenant)
+
+    def unplaced(self, job_key: str) -> None:
+        self._placed.pop(job_key, None)
+
+    def tenant_jobs(self, tenant: str, *, besides: str) -> dict[str, int]:
+        """pod -> jobs of `tenant` placed there, not counting job `besides`."""
+        out: dict[str, int] = {}
+        for key, (pod, owner) in self._placed.items():
+            if owner == tenant and key != besides:
+                out[pod] = out.get(pod, 0) + 1
+        return out
 
     def reserve(self, pod: str) -> None:
         """Count a placement against the pod until the next poll says otherwise."""

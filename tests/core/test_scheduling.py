@@ -56,3 +56,24 @@ def test_unplaced_message_says_why(candidates: list[RuntimeCandidate], words: li
     message = scheduling.place("m", candidates).message
     for word in words:
         assert word in message
+
+
+@pytest.mark.parametrize(
+    ("candidates", "tenant_jobs", "current", "pod"),
+    [
+        # the tenant's jobs fill rt-a: a new one goes to rt-b although rt-a holds fewer adapters
+        ([rt("rt-a", adapters=3), rt("rt-b", adapters=5)], {"rt-a": 3}, None, "rt-b"),
+        # equal for the tenant: least loaded wins, as without tenants
+        ([rt("rt-a", adapters=3), rt("rt-b", adapters=5)], {"rt-a": 1, "rt-b": 1}, None, "rt-a"),
+        # the only runtime with room takes it, however many of the tenant's jobs it holds
+        ([rt("rt-a", adapters=3), rt("rt-b", adapters=8, free=0)], {"rt-a": 3}, None, "rt-a"),
+        # sticky beats spreading: a running job does not move
+        ([rt("rt-a", adapters=3), rt("rt-b")], {"rt-a": 3}, "rt-a", "rt-a"),
+        # another tenant's jobs do not count (the caller passes only this tenant's)
+        ([rt("rt-a", adapters=1), rt("rt-b", adapters=2)], {}, None, "rt-a"),
+    ],
+)
+def test_placement_spreads_one_tenants_jobs_over_the_runtimes(
+        candidates: list[RuntimeCandidate], tenant_jobs: dict[str, int], current: str | None, pod: str) -> None:
+    placement = scheduling.place("m", candidates, current=current, tenant_jobs=tenant_jobs)
+    assert placement.runtime is not None and placement.runtime.pod == pod
