@@ -74,7 +74,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         cls = errors.class_for_status(exc.status_code)
-        err = cls(str(exc.detail))
+        # FastAPI's own 400 is a body it could not parse (too deep, a number too long, ...).
+        err = cls(str(exc.detail), field="body" if exc.status_code == 400 else None)
         err.status_code = exc.status_code
         return response_for(err)
 

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 #: Seeds torch's generators take: any 64-bit value, signed or not.
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+#: The longest checkpoint TTL: a hundred years (past it, "keep forever" is what a client means).
+MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
 #: The largest model_seq_id / sampling_session_seq_id an id can spell (`ids.MODEL_RE`, `ids.SAMPLER_RE`).
 MODEL_SEQ_MAX, SAMPLER_SEQ_MAX = 10**9 - 1, 10**12 - 1
 
@@ -89,7 +91,7 @@ class SaveWeights(_Body):
     model_id: str
     path: str | None = None
     seq_id: int | None = None
-    ttl_seconds: int | None = Field(None, ge=0)
+    ttl_seconds: int | None = Field(None, ge=0, le=MAX_TTL_SECONDS)
     overwrite: bool = False
     user_metadata: dict[str, str] | None = None
 
@@ -100,7 +102,7 @@ class SaveWeightsForSampler(_Body):
     sampling_session_seq_id: int | None = Field(None, ge=0, le=SAMPLER_SEQ_MAX)
     kind: Literal["snapshot", "inflight"] = "snapshot"
     seq_id: int | None = None
-    ttl_seconds: int | None = Field(None, ge=0)
+    ttl_seconds: int | None = Field(None, ge=0, le=MAX_TTL_SECONDS)
     user_metadata: dict[str, str] | None = None
 
 
@@ -162,4 +164,4 @@ class WeightsInfo(_Body):
 
 
 class CheckpointTtl(_Body):
-    ttl_seconds: int | None = Field(None, ge=0)
+    ttl_seconds: int | None = Field(None, ge=0, le=MAX_TTL_SECONDS)
