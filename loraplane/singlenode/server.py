@@ -27,7 +27,7 @@ from loraplane.api.app import create_app
 from loraplane.api.auth import KeyTable
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.gateway import Gateway
-from loraplane.core import artifacts
+from loraplane.core import artifacts, errors
 from loraplane.core.settings import GatewaySettings, RuntimeSettings
 from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntime
 
@@ -118,10 +118,16 @@ def default_runtime_app(settings: RuntimeSettings) -> Any:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # serve's log is its one ready line, not a loading bar
-        engine = await asyncio.to_thread(
-            Engine, str(settings.model_path), base_model=settings.base_model, device=settings.device,
-            dtype=settings.dtype, threads=settings.threads,
-        )
+        try:
+            engine = await asyncio.to_thread(
+                Engine, str(settings.model_path), base_model=settings.base_model, device=settings.device,
+                dtype=settings.dtype, threads=settings.threads,
+            )
+        except errors.LoraplaneError:
+            raise
+        except Exception as exc:  # a broken model folder: say which model, in one line
+            raise errors.ServerError(f"cannot load base model {settings.base_model!r} from "
+                                     f"{settings.model_path}: {type(exc).__name__}: {exc}") from exc
         executor = Executor(engine, settings)
         state.attach(executor)
         try:
