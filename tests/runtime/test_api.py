@@ -118,7 +118,7 @@ def test_create_is_idempotent_and_conflicts_on_another_config(state):
     first, again, other = run(state, scenario)
     assert (first.status_code, again.status_code, other.status_code) == (201, 200, 409)
     info = first.json()
-    assert info["kind"] == "train" and info["rank"] == 4 and info["alpha"] == 4.0 and info["next_seq"] == 1
+    assert info["kind"] == "train" and info["rank"] == 4 and info["alpha"] == 32.0 and info["next_seq"] == 1
     assert other.json()["category"] == "user"
 
 
