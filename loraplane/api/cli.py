@@ -12,6 +12,7 @@ of the app into the exception that `loraplane.cli` reports in one line.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import logging
 import socket
@@ -99,20 +100,28 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class StartupGuard:
-    """ASGI wrapper that keeps a failed app start's exception instead of uvicorn's traceback log.
+    """ASGI wrapper that keeps start and stop free of uvicorn's traceback logs.
 
     uvicorn logs the text of `lifespan.startup.failed` (Starlette puts the whole traceback there);
     the guard blanks it and keeps the exception, which `listen` raises once uvicorn has stopped.
+    On a stop, requests still open after the grace period (long polls) are cancelled by uvicorn,
+    which logs each as an application error; once stopping, the guard lets them end quietly.
     """
 
     def __init__(self, app: Any) -> None:
         self.app = app
         #: the exception that ended the app's start, if one did
         self.error: Exception | None = None
+        #: set when the server begins to stop
+        self.stopping = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            except asyncio.CancelledError:
+                if not self.stopping:
+                    raise
             return
 
         async def send_quietly(message: Any) -> None:
@@ -139,6 +148,10 @@ def listen(app: Any, *, host: str, port: int, ready: str) -> int:
             if self.started and self.servers:
                 bound_host, bound_port = self.servers[0].sockets[0].getsockname()[:2]
                 log.info(ready.format(host=bound_host, port=bound_port))
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            guard.stopping = True
+            await super().shutdown(sockets=sockets)
 
     # In-flight long polls would hold a graceful stop for up to their 30 s; clients re-poll elsewhere.
     config = uvicorn.Config(guard, log_level="warning", access_log=False, timeout_keep_alive=75,

@@ -167,12 +167,17 @@ def _wait_for(proc: subprocess.Popen[str], pattern: str, timeout_s: float = 120)
 
 
 def test_ctrl_c_stops_serve_with_one_line_and_no_traceback(tiny_model_dir, tmp_path) -> None:
+    """Also while a request is still open (as a long poll is): it is cut after the grace period, quietly."""
     proc = _spawn(["serve", "--host", "127.0.0.1", "--port", "0", "--model", f"m={tiny_model_dir}", *KEY,
                    "--store", str(tmp_path / "store"), "--device", "cpu", "--threads", "1"])
     try:
-        _wait_for(proc, r"loraplane serving at http://127\.0\.0\.1:\d+")
-        proc.send_signal(signal.SIGINT)
-        _, rest = proc.communicate(timeout=60)
+        match, _ = _wait_for(proc, r"loraplane serving at http://127\.0\.0\.1:(\d+)")
+        with socket.create_connection(("127.0.0.1", int(match.group(1)))) as open_request:
+            open_request.sendall(b"POST /api/v1/create_session HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+            time.sleep(0.5)  # the request has reached the app, which waits for the rest of its body
+            proc.send_signal(signal.SIGINT)
+            _, rest = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == cli.INTERRUPTED
