@@ -24,7 +24,7 @@ Conditions keep their `lastTransitionTime` while their status does not change, a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -195,6 +195,22 @@ def idle_expired(job: LoRAJob, *, last_used: float | None, now: float) -> bool:
     if job.spec.mode != "interactive" or timeout is None or last_used is None:
         return False
     return now - last_used >= timeout
+
+
+def interactive_progress(current: Progress, info: Mapping[str, Any]) -> Progress | None:
+    """The progress an SDK-driven adapter's runtime info shows, or None when nothing changed.
+
+    Pure; called by the operator's follow loop with the runtime's AdapterInfo (`step`, `loss`:
+    per weighted token of the last forward_backward), so `kubectl get lj` shows real progress.
+    """
+    step = info.get("step")
+    loss = info.get("loss")
+    update: dict[str, Any] = {}
+    if isinstance(step, int) and not isinstance(step, bool) and step != current.step:
+        update["step"] = step
+    if isinstance(loss, int | float) and not isinstance(loss, bool) and round(float(loss), 6) != current.loss:
+        update["loss"] = round(float(loss), 6)
+    return current.model_copy(update=update) if update else None
 
 
 def progress_due(last_write: float | None, now: float, interval: float) -> bool:

@@ -341,14 +341,16 @@ class JobLoop:
         return 0.0
 
     async def _note_step(self, job: LoRAJob, info: Mapping[str, Any]) -> LoRAJob:
-        """Record an interactive adapter's step (rate-bounded), the step a restore counts losses from."""
-        step = info.get("step")
-        if not isinstance(step, int) or step == job.status.progress.step:
+        """Record an interactive adapter's step and last loss (rate-bounded) for status and its columns.
+
+        The step is also the one a restore counts lost steps from.
+        """
+        progress = phases.interactive_progress(job.status.progress, info)
+        if progress is None:
             return job
         mono = time.monotonic()
         if not phases.progress_due(self.last_progress_write, mono, self.ctx.settings.progress_interval_s):
             return job
-        progress = job.status.progress.model_copy(update={"step": step})
         self.last_progress_write = mono
         return await self.write(job, phases.progressed(job.status, progress, None), "Progress", "")
 

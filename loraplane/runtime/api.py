@@ -298,7 +298,7 @@ def adapter_info(executor: ex.Executor, adapter_id: str) -> dict[str, Any]:
         "adapter_id": adapter_id, "kind": "sampler" if engine.is_sampler(adapter_id) else "train",
         "rank": spec.rank, "alpha": spec.alpha, "seed": spec.seed, "train_attn": spec.train_attn,
         "train_mlp": spec.train_mlp, "train_unembed": spec.train_unembed,
-        "step": engine.adapter_step(adapter_id), "resident": engine.is_resident(adapter_id),
+        "step": engine.adapter_step(adapter_id), "loss": engine.adapter_loss(adapter_id), "resident": engine.is_resident(adapter_id),
         "last_used": last_used or time.time(), "next_seq": next_seq,
     }
 

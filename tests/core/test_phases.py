@@ -295,3 +295,18 @@ def test_running_records_a_restored_save_as_the_latest_checkpoint() -> None:
     before = job({}, start_time=STARTED, progress=Progress(step=9), latest_checkpoint=OWN)
     status = phases.running(before.status, phases.restore_plan(before, [saved("mine", 25, 30)]), NOW, generation=1)
     assert status.latest_checkpoint == saved("mine", 25, 30) and status.progress.step == 25
+
+
+@pytest.mark.parametrize(
+    ("current", "info", "expected"),
+    [
+        (Progress(), {"step": 3, "loss": 1.25}, Progress(step=3, loss=1.25)),
+        (Progress(step=3, loss=1.25), {"step": 3, "loss": 1.25}, None),
+        (Progress(step=3, loss=1.25), {"step": 3, "loss": 0.5}, Progress(step=3, loss=0.5)),
+        (Progress(step=3), {"step": 4, "loss": None}, Progress(step=4)),
+        (Progress(step=3, tokens=9), {"step": True, "loss": "low"}, None),
+        (Progress(), {}, None),
+    ],
+)
+def test_sdk_driven_progress_takes_the_runtimes_step_and_loss(current, info, expected) -> None:
+    assert phases.interactive_progress(current, info) == expected

@@ -148,6 +148,8 @@ def test_forward_backward_then_optim_step_through_protobuf(state):
     later = response_conv.deserialize_forward_backward_output(after.content).loss_fn_outputs[0]["logprobs"].tolist()
     assert later[-1] > logprobs[-1]  # one step of SGD-like descent raised the weighted token's logprob
     assert info["step"] == 1 and info["next_seq"] == 4
+    # status shows the loss per weighted token of the last forward_backward (one weighted token here)
+    assert info["loss"] == pytest.approx(-later[-1], rel=1e-4)
 
 
 def test_sparse_and_zstd_requests_match_the_dense_one(state):
