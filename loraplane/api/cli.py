@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -100,30 +101,63 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class StartupGuard:
-    """ASGI wrapper that keeps start and stop free of uvicorn's traceback logs.
+    """ASGI wrapper that keeps start and stop free of uvicorn's tracebacks and error lines.
 
-    uvicorn logs the text of `lifespan.startup.failed` (Starlette puts the whole traceback there);
-    the guard blanks it and keeps the exception, which `listen` raises once uvicorn has stopped.
-    On a stop, requests still open after the grace period (long polls) are cancelled by uvicorn,
-    which logs each as an application error; once stopping, the guard lets them end quietly.
+    Start: uvicorn logs the text of `lifespan.startup.failed` (Starlette puts the whole traceback
+    there); the guard blanks it and keeps the exception, which `listen` raises once uvicorn has
+    stopped. Stop: requests still open (long polls hold one for up to 30 s) would be cancelled by
+    uvicorn after its grace period, each logged as an error; `drain` gives them `grace_s` to end,
+    then ends the rest itself with a 503, which the SDK retries against the next server.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, grace_s: float = 3.0) -> None:
         self.app = app
+        self.grace_s = grace_s
         #: the exception that ended the app's start, if one did
         self.error: Exception | None = None
         #: set when the server begins to stop
         self.stopping = False
+        #: tasks of the HTTP requests in progress
+        self._open: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan":
-            try:
-                await self.app(scope, receive, send)
-            except asyncio.CancelledError:
-                if not self.stopping:
-                    raise
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
             return
+        task = asyncio.current_task()
+        assert task is not None
+        self._open.add(task)
+        started = False
 
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            if not started and scope["type"] == "http":
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.start", "status": 503,
+                                "headers": [(b"content-type", b"application/json")]})
+                    await send({"type": "http.response.body",
+                                "body": b'{"detail": "the server is stopping; retry", "category": "server"}'})
+        finally:
+            self._open.discard(task)
+
+    async def drain(self) -> None:
+        """Stop: let open requests end within the grace period, then end the others with a 503."""
+        self.stopping = True
+        deadline = asyncio.get_running_loop().time() + self.grace_s
+        while self._open and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._open):
+            task.cancel()
+
+    async def _lifespan(self, scope: Any, receive: Any, send: Any) -> None:
         async def send_quietly(message: Any) -> None:
             if message["type"] == "lifespan.startup.failed":
                 message = {"type": message["type"], "message": ""}
@@ -150,7 +184,7 @@ def listen(app: Any, *, host: str, port: int, ready: str) -> int:
                 log.info(ready.format(host=bound_host, port=bound_port))
 
         async def shutdown(self, sockets: Any = None) -> None:
-            guard.stopping = True
+            await guard.drain()
             await super().shutdown(sockets=sockets)
 
     # In-flight long polls would hold a graceful stop for up to their 30 s; clients re-poll elsewhere.
