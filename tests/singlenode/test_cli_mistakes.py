@@ -216,3 +216,11 @@ def test_gateway_with_a_port_in_use_is_one_line(capsys, tmp_path, monkeypatch) -
                                  "--store", str(tmp_path / "store")], capsys)
     assert code == 2
     assert_one_line(err, "loraplane gateway:", "already in use")
+
+
+@pytest.mark.parametrize("command", ["gateway", "operator"])
+def test_every_command_checks_its_store_at_start(command, capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("LORAPLANE_GATEWAY__API_KEYS", "alice=tml-alice-0123456789")
+    code, _, err = run_main([command, "--store", "bogus://x"], capsys)
+    assert code == 2
+    assert_one_line(err, f"loraplane {command}:", "unknown scheme 'bogus://'")
