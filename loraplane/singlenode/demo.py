@@ -166,7 +166,7 @@ def quiet_retries() -> Iterator[None]:
 
 def train_and_show(
     *, base_url: str, api_key: str, base_model: str, tokenizer: Any, steps: int = 8, rank: int = 8,
-    learning_rate: float = 3e-3, facts: list[tuple[str, str]] = FACTS, out: Callable[[str], None] = print,
+    learning_rate: float = 2e-3, facts: list[tuple[str, str]] = FACTS, out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The Tinker part of the demo. Returns the losses, the samples and the checkpoint path."""
     with quiet_retries():
@@ -244,7 +244,7 @@ def serving(model_dir: Path, *, name: str, store: str, threads: int, key: str, t
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps (default 8)")
     parser.add_argument("--rank", type=int, default=8, choices=[8, 16], help="LoRA rank")
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("LORAPLANE_RUNTIME__THREADS", "2")),
                         help="torch CPU threads of the server (LORAPLANE_RUNTIME__THREADS, default 2)")
     parser.add_argument("--cache", type=Path, default=None, help="where the converted model is kept")
