@@ -144,6 +144,7 @@ def create_app(gateway: Gateway, keys: KeyTable, *, settings: GatewaySettings | 
     app.state.keys = keys
     api_errors.install(app)
     registry = CollectorRegistry()
+    app.state.metrics_registry = registry  # single-node adds its in-process runtimes' series here
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

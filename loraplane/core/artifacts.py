@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.registry import known_implementations, registry
 
 from loraplane.core import errors
 
@@ -382,3 +383,43 @@ class ArtifactStore:
                 if body is not None:
                     out.append(body)
         return out
+
+
+def open_store(url: str) -> ArtifactStore:
+    """The store at `url`, checked the way a command checks it at start-up.
+
+    Called by `loraplane serve`, `gateway` and `operator` before they listen, so that a wrong URL
+    is one line at start instead of a failed first call. A local folder is created when missing
+    and must be writable; remote stores are not contacted here. Raises InvalidInput(field="store").
+    """
+    protocol, _ = fsspec.core.split_protocol(url)
+    if protocol is not None and protocol not in known_implementations \
+            and protocol not in registry:
+        raise errors.InvalidInput(
+            f"--store {url!r}: unknown scheme '{protocol}://'; use a folder path, file:///path or s3://bucket/prefix",
+            field="store")
+    try:
+        store = ArtifactStore(url)
+    except ImportError as exc:
+        extra = "s3" if protocol in ("s3", "s3a") else None
+        hint = "pip install 'loraplane[s3]'" if extra else str(exc)
+        raise errors.InvalidInput(f"--store {url!r}: {protocol}:// stores need a driver that is not installed: {hint}",
+                                  field="store") from None
+    except ValueError as exc:
+        raise errors.InvalidInput(f"--store {url!r}: {exc}", field="store") from None
+    if protocol in (None, "file", "local"):
+        _check_local_folder(url, store._root)
+    return store
+
+
+def _check_local_folder(url: str, root: str) -> None:
+    folder = Path(root)
+    if folder.exists() and not folder.is_dir():
+        raise errors.InvalidInput(f"--store {url!r} is a file; pass a folder (it is created if missing)",
+                                  field="store")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.InvalidInput(f"--store {url!r}: cannot create the folder: {exc.strerror}", field="store") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise errors.InvalidInput(f"--store {url!r}: the folder is not writable by this user", field="store")

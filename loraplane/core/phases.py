@@ -24,7 +24,7 @@ Conditions keep their `lastTransitionTime` while their status does not change, a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -116,10 +116,12 @@ def decide(job: LoRAJob, *, runtime_ready: bool, now: datetime) -> Decision:
     if status.phase in TERMINAL_PHASES:
         return _after_finish(job, now)
     if status.attempts > spec.backoff_limit:
+        last = last_failure(status)
         return Decision(
             Action.FAIL,
             "BackoffLimitExceeded",
-            f"{status.attempts} attempts, more than backoffLimit {spec.backoff_limit}",
+            f"{status.attempts} attempts, more than backoffLimit {spec.backoff_limit}"
+            + (f"; the last: {last}" if last else ""),
         )
     if spec.suspend and status.phase != Phase.SUSPENDED:
         return Decision(Action.SUSPEND, "Suspended", "spec.suspend is true")
@@ -195,6 +197,22 @@ def idle_expired(job: LoRAJob, *, last_used: float | None, now: float) -> bool:
     if job.spec.mode != "interactive" or timeout is None or last_used is None:
         return False
     return now - last_used >= timeout
+
+
+def interactive_progress(current: Progress, info: Mapping[str, Any]) -> Progress | None:
+    """The progress an SDK-driven adapter's runtime info shows, or None when nothing changed.
+
+    Pure; called by the operator's follow loop with the runtime's AdapterInfo (`step`, `loss`:
+    per weighted token of the last forward_backward), so `kubectl get lj` shows real progress.
+    """
+    step = info.get("step")
+    loss = info.get("loss")
+    update: dict[str, Any] = {}
+    if isinstance(step, int) and not isinstance(step, bool) and step != current.step:
+        update["step"] = step
+    if isinstance(loss, int | float) and not isinstance(loss, bool) and round(float(loss), 6) != current.loss:
+        update["loss"] = round(float(loss), 6)
+    return current.model_copy(update=update) if update else None
 
 
 def progress_due(last_write: float | None, now: float, interval: float) -> bool:
@@ -292,14 +310,31 @@ def restored(status: LoRAJobStatus, message: str, now: datetime) -> LoRAJobStatu
     )
 
 
+#: Ready-condition reasons of a failed attempt, whose message says why it failed
+FAILED_ATTEMPT_REASONS = ("DispatchFailed", "RuntimeLost")
+
+
+def last_failure(status: LoRAJobStatus) -> str | None:
+    """Why the job's last attempt failed, from its Ready condition; None if it did not. Pure.
+
+    Called by `decide` when the backoff limit is exceeded, so the final Failed condition (and the
+    message `kubectl get` and `describe` show) carries the cause and not only the count.
+    """
+    ready = next((c for c in status.conditions if c.type == READY), None)
+    if ready is None or ready.status != "False" or ready.reason not in FAILED_ATTEMPT_REASONS:
+        return None
+    return ready.message
+
+
 def dispatch_failed(
     status: LoRAJobStatus, error: str, now: datetime, *, backoff_base: float = BACKOFF_BASE_S
 ) -> LoRAJobStatus:
     """A dispatch or training run failed: one attempt used, retry after the backoff. Pure."""
     attempts = status.attempts + 1
     retry_at = now + timedelta(seconds=backoff_delay(attempts, base=backoff_base))
-    message = f"attempt {attempts} failed: {error}; retrying at {iso(retry_at)}"
-    conditions = set_condition(status.conditions, READY, "False", "DispatchFailed", message, now)
+    failure = f"attempt {attempts} failed: {error}"
+    message = f"{failure}; retrying at {iso(retry_at)}"
+    conditions = set_condition(status.conditions, READY, "False", "DispatchFailed", failure, now)
     return _with(
         status,
         phase=Phase.PENDING,

@@ -110,8 +110,10 @@ class OperatorSettings(BaseModel):
     progress_interval_s: float = Field(5.0, gt=0)
     #: Seconds between health polls of runtime pods.
     health_interval_s: float = Field(5.0, gt=0)
-    #: Port of the liveness probe and Prometheus metrics.
-    metrics_port: int = 8080
+    #: Port of Kopf's liveness endpoint, `/healthz` (the chart's livenessProbe).
+    liveness_port: int = Field(8080, ge=1, le=65535)
+    #: Port of the Prometheus `/metrics` endpoint (0 = off).
+    metrics_port: int = Field(9090, ge=0, le=65535)
 
 
 class Settings(BaseSettings):

@@ -16,6 +16,7 @@ from typing import Any
 
 import kopf
 
+from loraplane.cli import port
 from loraplane.core import artifacts
 from loraplane.core.settings import OperatorSettings, Settings
 from loraplane.operator import handlers
@@ -28,9 +29,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--store", default=None, help="artifact store URL (default: settings.store.url)")
     parser.add_argument(
-        "--liveness", default=None, help="liveness endpoint, default http://0.0.0.0:<metrics_port>/healthz"
+        "--liveness", default=None,
+        help="Kopf's liveness endpoint (default http://0.0.0.0:8080/healthz; port: LORAPLANE_OPERATOR__LIVENESS_PORT)",
     )
-    parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0 = off)")
+    parser.add_argument("--metrics-port", type=port, default=None,
+                        help="Prometheus /metrics port, 0 = off (default 9090; LORAPLANE_OPERATOR__METRICS_PORT)")
     parser.add_argument("--peering", default=None, help="Kopf peering object name (default: standalone)")
     parser.add_argument("--log-level", default=None, help="debug, info, warning")
 
@@ -82,13 +85,15 @@ def run(args: argparse.Namespace) -> int:
         level=(args.log_level or settings.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    store = artifacts.open_store(args.store or settings.store.url or artifacts.default_store_url())
+    metrics_port = op.metrics_port if args.metrics_port is None else args.metrics_port
     asyncio.run(
         run_operator(
             op,
-            store_url=args.store or settings.store.url or artifacts.default_store_url(),
+            store_url=store.url,
             kubeconfig=args.kubeconfig,
-            liveness_endpoint=args.liveness or f"http://0.0.0.0:{op.metrics_port}/healthz",
-            metrics_port=args.metrics_port or None,
+            liveness_endpoint=args.liveness or f"http://0.0.0.0:{op.liveness_port}/healthz",
+            metrics_port=metrics_port or None,
             peering_name=args.peering,
         )
     )

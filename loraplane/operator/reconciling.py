@@ -98,6 +98,8 @@ class JobLoop:
         self.written: LoRAJob | None = None  #: the object our last write returned
         self.written_over: str | None = None  #: the resourceVersion the live body had before it
         self.last_progress_write: float | None = None  #: monotonic time of the last progress write
+        self.run_recorded = False  #: run.json of a declarative run is known to exist
+        self.recorded_step = 0  #: the run's states up to this step have their checkpoint.json
 
     @property
     def key(self) -> str:
@@ -246,6 +248,7 @@ class JobLoop:
                     )
                 metrics.DISPATCHES.labels(origin=plan.origin).inc()
             if job.spec.mode == "training":
+                await self._record_run(job)
                 run = await self.ctx.runtime.train_status(runtime.address, aid)
                 if runs.needs_new_run(run, adapter_was_placed=placed):
                     await self.ctx.runtime.start_training(
@@ -318,6 +321,8 @@ class JobLoop:
             )
         state = train.get("state")
         interval = self.ctx.settings.progress_interval_s
+        if last and int(last["step"]) > self.recorded_step:
+            await self._record_states(job, last_step=int(last["step"]), final=None)
         if state == "running":
             mono = time.monotonic()
             if phases.progress_due(self.last_progress_write, mono, interval):
@@ -328,6 +333,7 @@ class JobLoop:
             assert job.spec.training is not None
             output = artifacts.TinkerPath(runs.run_id(job), "weights", job.spec.training.output_name)
             final = Checkpoint(path=str(output), step=progress.step, time=phases.iso(now))
+            await self._record_states(job, last_step=progress.step, final=(output.name, progress.step))
             new = phases.progressed(job.status, progress, final)
             message = f"trained {progress.step} steps; final state {output}"
             new = phases.finished(new, Phase.SUCCEEDED, "Succeeded", message, now)
@@ -342,15 +348,58 @@ class JobLoop:
         await self.write(job, new, "TrainingFailed", new.message or error, warning=True)
         return 0.0
 
+    async def _record_run(self, job: LoRAJob) -> None:
+        """Write the declarative run's run.json once, so the Tinker API knows the run and its owner."""
+        if self.run_recorded:
+            return
+        store = artifacts.ArtifactStore(self.ctx.store_url)
+        url = artifacts.run_record_url(store.url, runs.run_id(job))
+        record = runs.run_record(job, phases.iso(self.ctx.clock()))
+
+        def write() -> None:
+            if store.read_json(url) is None:
+                store.write_json(url, record)
+
+        try:
+            await asyncio.to_thread(write)
+            self.run_recorded = True
+        except OSError as exc:  # the run goes on; the record is written on the next dispatch or follow
+            log.warning("%s: could not write the run record %s: %s", self.key, url, exc)
+
+    async def _record_states(self, job: LoRAJob, *, last_step: int, final: tuple[str, int] | None) -> None:
+        """Write checkpoint.json for the run's complete training states that have none yet."""
+        await self._record_run(job)
+        store = artifacts.ArtifactStore(self.ctx.store_url)
+        run = runs.run_id(job)
+        now = phases.iso(self.ctx.clock())
+
+        def write() -> None:
+            names = store.children(artifacts.join(artifacts.run_url(store.url, run), "weights"))
+            for name, step in runs.complete_states(names, last_step=last_step, final=final and final[0]):
+                path = artifacts.TinkerPath(run, "weights", name)
+                record_url = artifacts.checkpoint_record_url(store.url, path)
+                if store.read_json(record_url) is None:
+                    size = store.size_bytes(artifacts.checkpoint_url(store.url, path))
+                    store.write_json(record_url, artifacts.build_checkpoint_record(
+                        path=path, now=now, size_bytes=size, step=step if step is not None else final[1]))
+
+        try:
+            await asyncio.to_thread(write)
+            self.recorded_step = last_step
+        except OSError as exc:
+            log.warning("%s: could not record the states of run %s: %s", self.key, run, exc)
+
     async def _note_step(self, job: LoRAJob, info: Mapping[str, Any]) -> LoRAJob:
-        """Record an interactive adapter's step (rate-bounded), the step a restore counts losses from."""
-        step = info.get("step")
-        if not isinstance(step, int) or step == job.status.progress.step:
+        """Record an interactive adapter's step and last loss (rate-bounded) for status and its columns.
+
+        The step is also the one a restore counts lost steps from.
+        """
+        progress = phases.interactive_progress(job.status.progress, info)
+        if progress is None:
             return job
         mono = time.monotonic()
         if not phases.progress_due(self.last_progress_write, mono, self.ctx.settings.progress_interval_s):
             return job
-        progress = job.status.progress.model_copy(update={"step": step})
         self.last_progress_write = mono
         return await self.write(job, phases.progressed(job.status, progress, None), "Progress", "")
 

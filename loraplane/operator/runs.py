@@ -10,10 +10,16 @@ A user's saves (Tinker save_state through the gateway) land in the run's `weight
 checkpoint.json record that the gateway writes once the files are complete; the operator never
 hears of them otherwise. `saved_states` turns what the store holds into restore candidates, so
 that a lost runtime restores the newest state whoever saved it (`phases.restore_plan` chooses).
+
+A declarative run has no gateway in its path, so the operator writes what the gateway would have:
+the run's record when the job is dispatched (its tenant owns the run), and each training state's
+record once the runtime reports it complete. The Tinker API then sees the job as a training run
+of that tenant: `tinker checkpoint list` lists its states and the SDK loads its final one.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -109,3 +115,32 @@ def needs_new_run(run: Mapping[str, Any] | None, *, adapter_was_placed: bool) ->
     if adapter_was_placed:
         return run.get("state") != "running"
     return run.get("state") == "failed"
+
+
+def run_record(job: LoRAJob, now: str) -> dict[str, Any]:
+    """The run.json of a declarative job's run, owned by the job's tenant. Pure; `now` ISO-8601."""
+    return artifacts.build_run_record(
+        run_id=run_id(job), tenant=job.spec.tenant, base_model=job.spec.base_model,
+        lora=job.spec.lora.model_dump(exclude_none=True), now=now,
+        user_metadata={"lorajob": f"{job.metadata.namespace or 'default'}/{job.metadata.name}"},
+    )
+
+
+_STEP_STATE = re.compile(r"^step-(\d+)$")
+
+
+def complete_states(names: Iterable[str], *, last_step: int, final: str | None) -> list[tuple[str, int | None]]:
+    """(name, step) of a declarative run's training states that are complete. Pure.
+
+    The runtime saves a run's states one after another, so `step-<n>` is complete once the run
+    reports a checkpoint at step `last_step` >= n; the final state is complete when `final` names
+    it (the run succeeded). Folders of other names (a user's or a suspend's) are not the run's.
+    """
+    out: list[tuple[str, int | None]] = []
+    for name in names:
+        match = _STEP_STATE.match(name)
+        if match and int(match.group(1)) <= last_step:
+            out.append((name, int(match.group(1))))
+        elif final is not None and name == final:
+            out.append((name, None))
+    return out

@@ -56,6 +56,11 @@ class RuntimeState:
         self.executor = executor
 
 
+#: LoRA alpha when a job names none: Tinker's 32, so updates are scaled by 32/rank as on Tinker and
+#: learning rates tuned there (the cookbook's LoRA rates assume it) carry over.
+DEFAULT_ALPHA = 32.0
+
+
 class _AdapterBody(wire.StrictBody):
     adapter_id: str
     rank: int = 32
@@ -125,7 +130,7 @@ def create_app(state: RuntimeState) -> FastAPI:
     async def create_adapter(request: Request, executor: Exec) -> JSONResponse:
         body = wire.parse_body(_AdapterBody, await read_json(request, state.max_body_bytes))
         _check_adapter_id(body.adapter_id)
-        spec = LoraSpec(rank=body.rank, alpha=float(body.alpha if body.alpha is not None else body.rank),
+        spec = LoraSpec(rank=body.rank, alpha=float(body.alpha if body.alpha is not None else DEFAULT_ALPHA),
                         seed=body.seed, train_attn=body.train_attn, train_mlp=body.train_mlp,
                         train_unembed=body.train_unembed)
         existed = executor.engine.has_adapter(body.adapter_id)
@@ -327,7 +332,7 @@ def adapter_info(executor: ex.Executor, adapter_id: str) -> dict[str, Any]:
         "adapter_id": adapter_id, "kind": "sampler" if engine.is_sampler(adapter_id) else "train",
         "rank": spec.rank, "alpha": spec.alpha, "seed": spec.seed, "train_attn": spec.train_attn,
         "train_mlp": spec.train_mlp, "train_unembed": spec.train_unembed,
-        "step": engine.adapter_step(adapter_id), "resident": engine.is_resident(adapter_id),
+        "step": engine.adapter_step(adapter_id), "loss": engine.adapter_loss(adapter_id), "resident": engine.is_resident(adapter_id),
         "last_used": last_used or time.time(), "next_seq": next_seq,
     }
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import threading
 from typing import Any
+
+from loraplane.cli import port
 
 log = logging.getLogger("loraplane.runtime")
 
@@ -26,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--base-model", help="name clients use as base_model, e.g. Qwen/Qwen3-0.6B")
     add("--model-path", help="local directory of the model (never downloaded)")
     add("--host", help="address to listen on (default 0.0.0.0)")
-    add("--port", type=int, help="port of the internal API (default 8001)")
+    add("--port", type=port, help="port of the internal API (default 8001)")
     add("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     add("--dtype", help="auto, float32, bfloat16 or float16 (default auto: bf16 on GPU)")
     add("--max-resident-adapters", type=int, help="adapters kept on the device at once (default 16)")
@@ -58,14 +61,15 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     except ValidationError as exc:
         first = exc.errors()[0]
-        print(f"loraplane runtime: --{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}")
+        flag = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
+        print(f"loraplane runtime: {flag}: {first['msg']}", file=sys.stderr)
         return 2
     logging.basicConfig(level=(args.log_level or settings.log_level).upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rs = settings.runtime
     if not rs.base_model or not rs.model_path:
         print("loraplane runtime: --base-model and --model-path (or LORAPLANE_RUNTIME__BASE_MODEL / "
-              "LORAPLANE_RUNTIME__MODEL_PATH) are required")
+              "LORAPLANE_RUNTIME__MODEL_PATH) are required", file=sys.stderr)
         return 2
 
     from loraplane.runtime.api import RuntimeState, create_app

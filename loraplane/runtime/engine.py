@@ -102,6 +102,20 @@ class _Adapter:
     offloaded: str | None = None
     #: Sampler snapshots taken of this adapter that still exist, oldest first.
     snapshots: list[str] = field(default_factory=list)
+    #: Loss per weighted token of the adapter's last forward_backward (what status shows), if any.
+    last_loss: float | None = None
+
+
+def mean_token_loss(work: FwdBwdWork, result: FwdBwdResult) -> float:
+    """`loss:sum` over the request's total token weight (its token count without weights). Pure.
+
+    Called after each forward_backward, for the adapter's status: the SDK's `loss:sum` grows with
+    the batch, a per-token figure is comparable from step to step and to declarative runs.
+    """
+    weight = sum(float(d.loss_inputs["weights"].sum()) for d in work.data if "weights" in d.loss_inputs)
+    if weight <= 0:
+        weight = sum(int(d.tokens.shape[0]) for d in work.data)
+    return result.metrics["loss:sum"] / max(weight, 1e-9)
 
 
 class Engine:
@@ -212,6 +226,10 @@ class Engine:
 
     def adapter_step(self, adapter_id: str) -> int:
         return self._get(adapter_id).step
+
+    def adapter_loss(self, adapter_id: str) -> float | None:
+        """Loss per weighted token of the adapter's last forward_backward (None before the first)."""
+        return self._get(adapter_id).last_loss
 
     def is_sampler(self, adapter_id: str) -> bool:
         return self._get(adapter_id).sampler
@@ -335,6 +353,7 @@ class Engine:
             results[wi] = result
             if not work.forward_only:
                 total = loss if total is None else total + loss
+                self._adapters[work.adapter_id].last_loss = mean_token_loss(work, result)
         if total is not None and total.requires_grad:
             try:
                 total.backward()

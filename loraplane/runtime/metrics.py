@@ -81,8 +81,12 @@ class RuntimeMetrics:
         if seconds > 0:
             self.tokens_per_second.set(tokens / seconds)
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every series."""
+    def refresh(self) -> None:
+        """Set the point-in-time gauges; called before each scrape (`render`, single-node's /metrics)."""
         if self._refresh is not None:
             self._refresh(self)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every series."""
+        self.refresh()
         return generate_latest(self.registry)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,9 +46,37 @@ def resolve_device(device: str, cuda_available: bool) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, ValueError):
         raise errors.InvalidInput(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N", field="device") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise errors.InvalidInput(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N", field="device")
     if resolved.type == "cuda" and not cuda_available:
-        raise errors.InvalidInput(f"device {device!r} asked for but no CUDA device is present", field="device")
+        raise errors.InvalidInput(
+            f"device {device!r} asked for but this machine has no CUDA GPU (or torch is a CPU build); "
+            "use --device cpu or auto", field="device")
     return resolved
+
+
+#: files that make a folder a transformers causal LM: any one of each group
+_MODEL_FILES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("config.json", ("config.json",)),
+    ("weights (*.safetensors or pytorch_model*.bin)", ("*.safetensors", "*.safetensors.index.json", "*.bin")),
+    ("a tokenizer (tokenizer.json, tokenizer.model or vocab.json)", ("tokenizer.json", "tokenizer.model", "vocab.json")),
+)
+
+
+def model_dir_problem(path: str) -> str | None:
+    """Why the folder at `path` is not a local model, or None when it looks like one.
+
+    Reads only the folder's listing; called by `loraplane serve` before anything loads, so that a
+    wrong folder is named at once instead of by a tokenizer's guess about missing packages.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"{path!r} is not a local directory"
+    for what, patterns in _MODEL_FILES:
+        if not any(next(folder.glob(p), None) is not None for p in patterns):
+            return (f"{path!r} is not a model folder: it has no {what}; pass the folder that holds "
+                    "config.json, the weights and the tokenizer (as save_pretrained writes them)")
+    return None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -5,6 +5,9 @@ LORAPLANE_STORE__URL, LORAPLANE_GATEWAY__API_KEYS, LORAPLANE_GATEWAY__API_KEYS_F
 LORAPLANE_GATEWAY__HOST / __PORT, LORAPLANE_RUNTIME__DEVICE / __DTYPE / __THREADS.
 When the server listens it logs one line, "loraplane serving at http://HOST:PORT" (with the real
 port when --port 0 asked for a free one).
+
+Everything that can be checked before the models load is checked first (the store, each model
+folder, the device), so a mistake is one line and exit code 2 within seconds (`loraplane.cli`).
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import sys
 from typing import Any
 
 from loraplane.api.auth import load_keys, split_inline
+from loraplane.api.cli import listen
+from loraplane.cli import port
 from loraplane.core import artifacts, errors
 from loraplane.core.settings import Settings
 
 log = logging.getLogger("loraplane")
 
 NO_KEY_MESSAGE = (
-    "loraplane serve: no API key configured. Pass --api-key TENANT=tml-..., --api-keys-file FILE, "
+    "no API key configured. Pass --api-key TENANT=tml-..., --api-keys-file FILE, "
     "or set LORAPLANE_GATEWAY__API_KEYS=tenant=tml-... (keys must start with 'tml-')."
 )
 
@@ -40,7 +45,7 @@ def parse_models(entries: list[str]) -> dict[str, str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (LORAPLANE_GATEWAY__HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (LORAPLANE_GATEWAY__PORT, default 8000; 0 = any free port)")
+    parser.add_argument("--port", type=port, help="port (LORAPLANE_GATEWAY__PORT, default 8000; 0 = any free port)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                         help="serve the local model at PATH as base_model NAME (repeatable; LORAPLANE_MODELS)")
     parser.add_argument("--store", help="artifact store URL (LORAPLANE_STORE__URL; default under the data dir)")
@@ -80,38 +85,36 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr, format="%(message)s")
     try:
         config = config_from(args)
-    except (ValueError, errors.LoraplaneError) as exc:
-        print(f"loraplane serve: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:
+        raise errors.InvalidInput(str(exc)) from None
     if not config.models:
-        print("loraplane serve: no model to serve. Pass --model NAME=PATH or set LORAPLANE_MODELS=NAME=PATH.",
-              file=sys.stderr)
-        return 2
+        raise errors.InvalidInput("no model to serve. Pass --model NAME=PATH or set LORAPLANE_MODELS=NAME=PATH.")
     if len(config.keys) == 0:
-        print(NO_KEY_MESSAGE, file=sys.stderr)
-        return 2
+        raise errors.InvalidInput(NO_KEY_MESSAGE)
+    check_start(config)
+    return serve(config)
+
+
+def check_start(config: Any) -> None:
+    """Refuse at start what would fail later: the store, each model folder, the device.
+
+    Raises InvalidInput with the one line `loraplane.cli` prints. Imports torch (for the device).
+    """
+    from loraplane.runtime import model_host
+
+    artifacts.open_store(config.store_url)
     for name, path in config.models.items():
-        if not os.path.isdir(path):
-            print(f"loraplane serve: model {name!r}: {path!r} is not a local directory", file=sys.stderr)
-            return 2
-    serve(config)
-    return 0
+        problem = model_host.model_dir_problem(path)
+        if problem is not None:
+            raise errors.InvalidInput(f"--model {name}={path}: {problem}", field="model")
+    import torch
+
+    model_host.resolve_device(config.runtime.device, torch.cuda.is_available())
+    model_host.resolve_dtype(config.runtime.dtype, torch.device("cpu"))
 
 
-def serve(config: Any) -> None:
+def serve(config: Any) -> int:
     """Run the server until interrupted, logging the one ready line once the socket listens."""
-    import uvicorn
-
-    from loraplane.api import serving
     from loraplane.singlenode.server import build_app
 
-    app = build_app(config)
-
-    class _Server(uvicorn.Server):
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets=sockets)
-            if self.started and self.servers:
-                host, port = self.servers[0].sockets[0].getsockname()[:2]
-                log.info("loraplane serving at http://%s:%s", host, port)
-
-    _Server(serving.uvicorn_config(app, config.gateway)).run()
+    return listen(build_app(config), config.gateway, ready="loraplane serving at http://{host}:{port}")

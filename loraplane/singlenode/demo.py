@@ -8,12 +8,23 @@ checkpoint and prints its tinker:// path.
 
 The pieces (`find_gguf`, `convert_gguf`, `build_examples`, `train_and_show`) are separate so the
 test suite can run them on a tiny model.
+
+Design notes
+============
+* Short on a small CPU: a training step's cost is its token count, so the chat turns carry an
+  empty system prompt (SmolLM2's template would add a 20-token default to each of them) and the
+  run takes 8 steps at a learning rate at which the facts are learnt in that many.
+* Quiet: every step answers well inside the gateway's 30 s long poll on an idle CPU, but on a busy
+  one a step can outlast it; the SDK then logs each re-poll (`try_again`) as a warning, which reads
+  like an error and is not one. The demo raises that one logger to ERROR while it trains
+  (`quiet_retries`); real failures still raise.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import os
 import re
 import secrets
@@ -73,8 +84,10 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     print(f"converting {gguf.name} once into {target} (this takes a minute) ...", flush=True)
+    hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantised to fp32 on load; drop the GGUF markers so they save as a plain model.
@@ -96,7 +109,8 @@ def render(tokenizer: Any, question: str, answer: str | None) -> tuple[list[int]
     """(prompt tokens, answer tokens) of one chat pair; a plain Q/A format when there is no chat template."""
     if getattr(tokenizer, "chat_template", None):
         prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+            [{"role": "system", "content": ""}, {"role": "user", "content": question}],
+            add_generation_prompt=True, tokenize=False,
         )
     else:
         prompt = f"Q: {question}\nA: "
@@ -134,11 +148,36 @@ def sample_text(sampler: Any, tokenizer: Any, question: str, max_tokens: int = 2
     return tokenizer.decode(result.sequences[0].tokens, skip_special_tokens=True).strip()
 
 
+#: the SDK's logger that warns on every `try_again` re-poll of a future
+SDK_RETRY_LOGGER = "tinker.lib.api_future_impl"
+
+
+@contextmanager
+def quiet_retries() -> Iterator[None]:
+    """Hide the SDK's per-re-poll warnings (see the module notes); errors still show."""
+    logger = logging.getLogger(SDK_RETRY_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def train_and_show(
-    *, base_url: str, api_key: str, base_model: str, tokenizer: Any, steps: int = 20, rank: int = 8,
-    learning_rate: float = 1e-3, facts: list[tuple[str, str]] = FACTS, out: Callable[[str], None] = print,
+    *, base_url: str, api_key: str, base_model: str, tokenizer: Any, steps: int = 8, rank: int = 8,
+    learning_rate: float = 2e-3, facts: list[tuple[str, str]] = FACTS, out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The Tinker part of the demo. Returns the losses, the samples and the checkpoint path."""
+    with quiet_retries():
+        return _train_and_show(base_url=base_url, api_key=api_key, base_model=base_model, tokenizer=tokenizer,
+                               steps=steps, rank=rank, learning_rate=learning_rate, facts=facts, out=out)
+
+
+def _train_and_show(
+    *, base_url: str, api_key: str, base_model: str, tokenizer: Any, steps: int, rank: int,
+    learning_rate: float, facts: list[tuple[str, str]], out: Callable[[str], None],
+) -> dict[str, Any]:
     import tinker
     from tqdm import tqdm
 
@@ -203,18 +242,36 @@ def serving(model_dir: Path, *, name: str, store: str, threads: int, key: str, t
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps (default 20)")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps (default 8)")
     parser.add_argument("--rank", type=int, default=8, choices=[8, 16], help="LoRA rank")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("LORAPLANE_RUNTIME__THREADS", "2")),
                         help="torch CPU threads of the server (LORAPLANE_RUNTIME__THREADS, default 2)")
     parser.add_argument("--cache", type=Path, default=None, help="where the converted model is kept")
     parser.add_argument("--store", default=None, help="artifact store URL (default: the user's loraplane store)")
 
 
+def loraplane_command() -> str:
+    """The `loraplane` script beside this Python (the venv's), else `python -m loraplane`. Pure."""
+    script = Path(sys.executable).parent / "loraplane"
+    return str(script) if script.exists() else f"{sys.executable} -m loraplane"
+
+
+def next_steps(*, model_dir: Path, store: str, checkpoint: str) -> list[str]:
+    """What the user can do with the result, as lines with full paths. Pure; called by `run`."""
+    return [
+        f"the converted model lives in {model_dir}",
+        f"the checkpoint stays in the store {store} (tenant 'demo'); to serve it yourself and resume it:",
+        f"  {loraplane_command()} serve --model {MODEL_NAME}={model_dir} \\",
+        f"      --store {store} --api-key demo=tml-<a key of your choice>",
+        f"  then, in Python: service.create_training_client_from_state({checkpoint!r}).result()",
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TINKER_TELEMETRY", "0")
+    started = time.monotonic()
     from transformers import AutoTokenizer
 
     try:
@@ -224,11 +281,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     key = "tml-" + secrets.token_hex(16)
-    store = args.store or artifacts.default_store_url()
+    store = artifacts.open_store(args.store or artifacts.default_store_url()).url
     with serving(model_dir, name=MODEL_NAME, store=store, threads=args.threads, key=key) as url:
         print(f"server ready at {url}; training {MODEL_NAME} with LoRA rank {args.rank}", flush=True)
         result = train_and_show(base_url=url, api_key=key, base_model=MODEL_NAME, tokenizer=tokenizer,
                                 steps=args.steps, rank=args.rank, learning_rate=args.learning_rate)
-    print(f"the checkpoint stays in {store} (tenant 'demo'); `loraplane serve --store {store} "
-          f"--api-key demo=tml-...` can resume it", flush=True)
+    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
+    for line in next_steps(model_dir=model_dir, store=store, checkpoint=result["checkpoint"]):
+        print(line, flush=True)
     return 0 if result["losses"][-1] < result["losses"][0] else 1

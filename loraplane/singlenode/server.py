@@ -15,20 +15,21 @@ inside the gateway's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from prometheus_client.metrics_core import Metric
 
 from loraplane.api import limits, quotas
 from loraplane.api.app import create_app
 from loraplane.api.auth import KeyTable
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.gateway import Gateway
-from loraplane.core import artifacts
+from loraplane.core import artifacts, errors
 from loraplane.core.settings import GatewaySettings, RuntimeSettings
 from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntime
 
@@ -96,6 +97,31 @@ class ServeConfig:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
 
+class RuntimeSeries:
+    """A Prometheus collector of the in-process runtimes' series, each labelled with its base model.
+
+    With no runtime port of its own in single-node mode, the runtimes' metrics (ops, batches,
+    tokens/s, queue depth, adapters) are scraped from the gateway's `/metrics`; the label keeps the
+    series of two served models apart under one metric name.
+    """
+
+    def __init__(self, states: dict[str, Any]) -> None:
+        #: base model -> the runtime's `RuntimeState` (its `metrics` is replaced when the model loads)
+        self._states = states
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for base_model, state in self._states.items():
+            state.metrics.refresh()
+            for family in state.metrics.registry.collect():
+                out = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type,
+                                                            family.unit))
+                for sample in family.samples:
+                    out.add_sample(sample.name, {**sample.labels, "base_model": base_model}, sample.value,
+                                   sample.timestamp, sample.exemplar)
+        yield from merged.values()
+
+
 def runtime_name(index: int) -> str:
     """Host name of the index-th in-process runtime (DNS-safe, no dots: it is also the futures' pod)."""
     return f"runtime-{index}"
@@ -113,16 +139,23 @@ def default_runtime_app(settings: RuntimeSettings) -> Any:
 
     state = runtime_api.RuntimeState(settings=settings)
     app = runtime_api.create_app(state)
+    app.state.runtime_state = state  # its metrics join the gateway's /metrics (RuntimeSeries)
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # serve's log is its one ready line, not a loading bar
-        engine = await asyncio.to_thread(
-            Engine, str(settings.model_path), base_model=settings.base_model, device=settings.device,
-            dtype=settings.dtype, threads=settings.threads,
-        )
+        try:
+            engine = await asyncio.to_thread(
+                Engine, str(settings.model_path), base_model=settings.base_model, device=settings.device,
+                dtype=settings.dtype, threads=settings.threads,
+            )
+        except errors.LoraplaneError:
+            raise
+        except Exception as exc:  # a broken model folder: say which model, in one line
+            raise errors.ServerError(f"cannot load base model {settings.base_model!r} from "
+                                     f"{settings.model_path}: {type(exc).__name__}: {exc}") from exc
         executor = Executor(engine, settings)
         state.attach(executor)
         try:
@@ -159,6 +192,9 @@ def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], A
         quotas=quotas.QuotaTable(config.gateway.tenant_defaults, config.keys.overrides),
     )
     app = create_app(gateway, config.keys, settings=config.gateway)
+    states = {name: getattr(getattr(runtime, "state", None), "runtime_state", None)
+              for name, runtime in zip(config.models, apps.values(), strict=True)}
+    app.state.metrics_registry.register(RuntimeSeries({k: v for k, v in states.items() if v is not None}))
     inner = app.router.lifespan_context
 
     @asynccontextmanager

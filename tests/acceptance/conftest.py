@@ -44,17 +44,19 @@ class Server:
             self.proc.wait()
 
 
-def start_server(model_dir: Path, store: str, *, timeout_s: float = 120, env: dict[str, str] | None = None,
+def start_server(model_dir: Path, store: str, *, timeout_s: float = 120, name: str | None = None,
+                 keys: dict[str, str] | None = None, env: dict[str, str] | None = None,
                  args: list[str] | None = None) -> Server:
-    """`loraplane serve` with alice's and bob's keys; `env` adds LORAPLANE_* settings, `args` flags
+    """`loraplane serve` with the model at `model_dir` as base model `name` (default: its path), the
+    tenants' `keys` (default alice and bob); `env` adds LORAPLANE_* settings, `args` flags
     (`--api-keys-file F` replaces the inline keys)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LORAPLANE_LOG_LEVEL": "info",
            **(env or {})}
     args = list(args or [])
-    keys = [] if "--api-keys-file" in args else [
-        arg for tenant, key in KEYS.items() for arg in ("--api-key", f"{tenant}={key}")]
+    key_args = [] if "--api-keys-file" in args else [
+        arg for tenant, key in (keys or KEYS).items() for arg in ("--api-key", f"{tenant}={key}")]
     cmd = [sys.executable, "-m", "loraplane", "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
-           "--threads", "1", "--model", f"{model_dir}={model_dir}", "--store", store, *keys, *args]
+           "--threads", "1", "--model", f"{name or model_dir}={model_dir}", "--store", store, *key_args, *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     assert proc.stderr is not None
     deadline = time.monotonic() + timeout_s
@@ -68,7 +70,7 @@ def start_server(model_dir: Path, store: str, *, timeout_s: float = 120, env: di
         if m:
             # Keep draining stderr so the server never blocks on a full pipe.
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
-            return Server(m.group(1), str(model_dir), store, proc, startup_log=lines)
+            return Server(m.group(1), name or str(model_dir), store, proc, startup_log=lines)
     proc.kill()
     raise RuntimeError("loraplane serve did not start:\n" + "".join(lines[-40:]))
 

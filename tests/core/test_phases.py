@@ -295,3 +295,37 @@ def test_running_records_a_restored_save_as_the_latest_checkpoint() -> None:
     before = job({}, start_time=STARTED, progress=Progress(step=9), latest_checkpoint=OWN)
     status = phases.running(before.status, phases.restore_plan(before, [saved("mine", 25, 30)]), NOW, generation=1)
     assert status.latest_checkpoint == saved("mine", 25, 30) and status.progress.step == 25
+
+
+@pytest.mark.parametrize(
+    ("current", "info", "expected"),
+    [
+        (Progress(), {"step": 3, "loss": 1.25}, Progress(step=3, loss=1.25)),
+        (Progress(step=3, loss=1.25), {"step": 3, "loss": 1.25}, None),
+        (Progress(step=3, loss=1.25), {"step": 3, "loss": 0.5}, Progress(step=3, loss=0.5)),
+        (Progress(step=3), {"step": 4, "loss": None}, Progress(step=4)),
+        (Progress(step=3, tokens=9), {"step": True, "loss": "low"}, None),
+        (Progress(), {}, None),
+    ],
+)
+def test_sdk_driven_progress_takes_the_runtimes_step_and_loss(current, info, expected) -> None:
+    assert phases.interactive_progress(current, info) == expected
+
+
+def test_the_final_failure_names_the_last_attempts_cause() -> None:
+    status = LoRAJobStatus()
+    for _ in range(4):
+        status = phases.dispatch_failed(status, "CUDA out of memory on rt-0", NOW)
+    decision = phases.decide(job({"backoffLimit": 3}, **status.dump()), runtime_ready=False, now=NOW)
+    assert decision.action == Action.FAIL
+    assert decision.message == "4 attempts, more than backoffLimit 3; the last: attempt 4 failed: CUDA out of memory on rt-0"
+    failed = phases.finished(status, Phase.FAILED, decision.reason, decision.message, NOW)
+    ready = next(c for c in failed.conditions if c.type == phases.READY)
+    assert (ready.reason, ready.message) == ("BackoffLimitExceeded", decision.message)
+
+
+def test_a_lost_runtime_is_the_last_cause_too() -> None:
+    lost = job({"backoffLimit": 0}, phase=Phase.RUNNING, runtime=RT, progress=Progress(step=7))
+    status, _ = phases.runtime_lost(lost, NOW, [])
+    decision = phases.decide(job({"backoffLimit": 0}, **status.dump()), runtime_ready=False, now=NOW)
+    assert decision.action == Action.FAIL and "the last: runtime rt-0 lost at step 7" in decision.message

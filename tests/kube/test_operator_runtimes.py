@@ -14,6 +14,9 @@ import pytest
 import torch
 import yaml
 
+from loraplane.api.gateway import utcnow
+from loraplane.api.records import Records
+from loraplane.core import artifacts, errors
 from tests.operator.harness import ROOT, Cluster, operator, runtime_pod, wait_for
 from tests.operator.real_runtime import RealRuntime
 
@@ -59,6 +62,16 @@ def test_declarative_job_from_the_example_trains_to_succeeded_with_a_checkpoint(
         assert (final / "adapter_model.safetensors").exists() and (final / "adapter_config.json").exists()
         assert (final.parent / "step-2" / "adapter_model.safetensors").exists()
         assert rt.get("/v1/adapters").json()["adapters"] == []  # the slot is free again
+        # the Tinker API sees the run as the job's tenant's: `tinker checkpoint list` and loads read these
+        records = Records(artifacts.ArtifactStore(f"file://{store}"), utcnow)
+        assert records.run("support", "default.support-bot-sft")["base_model"] == "tiny"
+        listed = {c["checkpoint_id"]: c for c in records.checkpoints("support", "default.support-bot-sft")}
+        assert set(listed) == {"weights/step-2", "weights/step-4", "weights/final"}
+        assert listed["weights/final"]["size_bytes"] > 0
+        final_record = records.checkpoint("support", artifacts.parse_tinker_path(status["latestCheckpoint"]["path"]))
+        assert final_record["step"] == 4
+        with pytest.raises(errors.NotFound):
+            records.run("someone-else", "default.support-bot-sft")
     finally:
         rt.stop()
 

@@ -128,3 +128,25 @@ def test_needs_new_run(run: dict[str, Any] | None, placed: bool, start: bool) ->
 
 def test_suspend_path_names_the_step() -> None:
     assert str(runs.suspend_path(job(), 12)) == "tinker://ns.j/weights/suspend-step-12"
+
+
+@pytest.mark.parametrize(
+    ("names", "last_step", "final", "expected"),
+    [
+        (["step-2", "step-4", "final"], 2, None, [("step-2", 2)]),
+        (["step-2", "step-4", "final"], 4, "final", [("step-2", 2), ("step-4", 4), ("final", None)]),
+        (["mine", "suspend-step-3", "step-x", "step-6"], 4, None, []),
+        ([], 10, "final", []),
+    ],
+)
+def test_complete_states_of_a_declarative_run(names, last_step, final, expected) -> None:
+    assert runs.complete_states(names, last_step=last_step, final=final) == expected
+
+
+def test_the_run_record_of_a_declarative_job_belongs_to_its_tenant() -> None:
+    job = LoRAJob.from_body({"metadata": {"name": "sft", "namespace": "team"},
+                             "spec": {"baseModel": "m", "tenant": "alice", "mode": "training",
+                                      "lora": {"rank": 4}, "training": {"dataset": "file:///d.jsonl"}}})
+    record = runs.run_record(job, "2026-01-01T00:00:00Z")
+    assert (record["training_run_id"], record["tenant"], record["base_model"]) == ("team.sft", "alice", "m")
+    assert record["lora"]["rank"] == 4 and record["user_metadata"] == {"lorajob": "team/sft"}

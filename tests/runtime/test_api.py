@@ -118,7 +118,7 @@ def test_create_is_idempotent_and_conflicts_on_another_config(state):
     first, again, other = run(state, scenario)
     assert (first.status_code, again.status_code, other.status_code) == (201, 200, 409)
     info = first.json()
-    assert info["kind"] == "train" and info["rank"] == 4 and info["alpha"] == 4.0 and info["next_seq"] == 1
+    assert info["kind"] == "train" and info["rank"] == 4 and info["alpha"] == 32.0 and info["next_seq"] == 1
     assert other.json()["category"] == "user"
 
 
@@ -148,6 +148,8 @@ def test_forward_backward_then_optim_step_through_protobuf(state):
     later = response_conv.deserialize_forward_backward_output(after.content).loss_fn_outputs[0]["logprobs"].tolist()
     assert later[-1] > logprobs[-1]  # one step of SGD-like descent raised the weighted token's logprob
     assert info["step"] == 1 and info["next_seq"] == 4
+    # status shows the loss per weighted token of the last forward_backward (one weighted token here)
+    assert info["loss"] == pytest.approx(-later[-1], rel=1e-4)
 
 
 def test_sparse_and_zstd_requests_match_the_dense_one(state):

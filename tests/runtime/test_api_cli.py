@@ -33,10 +33,12 @@ def test_flags_override_the_environment(monkeypatch):
         (["--base-model", "b", "--model-path", "/m", "--max-resident-adapters", "0"], "--max-resident-adapters"),
     ],
 )
-def test_bad_or_missing_flags_exit_2_with_a_message(argv, message, capsys, monkeypatch):
+def test_bad_or_missing_flags_exit_2_with_one_line_on_stderr(argv, message, capsys, monkeypatch):
     monkeypatch.delenv("LORAPLANE_RUNTIME__BASE_MODEL", raising=False)
     assert cli.run(parse(argv)) == 2
-    assert message in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert message in out.err and len(out.err.strip().splitlines()) == 1
 
 
 def test_help_does_not_import_torch():

@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 
+from loraplane.cli import main
 from loraplane.singlenode import cli
 
 
@@ -48,12 +49,12 @@ def test_serve_refuses_to_start_without_a_key(monkeypatch: pytest.MonkeyPatch, c
                                              tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("LORAPLANE_GATEWAY__API_KEYS", raising=False)
     monkeypatch.delenv("LORAPLANE_GATEWAY__API_KEYS_FILE", raising=False)
-    assert cli.run(_args("--model", f"m={tmp_path}")) == 2
+    assert main(["serve", "--model", f"m={tmp_path}"]) == 2
     assert "--api-key TENANT=tml-" in capsys.readouterr().err
 
 
 def test_serve_refuses_bad_keys_and_missing_models(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
-    assert cli.run(_args("--model", f"m={tmp_path}", "--api-key", "alice=nokey")) == 2
+    assert main(["serve", "--model", f"m={tmp_path}", "--api-key", "alice=nokey"]) == 2
     assert "must start with 'tml-'" in capsys.readouterr().err
-    assert cli.run(_args("--model", f"m={tmp_path}/absent", "--api-key", "alice=tml-a")) == 2
+    assert main(["serve", "--model", f"m={tmp_path}/absent", "--api-key", "alice=tml-a"]) == 2
     assert "not a local directory" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,44 @@ def test_a_converted_folder_is_reused_without_reading_the_gguf(tmp_path: Path) -
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert demo.convert_gguf(tmp_path / "absent.gguf", tmp_path) == tmp_path
+
+
+def test_the_next_step_is_a_command_that_runs_as_printed(tmp_path: Path) -> None:
+    lines = demo.next_steps(model_dir=tmp_path / "model", store="file:///s", checkpoint="tinker://r/weights/demo-final")
+    text = "\n".join(lines)
+    command = demo.loraplane_command()
+    assert Path(command.split()[0]).is_absolute()  # never a bare `loraplane` that may not be on PATH
+    assert f"{command} serve --model {demo.MODEL_NAME}={tmp_path / 'model'}" in text
+    assert "--store file:///s" in text and "--api-key demo=" in text
+    assert f"the converted model lives in {tmp_path / 'model'}" in text
+    assert "create_training_client_from_state('tinker://r/weights/demo-final')" in text
+
+
+def test_training_through_the_sdk_prints_no_retry_warnings(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With a long poll far shorter than a step, every step is re-polled; none of it is printed."""
+    import tinker
+
+    from tests.acceptance.conftest import KEYS, start_server
+
+    monkeypatch.setenv("LORAPLANE_GATEWAY__LONG_POLL_S", "0.001")
+    server = start_server(tiny_model_dir, f"file://{tmp_path / 'store'}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+        caplog.set_level(logging.WARNING)
+        # the setup provokes the warning: a plain SDK call outside the demo logs it
+        service = tinker.ServiceClient(base_url=server.url, api_key=KEYS["alice"])
+        training = service.create_lora_training_client(base_model=server.model, rank=8).result()
+        training.forward_backward(demo.build_examples(tokenizer, demo.FACTS[:2]), "cross_entropy").result()
+        assert any("because of try_again" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        printed: list[str] = []
+        result = demo.train_and_show(base_url=server.url, api_key=KEYS["alice"], base_model=server.model,
+                                     tokenizer=tokenizer, steps=3, out=printed.append)
+    finally:
+        server.stop()
+    assert not [r.getMessage() for r in caplog.records if "try_again" in r.getMessage()]
+    assert len(result["losses"]) == 3 and result["checkpoint"].startswith("tinker://")
+    assert printed[-1] == f"checkpoint saved: {result['checkpoint']}"
+    assert logging.getLogger(demo.SDK_RETRY_LOGGER).level == logging.NOTSET  # restored afterwards

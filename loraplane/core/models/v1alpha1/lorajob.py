@@ -128,7 +128,7 @@ class ResumeFrom(_Model):
 
 
 class LoRAJobSpec(_Model):
-    """What the job should be; see design.md. The base model and LoRA config never change."""
+    """What the job should be. The base model and LoRA config never change."""
 
     model_config = ConfigDict(  # merged with _Model's
         json_schema_extra={
