@@ -1,10 +1,9 @@
-"""Fixtures of the hostile-input tests: a real `loraplane serve` over the tiny model, per module.
+"""Fixtures of the hostile-input tests: one real `loraplane serve` over the tiny model.
 
-Each test module gets its own server process, so a request that crashes or bloats one server
-fails that module's tests and not the next module's. Within a module, a server that died (a
-crash, or the memory watchdog) is recorded and started again before the next test, so every case
-still reports its own answer and the module's last test fails on the recorded deaths. The
-request-size limit is lowered to 1 MiB so "oversized" costs the tests a megabyte, not 64 MiB.
+A server that died (a crash, or the memory watchdog) is recorded and started again before the
+next test, so every case still reports its own answer, and each module's last test fails on the
+deaths recorded. The request-size limit is lowered to 1 MiB so "oversized" costs the tests a
+megabyte, not 64 MiB; the long poll to 2 s, so a stalled future shows within a test's time.
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ class Harness:
         self.server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def harness(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     h = Harness(tiny_model_dir, tmp_path_factory.mktemp("fuzz-server"))
     yield h
