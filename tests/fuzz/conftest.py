@@ -2,7 +2,7 @@
 
 A server that died (a crash, or the memory watchdog) is recorded and started again before the
 next test, so every case still reports its own answer, and each module's last test fails on the
-deaths recorded. The request-size limit is lowered to 1 MiB so "oversized" costs the tests a
+deaths recorded during that module (`deaths`). The request-size limit is lowered to 1 MiB so "oversized" costs the tests a
 megabyte, not 64 MiB; the long poll to 2 s, so a stalled future shows within a test's time.
 """
 
@@ -69,3 +69,20 @@ def harness(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     h = Harness(tiny_model_dir, tmp_path_factory.mktemp("fuzz-server"))
     yield h
     h.close()
+
+
+class Deaths:
+    """The server deaths recorded since a module began (the harness outlives modules)."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+        harness.ensure(after="the previous module")  # its death is its own
+        self.mark = len(harness.deaths)
+
+    def since_module_start(self) -> list[str]:
+        return self.harness.deaths[self.mark:]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def deaths(harness: Harness) -> Deaths:
+    return Deaths(harness)

@@ -25,7 +25,7 @@ import zstandard
 from tinker.proto import tinker_public_pb2 as pb
 
 from tests.fuzz.answers import assert_json_error, explain, send
-from tests.fuzz.conftest import MAX_REQUEST_BYTES, Harness
+from tests.fuzz.conftest import MAX_REQUEST_BYTES, Deaths, Harness
 from tests.fuzz.tinker_http import PROTOBUF, forward_backward_request
 
 pytestmark = pytest.mark.timeout(120)
@@ -240,7 +240,7 @@ class Models:
 
 
 @pytest.fixture(scope="module")
-def models(harness: Harness) -> Models:
+def models(harness: Harness, deaths: Deaths) -> Models:
     return Models(harness)
 
 
@@ -299,13 +299,13 @@ def test_random_mutations_of_a_valid_request_never_get_a_5xx(models: Models) -> 
             assert result.json().get("error"), f"{what}: future answered {result.text[:300]}"
 
 
-def test_server_survives_with_bounded_memory_and_still_trains(models: Models) -> None:
+def test_server_survives_with_bounded_memory_and_still_trains(models: Models, deaths: Deaths) -> None:
     """Runs after the hostile requests (pytest keeps file order): the server never died, its peak
     memory stayed within the bound, and alice's model still learns (the loss falls every step)."""
     harness = models.harness
     harness.ensure(after="the random mutations")
-    deaths = "\n\n".join(harness.deaths)
-    assert not harness.deaths, f"the server died {len(harness.deaths)} time(s) under hostile requests:\n{deaths}"
+    died = deaths.since_module_start()
+    assert not died, f"the server died {len(died)} time(s) under hostile requests:\n" + "\n\n".join(died)
     growth = harness.server.peak_rss_bytes() - models.warm_peak
     assert growth <= PEAK_GROWTH_BOUND_BYTES, (
         f"server peak memory rose {growth / 2**20:.0f} MiB over its warm peak "

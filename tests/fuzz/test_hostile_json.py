@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.fuzz.answers import assert_json_error, explain, send
-from tests.fuzz.conftest import Harness
+from tests.fuzz.conftest import Deaths, Harness
 from tests.fuzz.tinker_http import PROTOBUF
 
 pytestmark = pytest.mark.timeout(120)
@@ -138,7 +138,7 @@ class Tenant:
 
 
 @pytest.fixture(scope="module")
-def tenant(harness: Harness) -> Tenant:
+def tenant(harness: Harness, deaths: Deaths) -> Tenant:
     return Tenant(harness)
 
 
@@ -176,12 +176,12 @@ def test_hostile_json_number_is_refused_naming_the_field_or_served(tenant: Tenan
         alice.step(model_id)
 
 
-def test_after_hostile_json_the_tenant_still_trains_samples_and_lists(tenant: Tenant) -> None:
+def test_after_hostile_json_the_tenant_still_trains_samples_and_lists(tenant: Tenant, deaths: Deaths) -> None:
     """Nothing the table did left a stalled queue, a poisoned model or an unlistable record."""
     ctx = tenant.ensure(after="the hostile JSON cases")
     harness = tenant.harness
-    deaths = "\n\n".join(harness.deaths)
-    assert not harness.deaths, f"the server died {len(harness.deaths)} time(s) under hostile JSON:\n{deaths}"
+    died = deaths.since_module_start()
+    assert not died, f"the server died {len(died)} time(s) under hostile JSON:\n" + "\n\n".join(died)
     alice, server = harness.alice, harness.server
     log_from = server.log_size()
     # the ordered-seq model's next step must not wait behind a hostile seq_id

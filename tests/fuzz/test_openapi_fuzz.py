@@ -26,7 +26,7 @@ from loraplane.api import auth, protocol
 from loraplane.singlenode.server import ServeConfig, build_app
 from tests.fuzz import served
 from tests.fuzz.answers import explain, send
-from tests.fuzz.conftest import Harness
+from tests.fuzz.conftest import Deaths, Harness
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -109,7 +109,7 @@ def test_fuzzed_requests_without_a_valid_key_get_401(case: Any, harness: Harness
                 f"{response.text[:300]} (expected 401 before anything else)\nreproduce: {case.as_curl_command()}")
 
 
-def test_the_server_survived_the_fuzzing(harness: Harness) -> None:
+def test_the_server_survived_the_fuzzing(harness: Harness, deaths: Deaths) -> None:
     harness.ensure(after="the schema fuzzing")
-    deaths = "\n\n".join(harness.deaths)
-    assert not harness.deaths, f"the server died {len(harness.deaths)} time(s) under schema fuzzing:\n{deaths}"
+    died = deaths.since_module_start()
+    assert not died, f"the server died {len(died)} time(s) under schema fuzzing:\n" + "\n\n".join(died)
