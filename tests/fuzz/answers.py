@@ -14,8 +14,8 @@ import httpx
 from tests.fuzz import served
 
 
-def explain(server: served.ServedGateway, what: str, log_from: int) -> str:
-    if server.alive():
+def explain(server: served.ServedGateway, what: str, log_from: int, *, dropped: bool = False) -> str:
+    if dropped and server.alive():
         try:  # a dropped connection may be the server being killed right now
             server.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
@@ -38,7 +38,7 @@ def assert_json_error(server: served.ServedGateway, response: httpx.Response | E
                       statuses: tuple[int, ...], what: str, log_from: int, *, field: str | None = None) -> None:
     """An answer with one of `statuses`, JSON with `detail` and `error`, naming the bad field
     (`field`, when given, must occur in it)."""
-    assert not isinstance(response, Exception), explain(server, f"{what}: no answer ({response!r})", log_from)
+    assert not isinstance(response, Exception), explain(server, f"{what}: no answer ({response!r})", log_from, dropped=True)
     status, text = response.status_code, response.text[:300]
     assert status < 500, explain(server, f"{what}: {status} {text}", log_from)
     assert status in statuses, explain(server, f"{what}: expected {statuses}, got {status} {text}", log_from)

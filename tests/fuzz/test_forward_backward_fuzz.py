@@ -28,7 +28,7 @@ from tests.fuzz.answers import assert_json_error, explain, send
 from tests.fuzz.conftest import MAX_REQUEST_BYTES, Deaths, Harness
 from tests.fuzz.tinker_http import PROTOBUF, forward_backward_request
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(120)]
 
 #: how far the server's peak resident size may rise above its warm size during the whole module
 PEAK_GROWTH_BOUND_BYTES = 256 * 1024**2
@@ -253,6 +253,24 @@ def test_hostile_forward_backward_body_gets_a_json_4xx_naming_the_field(models: 
     response = send(lambda: bob.submit_forward_backward(body, dict(case.headers)))
     assert_json_error(server, response, case.statuses, f"{case.name} ({len(body)} bytes)", log_from)
     assert server.alive(), explain(server, f"{case.name}: server died", log_from)
+
+
+def test_oversized_chunked_body_without_a_length_gets_413(models: Models) -> None:
+    """A body streamed in chunks (no Content-Length) is cut off at the limit, not read to its end."""
+    models.ensure(after="the hostile cases")
+    server, bob = models.harness.server, models.harness.bob
+    log_from = server.log_size()
+    head = _request(models.bob).SerializeToString()
+    pad = bytes(64 * 1024)
+
+    def chunks():  # a valid start, then 4 MiB more (4x the limit) of a never-ending token chunk
+        yield head + _key(3, 2) + _varint(4 * 1024**2)
+        for _ in range(64):
+            yield pad
+
+    response = send(lambda: bob.http.post("/api/v1/forward_backward", content=chunks(),
+                                          headers={"content-type": PROTOBUF}))
+    assert_json_error(server, response, (413,), "4 MiB chunked body", log_from)
 
 
 def _mutate(rng: random.Random, body: bytes) -> bytes:
