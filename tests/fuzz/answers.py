@@ -13,6 +13,10 @@ import httpx
 
 from tests.fuzz import served
 
+#: headers of a hostile request: its own connection, so a connection the server drops after
+#: answering one case (a 500 escaping the app) is not blamed on the next case
+ONE_SHOT = {"connection": "close"}
+
 
 def explain(server: served.ServedGateway, what: str, log_from: int, *, dropped: bool = False) -> str:
     if dropped and server.alive():

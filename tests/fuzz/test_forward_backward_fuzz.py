@@ -24,7 +24,7 @@ import pytest
 import zstandard
 from tinker.proto import tinker_public_pb2 as pb
 
-from tests.fuzz.answers import assert_json_error, explain, send
+from tests.fuzz.answers import ONE_SHOT, assert_json_error, explain, send
 from tests.fuzz.conftest import MAX_REQUEST_BYTES, Deaths, Harness
 from tests.fuzz.tinker_http import PROTOBUF, forward_backward_request
 
@@ -250,7 +250,7 @@ def test_hostile_forward_backward_body_gets_a_json_4xx_naming_the_field(models: 
     server, bob = models.harness.server, models.harness.bob
     log_from = server.log_size()
     body = case.build(models.bob)
-    response = send(lambda: bob.submit_forward_backward(body, dict(case.headers)))
+    response = send(lambda: bob.submit_forward_backward(body, {**dict(case.headers), **ONE_SHOT}))
     assert_json_error(server, response, case.statuses, f"{case.name} ({len(body)} bytes)", log_from)
     assert server.alive(), explain(server, f"{case.name}: server died", log_from)
 
@@ -303,7 +303,7 @@ def test_random_mutations_of_a_valid_request_never_get_a_5xx(models: Models) -> 
     for i in range(MUTATIONS):
         log_from = server.log_size()
         body = _mutate(rng, valid)
-        response = send(lambda b=body: bob.submit_forward_backward(b))
+        response = send(lambda b=body: bob.submit_forward_backward(b, ONE_SHOT))
         what = f"mutation {i} (seed {SEED}): {body.hex()[:400]}"
         if not isinstance(response, Exception) and response.status_code == 200:
             accepted.append((what, response.json()["request_id"], log_from))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.fuzz.answers import assert_json_error, explain, send
+from tests.fuzz.answers import ONE_SHOT, assert_json_error, explain, send
 from tests.fuzz.conftest import Deaths, Harness
 from tests.fuzz.tinker_http import PROTOBUF
 
@@ -150,7 +150,7 @@ def test_hostile_json_number_is_refused_naming_the_field_or_served(tenant: Tenan
     body = case.body(ctx)
     what = f"{case.name}: POST /api/v1/{case.path} {body[:200]}"
     response = send(lambda: alice.http.post(f"/api/v1/{case.path}", content=body,
-                                            headers={"content-type": "application/json"}))
+                                            headers={"content-type": "application/json", **ONE_SHOT}))
     if case.expect == "refuse" or (case.expect == "either" and not isinstance(response, Exception)
                                    and response.status_code != 200):
         assert_json_error(server, response, case.refused, what, log_from, field=case.field)
