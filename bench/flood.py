@@ -1,6 +1,7 @@
 """Flood: a well-behaved tenant's step latency, alone and while another tenant floods the server.
 
-    python bench/flood.py [--steps 20] [--flood-requests 3000] [--seconds 30] [--concurrency 32]
+    python bench/flood.py [--steps 50] [--flood-requests 3000] [--seconds 30] [--concurrency 32]
+                          [--sample-num 4] [--sample-tokens 32]
 
 Starts `loraplane serve` on 127.0.0.1 (a free port) over the tiny test model, built in a temp dir,
 with two tenants and the server's default limits. Then:
@@ -8,7 +9,8 @@ with two tenants and the server's default limits. Then:
 1. alone: alice trains through the official SDK, one forward_backward + optim_step at a time,
    `--steps` steps, each step's wall time recorded;
 2. under flood: bob, from a separate process, sends forward_backward (on his own model) and
-   asample requests as fast as `--concurrency` connections allow, never waiting for a result,
+   asample requests (`--sample-num` x `--sample-tokens` each) in turn, as fast as
+   `--concurrency` connections allow, never waiting for a result,
    until `--flood-requests` were sent or `--seconds` passed; meanwhile alice keeps training and
    every step she starts before the flood stops is recorded.
 
@@ -72,9 +74,10 @@ def timed_step(client: tinker.TrainingClient, data: list[tinker.Datum]) -> float
 # ---- the flooding tenant (its own process) -------------------------------------------------------
 
 async def _flood(url: str, key: str, model_id: str, sampler_id: str, max_requests: int, seconds: float,
-                 concurrency: int) -> dict[str, object]:
+                 concurrency: int, sample_shape: tuple[int, int]) -> dict[str, object]:
     fb_body = forward_backward_request(model_id, 0).SerializeToString()
-    sample = {"sampling_session_id": sampler_id, "num_samples": 4, "sampling_params": {"max_tokens": 32},
+    num_samples, max_tokens = sample_shape
+    sample = {"sampling_session_id": sampler_id, "num_samples": num_samples, "sampling_params": {"max_tokens": max_tokens},
               "prompt": {"chunks": [{"type": "encoded_text", "tokens": tokens_of("flood")}]}}
     statuses: collections.Counter[str] = collections.Counter()
     sent = 0
@@ -104,8 +107,9 @@ async def _flood(url: str, key: str, model_id: str, sampler_id: str, max_request
 
 
 def flood_process(url: str, key: str, model_id: str, sampler_id: str, max_requests: int, seconds: float,
-                  concurrency: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    out.put(asyncio.run(_flood(url, key, model_id, sampler_id, max_requests, seconds, concurrency)))
+                  concurrency: int, sample_shape: tuple[int, int],
+                  out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    out.put(asyncio.run(_flood(url, key, model_id, sampler_id, max_requests, seconds, concurrency, sample_shape)))
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -141,7 +145,8 @@ def measure(server: served.ServedGateway, args: argparse.Namespace) -> int:
     ctx = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
     flood = ctx.Process(target=flood_process, args=(server.url, served.KEYS["bob"], bob_model, sampler,
-                                                    args.flood_requests, args.seconds, args.concurrency, results))
+                                                    args.flood_requests, args.seconds, args.concurrency,
+                                                    (args.sample_num, args.sample_tokens), results))
     flood.start()
     flooded: list[float] = []
     running: list[float] = []  # start time of alice's step in progress
@@ -200,10 +205,12 @@ def print_table(alone: list[float], flooded: list[float], report: dict | None, p
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=20, help="alice's steps in the alone phase")
+    parser.add_argument("--steps", type=int, default=50, help="alice's steps in the alone phase")
     parser.add_argument("--flood-requests", type=int, default=3000, help="most requests the flooder sends")
     parser.add_argument("--seconds", type=float, default=30.0, help="most seconds the flood lasts")
     parser.add_argument("--concurrency", type=int, default=32, help="the flooder's parallel connections")
+    parser.add_argument("--sample-num", type=int, default=4, help="num_samples of each flooding asample")
+    parser.add_argument("--sample-tokens", type=int, default=32, help="max_tokens of each flooding asample")
     parser.add_argument("--rss-ceiling-mib", type=int, default=6144,
                         help="kill the server past this resident size (protects the machine)")
     return run(parser.parse_args(argv))
