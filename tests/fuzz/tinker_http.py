@@ -43,11 +43,35 @@ def forward_backward_request(model_id: str, seq_id: int, texts: list[str] = TEXT
     return req
 
 
+class PatientTransport(httpx.HTTPTransport):
+    """Resends a request answered 429 after its Retry-After (at most `RETRY_WAIT_S` each time, at
+    most `RETRIES` times), as the SDK does: the tests' own tenants are throttled, not failed, by a
+    server's rate limits. A streamed body cannot be resent; its 429 is returned as it is."""
+
+    RETRIES = 10
+    RETRY_WAIT_S = 1.0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for _ in range(self.RETRIES):
+            response = super().handle_request(request)
+            if response.status_code != 429 or not isinstance(request.stream, httpx.ByteStream):
+                return response
+            response.read()
+            response.close()
+            try:
+                wait = float(response.headers.get("retry-after", "0.2"))
+            except ValueError:
+                wait = 0.2
+            time.sleep(min(max(wait, 0.0), self.RETRY_WAIT_S))
+        return super().handle_request(request)
+
+
 class TinkerHttp:
     """One tenant's protocol client over an `httpx.Client` (sync, one connection pool)."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 60.0) -> None:
-        self.http = httpx.Client(base_url=base_url, headers={"x-api-key": api_key}, timeout=timeout_s)
+        self.http = httpx.Client(base_url=base_url, headers={"x-api-key": api_key}, timeout=timeout_s,
+                                 transport=PatientTransport())
         self.seq: dict[str, int] = {}
 
     def close(self) -> None:
