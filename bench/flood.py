@@ -1,7 +1,7 @@
 """Flood: a well-behaved tenant's step latency, alone and while another tenant floods the server.
 
     python bench/flood.py [--steps 50] [--flood-requests 3000] [--seconds 30] [--concurrency 32]
-                          [--sample-num 4] [--sample-tokens 32]
+                          [--sample-num 4] [--sample-tokens 32] [--heavy-every 0]
 
 Starts `loraplane serve` on 127.0.0.1 (a free port) over the tiny test model, built in a temp dir,
 with two tenants and the server's default limits. Then:
@@ -10,7 +10,8 @@ with two tenants and the server's default limits. Then:
    `--steps` steps, each step's wall time recorded;
 2. under flood: bob, from a separate process, sends forward_backward (on his own model) and
    asample requests (`--sample-num` x `--sample-tokens` each) in turn, as fast as
-   `--concurrency` connections allow, never waiting for a result,
+   `--concurrency` connections allow, never waiting for a result (with `--heavy-every N`, every
+   Nth request is a 128 x 1024-token asample instead),
    until `--flood-requests` were sent or `--seconds` passed; meanwhile alice keeps training and
    every step she starts before the flood stops is recorded.
 
@@ -47,6 +48,9 @@ from tests.utils.tiny_models import build_tiny_llama
 TEXTS = ["the cat sat on the mat", "a quick brown fox", "loraplane trains"]
 #: how long alice's step in flight may still run once the flood stopped
 GRACE_S = 30.0
+#: (num_samples, max_tokens) of `--heavy-every`'s requests: one such request is legal for the
+#: protocol but holds a model thread for minutes unless the server caps it
+HEAVY_SAMPLE = (128, 1024)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,11 +78,14 @@ def timed_step(client: tinker.TrainingClient, data: list[tinker.Datum]) -> float
 # ---- the flooding tenant (its own process) -------------------------------------------------------
 
 async def _flood(url: str, key: str, model_id: str, sampler_id: str, max_requests: int, seconds: float,
-                 concurrency: int, sample_shape: tuple[int, int]) -> dict[str, object]:
+                 concurrency: int, sample_shape: tuple[int, int], heavy_every: int) -> dict[str, object]:
     fb_body = forward_backward_request(model_id, 0).SerializeToString()
     num_samples, max_tokens = sample_shape
+    prompt = {"chunks": [{"type": "encoded_text", "tokens": tokens_of("flood")}]}
     sample = {"sampling_session_id": sampler_id, "num_samples": num_samples, "sampling_params": {"max_tokens": max_tokens},
-              "prompt": {"chunks": [{"type": "encoded_text", "tokens": tokens_of("flood")}]}}
+              "prompt": prompt}
+    heavy = {"sampling_session_id": sampler_id, "num_samples": HEAVY_SAMPLE[0],
+             "sampling_params": {"max_tokens": HEAVY_SAMPLE[1]}, "prompt": prompt}
     statuses: collections.Counter[str] = collections.Counter()
     sent = 0
     deadline = time.monotonic() + seconds
@@ -91,7 +98,9 @@ async def _flood(url: str, key: str, model_id: str, sampler_id: str, max_request
                 n = sent
                 sent += 1
                 try:
-                    if n % 2:
+                    if heavy_every and n % heavy_every == heavy_every - 1:
+                        r = await http.post("/api/v1/asample", json=heavy)
+                    elif n % 2:
                         r = await http.post("/api/v1/asample", json=sample)
                     else:
                         r = await http.post("/api/v1/forward_backward", content=fb_body,
@@ -107,9 +116,10 @@ async def _flood(url: str, key: str, model_id: str, sampler_id: str, max_request
 
 
 def flood_process(url: str, key: str, model_id: str, sampler_id: str, max_requests: int, seconds: float,
-                  concurrency: int, sample_shape: tuple[int, int],
+                  concurrency: int, sample_shape: tuple[int, int], heavy_every: int,
                   out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    out.put(asyncio.run(_flood(url, key, model_id, sampler_id, max_requests, seconds, concurrency, sample_shape)))
+    out.put(asyncio.run(_flood(url, key, model_id, sampler_id, max_requests, seconds, concurrency, sample_shape,
+                               heavy_every)))
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -146,7 +156,8 @@ def measure(server: served.ServedGateway, args: argparse.Namespace) -> int:
     results: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
     flood = ctx.Process(target=flood_process, args=(server.url, served.KEYS["bob"], bob_model, sampler,
                                                     args.flood_requests, args.seconds, args.concurrency,
-                                                    (args.sample_num, args.sample_tokens), results))
+                                                    (args.sample_num, args.sample_tokens), args.heavy_every,
+                                                    results))
     flood.start()
     flooded: list[float] = []
     running: list[float] = []  # start time of alice's step in progress
@@ -211,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="the flooder's parallel connections")
     parser.add_argument("--sample-num", type=int, default=4, help="num_samples of each flooding asample")
     parser.add_argument("--sample-tokens", type=int, default=32, help="max_tokens of each flooding asample")
+    parser.add_argument("--heavy-every", type=int, default=0,
+                        help=f"make every Nth flood request a {HEAVY_SAMPLE[0]} x {HEAVY_SAMPLE[1]}-token asample (0: none)")
     parser.add_argument("--rss-ceiling-mib", type=int, default=6144,
                         help="kill the server past this resident size (protects the machine)")
     return run(parser.parse_args(argv))
