@@ -338,6 +338,10 @@ class Gateway:
         }
         if body.prompt_logprobs_last_n is not None:
             request["prompt_logprobs_last_n"] = body.prompt_logprobs_last_n
+        seq = body.seq_id if body.seq_id is not None else 0
+        sequence_ids = codecs.sequence_ids(record["sampler_id"], seq, body.num_samples)
+        if body.record_stability_info:
+            request["record_sequence_ids"] = sequence_ids
         if record.get("source"):
             await self._ensure_loaded(ref, record)
         try:
@@ -348,11 +352,10 @@ class Gateway:
             self._loaded.discard((ref.address, record["adapter_id"]))  # the runtime restarted: load it again
             await self._ensure_loaded(ref, record)
             rid = await self.runtimes.submit_sample(ref.address, request)
-        seq = body.seq_id if body.seq_id is not None else 0
         owner = ids.owner_key(record["sampler_id"])
         return {
             "request_id": ids.FutureRef(owner, ref.pod, "sample", rid).encode(),
-            "sample_sequence_ids": codecs.sequence_ids(record["sampler_id"], seq, body.num_samples),
+            "sample_sequence_ids": sequence_ids,
         }
 
     async def _ensure_loaded(self, ref: RuntimeRef, record: dict[str, Any]) -> None:

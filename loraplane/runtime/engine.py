@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from loraplane.core import errors
-from loraplane.runtime import checkpoints, lora, losses, model_host, optim, sampling
+from loraplane.runtime import checkpoints, lora, losses, model_host, optim, sampling, stability
 
 AdamParams = optim.AdamParams
 SamplingParams = sampling.SamplingParams
@@ -67,6 +67,8 @@ class Datum:
 
     tokens: torch.Tensor
     loss_inputs: dict[str, torch.Tensor]
+    #: Where each token was sampled (stable_reinforce); None when the client sent no spans.
+    provenance: stability.Provenance | None = None
 
 
 @dataclass
@@ -78,6 +80,8 @@ class FwdBwdWork:
     loss_fn: str = "cross_entropy"
     loss_config: dict[str, float] = field(default_factory=dict)
     forward_only: bool = False
+    #: The Tinker session of the training client (from its model_id): provenance must name its own sequences.
+    session_id: str | None = None
 
 
 @dataclass
@@ -132,6 +136,8 @@ class Engine:
         """
         if threads > 0:
             torch.set_num_threads(threads)
+        #: Sequences sampled with record_stability_info, for stable_reinforce.
+        self.sequences = stability.SequenceRecords()
         host = model_host.load_base(model_path, device=device, dtype=dtype)
         self.model_path = model_path
         self.base_model = base_model or model_path
@@ -239,6 +245,13 @@ class Engine:
             prefix = f"data[{i}].loss_fn_inputs"
             losses.check_inputs(work.loss_fn, datum.loss_inputs, n, prefix)
             self._check_token_range(datum.loss_inputs["target_tokens"], f"{prefix}.target_tokens")
+            if work.loss_fn == "stable_reinforce":
+                sampler_lp, mask = stability.resolve(
+                    datum.tokens, datum.loss_inputs["target_tokens"], datum.loss_inputs["advantages"],
+                    datum.provenance, self.sequences, work.session_id, f"data[{i}]",
+                )
+                datum.loss_inputs[losses.STABILITY_LOGPROBS] = sampler_lp
+                datum.loss_inputs[losses.STABILITY_MASK] = mask
 
     def _check_tokens(self, tokens: object, field_name: str) -> int:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:

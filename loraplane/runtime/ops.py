@@ -92,10 +92,15 @@ class Sample:
     params: Any
     prompt_logprobs: bool = False
     prompt_logprobs_last_n: int | None = None  # positions before len(prompt) - n are reported unscored
+    record_sequence_ids: tuple[str, ...] = ()  # non-empty: record each sample for stable_reinforce
 
     def apply(self, engine: Any) -> Any:
-        return engine.sample(self.adapter_id, self.prompt, self.num_samples, self.params,
-                             prompt_logprobs=self.prompt_logprobs)
+        result = engine.sample(self.adapter_id, self.prompt, self.num_samples, self.params,
+                               prompt_logprobs=self.prompt_logprobs)
+        if self.record_sequence_ids:
+            engine.sequences.record(self.record_sequence_ids, self.prompt,
+                                    [(s.tokens, s.logprobs) for s in result.sequences])
+        return result
 
 
 _KINDS: dict[type, str] = {

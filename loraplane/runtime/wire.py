@@ -27,7 +27,7 @@ from tinker.proto import tinker_public_pb2 as pb
 
 from loraplane.core import errors
 from loraplane.runtime import engine as eng
-from loraplane.runtime import ops
+from loraplane.runtime import ops, stability
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _NP_DTYPES = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_INT64: np.dtype("<i8"), pb.DTYPE_INT32: np.dtype("<i4")}
@@ -69,7 +69,7 @@ def decode_forward_backward(adapter_id: str, body: bytes) -> tuple[int | None, e
             config[key] = float(value.number)
     work = eng.FwdBwdWork(
         adapter_id=adapter_id, data=data, loss_fn=request.loss_fn, loss_config=config,
-        forward_only=request.forward_only,
+        forward_only=request.forward_only, session_id=request.model_id.split(":", 1)[0] or None,
     )
     return (request.seq_id if request.seq_id > 0 else None), work
 
@@ -91,7 +91,25 @@ def _decode_datum(datum: Any, where: str) -> eng.Datum:
     if tokens.size == 0:
         raise errors.InvalidInput(f"{where}.model_input holds no tokens", field=f"{where}.model_input")
     inputs = {key: decode_tensor(t, f"{where}.loss_fn_inputs.{key}") for key, t in datum.loss_fn_inputs.items()}
-    return eng.Datum(tokens=torch.from_numpy(tokens), loss_inputs=inputs)
+    provenance = None
+    if len(datum.model_input_spans) or len(datum.loss_fn_input_spans):
+        provenance = stability.Provenance(
+            model_input=_decode_spans(datum.model_input_spans, f"{where}.model_input_spans"),
+            targets=_decode_spans(datum.loss_fn_input_spans, f"{where}.loss_fn_input_spans"),
+        )
+    return eng.Datum(tokens=torch.from_numpy(tokens), loss_inputs=inputs, provenance=provenance)
+
+
+def _decode_spans(spans: Any, where: str) -> tuple[stability.Span, ...]:
+    out = []
+    for i, span in enumerate(spans):
+        kind = span.WhichOneof("span")
+        if kind is None:
+            raise errors.InvalidInput("a provenance span must be prompt_tokens or sampled_tokens", field=f"{where}[{i}]")
+        run = getattr(span, kind)
+        out.append(stability.Span("prompt" if kind == "prompt_tokens" else "sampled", run.sequence_id,
+                                  int(run.offset), int(run.length)))
+    return tuple(out)
 
 
 def decode_tensor(tensor: Any, field: str) -> torch.Tensor:
@@ -217,6 +235,8 @@ class SampleBody(StrictBody):
     sampling_params: SamplingParamsBody = Field(default_factory=SamplingParamsBody)
     prompt_logprobs: bool = False
     prompt_logprobs_last_n: int | None = Field(None, ge=0)
+    #: Sequence ids under which to record every sample for stable_reinforce (one per sample).
+    record_sequence_ids: list[str] | None = None
 
 
 def parse_body(model: type[BaseModel], body: Any) -> Any:
@@ -258,6 +278,11 @@ def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
                 f"prompt_tokens[{i}] = {tok} is outside the vocabulary (0..{vocab_size - 1})",
                 field=f"prompt_tokens[{i}]",
             )
+    if body.record_sequence_ids is not None and len(body.record_sequence_ids) != body.num_samples:
+        raise errors.InvalidInput(
+            f"record_sequence_ids holds {len(body.record_sequence_ids)} ids for {body.num_samples} samples",
+            field="record_sequence_ids",
+        )
     sp = body.sampling_params
     params = eng.SamplingParams(
         max_tokens=sp.max_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
@@ -265,4 +290,5 @@ def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
     )
     return ops.Sample(body.adapter_id, list(body.prompt_tokens), body.num_samples, params,
                            prompt_logprobs=body.prompt_logprobs or body.prompt_logprobs_last_n is not None,
-                           prompt_logprobs_last_n=body.prompt_logprobs_last_n)
+                           prompt_logprobs_last_n=body.prompt_logprobs_last_n,
+                           record_sequence_ids=tuple(body.record_sequence_ids or ()))
