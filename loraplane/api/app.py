@@ -5,7 +5,8 @@ Callers: `loraplane serve` (single-node) and `loraplane gateway` (Kubernetes), w
 
 Design notes
 ============
-* Health (`/healthz`, `/api/v1/healthz`) and `/metrics` need no key; every other route does.
+* Health (`/healthz`, `/api/v1/healthz`) and `/metrics` need no key, nor do the signed export file
+  URLs (`routes.exports`, whose signature is the credential); every other route does.
 * The body-size limit is checked on `Content-Length` before the body is read, and again while a
   chunked body streams in, so an oversized request costs no memory and gets a 413 JSON answer.
 * Metrics are one counter and one histogram per route template, labelled by status class, kept by
@@ -33,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from loraplane.api import errors as api_errors
 from loraplane.api.auth import KeyTable
 from loraplane.api.gateway import Gateway
-from loraplane.api.routes import checkpoints, futures, sampling, sessions, training
+from loraplane.api.routes import checkpoints, exports, futures, sampling, sessions, training
 from loraplane.core import errors
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def create_app(gateway: Gateway, keys: KeyTable, *, on_shutdown: Callable[[], Aw
 
     app.include_router(health)
     app.include_router(health, prefix=API_PREFIX)
-    for module in (sessions, training, sampling, futures, checkpoints):
+    for module in (sessions, training, sampling, futures, checkpoints, exports):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_middleware(StepLane, routes=step_routes())
     app.add_middleware(BodyLimit, max_bytes=gateway.max_request_bytes)

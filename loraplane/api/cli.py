@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=gw_settings.max_request_bytes,
     )
     log.info("loraplane gateway at http://%s:%s", gw_settings.host, gw_settings.port)
-    uvicorn.run(create_app(gateway, keys), host=gw_settings.host, port=gw_settings.port, log_level="warning",
+    app = create_app(gateway, keys)
+    app.state.url_signing_secret = gw_settings.url_signing_key
+    uvicorn.run(app, host=gw_settings.host, port=gw_settings.port, log_level="warning",
                 access_log=False, timeout_keep_alive=75)
     return 0

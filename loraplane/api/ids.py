@@ -30,7 +30,7 @@ POD_RE = re.compile(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
 
 #: Ops a future can stand for; each decides how retrieve_future turns the runtime's result into Tinker's.
 OPS = frozenset(
-    {"create", "load_create", "unload", "fwdbwd", "optim", "save", "save_sampler", "snapshot", "load", "sample"}
+    {"create", "load_create", "unload", "fwdbwd", "optim", "save", "save_sampler", "save_external", "snapshot", "load", "sample"}
 )
 
 

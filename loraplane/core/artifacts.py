@@ -34,7 +34,7 @@ from loraplane.core import errors
 
 TINKER_SCHEME = "tinker://"
 #: path segment -> Tinker checkpoint_type
-SEGMENTS: dict[str, str] = {"weights": "training", "sampler_weights": "sampler"}
+SEGMENTS: dict[str, str] = {"weights": "training", "sampler_weights": "sampler", "external_weights": "external"}
 #: Checkpoint and run names: no '/', since a tinker:// path has exactly three parts.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 

@@ -54,6 +54,10 @@ class Unauthenticated(UserError):
     status_code = 401
 
 
+class PermissionDenied(UserError):
+    status_code = 403
+
+
 class PayloadTooLarge(UserError):
     status_code = 413
 
@@ -73,6 +77,7 @@ class ServerError(LoraplaneError):
 _BY_STATUS: dict[int, type[LoraplaneError]] = {
     400: InvalidInput,
     401: Unauthenticated,
+    403: PermissionDenied,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,

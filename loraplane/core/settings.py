@@ -57,6 +57,8 @@ class GatewaySettings(BaseModel):
     control_plane: str = "kubernetes"
     #: Namespace of LoRAJobs in Kubernetes mode.
     namespace: str = "default"
+    #: Key that signs export download URLs (same on every replica); unset = one kept in the store.
+    url_signing_key: str | None = None
 
 
 class OperatorSettings(BaseModel):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from loraplane.core import errors
+from loraplane.core import age, errors
 from loraplane.runtime import checkpoints, lora, losses, model_host, optim, sampling, stability
 
 AdamParams = optim.AdamParams
@@ -462,6 +462,16 @@ class Engine:
     def save_sampler(self, adapter_id: str, dest: str) -> int:
         """Write only what a sampler needs (PEFT files + trainer_state.json); returns bytes written."""
         return self._save(adapter_id, dest, kind="sampler", optimizer=False)
+
+    def save_external(self, adapter_id: str, dest: str, recipients: list[str] | None = None) -> int:
+        """Write a plain PEFT adapter folder to `dest`, age-encrypted to `recipients` if given."""
+        parsed = age.parse_recipients(recipients) if recipients else None
+        record = self._get(adapter_id)
+        self.ensure_resident(adapter_id)
+        return checkpoints.export_peft(
+            dest, weights=record.params, config=checkpoints.LoraConfig.from_spec(record.spec),
+            base_model=self.base_model, recipients=parsed,
+        )
 
     def _save(self, adapter_id: str, dest: str, *, kind: str, optimizer: bool) -> int:
         record = self._get(adapter_id)

@@ -58,6 +58,19 @@ class SaveSampler:
 
 
 @dataclass(frozen=True)
+class SaveExternal:
+    """Export the PEFT adapter folder, age-encrypted if recipients are given; result like SaveSampler."""
+
+    adapter_id: str
+    dest: str
+    age_recipients: tuple[str, ...] = ()
+
+    def apply(self, engine: Any) -> dict[str, Any]:
+        size = engine.save_external(self.adapter_id, self.dest, list(self.age_recipients) or None)
+        return {"dest": self.dest, "step": engine.adapter_step(self.adapter_id), "size_bytes": size}
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Copy the live weights into the read-only sampler adapter `sampler_id`."""
 
@@ -104,7 +117,7 @@ class Sample:
 
 
 _KINDS: dict[type, str] = {
-    OptimStep: "optim_step", SaveState: "save_state", SaveSampler: "save_sampler",
+    OptimStep: "optim_step", SaveState: "save_state", SaveSampler: "save_sampler", SaveExternal: "save_external",
     Snapshot: "snapshot", LoadState: "load_state", Sample: "sample",
 }
 

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tinker.proto import tinker_public_pb2 as pb
 
-from loraplane.core import errors
+from loraplane.core import age, errors
 from loraplane.runtime import engine as eng
 from loraplane.runtime import ops, stability
 
@@ -211,12 +211,14 @@ class OpBody(StrictBody):
     """One JSON op of `POST /v1/adapters/{id}/ops`; which fields apply depends on `op`."""
 
     seq_id: int | None = None
-    op: Literal["optim_step", "save_state", "save_sampler", "snapshot", "load_state"]
+    op: Literal["optim_step", "save_state", "save_sampler", "save_external", "snapshot", "load_state"]
     adam_params: AdamParamsBody | None = None
     dest: str | None = None
     source: str | None = None
     optimizer: bool = True
     sampler_id: str | None = None
+    #: save_external: age recipients to encrypt every exported file to.
+    age_recipients: list[str] | None = None
 
 
 class SamplingParamsBody(StrictBody):
@@ -265,6 +267,10 @@ def op_from_body(adapter_id: str, body: OpBody) -> Any:
         return ops.SaveState(adapter_id, need("dest"), optimizer=body.optimizer)
     if body.op == "save_sampler":
         return ops.SaveSampler(adapter_id, need("dest"))
+    if body.op == "save_external":
+        if body.age_recipients:
+            age.parse_recipients(body.age_recipients, field="age_recipients")
+        return ops.SaveExternal(adapter_id, need("dest"), tuple(body.age_recipients or ()))
     if body.op == "snapshot":
         return ops.Snapshot(adapter_id, need("sampler_id"))
     return ops.LoadState(adapter_id, need("source"), optimizer=body.optimizer)

@@ -156,6 +156,7 @@ def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], A
         max_request_bytes=config.gateway.max_request_bytes,
     )
     app = create_app(gateway, config.keys)
+    app.state.url_signing_secret = config.gateway.url_signing_key
     inner = app.router.lifespan_context
 
     @asynccontextmanager
