@@ -20,6 +20,7 @@ Design notes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loraplane.api import errors as api_errors
+from loraplane.api import sessions_expiry
 from loraplane.api.auth import KeyTable
 from loraplane.api.gateway import Gateway
 from loraplane.api.routes import checkpoints, exports, futures, sampling, sessions, training
@@ -168,8 +170,12 @@ def create_app(gateway: Gateway, keys: KeyTable, *, on_shutdown: Callable[[], Aw
     """The gateway app; `on_shutdown` runs after the gateway's own clean-up (single-node stops its runtimes)."""
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(a: FastAPI):  # type: ignore[no-untyped-def]
+        expiry.ttl_s = float(a.state.session_expiry_s)
+        sweeper = asyncio.create_task(expiry.run()) if expiry.ttl_s > 0 else None
         yield
+        if sweeper is not None:
+            sweeper.cancel()
         await gateway.runtimes.close()
         await gateway.cp.close()
         if on_shutdown is not None:
@@ -180,6 +186,9 @@ def create_app(gateway: Gateway, keys: KeyTable, *, on_shutdown: Callable[[], Aw
     app.state.keys = keys
     api_errors.install(app)
     registry = CollectorRegistry()
+    #: seconds without a heartbeat before a session expires (0 = never); the CLIs set it from settings
+    app.state.session_expiry_s = sessions_expiry.DEFAULT_EXPIRY_S
+    expiry = sessions_expiry.SessionExpiry(gateway, sessions_expiry.DEFAULT_EXPIRY_S, registry)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

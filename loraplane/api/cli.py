@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("loraplane gateway at http://%s:%s", gw_settings.host, gw_settings.port)
     app = create_app(gateway, keys)
     app.state.url_signing_secret = gw_settings.url_signing_key
+    app.state.session_expiry_s = gw_settings.session_expiry_s
     uvicorn.run(app, host=gw_settings.host, port=gw_settings.port, log_level="warning",
                 access_log=False, timeout_keep_alive=75)
     return 0

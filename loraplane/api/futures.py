@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import Response
 
-from loraplane.api import codecs, ids
+from loraplane.api import codecs, ids, sessions_expiry
 from loraplane.api.dataplane import PROTOBUF, Result
 from loraplane.api.gateway import CONTROL_PLANE_POD, Gateway
 from loraplane.core import artifacts, errors
@@ -28,7 +28,9 @@ from loraplane.core.models.v1alpha1 import RuntimeRef
 
 async def retrieve(gw: Gateway, tenant: str, request_id: str) -> dict[str, Any] | Response:
     ref = ids.parse_request_id(request_id)
-    gw.records.session(tenant, ref.session_id)
+    expired = sessions_expiry.future_answer(gw.records.session(tenant, ref.session_id))
+    if expired is not None:
+        return expired
     if ref.pod == CONTROL_PLANE_POD:
         return await _control_plane_future(gw, tenant, ref)
     runtime = await _runtime_of(gw, tenant, ref)

@@ -57,6 +57,8 @@ class GatewaySettings(BaseModel):
     control_plane: str = "kubernetes"
     #: Namespace of LoRAJobs in Kubernetes mode.
     namespace: str = "default"
+    #: Seconds without a heartbeat before a session expires (the SDK beats every 10 s); 0 = never.
+    session_expiry_s: float = Field(180.0, ge=0)
     #: Key that signs export download URLs (same on every replica); unset = one kept in the store.
     url_signing_key: str | None = None
 

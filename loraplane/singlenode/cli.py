@@ -51,6 +51,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help="auto, float32, bfloat16, float16 (LORAPLANE_RUNTIME__DTYPE)")
     parser.add_argument("--threads", type=int, help="torch CPU threads, 0 = default (LORAPLANE_RUNTIME__THREADS)")
     parser.add_argument("--log-level", help="debug, info, warning (LORAPLANE_LOG_LEVEL)")
+    parser.add_argument("--session-expiry-s", type=float, metavar="SECONDS",
+                        help="expire sessions without a heartbeat for this long, 0 = never "
+                             "(LORAPLANE_GATEWAY__SESSION_EXPIRY_S, default 180)")
 
 
 def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Any:
@@ -63,7 +66,9 @@ def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None)
         "control_plane": "single-node",
         "host": args.host or env.get("LORAPLANE_GATEWAY__HOST") or "127.0.0.1",
         "port": args.port if args.port is not None else settings.gateway.port,
-    })
+    } | ({"session_expiry_s": args.session_expiry_s} if getattr(args, "session_expiry_s", None) is not None else {}))
+    if gateway.session_expiry_s < 0:
+        raise ValueError("--session-expiry-s must be >= 0")
     runtime = settings.runtime.model_copy(update={
         k: v for k, v in {"device": args.device, "dtype": args.dtype, "threads": args.threads}.items() if v is not None
     })

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,8 @@ class Server:
     model: str
     store: str
     proc: subprocess.Popen[str]
+    #: the server's stderr lines (its logs), kept as they arrive
+    log: list[str] = field(default_factory=list)
 
     def stop(self, *, kill: bool = False) -> None:
         if kill:
@@ -42,11 +44,11 @@ class Server:
             self.proc.wait()
 
 
-def start_server(model_dir: Path, store: str, *, timeout_s: float = 120) -> Server:
+def start_server(model_dir: Path, store: str, *, timeout_s: float = 120, extra_args: tuple[str, ...] = ()) -> Server:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LORAPLANE_LOG_LEVEL": "info"}
     keys = [arg for tenant, key in KEYS.items() for arg in ("--api-key", f"{tenant}={key}")]
     cmd = [sys.executable, "-m", "loraplane", "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
-           "--threads", "1", "--model", f"{model_dir}={model_dir}", "--store", store, *keys]
+           "--threads", "1", "--model", f"{model_dir}={model_dir}", "--store", store, *keys, *extra_args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     assert proc.stderr is not None
     deadline = time.monotonic() + timeout_s
@@ -58,9 +60,10 @@ def start_server(model_dir: Path, store: str, *, timeout_s: float = 120) -> Serv
         lines.append(line)
         m = READY.search(line)
         if m:
+            server = Server(m.group(1), str(model_dir), store, proc, lines)
             # Keep draining stderr so the server never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
-            return Server(m.group(1), str(model_dir), store, proc)
+            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
+            return server
     proc.kill()
     raise RuntimeError("loraplane serve did not start:\n" + "".join(lines[-40:]))
 

@@ -72,7 +72,7 @@ def test_training_checkpoint_download_goes_through_an_encrypted_export(
     assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
     _assert_same_logprobs(server, client, Path(out))
     # The temporary export was deleted again.
-    rest = tinker.ServiceClient(base_url=server.url, api_key=KEYS["alice"]).create_rest_client()
+    rest = tinker.RestClient(base_url=server.url, api_key=KEYS["alice"])
     runs = [c.tinker_path for r in rest.list_training_runs().result().training_runs
             for c in rest.list_checkpoints(r.training_run_id).result().checkpoints]
     assert not [p for p in runs if p.endswith("/external_weights/download")]
@@ -83,7 +83,7 @@ def test_encrypted_export_to_age_and_ssh_recipients(trained, server: Server) -> 
     native = pyrage.x25519.Identity.generate()
     path = client.save_weights_external(
         "sealed", age_encryption_recipients=[str(native.to_public()), _SSH_PUBLIC]).result().path
-    rest = service.create_rest_client()
+    rest = tinker.RestClient(base_url=server.url, api_key=KEYS["alice"])
     urls = rest.get_external_weights_urls(path).result().urls
     assert sorted(urls) == ["adapter_config.json.age", "adapter_model.safetensors.age"]
     blob = httpx.get(urls["adapter_config.json.age"]).content
@@ -102,7 +102,7 @@ def test_bad_recipient_is_refused_at_submit(trained) -> None:  # type: ignore[no
 def test_signed_urls_admit_only_their_tenant_and_only_signed(trained, server: Server) -> None:  # type: ignore[no-untyped-def]
     service, client = trained
     path = client.save_weights_external("guarded").result().path
-    url = service.create_rest_client().get_external_weights_urls(path).result().urls["adapter_config.json"]
+    url = tinker.RestClient(base_url=server.url, api_key=KEYS["alice"]).get_external_weights_urls(path).result().urls["adapter_config.json"]
     assert httpx.get(url).status_code == 200
     parts = urllib.parse.urlsplit(url)
     query = dict(urllib.parse.parse_qsl(parts.query))
@@ -115,7 +115,7 @@ def test_signed_urls_admit_only_their_tenant_and_only_signed(trained, server: Se
     assert httpx.get(longer).status_code == 403
     other_file = url.replace("adapter_config.json?", "checkpoint.json?")
     assert httpx.get(other_file).status_code == 403
-    bob = tinker.ServiceClient(base_url=server.url, api_key=KEYS["bob"]).create_rest_client()
+    bob = tinker.RestClient(base_url=server.url, api_key=KEYS["bob"])
     with pytest.raises(tinker.NotFoundError):
         bob.get_external_weights_urls(path).result()
 
