@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from loraplane.core import errors
+from loraplane.core import errors, logs
 
 PROTOBUF = "application/x-protobuf"
 
@@ -160,6 +160,9 @@ class RuntimeClient:
     async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201),
                        timeouts: dict[str, float | None] | None = None, **kwargs: Any) -> httpx.Response:
         """One call: `kwargs` are `httpx.Request`'s (json, content, headers); the body is read in full."""
+        rid = logs.request_id.get()
+        if rid is not None:  # the gateway's request id, so the runtime's lines about this op carry it
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), logs.HEADER: rid}
         request = httpx.Request(method, self.base_url + path, extensions={"timeout": timeouts or self._timeouts},
                                 **kwargs)
         try:

@@ -87,3 +87,5 @@ class Settings(BaseSettings):
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
     #: "debug", "info", "warning".
     log_level: str = "info"
+    #: "text" or "json" (one JSON object per line).
+    log_format: str = "text"

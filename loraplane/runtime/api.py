@@ -31,6 +31,7 @@ from loraplane.runtime import executor as ex
 from loraplane.runtime import residency, training, wire
 from loraplane.runtime.engine import LoraSpec
 from loraplane.runtime.metrics import PROMETHEUS_CONTENT_TYPE, RuntimeMetrics
+from loraplane.runtime.request_log import RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ def create_app(state: RuntimeState) -> FastAPI:
         return state.trainings.status(adapter_id).to_dict()
 
     app.add_middleware(StepLane, state=state)
+    app.add_middleware(RequestLog)
     return app
 
 

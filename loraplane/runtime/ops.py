@@ -15,6 +15,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from loraplane.core import logs
+
 log = logging.getLogger(__name__)
 
 #: op kinds that the scheduler gathers into one batched engine.forward_backward
@@ -152,6 +154,8 @@ class Op:
     payload: Any
     tokens: int = 0
     future: Future = field(default_factory=Future)
+    #: the gateway's request id of the call that submitted it (`core.logs`), for the op's log lines
+    origin: str | None = field(default_factory=logs.request_id.get)
 
 
 class SeqQueue:

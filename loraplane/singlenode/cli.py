@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from loraplane.api.auth import load_keys, split_inline
-from loraplane.core import artifacts, errors
+from loraplane.core import artifacts, errors, logs
 from loraplane.core.settings import Settings
 
 log = logging.getLogger("loraplane")
@@ -51,6 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help="auto, float32, bfloat16, float16 (LORAPLANE_RUNTIME__DTYPE)")
     parser.add_argument("--threads", type=int, help="torch CPU threads, 0 = default (LORAPLANE_RUNTIME__THREADS)")
     parser.add_argument("--log-level", help="debug, info, warning (LORAPLANE_LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=logs.FORMATS,
+                        help="text, or json for one JSON object per line (LORAPLANE_LOG_FORMAT)")
     parser.add_argument("--session-expiry-s", type=float, metavar="SECONDS",
                         help="expire sessions without a heartbeat for this long, 0 = never "
                              "(LORAPLANE_GATEWAY__SESSION_EXPIRY_S, default 180)")
@@ -81,8 +83,12 @@ def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None)
 
 
 def run(args: argparse.Namespace) -> int:
-    level = (args.log_level or Settings().log_level).upper()
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr, format="%(message)s")
+    settings = Settings()
+    try:
+        logs.configure(args.log_level or settings.log_level, getattr(args, "log_format", None) or settings.log_format)
+    except ValueError as exc:
+        print(f"loraplane serve: {exc} (LORAPLANE_LOG_FORMAT)", file=sys.stderr)
+        return 2
     try:
         config = config_from(args)
     except (ValueError, errors.LoraplaneError) as exc:
