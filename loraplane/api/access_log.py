@@ -142,7 +142,7 @@ class AccessLog:
             route = "/api/v1" + route  # the per-step lane puts the router's unprefixed route in the scope
         fields = fields_of(
             request_id=rid, tenant=_tenant(scope, headers), method=scope.get("method", "-"),
-            route=route or "unmatched", status=status, latency_s=latency_s,
+            route=route or path, status=status, latency_s=latency_s,
             model_id=model_id_of(path, headers.get(b"content-type", b"").decode(errors="replace"), body,
                                  scope.get("path_params") or {}),
             reason=reason_of(error_body) if status >= 400 else None,

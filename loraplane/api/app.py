@@ -32,7 +32,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loraplane.api import access_log, sessions_expiry
+from loraplane.api import access_log, sdk_versions, sessions_expiry
 from loraplane.api import errors as api_errors
 from loraplane.api.auth import KeyTable
 from loraplane.api.gateway import Gateway
@@ -207,5 +207,6 @@ def create_app(gateway: Gateway, keys: KeyTable, *, on_shutdown: Callable[[], Aw
     app.add_middleware(StepLane, routes=step_routes())
     app.add_middleware(BodyLimit, max_bytes=gateway.max_request_bytes)
     app.add_middleware(Metrics, registry=registry)
+    app.add_middleware(sdk_versions.SdkVersionGate)
     app.add_middleware(access_log.AccessLog)
     return app

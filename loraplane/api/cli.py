@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(gateway, keys)
     app.state.url_signing_secret = gw_settings.url_signing_key
     app.state.session_expiry_s = gw_settings.session_expiry_s
+    app.state.sdk_versions = gw_settings.sdk_versions
     uvicorn.run(app, host=gw_settings.host, port=gw_settings.port, log_level="warning",
                 access_log=False, timeout_keep_alive=75)
     return 0

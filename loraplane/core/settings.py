@@ -59,6 +59,8 @@ class GatewaySettings(BaseModel):
     namespace: str = "default"
     #: Seconds without a heartbeat before a session expires (the SDK beats every 10 s); 0 = never.
     session_expiry_s: float = Field(180.0, ge=0)
+    #: tinker SDK releases the gateway admits (a PEP 440 range); others get a 426 naming it.
+    sdk_versions: str = ">=0.38.0,<0.39"
     #: Key that signs export download URLs (same on every replica); unset = one kept in the store.
     url_signing_key: str | None = None
 

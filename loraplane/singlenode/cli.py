@@ -71,6 +71,9 @@ def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None)
     } | ({"session_expiry_s": args.session_expiry_s} if getattr(args, "session_expiry_s", None) is not None else {}))
     if gateway.session_expiry_s < 0:
         raise ValueError("--session-expiry-s must be >= 0")
+    from loraplane.api.sdk_versions import parse_range
+
+    parse_range(gateway.sdk_versions)
     runtime = settings.runtime.model_copy(update={
         k: v for k, v in {"device": args.device, "dtype": args.dtype, "threads": args.threads}.items() if v is not None
     })

@@ -158,6 +158,7 @@ def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], A
     app = create_app(gateway, config.keys)
     app.state.url_signing_secret = config.gateway.url_signing_key
     app.state.session_expiry_s = config.gateway.session_expiry_s
+    app.state.sdk_versions = config.gateway.sdk_versions
     inner = app.router.lifespan_context
 
     @asynccontextmanager
