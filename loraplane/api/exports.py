@@ -128,7 +128,7 @@ def external_urls(gw: Any, tenant: str, path: artifacts.TinkerPath, base_url: st
         fs = gw.store.fs
         folder = artifacts.checkpoint_url(gw.store.url, path)
         for name in files:
-            urls[name] = fs.sign(gw.store._path(artifacts.join(folder, name)), expiration=URL_TTL_S)
+            urls[name] = fs.sign(gw.store.fs_path(artifacts.join(folder, name)), expiration=URL_TTL_S)
     when = dt.datetime.fromtimestamp(expires, dt.UTC).isoformat().replace("+00:00", "Z")
     return {"urls": urls, "expires": when}
 
@@ -140,4 +140,4 @@ def file_for_grant(gw: Any, path: artifacts.TinkerPath, file: str, tenant: str, 
     gw.records.checkpoint(tenant, path, field="checkpoint_id")
     if file not in export_files(gw.store, path):
         raise errors.NotFound(f"no file {file!r} in {str(path)!r}", field="file")
-    return gw.store._path(artifacts.join(artifacts.checkpoint_url(gw.store.url, path), file))
+    return gw.store.fs_path(artifacts.join(artifacts.checkpoint_url(gw.store.url, path), file))

@@ -204,6 +204,10 @@ class ArtifactStore:
     def _path(self, url: str) -> str:
         return fsspec.core.url_to_fs(url)[1]
 
+    def fs_path(self, url: str) -> str:
+        """`url` as a path of `self.fs` (a local path for file://, `bucket/key` for s3://)."""
+        return self._path(url)
+
     def read_json(self, url: str) -> dict[str, Any] | None:
         """The record at `url`, or None if it does not exist (or is not valid JSON)."""
         try:

@@ -65,7 +65,7 @@ def test_object_stores_hand_out_their_own_presigned_urls():
     store = artifacts.ArtifactStore("signingmem://bucket")
     folder = artifacts.checkpoint_url(store.url, PATH)
     for name in ("adapter_config.json", "adapter_model.safetensors", "checkpoint.json"):
-        store.fs.pipe_file(store._path(artifacts.join(folder, name)), b"x")
+        store.fs.pipe_file(store.fs_path(artifacts.join(folder, name)), b"x")
     checked = []
     gw = types.SimpleNamespace(store=store, records=types.SimpleNamespace(
         checkpoint=lambda tenant, path, field: checked.append((tenant, path))))
