@@ -52,11 +52,19 @@ def last_seen(record: dict[str, Any]) -> str:
     return str(record.get("last_heartbeat") or record.get("created") or "")
 
 
-def is_expired(record: dict[str, Any], now: str, ttl_s: float) -> bool:
-    """Whether an unfinished session has gone `ttl_s` seconds without a heartbeat. Pure."""
+def is_expired(record: dict[str, Any], now: str, ttl_s: float, watching_since: str | None = None) -> bool:
+    """Whether an unfinished session has gone `ttl_s` seconds without a heartbeat. Pure.
+
+    `watching_since` is when this gateway started sweeping: no session expires sooner than `ttl_s`
+    after it, so a gateway restart (whose predecessor may have held heartbeats back) costs no
+    session whose client is still beating.
+    """
     if record.get("finished") or not last_seen(record):
         return False
-    return (parse_time(now) - parse_time(last_seen(record))).total_seconds() >= ttl_s
+    seen = parse_time(last_seen(record))
+    if watching_since is not None:
+        seen = max(seen, parse_time(watching_since))
+    return (parse_time(now) - seen).total_seconds() >= ttl_s
 
 
 def needs_write(record: dict[str, Any], now: str, ttl_s: float) -> bool:
@@ -98,6 +106,8 @@ class SessionExpiry:
     def __init__(self, gw: Any, ttl_s: float, registry: CollectorRegistry | None = None) -> None:
         self.gw = gw
         self.ttl_s = ttl_s
+        #: when this gateway began to sweep (see `is_expired`); set by `run`
+        self.watching_since: str | None = None
         self.expired = Counter("loraplane_gateway_sessions_expired", "Sessions expired for lack of a heartbeat",
                                registry=registry)
 
@@ -106,6 +116,7 @@ class SessionExpiry:
         return max(0.2, min(30.0, self.ttl_s / 6))
 
     async def run(self) -> None:
+        self.watching_since = self.gw.clock()
         while True:
             try:
                 await self.sweep()
@@ -118,13 +129,16 @@ class SessionExpiry:
         now = self.gw.clock()
         done = []
         for record in self.gw.store.records("sessions"):
-            if is_expired(record, now, self.ttl_s):
+            if is_expired(record, now, self.ttl_s, self.watching_since):
                 await self.expire(record)
                 done.append(record["session_id"])
         return done
 
     async def expire(self, record: dict[str, Any]) -> None:
         gw, session_id, tenant = self.gw, record["session_id"], record["tenant"]
+        latest = gw.store.read_json(artifacts.session_record_url(gw.store.url, session_id)) or record
+        if not is_expired(latest, gw.clock(), self.ttl_s, self.watching_since):
+            return  # a heartbeat arrived meanwhile, or another gateway replica expired it first
         log.info("session %s (tenant %s) expired: no heartbeat since %s", session_id, tenant, last_seen(record))
         finished = {"time": gw.clock(), "reason": "expired", "after_s": int(self.ttl_s), "saved": {}}
         gw.records.put_session({**record, "finished": finished})

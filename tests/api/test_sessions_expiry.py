@@ -24,6 +24,13 @@ def test_a_session_expires_after_the_ttl_without_a_heartbeat(record, now, expire
     assert se.is_expired(record, now, 180.0) is expired
 
 
+def test_a_gateway_start_gives_every_session_a_full_ttl():
+    record = {"created": T0}
+    assert se.is_expired(record, "2026-01-01T01:00:00Z", 180.0)
+    assert not se.is_expired(record, "2026-01-01T01:00:00Z", 180.0, watching_since="2026-01-01T00:58:00Z")
+    assert se.is_expired(record, "2026-01-01T01:01:00Z", 180.0, watching_since="2026-01-01T00:58:00Z")
+
+
 @pytest.mark.parametrize(
     ("last", "now", "write"),
     [(None, T0, True), (T0, "2026-01-01T00:00:29Z", False), (T0, "2026-01-01T00:00:30Z", True)],
