@@ -98,6 +98,7 @@ class Gateway:
         for job in await self.cp.list_jobs(tenant=tenant):
             if job.spec.session and job.spec.session.session_id == session_id:
                 await self.cp.delete_job(job.metadata.name)
+        self.store.delete(artifacts.sequences_url(self.store.url, session_id))  # no one can train on them now
         return {"status": "finished"}
 
     # -- training runs as jobs ------------------------------------------------------------------
@@ -204,7 +205,9 @@ class Gateway:
         raw = codecs.decode_body(body, content_encoding, max_bytes=self.max_request_bytes)
         model_id, _seq = codecs.routing_fields(raw)
         ref = self.owned_runtime(tenant, model_id)
-        rid = await self.runtimes.submit_forward_backward(ref.address, self.adapter(model_id), raw)
+        rid = await self.runtimes.submit_forward_backward(
+            ref.address, self.adapter(model_id), raw,
+            sequences_url=artifacts.sequences_url(self.store.url, ids.parse_model_id(model_id)[0]))
         return self._future(model_id, ref, "fwdbwd", rid)
 
     async def optim_step(self, tenant: str, body: protocol.OptimStep) -> dict[str, Any]:
@@ -342,6 +345,7 @@ class Gateway:
         sequence_ids = codecs.sequence_ids(record["sampler_id"], seq, body.num_samples)
         if body.record_stability_info:
             request["record_sequence_ids"] = sequence_ids
+            request["record_url"] = artifacts.sequences_url(self.store.url, record["session_id"])
         if record.get("source"):
             await self._ensure_loaded(ref, record)
         try:

@@ -127,6 +127,11 @@ def session_record_url(store: str, session_id: str) -> str:
     return join(store, "sessions", f"{session_id}.json")
 
 
+def sequences_url(store: str, session_id: str) -> str:
+    """The folder of a session's sequences recorded for stable_reinforce (one JSON per sampling request)."""
+    return join(store, "sequences", session_id)
+
+
 def job_record_url(store: str, job_name: str) -> str:
     return join(store, "jobs", f"{job_name}.json")
 

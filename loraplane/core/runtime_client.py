@@ -38,6 +38,9 @@ def error_for(status_code: int, body: Any) -> errors.LoraplaneError:
     return cls(detail, field=field if isinstance(field, str) else None)
 
 
+#: Header of a forward_backward naming the store folder of its session's recorded sequences.
+SEQUENCES_HEADER = "x-loraplane-sequences"
+
 def _id(value: str) -> str:
     return quote(value, safe=":")
 
@@ -116,10 +119,17 @@ class RuntimeClient:
 
     # ---- ops -------------------------------------------------------------------------------
 
-    async def submit_forward_backward(self, adapter_id: str, proto_bytes: bytes) -> str:
-        """Forward a `ForwardBackwardRequest` (plain or zstd) unchanged; returns the request id."""
+    async def submit_forward_backward(self, adapter_id: str, proto_bytes: bytes, *,
+                                      sequences_url: str | None = None) -> str:
+        """Forward a `ForwardBackwardRequest` (plain or zstd) unchanged; returns the request id.
+
+        `sequences_url` is where the session's recorded sequences are kept (stable_reinforce).
+        """
+        headers = {"content-type": PROTOBUF}
+        if sequences_url:
+            headers[SEQUENCES_HEADER] = sequences_url
         response = await self._request("POST", f"/v1/adapters/{_id(adapter_id)}/ops", content=proto_bytes,
-                                       headers={"content-type": PROTOBUF}, ok=(202,))
+                                       headers=headers, ok=(202,))
         return response.json()["request_id"]
 
     async def submit_op(self, adapter_id: str, op: dict[str, Any]) -> str:

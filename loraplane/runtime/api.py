@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from loraplane.core import errors
+from loraplane.core.runtime_client import SEQUENCES_HEADER
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import executor as ex
 from loraplane.runtime import residency, training, wire
@@ -196,7 +197,8 @@ async def submit_step(state: RuntimeState, executor: ex.Executor, adapter_id: st
     """`POST /v1/adapters/{id}/ops`: protobuf forward/backward or a JSON op, queued; 202 with its id."""
     raw = await read_body(request, state.max_body_bytes)
     if request.headers.get("content-type", "").split(";")[0].strip() == PROTOBUF:
-        seq_id, payload = wire.decode_forward_backward(adapter_id, wire.decompress(raw, state.max_body_bytes))
+        seq_id, payload = wire.decode_forward_backward(adapter_id, wire.decompress(raw, state.max_body_bytes),
+                                                       request.headers.get(SEQUENCES_HEADER))
     else:
         body = wire.parse_body(wire.OpBody, _json(raw))
         seq_id, payload = body.seq_id, wire.op_from_body(adapter_id, body)

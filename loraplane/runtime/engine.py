@@ -82,6 +82,8 @@ class FwdBwdWork:
     forward_only: bool = False
     #: The Tinker session of the training client (from its model_id): provenance must name its own sequences.
     session_id: str | None = None
+    #: Store folder of that session's recorded sequences (from the gateway), for those not in memory.
+    sequences_url: str | None = None
 
 
 @dataclass
@@ -248,7 +250,7 @@ class Engine:
             if work.loss_fn == "stable_reinforce":
                 sampler_lp, mask = stability.resolve(
                     datum.tokens, datum.loss_inputs["target_tokens"], datum.loss_inputs["advantages"],
-                    datum.provenance, self.sequences, work.session_id, f"data[{i}]",
+                    datum.provenance, self.sequences, work.session_id, f"data[{i}]", work.sequences_url,
                 )
                 datum.loss_inputs[losses.STABILITY_LOGPROBS] = sampler_lp
                 datum.loss_inputs[losses.STABILITY_MASK] = mask

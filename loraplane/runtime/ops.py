@@ -108,13 +108,14 @@ class Sample:
     prompt_logprobs: bool = False
     prompt_logprobs_last_n: int | None = None  # positions before len(prompt) - n are reported unscored
     record_sequence_ids: tuple[str, ...] = ()  # non-empty: record each sample for stable_reinforce
+    record_url: str | None = None  # store folder to keep the records in too
 
     def apply(self, engine: Any) -> Any:
         result = engine.sample(self.adapter_id, self.prompt, self.num_samples, self.params,
                                prompt_logprobs=self.prompt_logprobs)
         if self.record_sequence_ids:
             engine.sequences.record(self.record_sequence_ids, self.prompt,
-                                    [(s.tokens, s.logprobs) for s in result.sequences])
+                                    [(s.tokens, s.logprobs) for s in result.sequences], persist_to=self.record_url)
         return result
 
 

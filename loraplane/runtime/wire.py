@@ -48,7 +48,8 @@ def decompress(body: bytes, max_bytes: int) -> bytes:
     return out
 
 
-def decode_forward_backward(adapter_id: str, body: bytes) -> tuple[int | None, eng.FwdBwdWork]:
+def decode_forward_backward(adapter_id: str, body: bytes,
+                            sequences_url: str | None = None) -> tuple[int | None, eng.FwdBwdWork]:
     """Parse a `ForwardBackwardRequest` into (seq_id, work); `seq_id` 0 (unset) means unordered.
 
     No side effects; called by the `POST /v1/adapters/{id}/ops` route.
@@ -70,6 +71,7 @@ def decode_forward_backward(adapter_id: str, body: bytes) -> tuple[int | None, e
     work = eng.FwdBwdWork(
         adapter_id=adapter_id, data=data, loss_fn=request.loss_fn, loss_config=config,
         forward_only=request.forward_only, session_id=request.model_id.split(":", 1)[0] or None,
+        sequences_url=sequences_url,
     )
     return (request.seq_id if request.seq_id > 0 else None), work
 
@@ -239,6 +241,8 @@ class SampleBody(StrictBody):
     prompt_logprobs_last_n: int | None = Field(None, ge=0)
     #: Sequence ids under which to record every sample for stable_reinforce (one per sample).
     record_sequence_ids: list[str] | None = None
+    #: Store folder where the recorded sequences are kept too (the session's, from the gateway).
+    record_url: str | None = None
 
 
 def parse_body(model: type[BaseModel], body: Any) -> Any:
@@ -297,4 +301,5 @@ def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
     return ops.Sample(body.adapter_id, list(body.prompt_tokens), body.num_samples, params,
                            prompt_logprobs=body.prompt_logprobs or body.prompt_logprobs_last_n is not None,
                            prompt_logprobs_last_n=body.prompt_logprobs_last_n,
-                           record_sequence_ids=tuple(body.record_sequence_ids or ()))
+                           record_sequence_ids=tuple(body.record_sequence_ids or ()),
+                           record_url=body.record_url)

@@ -95,3 +95,15 @@ def test_gspo_trains_with_a_sequence_ratio_mask(service: tinker.ServiceClient, s
     client.optim_step(tinker.AdamParams(learning_rate=1e-2)).result()
     # On-policy the sequence ratio is 1, so the loss is -sum(A) over the sampled tokens.
     assert out.metrics["loss:sum"] == pytest.approx(-sum(len(s.tokens) for s in seqs), rel=1e-3)
+
+
+def test_recorded_sequences_are_kept_in_the_store_until_the_session_ends(server: Server) -> None:
+    from pathlib import Path
+
+    service = tinker.ServiceClient(base_url=server.url, api_key=KEYS["alice"])
+    client = service.create_lora_training_client(base_model=server.model, rank=4, seed=25).result()
+    _sample(client.save_weights_and_get_sampling_client(record_stability_info=True).result())
+    folder = Path(server.store.removeprefix("file://")) / "sequences" / client.model_id.split(":")[0]
+    assert len(list(folder.glob("*.json"))) == 1
+    service.close("success").result()
+    assert not folder.exists()

@@ -100,3 +100,45 @@ def test_record_needs_one_id_per_sequence():
 
 def test_session_of_a_sequence_is_its_first_part():
     assert stability.session_of("s-abc:sample:3:7:1") == "s-abc"
+
+
+class Wall(Clock):
+    pass
+
+
+def test_records_kept_in_the_store_are_found_by_another_runtime_and_expire_there_too(tmp_path):
+    folder = f"file://{tmp_path}/sequences/s-aaa"
+    wall = Wall()
+    sampler = stability.SequenceRecords(retention_s=2400.0, clock=Clock(), wall=wall)
+    sampler.record([SID, "s-aaa:sample:0:1:1"], PROMPT, [(SAMPLED, SAMPLED_LP), ([8], [-0.25])], persist_to=folder)
+    assert (tmp_path / "sequences" / "s-aaa" / "s-aaa:sample:0:1.json").exists()
+    trainer = stability.SequenceRecords(retention_s=2400.0, clock=Clock(), wall=wall)
+    with pytest.raises(errors.InvalidInput):
+        trainer.lookup(SID, "s-aaa", "f")  # not in its memory, and no folder named
+    assert trainer.lookup(SID, "s-aaa", "f", folder).logprobs == SAMPLED_LP
+    assert trainer.lookup("s-aaa:sample:0:1:1", "s-aaa", "f").tokens == [8]  # the whole request came along
+    with pytest.raises(errors.InvalidInput):
+        stability.SequenceRecords(wall=wall).lookup(SID, "s-bbb", "f", folder)
+    late = stability.SequenceRecords(retention_s=2400.0, clock=Clock(), wall=wall)
+    wall.now = 2400.0
+    with pytest.raises(errors.InvalidInput):
+        late.lookup(SID, "s-aaa", "f", folder)
+
+
+def test_uses_are_written_back_to_the_store_at_most_hourly_share_of_the_retention(tmp_path):
+    import json
+
+    folder = f"file://{tmp_path}"
+    wall = Wall()
+    records = stability.SequenceRecords(retention_s=2400.0, clock=Clock(), wall=wall)
+    records.record([SID], PROMPT, [(SAMPLED, SAMPLED_LP)], persist_to=folder)
+    stored = tmp_path / "s-aaa:sample:0:1.json"
+    wall.now = 50.0  # under 2400 / 24 = 100 s: not written back
+    records.lookup(SID, "s-aaa", "f", folder)
+    assert json.loads(stored.read_text())["last_used"] == 0.0
+    wall.now = 150.0
+    records.lookup(SID, "s-aaa", "f", folder)
+    assert json.loads(stored.read_text())["last_used"] == 150.0
+    wall.now = 2500.0  # past the retention of the sampling, within that of the last use
+    assert stability.SequenceRecords(retention_s=2400.0, clock=Clock(), wall=wall).lookup(
+        SID, "s-aaa", "f", folder).tokens == SAMPLED
