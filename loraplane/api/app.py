@@ -9,6 +9,8 @@ Design notes
   other route needs an API key, checked before the body is read (`guards`).
 * Body limits (per kind of body), the body-read timeout and per-tenant rates are `guards` too.
 * `/openapi.json` is served only when `GatewaySettings.openapi` is on, and then behind the key.
+* The signed export file URLs (`routes.exports`) need no key either: their signature is the
+  credential.
 * Metrics are one counter and one histogram per route template, labelled by status class, kept by
   a pure ASGI middleware that costs a few microseconds per request.
 * The per-step calls (forward_backward, optim_step, retrieve_future: two requests per training
@@ -20,6 +22,7 @@ Design notes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,11 +34,11 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from loraplane.api import access_log, guards, sdk_versions, sessions_expiry
 from loraplane.api import errors as api_errors
-from loraplane.api import guards
 from loraplane.api.auth import KeyTable
 from loraplane.api.gateway import Gateway
-from loraplane.api.routes import checkpoints, futures, sampling, sessions, training
+from loraplane.api.routes import checkpoints, exports, futures, sampling, sessions, training
 from loraplane.core import errors
 from loraplane.core.settings import GatewaySettings
 
@@ -131,8 +134,12 @@ def create_app(gateway: Gateway, keys: KeyTable, *, settings: GatewaySettings | 
     settings = settings or GatewaySettings()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(a: FastAPI):  # type: ignore[no-untyped-def]
+        expiry.ttl_s = float(a.state.session_expiry_s)
+        sweeper = asyncio.create_task(expiry.run()) if expiry.ttl_s > 0 else None
         yield
+        if sweeper is not None:
+            sweeper.cancel()
         await gateway.runtimes.close()
         await gateway.cp.close()
         if on_shutdown is not None:
@@ -145,6 +152,11 @@ def create_app(gateway: Gateway, keys: KeyTable, *, settings: GatewaySettings | 
     api_errors.install(app)
     registry = CollectorRegistry()
     app.state.metrics_registry = registry  # single-node adds its in-process runtimes' series here
+    app.state.url_signing_secret = settings.url_signing_key
+    #: seconds without a heartbeat before a session expires (0 = never)
+    app.state.session_expiry_s = settings.session_expiry_s
+    app.state.sdk_versions = settings.sdk_versions
+    expiry = sessions_expiry.SessionExpiry(gateway, settings.session_expiry_s, registry)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -158,7 +170,7 @@ def create_app(gateway: Gateway, keys: KeyTable, *, settings: GatewaySettings | 
 
     app.include_router(health)
     app.include_router(health, prefix=API_PREFIX)
-    for module in (sessions, training, sampling, futures, checkpoints):
+    for module in (sessions, training, sampling, futures, checkpoints, exports):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_middleware(StepLane, routes=step_routes())
     app.add_middleware(guards.RateLimit, rate_per_s=settings.rate_per_s, burst=settings.rate_burst,
@@ -170,4 +182,6 @@ def create_app(gateway: Gateway, keys: KeyTable, *, settings: GatewaySettings | 
     app.add_middleware(guards.BodyLimit, limit_for=body_limit, timeout_s=settings.body_timeout_s)
     app.add_middleware(guards.Authenticate, keys=keys, metrics_token=settings.metrics_token)
     app.add_middleware(Metrics, registry=registry)
+    app.add_middleware(sdk_versions.SdkVersionGate)
+    app.add_middleware(access_log.AccessLog)
     return app

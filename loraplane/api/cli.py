@@ -17,12 +17,11 @@ import contextlib
 import errno
 import logging
 import socket
-import sys
 from typing import Any
 
 from loraplane.api.auth import load_keys, split_inline
 from loraplane.cli import port
-from loraplane.core import artifacts, errors
+from loraplane.core import artifacts, errors, logs
 from loraplane.core.settings import GatewaySettings, Settings
 
 log = logging.getLogger("loraplane")
@@ -34,6 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="artifact store URL (LORAPLANE_STORE__URL)")
     parser.add_argument("--api-keys-file", help="file of tenant=key lines (LORAPLANE_GATEWAY__API_KEYS_FILE)")
     parser.add_argument("--namespace", help="namespace of LoRAJobs (LORAPLANE_GATEWAY__NAMESPACE)")
+    parser.add_argument("--log-level", help="debug, info, warning (LORAPLANE_LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=logs.FORMATS, help="text or json (LORAPLANE_LOG_FORMAT)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME",
                         help="a base model name to announce in get_server_capabilities (repeatable)")
 
@@ -51,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from loraplane.api.gateway import Gateway
 
     settings = Settings()
-    logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(message)s")
+    logs.configure(getattr(args, "log_level", None) or settings.log_level,
+                   getattr(args, "log_format", None) or settings.log_format)
     gw_settings = settings.gateway.model_copy(update={
         k: v for k, v in {"host": args.host, "port": args.port, "api_keys_file": args.api_keys_file,
                           "namespace": args.namespace}.items() if v is not None

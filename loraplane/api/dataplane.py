@@ -52,8 +52,9 @@ class Runtimes:
             self._clients[address] = c
         return c
 
-    async def submit_forward_backward(self, address: str, adapter_id: str, body: bytes) -> str:
-        return await self.client(address).submit_forward_backward(adapter_id, body)
+    async def submit_forward_backward(self, address: str, adapter_id: str, body: bytes, *,
+                                      sequences_url: str | None = None) -> str:
+        return await self.client(address).submit_forward_backward(adapter_id, body, sequences_url=sequences_url)
 
     async def submit_op(self, address: str, adapter_id: str, op: dict[str, Any]) -> str:
         return await self.client(address).submit_op(adapter_id, op)

@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import Response
 
-from loraplane.api import codecs, ids
+from loraplane.api import codecs, ids, sessions_expiry
 from loraplane.api.dataplane import PROTOBUF, Result
 from loraplane.api.gateway import CONTROL_PLANE_POD, Gateway
 from loraplane.core import artifacts, errors
@@ -28,7 +28,9 @@ from loraplane.core.models.v1alpha1 import RuntimeRef
 
 async def retrieve(gw: Gateway, tenant: str, request_id: str) -> dict[str, Any] | Response:
     ref = ids.parse_request_id(request_id)
-    gw.records.session(tenant, ref.session_id)
+    expired = sessions_expiry.future_answer(gw.records.session(tenant, ref.session_id))
+    if expired is not None:
+        return expired
     if ref.pod == CONTROL_PLANE_POD:
         return await _control_plane_future(gw, tenant, ref)
     runtime = await _runtime_of(gw, tenant, ref)
@@ -91,14 +93,14 @@ def translate(gw: Gateway, ref: ids.FutureRef, result: Result) -> dict[str, Any]
         # The runtime answers the optimizer's metrics, bare or under "metrics".
         metrics = body["metrics"] if isinstance(body.get("metrics"), dict) else body
         return {"metrics": {str(k): float(v) for k, v in metrics.items() if isinstance(v, int | float)}}
-    if ref.op in ("save", "save_sampler"):
+    if ref.op in ("save", "save_sampler", "save_external"):
         path = artifacts.tinker_path_for_url(gw.store.url, str(body.get("dest", "")))
         if path is None:
             return codecs.failed(f"runtime saved to an unexpected place: {body.get('dest')!r}", "server")
         size = body.get("size_bytes")
         gw.records.finish_save(path, now=gw.clock(), step=body.get("step"),
                                size_bytes=int(size) if isinstance(size, int) else None)
-        kind = "save_weights" if ref.op == "save" else "save_weights_for_sampler"
+        kind = {"save": "save_weights", "save_sampler": "save_weights_for_sampler"}.get(ref.op, "save_weights_external")
         return {"path": str(path), "type": kind}
     if ref.op == "snapshot":
         _, _, sampler = ids.id_for_owner(str(body.get("sampler_id", "")))

@@ -105,6 +105,7 @@ class Gateway:
         for job in await self.cp.list_jobs(tenant=tenant):
             if job.spec.session and job.spec.session.session_id == session_id:
                 await self.cp.delete_job(job.metadata.name)
+        self.store.delete(artifacts.sequences_url(self.store.url, session_id))  # no one can train on them now
         return {"status": "finished"}
 
     # -- training runs as jobs ------------------------------------------------------------------
@@ -221,7 +222,9 @@ class Gateway:
             raw = await asyncio.to_thread(codecs.decode_body, body, content_encoding, max_bytes=self.max_request_bytes)
         model_id, _seq = codecs.routing_fields(raw)
         ref = self.owned_runtime(tenant, model_id)
-        rid = await self.runtimes.submit_forward_backward(ref.address, self.adapter(model_id), raw)
+        rid = await self.runtimes.submit_forward_backward(
+            ref.address, self.adapter(model_id), raw,
+            sequences_url=artifacts.sequences_url(self.store.url, ids.parse_model_id(model_id)[0]))
         return self._future(model_id, ref, "fwdbwd", rid)
 
     async def optim_step(self, tenant: str, body: protocol.OptimStep) -> dict[str, Any]:
@@ -237,7 +240,7 @@ class Gateway:
         )
         return self._future(body.model_id, ref, "optim", rid)
 
-    async def _reserve_save(self, tenant: str, path: artifacts.TinkerPath, *, overwrite: bool,
+    async def reserve_save(self, tenant: str, path: artifacts.TinkerPath, *, overwrite: bool,
                             ttl_seconds: int | None, user_metadata: dict[str, str] | None) -> str:
         quota = self.quotas.for_tenant(tenant)
         if quota.max_storage_bytes is not None:
@@ -255,7 +258,7 @@ class Gateway:
         ref = self.owned_runtime(tenant, body.model_id)
         name = artifacts.check_name(body.path or f"ckpt-{body.seq_id or 0}", field="path")
         path = artifacts.TinkerPath(body.model_id, "weights", name)
-        dest = await self._reserve_save(tenant, path, overwrite=body.overwrite, ttl_seconds=body.ttl_seconds,
+        dest = await self.reserve_save(tenant, path, overwrite=body.overwrite, ttl_seconds=body.ttl_seconds,
                                   user_metadata=body.user_metadata)
         rid = await self.runtimes.submit_op(
             ref.address, self.adapter(body.model_id),
@@ -269,7 +272,7 @@ class Gateway:
         adapter = ids.job_name(body.model_id)
         if body.path:
             path = artifacts.TinkerPath(body.model_id, "sampler_weights", artifacts.check_name(body.path, field="path"))
-            dest = await self._reserve_save(tenant, path, overwrite=True, ttl_seconds=body.ttl_seconds,
+            dest = await self.reserve_save(tenant, path, overwrite=True, ttl_seconds=body.ttl_seconds,
                                       user_metadata=body.user_metadata)
             rid = await self.runtimes.submit_op(
                 ref.address, self.adapter(body.model_id), {"seq_id": body.seq_id, "op": "save_sampler", "dest": dest}
@@ -367,6 +370,11 @@ class Gateway:
         }
         if body.prompt_logprobs_last_n is not None:
             request["prompt_logprobs_last_n"] = body.prompt_logprobs_last_n
+        seq = body.seq_id if body.seq_id is not None else 0
+        sequence_ids = codecs.sequence_ids(record["sampler_id"], seq, body.num_samples)
+        if body.record_stability_info:
+            request["record_sequence_ids"] = sequence_ids
+            request["record_url"] = artifacts.sequences_url(self.store.url, record["session_id"])
         if record.get("source"):
             await self._ensure_loaded(ref, record)
         try:
@@ -382,11 +390,10 @@ class Gateway:
             self._loaded.discard((ref.address, record["adapter_id"]))  # the runtime restarted: load it again
             await self._ensure_loaded(ref, record)
             rid = await self.runtimes.submit_sample(ref.address, request)
-        seq = body.seq_id if body.seq_id is not None else 0
         owner = ids.owner_key(record["sampler_id"])
         return {
             "request_id": ids.FutureRef(owner, ref.pod, "sample", rid).encode(),
-            "sample_sequence_ids": codecs.sequence_ids(record["sampler_id"], seq, body.num_samples),
+            "sample_sequence_ids": sequence_ids,
         }
 
     async def _ensure_loaded(self, ref: RuntimeRef, record: dict[str, Any]) -> None:

@@ -38,6 +38,8 @@ from loraplane.core import errors
 TENANT_KEY = "loraplane.tenant"
 #: paths that need no key (liveness probes)
 OPEN_PATHS = frozenset({"/healthz", "/api/v1/healthz"})
+#: path prefixes whose own signature is the credential (signed, expiring export downloads)
+SIGNED_PREFIXES = ("/api/v1/external_weights_files/",)
 
 
 async def reject(send: Send, err: errors.LoraplaneError) -> None:
@@ -67,7 +69,7 @@ class Authenticate:
         self.metrics_token = metrics_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(SIGNED_PREFIXES):
             await self.app(scope, receive, send)
             return
         if scope["path"] == "/metrics":

@@ -29,9 +29,10 @@ OWNER_RE = re.compile(r"^(s-[0-9a-f]{12})-(train|sample)-(\d{1,12})$")
 POD_RE = re.compile(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
 
 #: Ops a future can stand for; each decides how retrieve_future turns the runtime's result into Tinker's.
-OPS = frozenset(
-    {"create", "load_create", "unload", "fwdbwd", "optim", "save", "save_sampler", "snapshot", "load", "sample"}
-)
+OPS = frozenset({
+    "create", "load_create", "unload", "fwdbwd", "optim", "save", "save_sampler", "save_external", "snapshot",
+    "load", "sample",
+})
 
 
 def new_session_id(token_hex: str | None = None) -> str:

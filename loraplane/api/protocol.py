@@ -152,6 +152,7 @@ class Sample(_Body):
     prompt_alt_tokens_k: int = 0
     target_prompt_logprobs: Any = None
     prompt_logprobs_last_n: int | None = Field(None, ge=0)
+    record_stability_info: bool | None = None
 
 
 class RetrieveFuture(_Body):

@@ -73,7 +73,24 @@ class Records:
         self.store.write_json(artifacts.session_record_url(self.store.url, record["session_id"]), record)
         self.store.touch(artifacts.join(artifacts.tenant_sessions_index_url(self.store.url, record["tenant"]),
                                         artifacts.session_marker(record)))
+        self._mark_open(record)
         self._sessions[record["session_id"]] = record
+
+    def _mark_open(self, record: dict[str, Any]) -> None:
+        marker = artifacts.join(artifacts.open_sessions_index_url(self.store.url), record["session_id"])
+        if record.get("finished"):
+            self.store.delete(marker)
+        else:
+            self.store.touch(marker)
+
+    def open_session_ids(self) -> list[str]:
+        """Every tenant's sessions not yet finished (one folder listing)."""
+        self._ensure_index()
+        return self.store.children(artifacts.open_sessions_index_url(self.store.url))
+
+    def session_record(self, session_id: str) -> dict[str, Any] | None:
+        """A session's record as the store has it now (not the cache): another replica may have changed it."""
+        return self.store.read_json(artifacts.session_record_url(self.store.url, session_id))
 
     def session(self, tenant: str, session_id: str) -> dict[str, Any]:
         record = self._cached(self._sessions, session_id, artifacts.session_record_url)
@@ -107,6 +124,7 @@ class Records:
             if isinstance(record.get("tenant"), str) and isinstance(record.get("session_id"), str):
                 self.store.touch(artifacts.join(artifacts.tenant_sessions_index_url(self.store.url, record["tenant"]),
                                                 artifacts.session_marker(record)))
+                self._mark_open(record)
         for record in self.store.records("samplers"):
             if isinstance(record.get("session_id"), str) and isinstance(record.get("sampler_id"), str):
                 self.store.touch(artifacts.join(

@@ -12,6 +12,7 @@ records), the operator (declarative jobs and restores). The layout under the sto
     <store>/jobs/<job_name>.json                            LoRAJobs of single-node mode
     <store>/index/tenants/<tenant>/sessions/<created>_<id>  a tenant's sessions (empty markers), oldest first
     <store>/index/sessions/<session_id>/<sampler_id>        a session's samplers (empty markers)
+    <store>/index/open-sessions/<session_id>                sessions not yet finished
     <store>/index/tenants/<tenant>/runs/<run_id>            a tenant's training runs
     <store>/index/tenants/<tenant>/samplers/<sampler_id>    a tenant's sampling clients of open sessions
 
@@ -41,7 +42,7 @@ from loraplane.core import errors
 
 TINKER_SCHEME = "tinker://"
 #: path segment -> Tinker checkpoint_type
-SEGMENTS: dict[str, str] = {"weights": "training", "sampler_weights": "sampler"}
+SEGMENTS: dict[str, str] = {"weights": "training", "sampler_weights": "sampler", "external_weights": "external"}
 #: Checkpoint and run names: no '/', since a tinker:// path has exactly three parts.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
@@ -134,6 +135,11 @@ def session_record_url(store: str, session_id: str) -> str:
     return join(store, "sessions", f"{session_id}.json")
 
 
+def sequences_url(store: str, session_id: str) -> str:
+    """The folder of a session's sequences recorded for stable_reinforce (one JSON per sampling request)."""
+    return join(store, "sequences", session_id)
+
+
 def job_record_url(store: str, job_name: str) -> str:
     return join(store, "jobs", f"{job_name}.json")
 
@@ -146,6 +152,11 @@ def tenant_sessions_index_url(store: str, tenant: str) -> str:
 def tenant_index_url(store: str, tenant: str, kind: str) -> str:
     """Folder of a tenant's markers of one kind ("runs", "samplers"): counted and listed cheaply."""
     return join(store, "index", "tenants", tenant, kind)
+
+
+def open_sessions_index_url(store: str) -> str:
+    """Folder of markers of the sessions not yet finished: what session expiry sweeps."""
+    return join(store, "index", "open-sessions")
 
 
 def session_samplers_index_url(store: str, session_id: str) -> str:
@@ -292,6 +303,10 @@ class ArtifactStore:
 
     def _path(self, url: str) -> str:
         return fsspec.core.url_to_fs(url)[1]
+
+    def fs_path(self, url: str) -> str:
+        """`url` as a path of `self.fs` (a local path for file://, `bucket/key` for s3://)."""
+        return self._path(url)
 
     def read_json(self, url: str) -> dict[str, Any] | None:
         """The record at `url`, or None if it does not exist (or is not valid JSON)."""

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from loraplane.core import errors
+from loraplane.core import errors, logs
 
 PROTOBUF = "application/x-protobuf"
 
@@ -37,6 +37,9 @@ def error_for(status_code: int, body: Any) -> errors.LoraplaneError:
     cls = errors.class_for_status(status_code)
     return cls(detail, field=field if isinstance(field, str) else None)
 
+
+#: Header of a forward_backward naming the store folder of its session's recorded sequences.
+SEQUENCES_HEADER = "x-loraplane-sequences"
 
 def _id(value: str) -> str:
     return quote(value, safe=":")
@@ -116,10 +119,17 @@ class RuntimeClient:
 
     # ---- ops -------------------------------------------------------------------------------
 
-    async def submit_forward_backward(self, adapter_id: str, proto_bytes: bytes) -> str:
-        """Forward a `ForwardBackwardRequest` (plain or zstd) unchanged; returns the request id."""
+    async def submit_forward_backward(self, adapter_id: str, proto_bytes: bytes, *,
+                                      sequences_url: str | None = None) -> str:
+        """Forward a `ForwardBackwardRequest` (plain or zstd) unchanged; returns the request id.
+
+        `sequences_url` is where the session's recorded sequences are kept (stable_reinforce).
+        """
+        headers = {"content-type": PROTOBUF}
+        if sequences_url:
+            headers[SEQUENCES_HEADER] = sequences_url
         response = await self._request("POST", f"/v1/adapters/{_id(adapter_id)}/ops", content=proto_bytes,
-                                       headers={"content-type": PROTOBUF}, ok=(202,))
+                                       headers=headers, ok=(202,))
         return response.json()["request_id"]
 
     async def submit_op(self, adapter_id: str, op: dict[str, Any]) -> str:
@@ -163,6 +173,9 @@ class RuntimeClient:
     async def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201),
                        timeouts: dict[str, float | None] | None = None, **kwargs: Any) -> httpx.Response:
         """One call: `kwargs` are `httpx.Request`'s (json, content, headers); the body is read in full."""
+        rid = logs.request_id.get()
+        if rid is not None:  # the gateway's request id, so the runtime's lines about this op carry it
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), logs.HEADER: rid}
         request = httpx.Request(method, self.base_url + path, extensions={"timeout": timeouts or self._timeouts},
                                 **kwargs)
         try:

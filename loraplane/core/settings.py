@@ -97,6 +97,12 @@ class GatewaySettings(BaseModel):
     control_plane: str = "kubernetes"
     #: Namespace of LoRAJobs in Kubernetes mode.
     namespace: str = "default"
+    #: Seconds without a heartbeat before a session expires (the SDK beats every 10 s); 0 = never.
+    session_expiry_s: float = Field(180.0, ge=0)
+    #: tinker SDK releases the gateway admits (a PEP 440 range); others get a 426 naming it.
+    sdk_versions: str = ">=0.38.0,<0.39"
+    #: Key that signs export download URLs (same on every replica); unset = one kept in the store.
+    url_signing_key: str | None = None
 
 
 class OperatorSettings(BaseModel):
@@ -125,3 +131,5 @@ class Settings(BaseSettings):
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
     #: "debug", "info", "warning".
     log_level: str = "info"
+    #: "text" or "json" (one JSON object per line).
+    log_format: str = "text"

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 from typing import Any
 
 import kopf
 
 from loraplane.cli import port
-from loraplane.core import artifacts
+from loraplane.core import artifacts, logs
 from loraplane.core.settings import OperatorSettings, Settings
 from loraplane.operator import handlers
 
@@ -81,10 +80,7 @@ def run(args: argparse.Namespace) -> int:
     op = settings.operator
     if args.namespace is not None:
         op = op.model_copy(update={"namespace": args.namespace})
-    logging.basicConfig(
-        level=(args.log_level or settings.log_level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level or settings.log_level, settings.log_format)
     store = artifacts.open_store(args.store or settings.store.url or artifacts.default_store_url())
     metrics_port = op.metrics_port if args.metrics_port is None else args.metrics_port
     asyncio.run(

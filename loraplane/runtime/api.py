@@ -26,11 +26,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from loraplane.core import errors
+from loraplane.core.runtime_client import SEQUENCES_HEADER
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import executor as ex
 from loraplane.runtime import ops, residency, training, wire
 from loraplane.runtime.engine import LoraSpec
 from loraplane.runtime.metrics import PROMETHEUS_CONTENT_TYPE, RuntimeMetrics
+from loraplane.runtime.request_log import RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,7 @@ def create_app(state: RuntimeState) -> FastAPI:
         return state.trainings.status(adapter_id).to_dict()
 
     app.add_middleware(StepLane, state=state)
+    app.add_middleware(RequestLog)
     return app
 
 
@@ -200,9 +203,12 @@ async def submit_step(state: RuntimeState, executor: ex.Executor, adapter_id: st
     """`POST /v1/adapters/{id}/ops`: protobuf forward/backward or a JSON op, queued; 202 with its id."""
     raw = await read_body(request, state.max_body_bytes)
     if request.headers.get("content-type", "").split(";")[0].strip() == PROTOBUF:
-        # A compressed body's decoded size is unknown until decoded: always off the loop.
-        size = state.max_body_bytes if wire.is_compressed(raw) else len(raw)
-        seq_id, payload = await off_loop(_decode_step, adapter_id, raw, state.max_body_bytes, size=size)
+        sequences_url = request.headers.get(SEQUENCES_HEADER)
+        # A compressed body's decoded size is unknown until decoded, and recorded sequences are read
+        # from the store: both always off the loop.
+        size = state.max_body_bytes if wire.is_compressed(raw) or sequences_url else len(raw)
+        seq_id, payload = await off_loop(_decode_step, adapter_id, raw, state.max_body_bytes, sequences_url,
+                                         size=size)
         tokens = ops.work_tokens(payload)
         if tokens > state.settings.max_request_tokens:
             raise errors.PayloadTooLarge(
@@ -229,8 +235,8 @@ async def off_loop(fn: Any, *args: Any, size: int) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
-def _decode_step(adapter_id: str, raw: bytes, max_bytes: int) -> tuple[int | None, Any]:
-    return wire.decode_forward_backward(adapter_id, wire.decompress(raw, max_bytes))
+def _decode_step(adapter_id: str, raw: bytes, max_bytes: int, sequences_url: str | None) -> tuple[int | None, Any]:
+    return wire.decode_forward_backward(adapter_id, wire.decompress(raw, max_bytes), sequences_url)
 
 
 async def read_result(executor: ex.Executor, request_id: str, wait: float, owner: str | None = None) -> Response:

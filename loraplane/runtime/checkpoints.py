@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from loraplane.core import artifacts, errors
+from loraplane.core import age, artifacts, errors
 from loraplane.runtime import lora, optim
 
 CONFIG_FILE = "adapter_config.json"
@@ -141,6 +141,31 @@ def save(
         }
         torch.save(cpu_state, buf)
         blobs[OPTIMIZER_FILE] = buf.getvalue()
+    write_folder(fs, root, blobs)
+    return sum(len(b) for b in blobs.values())
+
+
+def export_peft(
+    dest: str,
+    *,
+    weights: dict[str, torch.nn.Parameter],
+    config: LoraConfig,
+    base_model: str,
+    recipients: list[Any] | None = None,
+) -> int:
+    """Write a plain PEFT adapter folder (config + safetensors) to `dest`; returns the bytes written.
+
+    With `recipients` (pyrage objects, `loraplane.core.age`) every file is age-encrypted and
+    named with the `.age` suffix; nothing unencrypted is written.
+    """
+    fs, root = fsspec.core.url_to_fs(dest)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    blobs: dict[str, bytes] = {
+        CONFIG_FILE: json.dumps(peft_config(config, base_model), indent=2).encode(),
+        WEIGHTS_FILE: safetensors_save(tensors, metadata={"format": "pt"}),
+    }
+    if recipients:
+        blobs = {name + age.AGE_SUFFIX: age.encrypt(blob, recipients) for name, blob in blobs.items()}
     write_folder(fs, root, blobs)
     return sum(len(b) for b in blobs.values())
 

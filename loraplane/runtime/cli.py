@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 from loraplane.cli import port
+from loraplane.core import logs
 
 log = logging.getLogger("loraplane.runtime")
 
@@ -40,6 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--max-batch-tokens", type=int, help="tokens gathered into one forward/backward (default 16384)")
     add("--max-request-mb", type=float, default=None, help="largest request body in MiB (default 64)")
     add("--log-level", default=None, help="debug, info or warning")
+    add("--log-format", default=None, choices=logs.FORMATS, help="text or json (LORAPLANE_LOG_FORMAT)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -64,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
         flag = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
         print(f"loraplane runtime: {flag}: {first['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=(args.log_level or settings.log_level).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level or settings.log_level, getattr(args, "log_format", None) or settings.log_format)
     rs = settings.runtime
     if not rs.base_model or not rs.model_path:
         print("loraplane runtime: --base-model and --model-path (or LORAPLANE_RUNTIME__BASE_MODEL / "

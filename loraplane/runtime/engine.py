@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from loraplane.core import errors
-from loraplane.runtime import checkpoints, lora, losses, model_host, optim, residency, sampling
+from loraplane.core import age, errors
+from loraplane.runtime import checkpoints, lora, losses, model_host, optim, residency, sampling, stability
 
 AdamParams = optim.AdamParams
 SamplingParams = sampling.SamplingParams
@@ -67,6 +67,8 @@ class Datum:
 
     tokens: torch.Tensor
     loss_inputs: dict[str, torch.Tensor]
+    #: Where each token was sampled (stable_reinforce); None when the client sent no spans.
+    provenance: stability.Provenance | None = None
 
 
 @dataclass
@@ -78,6 +80,10 @@ class FwdBwdWork:
     loss_fn: str = "cross_entropy"
     loss_config: dict[str, float] = field(default_factory=dict)
     forward_only: bool = False
+    #: The Tinker session of the training client (from its model_id): provenance must name its own sequences.
+    session_id: str | None = None
+    #: Store folder of that session's recorded sequences (from the gateway), for those not in memory.
+    sequences_url: str | None = None
 
 
 @dataclass
@@ -148,6 +154,8 @@ class Engine:
         """
         if threads > 0:
             torch.set_num_threads(threads)
+        #: Sequences sampled with record_stability_info, for stable_reinforce.
+        self.sequences = stability.SequenceRecords()
         host = model_host.load_base(model_path, device=device, dtype=dtype)
         self.model_path = model_path
         self.base_model = base_model or model_path
@@ -259,6 +267,13 @@ class Engine:
             prefix = f"data[{i}].loss_fn_inputs"
             losses.check_inputs(work.loss_fn, datum.loss_inputs, n, prefix)
             self._check_token_range(datum.loss_inputs["target_tokens"], f"{prefix}.target_tokens")
+            if work.loss_fn == "stable_reinforce":
+                sampler_lp, mask = stability.resolve(
+                    datum.tokens, datum.loss_inputs["target_tokens"], datum.loss_inputs["advantages"],
+                    datum.provenance, self.sequences, work.session_id, f"data[{i}]", work.sequences_url,
+                )
+                datum.loss_inputs[losses.STABILITY_LOGPROBS] = sampler_lp
+                datum.loss_inputs[losses.STABILITY_MASK] = mask
 
     def _check_tokens(self, tokens: object, field_name: str) -> int:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:
@@ -470,6 +485,16 @@ class Engine:
     def save_sampler(self, adapter_id: str, dest: str) -> int:
         """Write only what a sampler needs (PEFT files + trainer_state.json); returns bytes written."""
         return self._save(adapter_id, dest, kind="sampler", optimizer=False)
+
+    def save_external(self, adapter_id: str, dest: str, recipients: list[str] | None = None) -> int:
+        """Write a plain PEFT adapter folder to `dest`, age-encrypted to `recipients` if given."""
+        parsed = age.parse_recipients(recipients) if recipients else None
+        record = self._get(adapter_id)
+        self.ensure_resident(adapter_id)
+        return checkpoints.export_peft(
+            dest, weights=record.params, config=checkpoints.LoraConfig.from_spec(record.spec),
+            base_model=self.base_model, recipients=parsed,
+        )
 
     def _save(self, adapter_id: str, dest: str, *, kind: str, optimizer: bool) -> int:
         record = self._get(adapter_id)

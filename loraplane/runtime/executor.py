@@ -36,7 +36,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraplane.core import errors
+from loraplane.core import errors, logs
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import residency
 from loraplane.runtime.metrics import RuntimeMetrics
@@ -409,16 +409,26 @@ class Executor:
 
     def _finish(self, op: Op, *, result: Any = None, exc: BaseException | None = None,
                 seconds: float | None = None) -> None:
+        token = logs.request_id.set(op.origin)
+        try:
+            self._settle_op(op, result=result, exc=exc, seconds=seconds)
+        finally:
+            logs.request_id.reset(token)
+
+    def _settle_op(self, op: Op, *, result: Any, exc: BaseException | None, seconds: float | None) -> None:
         if op.kind in FORWARD_KINDS:
             op.payload = None  # the input tensors are not needed once done; results are kept for a while
         if exc is not None:
             outcome = "user_error" if isinstance(exc, errors.UserError) else "server_error"
             if not isinstance(exc, errors.LoraplaneError):
                 log.error("%s of %s failed: %r", op.kind, op.adapter_id, exc, exc_info=exc)
+            else:
+                log.info("%s of %s failed: %s", op.kind, op.adapter_id, exc.message)
             self.metrics.op_finished(op.kind, outcome)
             _settle(op.future, exc=exc)
         else:
             self.metrics.op_finished(op.kind, "ok", seconds)
+            log.debug("%s of %s done in %.1f ms", op.kind, op.adapter_id, (seconds or 0.0) * 1000)
             _settle(op.future, result=result)
 
     def _make_resident(self, needed: set[Any]) -> None:

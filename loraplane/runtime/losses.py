@@ -14,6 +14,14 @@ average). `q` is the sampler's log-probability (`logprobs` input) and `A` the ad
 | ppo | `-min(r * A, clip(r, lo, hi) * A).sum()`, `r = exp(lp - q)` |
 | cispo | `-(sg(clip(r, lo, hi)) * lp * A).sum()` (sg = stop-gradient) |
 | dro | `-(lp * A - 0.5 * beta * (lp - q) ** 2).sum()` |
+| gspo | GSPO-token: `s = exp(mean over M of (sg(lp) - q))`, `r = s * exp(lp - sg(lp))`, then the PPO form with `r` |
+| stable_reinforce | `-(m * sg(min(r, c)) * A * lp).sum() + kl_coeff * (m * (r - 1 - (lp - q_rec))).sum()`, `r = exp(lp - q_rec)` |
+
+For `gspo`, M is the set of positions where `sequence_ratio_mask` is non-zero (default: where the
+advantage is non-zero); an empty M gives `s = 1`. For `stable_reinforce`, `q_rec` and `m` are not
+sent by the client: the engine fills them from the sequences recorded at sampling time
+(`loraplane.runtime.stability`) as the inputs `STABILITY_LOGPROBS` and `STABILITY_MASK`. The
+choices behind both losses are in docs/losses.md.
 """
 
 from __future__ import annotations
@@ -32,9 +40,18 @@ REQUIRED_INPUTS: dict[str, tuple[str, ...]] = {
     "ppo": ("target_tokens", "logprobs", "advantages"),
     "cispo": ("target_tokens", "logprobs", "advantages"),
     "dro": ("target_tokens", "logprobs", "advantages"),
+    "gspo": ("target_tokens", "logprobs", "advantages"),
+    "stable_reinforce": ("target_tokens", "advantages"),
 }
-#: Optional per-token inputs a loss reads.
-OPTIONAL_INPUTS: dict[str, tuple[str, ...]] = {"cross_entropy": ("weights",)}
+#: Optional per-token inputs a loss reads (`logprobs` of stable_reinforce is checked, not read).
+OPTIONAL_INPUTS: dict[str, tuple[str, ...]] = {
+    "cross_entropy": ("weights",),
+    "gspo": ("sequence_ratio_mask",),
+    "stable_reinforce": ("logprobs",),
+}
+#: Inputs the engine adds for stable_reinforce from the recorded sequences (never read from clients).
+STABILITY_LOGPROBS = "stability/sampler_logprobs"
+STABILITY_MASK = "stability/sampled_mask"
 #: Config keys each loss reads, with their defaults (None = required).
 CONFIG_DEFAULTS: dict[str, dict[str, float | None]] = {
     "cross_entropy": {},
@@ -42,6 +59,8 @@ CONFIG_DEFAULTS: dict[str, dict[str, float | None]] = {
     "ppo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
     "cispo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
     "dro": {"beta": None},
+    "gspo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
+    "stable_reinforce": {"kl_coeff": 0.0, "clip_high_threshold": 1.0},
 }
 LOSS_NAMES: tuple[str, ...] = tuple(REQUIRED_INPUTS)
 
@@ -99,6 +118,14 @@ def resolve_config(loss_fn: str, config: Mapping[str, float]) -> dict[str, float
         if not math.isfinite(number):
             raise errors.InvalidInput(f"{key} must be finite, got {number}", field=f"loss_fn_config.{key}")
         out[key] = number
+    if loss_fn == "stable_reinforce":
+        if out["kl_coeff"] < 0:
+            raise errors.InvalidInput(f"kl_coeff must be >= 0, got {out['kl_coeff']}", field="loss_fn_config.kl_coeff")
+        if out["clip_high_threshold"] <= 0:
+            raise errors.InvalidInput(
+                f"clip_high_threshold must be > 0, got {out['clip_high_threshold']}",
+                field="loss_fn_config.clip_high_threshold",
+            )
     if "clip_low_threshold" in out and out["clip_low_threshold"] > out["clip_high_threshold"]:
         raise errors.InvalidInput(
             "clip_low_threshold must not exceed clip_high_threshold", field="loss_fn_config.clip_low_threshold"
@@ -136,12 +163,39 @@ def _dro(lp: torch.Tensor, inputs: Mapping[str, torch.Tensor], cfg: Mapping[str,
     return -(lp * inputs["advantages"] - 0.5 * cfg["beta"] * diff * diff).sum()
 
 
+def _gspo(lp: torch.Tensor, inputs: Mapping[str, torch.Tensor], cfg: Mapping[str, float]) -> torch.Tensor:
+    adv = inputs["advantages"]
+    mask = inputs.get("sequence_ratio_mask")
+    in_ratio = (mask != 0) if mask is not None else (adv != 0)
+    token_log_ratio = lp.detach() - inputs["logprobs"]
+    if bool(in_ratio.any()):
+        seq_log_ratio = token_log_ratio[in_ratio].mean()
+    else:
+        seq_log_ratio = torch.zeros((), dtype=lp.dtype, device=lp.device)
+    ratio = torch.exp(seq_log_ratio + lp - lp.detach())
+    clipped = ratio.clamp(cfg["clip_low_threshold"], cfg["clip_high_threshold"])
+    return -torch.minimum(ratio * adv, clipped * adv).sum()
+
+
+def _stable_reinforce(lp: torch.Tensor, inputs: Mapping[str, torch.Tensor], cfg: Mapping[str, float]) -> torch.Tensor:
+    mask = inputs[STABILITY_MASK]
+    log_ratio = lp - inputs[STABILITY_LOGPROBS]
+    ratio = torch.exp(log_ratio)
+    weight = ratio.detach().clamp(max=cfg["clip_high_threshold"])
+    policy = -(mask * weight * inputs["advantages"] * lp).sum()
+    if cfg["kl_coeff"] == 0:
+        return policy
+    return policy + cfg["kl_coeff"] * (mask * (ratio - 1.0 - log_ratio)).sum()
+
+
 _LOSSES: dict[str, Callable[[torch.Tensor, Mapping[str, torch.Tensor], Mapping[str, float]], torch.Tensor]] = {
     "cross_entropy": _cross_entropy,
     "importance_sampling": _importance_sampling,
     "ppo": _ppo,
     "cispo": _cispo,
     "dro": _dro,
+    "gspo": _gspo,
+    "stable_reinforce": _stable_reinforce,
 }
 
 
@@ -157,4 +211,9 @@ def compute_loss(
         config: the resolved config (`resolve_config`).
     """
     check_loss_name(loss_fn)
+    if loss_fn == "stable_reinforce" and STABILITY_LOGPROBS not in inputs:
+        raise errors.InvalidInput(
+            "stable_reinforce needs the sequences recorded at sampling time; the datum was not resolved",
+            field="loss_fn_input_spans",
+        )
     return _LOSSES[loss_fn](lp, inputs, config)

@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraplane.core import artifacts, errors
+from loraplane.core import artifacts, errors, logs
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,19 @@ class SaveSampler:
 
 
 @dataclass(frozen=True)
+class SaveExternal:
+    """Export the PEFT adapter folder, age-encrypted if recipients are given; result like SaveSampler."""
+
+    adapter_id: str
+    dest: str
+    age_recipients: tuple[str, ...] = ()
+
+    def apply(self, engine: Any) -> dict[str, Any]:
+        size = engine.save_external(self.adapter_id, self.dest, list(self.age_recipients) or None)
+        return _recorded(self.dest, engine.adapter_step(self.adapter_id), size)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Copy the live weights into the read-only sampler adapter `sampler_id`, keeping at most
     `keep` snapshots of this adapter (the oldest beyond are dropped; result names them)."""
@@ -109,14 +122,20 @@ class Sample:
     prompt_logprobs: bool = False
     prompt_logprobs_last_n: int | None = None  # positions before len(prompt) - n are reported unscored
     owner: str | None = None  # who may read the result (the gateway's sampler); None: anyone who knows its id
+    record_sequence_ids: tuple[str, ...] = ()  # non-empty: record each sample for stable_reinforce
+    record_url: str | None = None  # store folder to keep the records in too
 
     def apply(self, engine: Any) -> Any:
-        return engine.sample(self.adapter_id, self.prompt, self.num_samples, self.params,
-                             prompt_logprobs=self.prompt_logprobs)
+        result = engine.sample(self.adapter_id, self.prompt, self.num_samples, self.params,
+                               prompt_logprobs=self.prompt_logprobs)
+        if self.record_sequence_ids:
+            engine.sequences.record(self.record_sequence_ids, self.prompt,
+                                    [(s.tokens, s.logprobs) for s in result.sequences], persist_to=self.record_url)
+        return result
 
 
 _KINDS: dict[type, str] = {
-    OptimStep: "optim_step", SaveState: "save_state", SaveSampler: "save_sampler",
+    OptimStep: "optim_step", SaveState: "save_state", SaveSampler: "save_sampler", SaveExternal: "save_external",
     Snapshot: "snapshot", LoadState: "load_state", Sample: "sample",
 }
 
@@ -157,6 +176,8 @@ class Op:
     payload: Any
     tokens: int = 0
     future: Future = field(default_factory=Future)
+    #: the gateway's request id of the call that submitted it (`core.logs`), for the op's log lines
+    origin: str | None = field(default_factory=logs.request_id.get)
 
 
 class SeqQueue:

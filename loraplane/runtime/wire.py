@@ -25,9 +25,9 @@ from google.protobuf.message import DecodeError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tinker.proto import tinker_public_pb2 as pb
 
-from loraplane.core import errors
+from loraplane.core import age, errors
 from loraplane.runtime import engine as eng
-from loraplane.runtime import ops
+from loraplane.runtime import ops, stability
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: The most values a loss input may hold per input token of its datum. Today's losses take one
@@ -55,7 +55,8 @@ def decompress(body: bytes, max_bytes: int) -> bytes:
     return out
 
 
-def decode_forward_backward(adapter_id: str, body: bytes) -> tuple[int | None, eng.FwdBwdWork]:
+def decode_forward_backward(adapter_id: str, body: bytes,
+                            sequences_url: str | None = None) -> tuple[int | None, eng.FwdBwdWork]:
     """Parse a `ForwardBackwardRequest` into (seq_id, work); `seq_id` 0 (unset) means unordered.
 
     No side effects; called by the `POST /v1/adapters/{id}/ops` route.
@@ -80,7 +81,8 @@ def decode_forward_backward(adapter_id: str, body: bytes) -> tuple[int | None, e
                                       field=f"loss_fn_config.{key}")
     work = eng.FwdBwdWork(
         adapter_id=adapter_id, data=data, loss_fn=request.loss_fn, loss_config=config,
-        forward_only=request.forward_only,
+        forward_only=request.forward_only, session_id=request.model_id.split(":", 1)[0] or None,
+        sequences_url=sequences_url,
     )
     return (request.seq_id if request.seq_id > 0 else None), work
 
@@ -104,7 +106,25 @@ def _decode_datum(datum: Any, where: str) -> eng.Datum:
     limit = tokens.size * MAX_VALUES_PER_TOKEN
     inputs = {key: decode_tensor(t, f"{where}.loss_fn_inputs.{key}", max_values=limit)
               for key, t in datum.loss_fn_inputs.items()}
-    return eng.Datum(tokens=torch.from_numpy(tokens), loss_inputs=inputs)
+    provenance = None
+    if len(datum.model_input_spans) or len(datum.loss_fn_input_spans):
+        provenance = stability.Provenance(
+            model_input=_decode_spans(datum.model_input_spans, f"{where}.model_input_spans"),
+            targets=_decode_spans(datum.loss_fn_input_spans, f"{where}.loss_fn_input_spans"),
+        )
+    return eng.Datum(tokens=torch.from_numpy(tokens), loss_inputs=inputs, provenance=provenance)
+
+
+def _decode_spans(spans: Any, where: str) -> tuple[stability.Span, ...]:
+    out = []
+    for i, span in enumerate(spans):
+        kind = span.WhichOneof("span")
+        if kind is None:
+            raise errors.InvalidInput("a provenance span must be prompt_tokens or sampled_tokens", field=f"{where}[{i}]")
+        run = getattr(span, kind)
+        out.append(stability.Span("prompt" if kind == "prompt_tokens" else "sampled", run.sequence_id,
+                                  int(run.offset), int(run.length)))
+    return tuple(out)
 
 
 def decode_tensor(tensor: Any, field: str, *, max_values: int) -> torch.Tensor:
@@ -216,12 +236,14 @@ class OpBody(StrictBody):
     """One JSON op of `POST /v1/adapters/{id}/ops`; which fields apply depends on `op`."""
 
     seq_id: int | None = None
-    op: Literal["optim_step", "save_state", "save_sampler", "snapshot", "load_state"]
+    op: Literal["optim_step", "save_state", "save_sampler", "save_external", "snapshot", "load_state"]
     adam_params: AdamParamsBody | None = None
     dest: str | None = None
     source: str | None = None
     optimizer: bool = True
     sampler_id: str | None = None
+    #: save_external: age recipients to encrypt every exported file to.
+    age_recipients: list[str] | None = None
 
 
 class SamplingParamsBody(StrictBody):
@@ -242,6 +264,10 @@ class SampleBody(StrictBody):
     sampling_params: SamplingParamsBody = Field(default_factory=SamplingParamsBody)
     prompt_logprobs: bool = False
     prompt_logprobs_last_n: int | None = Field(None, ge=0)
+    #: Sequence ids under which to record every sample for stable_reinforce (one per sample).
+    record_sequence_ids: list[str] | None = None
+    #: Store folder where the recorded sequences are kept too (the session's, from the gateway).
+    record_url: str | None = None
 
 
 def parse_body(model: type[BaseModel], body: Any) -> Any:
@@ -271,6 +297,10 @@ def op_from_body(adapter_id: str, body: OpBody, *, keep_snapshots: int = 4) -> A
         return ops.SaveState(adapter_id, need("dest"), optimizer=body.optimizer)
     if body.op == "save_sampler":
         return ops.SaveSampler(adapter_id, need("dest"))
+    if body.op == "save_external":
+        if body.age_recipients:
+            age.parse_recipients(body.age_recipients, field="age_recipients")
+        return ops.SaveExternal(adapter_id, need("dest"), tuple(body.age_recipients or ()))
     if body.op == "snapshot":
         return ops.Snapshot(adapter_id, need("sampler_id"), keep=keep_snapshots)
     return ops.LoadState(adapter_id, need("source"), optimizer=body.optimizer)
@@ -284,6 +314,11 @@ def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
                 f"prompt_tokens[{i}] = {tok} is outside the vocabulary (0..{vocab_size - 1})",
                 field=f"prompt_tokens[{i}]",
             )
+    if body.record_sequence_ids is not None and len(body.record_sequence_ids) != body.num_samples:
+        raise errors.InvalidInput(
+            f"record_sequence_ids holds {len(body.record_sequence_ids)} ids for {body.num_samples} samples",
+            field="record_sequence_ids",
+        )
     sp = body.sampling_params
     params = eng.SamplingParams(
         max_tokens=sp.max_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
@@ -291,4 +326,6 @@ def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
     )
     return ops.Sample(body.adapter_id, list(body.prompt_tokens), body.num_samples, params,
                            prompt_logprobs=body.prompt_logprobs or body.prompt_logprobs_last_n is not None,
-                           prompt_logprobs_last_n=body.prompt_logprobs_last_n, owner=body.owner)
+                           prompt_logprobs_last_n=body.prompt_logprobs_last_n, owner=body.owner,
+                           record_sequence_ids=tuple(body.record_sequence_ids or ()),
+                           record_url=body.record_url)

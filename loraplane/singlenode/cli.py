@@ -21,7 +21,7 @@ from typing import Any
 from loraplane.api.auth import load_keys, split_inline
 from loraplane.api.cli import listen
 from loraplane.cli import port
-from loraplane.core import artifacts, errors
+from loraplane.core import artifacts, errors, logs
 from loraplane.core.settings import Settings
 
 log = logging.getLogger("loraplane")
@@ -56,6 +56,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help="auto, float32, bfloat16, float16 (LORAPLANE_RUNTIME__DTYPE)")
     parser.add_argument("--threads", type=int, help="torch CPU threads, 0 = default (LORAPLANE_RUNTIME__THREADS)")
     parser.add_argument("--log-level", help="debug, info, warning (LORAPLANE_LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=logs.FORMATS,
+                        help="text, or json for one JSON object per line (LORAPLANE_LOG_FORMAT)")
+    parser.add_argument("--session-expiry-s", type=float, metavar="SECONDS",
+                        help="expire sessions without a heartbeat for this long, 0 = never "
+                             "(LORAPLANE_GATEWAY__SESSION_EXPIRY_S, default 180)")
 
 
 def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Any:
@@ -68,7 +73,12 @@ def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None)
         "control_plane": "single-node",
         "host": args.host or env.get("LORAPLANE_GATEWAY__HOST") or "127.0.0.1",
         "port": args.port if args.port is not None else settings.gateway.port,
-    })
+    } | ({"session_expiry_s": args.session_expiry_s} if getattr(args, "session_expiry_s", None) is not None else {}))
+    if gateway.session_expiry_s < 0:
+        raise ValueError("--session-expiry-s must be >= 0")
+    from loraplane.api.sdk_versions import parse_range
+
+    parse_range(gateway.sdk_versions)
     runtime = settings.runtime.model_copy(update={
         k: v for k, v in {"device": args.device, "dtype": args.dtype, "threads": args.threads}.items() if v is not None
     })
@@ -81,8 +91,12 @@ def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None)
 
 
 def run(args: argparse.Namespace) -> int:
-    level = (args.log_level or Settings().log_level).upper()
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr, format="%(message)s")
+    settings = Settings()
+    try:
+        logs.configure(args.log_level or settings.log_level, getattr(args, "log_format", None) or settings.log_format)
+    except ValueError as exc:
+        print(f"loraplane serve: {exc} (LORAPLANE_LOG_FORMAT)", file=sys.stderr)
+        return 2
     try:
         config = config_from(args)
     except ValueError as exc:

@@ -29,8 +29,8 @@ class Server:
     model: str
     store: str
     proc: subprocess.Popen[str]
-    #: what the server logged before it was ready
-    startup_log: list[str] = field(default_factory=list)
+    #: the server's stderr lines (its logs), kept as they arrive
+    log: list[str] = field(default_factory=list)
 
     def stop(self, *, kill: bool = False) -> None:
         if kill:
@@ -68,9 +68,10 @@ def start_server(model_dir: Path, store: str, *, timeout_s: float = 120, name: s
         lines.append(line)
         m = READY.search(line)
         if m:
+            server = Server(m.group(1), name or str(model_dir), store, proc, lines)
             # Keep draining stderr so the server never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
-            return Server(m.group(1), name or str(model_dir), store, proc, startup_log=lines)
+            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
+            return server
     proc.kill()
     raise RuntimeError("loraplane serve did not start:\n" + "".join(lines[-40:]))
 

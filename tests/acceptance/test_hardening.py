@@ -331,7 +331,7 @@ def test_item10_a_keys_file_others_can_read_is_warned_about(tiny_model_dir: Path
     keys.chmod(0o646)
     server = start_server(tiny_model_dir, f"file://{tmp_path}/store", args=["--api-keys-file", str(keys)])
     try:
-        assert any(f"chmod 600 {keys}" in line for line in server.startup_log), server.startup_log
+        assert any(f"chmod 600 {keys}" in line for line in server.log), server.log
     finally:
         server.stop()
 

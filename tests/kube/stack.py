@@ -28,10 +28,11 @@ from loraplane.core import artifacts
 from loraplane.core.settings import GatewaySettings, Settings
 
 
-def kubernetes_settings(*, namespace: str = "default", long_poll_s: float = 5.0) -> Settings:
+def kubernetes_settings(*, namespace: str = "default", long_poll_s: float = 5.0,
+                        session_expiry_s: float = 180.0) -> Settings:
     """Settings of a gateway in Kubernetes mode; a short long poll keeps retries of a pending job quick."""
     gateway = GatewaySettings(host="127.0.0.1", port=0, control_plane="kubernetes", namespace=namespace,
-                              long_poll_s=long_poll_s)
+                              long_poll_s=long_poll_s, session_expiry_s=session_expiry_s)
     return Settings(gateway=gateway)
 
 
@@ -60,7 +61,9 @@ class GatewayServer:
         self._sock = socket.socket()
         self._sock.bind((settings.gateway.host, 0))
         self.port = self._sock.getsockname()[1]
-        config = uvicorn.Config(create_app(gateway, table), log_level="warning", lifespan="on", access_log=False)
+        app = create_app(gateway, table)
+        app.state.session_expiry_s = settings.gateway.session_expiry_s  # as the CLI sets it
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 

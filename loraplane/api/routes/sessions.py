@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
-from loraplane.api import ids, protocol
+from loraplane.api import ids, protocol, sessions_expiry
 from loraplane.api.deps import GatewayDep, SessionDep, TenantDep
 from loraplane.core import errors
 
@@ -46,8 +46,12 @@ async def create_session(body: protocol.CreateSession, gw: GatewayDep, tenant: T
 
 
 @router.post("/session_heartbeat")
-async def session_heartbeat(body: protocol.SessionRefBody, gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
+async def session_heartbeat(
+    body: protocol.SessionRefBody, request: Request, gw: GatewayDep, tenant: TenantDep
+) -> dict[str, Any]:
     record = gw.records.session(tenant, ids.check_session_id(body.session_id))
+    if not record.get("finished"):
+        record = sessions_expiry.touch(gw, record, float(request.app.state.session_expiry_s or 0) or 60.0)
     if record.get("finished"):
         raise SessionFinished(f"session {body.session_id!r} is finished")
     return {"type": "session_heartbeat"}

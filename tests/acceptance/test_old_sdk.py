@@ -1,0 +1,36 @@
+"""An older tinker SDK, unmodified, gets one clear error naming the supported versions.
+
+It needs that SDK installed apart from the current one (tests download nothing):
+`pip install --no-deps --target DIR tinker==0.24.1` and `LORAPLANE_TEST_OLD_TINKER=DIR`. The same
+refusal is covered without it by the gateway's own tests (tests/api/test_sdk_versions.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.acceptance.conftest import KEYS, Server
+
+OLD = os.environ.get("LORAPLANE_TEST_OLD_TINKER")
+SCRIPT = """
+import sys, tinker
+client = tinker.ServiceClient(base_url=sys.argv[1], api_key=sys.argv[2])
+try:
+    client.create_lora_training_client(base_model=sys.argv[3], rank=4)
+except Exception as exc:
+    print(tinker.__version__, type(exc).__name__, exc)
+"""
+
+
+@pytest.mark.skipif(not OLD, reason="LORAPLANE_TEST_OLD_TINKER (a folder with an older tinker SDK) is not set")
+def test_an_older_sdk_is_told_which_versions_are_supported(server: Server) -> None:
+    env = {**os.environ, "PYTHONPATH": str(OLD)}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, server.url, KEYS["alice"], server.model],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("0.2"), out.stdout + out.stderr
+    assert "426" in out.stdout and "is not supported by this loraplane server" in out.stdout
+    assert ">=0.38.0, <0.39" in out.stdout and "pip install 'tinker==0.38.0'" in out.stdout
