@@ -11,9 +11,11 @@
 #  2. makes a minimal Debian bookworm base image with python3 + python3-venv (debootstrap
 #     --variant=minbase, `podman import`), once, cached as $BASE_TAG;
 #  3. lints the Dockerfile with hadolint;
-#  4. builds the image with BASE_IMAGE=$BASE_TAG and a CPU torch (TORCH_SPEC), mounting the host's
-#     CA bundle (PyPI may sit behind a TLS-intercepting proxy) and a local wheel directory
-#     ($WHEELS, read-only) where pip finds torch without the multi-GB CUDA download;
+#  4. builds the image with BASE_IMAGE=$BASE_TAG and torch (TORCH_SPEC), mounting the host's
+#     CA bundle (PyPI may sit behind a TLS-intercepting proxy) and, when it holds a torch wheel, a
+#     local wheel directory ($WHEELS, read-only) where pip finds torch first. Without one, pip in
+#     the build fetches TORCH_SPEC from the index: on PyPI that is the CUDA build with its nvidia-*
+#     packages (2.7 GB; it runs on the CPU), downloaded once and kept in podman's layer cache;
 #  5. runs the image: non-root uid, `loraplane gateway` answers GET /healthz, `loraplane operator`
 #     starts (--help), and `loraplane runtime` loads a tiny random-weight Llama (written by
 #     tests/utils/tiny_models.py on the host, mounted read-only) and answers GET /readyz on CPU.
@@ -102,7 +104,7 @@ build() {
     local mounts=(-v "$CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro")
     local args=(--build-arg "BASE_IMAGE=$BASE_TAG" --build-arg "TORCH_SPEC=$TORCH_SPEC"
                 --build-arg "PIP_CERT=/etc/ssl/certs/ca-certificates.crt")
-    if [ -d "$WHEELS" ]; then
+    if compgen -G "$WHEELS/torch-*.whl" >/dev/null; then
         mounts+=(-v "$WHEELS:/wheels:ro")
         args+=(--build-arg "PIP_FIND_LINKS=/wheels")
     fi

@@ -5,7 +5,8 @@
 # torch comes first, so that nothing installed after it pulls another build. Which build:
 #   LORAPLANE_TORCH=auto  (default) cuda when `nvidia-smi` sees a GPU; otherwise cpu when
 #                         TORCH_INDEX_URL is set, else PyPI's build (see below)
-#   LORAPLANE_TORCH=cuda  PyPI's torch: the CUDA build, with about 20 nvidia-* packages (~3 GB)
+#   LORAPLANE_TORCH=cuda  PyPI's torch: the CUDA build with about 20 nvidia-* packages (2.7 GB to
+#                         download, 5.5 GB installed)
 #   LORAPLANE_TORCH=cpu   the CPU-only build (~200 MB) from TORCH_INDEX_URL, by default the PyTorch
 #                         CPU index https://download.pytorch.org/whl/cpu
 # PyPI publishes only the CUDA build of torch for Linux x86_64. That build runs on a CPU, but it
@@ -24,13 +25,25 @@ die() { echo "setup: $*" >&2; exit 1; }
 # pip install with its progress kept to a line per package (Collecting, Downloading, Installing)
 # whether or not the output is a terminal; everything pip said is shown when it fails.
 pip_progress() {
-    local log rc
+    local log rc ticker
     log=$(mktemp)
+    # pip says nothing while it unpacks large wheels (a minute for torch's): a line every 20 s.
+    (
+        trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+        while :; do
+            sleep 20 & nap=$!
+            wait "$nap"
+            printf '   ... pip still working (%ss)\n' "$SECONDS"
+        done
+    ) &
+    ticker=$!
     set +e
     .venv/bin/python -m pip install --progress-bar off "$@" 2>&1 | tee "$log" \
         | grep --line-buffered -E '^(Collecting|  Downloading|Installing collected|Successfully)'
     rc=${PIPESTATUS[0]}
     set -e
+    kill "$ticker" 2>/dev/null || true
+    wait "$ticker" 2>/dev/null || true
     if [ "$rc" != 0 ]; then tail -n 40 "$log" >&2; fi
     rm -f "$log"
     return "$rc"
@@ -63,11 +76,11 @@ if [ "${installed%%+*}" = "$TORCH_VERSION" ]; then
 else
     case "$CHOICE" in
         cuda)
-            step "installing torch $TORCH_VERSION, CUDA build, from PyPI (~3 GB)"
+            step "installing torch $TORCH_VERSION, CUDA build, from PyPI (2.7 GB to download)"
             pip_progress "torch==$TORCH_VERSION"
             ;;
         pypi)
-            step "installing torch $TORCH_VERSION from PyPI (~3 GB): no GPU found, but PyPI has only the CUDA build, which runs on the CPU too. For the ~200 MB CPU build instead, remove .venv and run again with TORCH_INDEX_URL=$TORCH_CPU_INDEX (or a mirror of it)"
+            step "installing torch $TORCH_VERSION from PyPI (2.7 GB to download): no GPU found, but PyPI has only the CUDA build, which runs on the CPU too. For the ~200 MB CPU build instead, remove .venv and run again with TORCH_INDEX_URL=$TORCH_CPU_INDEX (or a mirror of it)"
             pip_progress "torch==$TORCH_VERSION"
             ;;
         cpu)
