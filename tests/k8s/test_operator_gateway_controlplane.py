@@ -1,4 +1,4 @@
-"""The gateway's KubeControlPlane against the emulator, with the real operator placing its jobs."""
+"""The gateway's KubeControlPlane against the real API server, with the real operator placing its jobs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from loraplane.api.kube import KubeControlPlane, job_manifest
 from loraplane.core import errors
 from loraplane.core.models.v1alpha1.lorajob import LoRAJob, LoRAJobSpec, ObjectMeta, SessionRef
+from tests.k8s.cluster import Cluster
 from tests.operator.fake_runtime import FakeRuntime
-from tests.operator.harness import Cluster, operator, runtime_pod, wait_for
+from tests.operator.harness import operator, runtime_pod, wait_for
 
 
 def session_job(name: str = "s-1-train-0", *, rank: int = 4) -> LoRAJob:
@@ -50,10 +51,10 @@ def test_create_wait_route_and_delete_through_the_cluster(
 
             job = await cp.wait_running("s-1-train-0", timeout=15)
             assert job.status.runtime is not None and job.status.runtime.pod == "rt-0"
-            gets = cluster.emulator.request_count("get")
+            gets = cluster.api.request_count("get")
             for _ in range(200):
                 assert cp.runtime_for("s-1-train-0") == job.status.runtime
-            assert cluster.emulator.request_count("get") == gets  # answered from the watch
+            assert cluster.api.request_count("get") == gets  # answered from the watch
             assert [j.metadata.name for j in await cp.list_jobs(tenant="alice")] == ["s-1-train-0"]
             assert await cp.list_jobs(tenant="bob") == []
             assert [r.pod for r in await cp.runtimes_for_model("tiny")] == ["rt-0"]
@@ -98,11 +99,11 @@ def test_watch_survives_drops_and_410(cluster: Cluster, kubeconfig_path: Path) -
         cp = KubeControlPlane("default", kubeconfig=str(kubeconfig_path))
         try:
             await cp.list_jobs()
-            cluster.emulator.fail_next_watches(2)
-            cluster.emulator.drop_watches()
-            cluster.emulator.create(job_manifest(session_job("a"), "default") | {"apiVersion": "loraplane.dev/v1alpha1", "kind": "LoRAJob"})
-            cluster.emulator.compact()
-            cluster.emulator.drop_watches()
+            cluster.api.fail_next_watches(2)
+            cluster.api.drop_watches()
+            cluster.api.create(job_manifest(session_job("a"), "default") | {"apiVersion": "loraplane.dev/v1alpha1", "kind": "LoRAJob"})
+            cluster.api.fail_next_watches(1)  # the resumed watch finds its version compacted
+            cluster.api.drop_watches()
             for _ in range(200):
                 if await cp.get_job("a") is not None:
                     break

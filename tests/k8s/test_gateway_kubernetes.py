@@ -1,15 +1,16 @@
 """Kubernetes mode end to end: the official tinker SDK, the gateway, the operator and real runtimes.
 
 Everything is real but the cluster: the SDK (0.38.0, unmodified) talks to the gateway app in
-Kubernetes mode (uvicorn, loopback), which keeps LoRAJobs in the API emulator through
-`KubeControlPlane`; the operator runs through Kopf against the same emulator and dispatches the
+Kubernetes mode (uvicorn, loopback), which keeps LoRAJobs in a real kube-apiserver through
+`KubeControlPlane`; the operator runs through Kopf against the same server and dispatches the
 jobs to a runtime (its real API, engine and executor with the tiny model, served on loopback),
 which an emulated pod points at with the `loraplane.dev/runtime-url` annotation. Gateway,
 operator and runtime share a file:// store.
 
 One test follows a session's life (Pending until a runtime is Ready, training, sampling, a saved
 state and a run restored from it, close); the other drops every watch and compacts the history
-mid-training, which the gateway's cache and the operator must both survive.
+mid-training, which the gateway's cache and the operator must both survive. Both reach the
+server through the fault proxy (proxy.py), which also counts their requests.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ from loraplane.core.models.v1alpha1.lorajob import (
     adapter_id,
 )
 from tests.acceptance.helpers import ce_batch, close, train
-from tests.kube.emulator import KubeEmulator
-from tests.kube.stack import GatewayServer, kubernetes_settings
-from tests.operator.harness import Cluster, operator, runtime_pod, wait_for
+from tests.k8s.cluster import Cluster
+from tests.k8s.gateway import GatewayServer, kubernetes_settings
+from tests.operator.harness import operator, runtime_pod, wait_for
 from tests.operator.real_runtime import RealRuntime
 
 KEYS = {"alice": "tml-alice-0123456789"}
-#: Paths of LoRAJob objects in the emulator's request counts.
+#: Paths of LoRAJob objects in the proxy's request counts.
 LORAJOB_PATHS = rf"/apis/{API_VERSION}/namespaces/default/{PLURAL}"
 
 
@@ -52,7 +53,7 @@ def _one_thread() -> None:
 
 @dataclass
 class Stack:
-    """What a test talks to: the emulator, the runtime behind pod rt-0, the gateway and the store."""
+    """What a test talks to: the cluster, the runtime behind pod rt-0, the gateway and the store."""
 
     cluster: Cluster
     runtime: RealRuntime
@@ -67,9 +68,8 @@ class Stack:
 
 
 @pytest.fixture
-def stack(kube_emulator: KubeEmulator, kubeconfig_path: Path, tiny_model_dir: Path, tmp_path: Path) -> Iterator[Stack]:
+def stack(cluster: Cluster, kubeconfig_path: Path, tiny_model_dir: Path, tmp_path: Path) -> Iterator[Stack]:
     """Operator, gateway and one runtime; its pod rt-0 exists but is not Ready until the test says so."""
-    cluster = Cluster(kube_emulator)
     store_url = f"file://{tmp_path / 'store'}"
     rt = RealRuntime(tiny_model_dir).start()
     try:
@@ -84,7 +84,7 @@ def stack(kube_emulator: KubeEmulator, kubeconfig_path: Path, tiny_model_dir: Pa
 
 
 def jobs_in(cluster: Cluster) -> list[dict[str, Any]]:
-    return cluster.emulator.list(API_VERSION, KIND, "default")
+    return cluster.api.list(API_VERSION, KIND, "default")
 
 
 def adapter_ids(rt: RealRuntime) -> list[str]:
@@ -116,8 +116,8 @@ def test_sdk_session_runs_as_a_lorajob_placed_by_the_operator_and_is_unloaded_on
     assert adapter_ids(rt) == [adapter_id("default", name)]  # the operator created it
 
     # Per-step calls find the runtime in the gateway's watch-fed cache, never by reading the job.
-    reads = cluster.emulator.request_count("get", LORAJOB_PATHS)
-    lists = cluster.emulator.request_count("list", LORAJOB_PATHS)
+    reads = cluster.api.request_count("get", LORAJOB_PATHS)
+    lists = cluster.api.request_count("list", LORAJOB_PATHS)
     losses = train(client, 4)
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
     out = client.forward(ce_batch(), "cross_entropy").result()
@@ -132,8 +132,8 @@ def test_sdk_session_runs_as_a_lorajob_placed_by_the_operator_and_is_unloaded_on
 
     saved = client.save_state("k8s").result().path
     assert saved == f"tinker://{client.model_id}/weights/k8s"
-    assert cluster.emulator.request_count("get", LORAJOB_PATHS) == reads
-    assert cluster.emulator.request_count("list", LORAJOB_PATHS) == lists
+    assert cluster.api.request_count("get", LORAJOB_PATHS) == reads
+    assert cluster.api.request_count("list", LORAJOB_PATHS) == lists
     folder = artifacts.checkpoint_url(stack.store_url, artifacts.parse_tinker_path(saved)).removeprefix("file://")
     assert (Path(folder) / "adapter_model.safetensors").exists()
 
@@ -162,13 +162,12 @@ def test_training_goes_on_through_dropped_watches_and_410_and_the_cache_follows_
     before = train(client, 2, pipelined=False)
 
     # Every watch ends; the resumed ones hit a compacted history (410 Gone) and must relist.
-    lists = cluster.emulator.request_count("list", LORAJOB_PATHS)
-    cluster.emulator.compact()
-    cluster.emulator.fail_next_watches(2)
-    assert cluster.emulator.drop_watches() >= 1
+    lists = cluster.api.request_count("list", LORAJOB_PATHS)
+    cluster.api.fail_next_watches(2)
+    assert cluster.api.drop_watches() >= 1
     after = train(client, 3, pipelined=False)
     assert after[-1] < before[0], before + after
-    wait_for(lambda: cluster.emulator.request_count("list", LORAJOB_PATHS) > lists, 15, "a relist of LoRAJobs")
+    wait_for(lambda: cluster.api.request_count("list", LORAJOB_PATHS) > lists, 15, "a relist of LoRAJobs")
 
     # The rebuilt watch still delivers: the deletion reaches the gateway and the operator's finalizer.
     service.close("success").result(timeout=30)

@@ -1,4 +1,4 @@
-"""The operator through Kopf against the emulator, with fake runtimes: placement, restores, idempotence."""
+"""The operator through Kopf against the real API server, with fake runtimes: placement, restores, idempotence."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.k8s.cluster import Cluster
 from tests.operator.fake_runtime import FakeRuntime
-from tests.operator.harness import Cluster, lorajob, operator, runtime_pod, wait_for
+from tests.operator.harness import lorajob, operator, runtime_pod, wait_for
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def test_interactive_job_waits_for_a_runtime_then_runs_with_its_adapter_created(
     rt = FakeRuntime("tiny").start()
     runtimes.append(rt)
     with operator(kubeconfig_path, f"file://{tmp_path}"):
-        cluster.emulator.create(lorajob("chat"))
+        cluster.api.create(lorajob("chat"))
         pending = cluster.wait_phase("chat", "Pending")
         scheduled = {c["type"]: c for c in pending["conditions"]}["Scheduled"]
         assert (scheduled["status"], scheduled["reason"]) == ("False", "NoRuntime")
@@ -62,7 +63,7 @@ def test_runtime_lost_mid_training_restores_on_another_runtime_from_the_last_che
     cluster.add_pod(runtime_pod("rt-a", a.url))
     store = f"file://{tmp_path}"
     with operator(kubeconfig_path, store):
-        cluster.emulator.create(lorajob("sft", mode="training", training=_training()))
+        cluster.api.create(lorajob("sft", mode="training", training=_training()))
         wait_for(lambda: cluster.status("sft").get("progress", {}).get("step") == 3, what="step 3 on rt-a")
         assert cluster.status("sft")["latestCheckpoint"]["path"] == "tinker://default.sft/weights/step-2"
         cluster.add_pod(runtime_pod("rt-b", b.url))
@@ -89,8 +90,8 @@ def test_restarted_operator_dispatches_nothing_twice(
     cluster.add_pod(runtime_pod("rt-0", rt.url))
     store = f"file://{tmp_path}"
     with operator(kubeconfig_path, store):
-        cluster.emulator.create(lorajob("chat"))
-        cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=4)))
+        cluster.api.create(lorajob("chat"))
+        cluster.api.create(lorajob("sft", mode="training", training=_training(steps=4)))
         cluster.wait_phase("chat", "Running")
         wait_for(lambda: cluster.status("sft").get("progress", {}).get("step") == 2, what="step 2")
     with operator(kubeconfig_path, store):
@@ -106,7 +107,7 @@ def test_suspend_saves_and_frees_the_slot_and_resume_restores(
     cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
     with operator(kubeconfig_path, f"file://{tmp_path}"):
-        cluster.emulator.create(lorajob("chat"))
+        cluster.api.create(lorajob("chat"))
         cluster.wait_phase("chat", "Running")
         cluster.patch_spec("chat", {"suspend": True})
         status = cluster.wait_phase("chat", "Suspended")
@@ -125,7 +126,7 @@ def test_deleting_a_job_unloads_its_adapter(
     cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
     with operator(kubeconfig_path, f"file://{tmp_path}"):
-        cluster.emulator.create(lorajob("chat"))
+        cluster.api.create(lorajob("chat"))
         cluster.wait_phase("chat", "Running")
         assert "default.chat" in rt0.adapters
         cluster.delete_job("chat")
@@ -137,7 +138,7 @@ def test_finished_job_is_deleted_after_its_ttl(
     cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
     with operator(kubeconfig_path, f"file://{tmp_path}"):
-        cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=2), ttlSecondsAfterFinished=1))
+        cluster.api.create(lorajob("sft", mode="training", training=_training(steps=2), ttlSecondsAfterFinished=1))
         wait_for(lambda: cluster.job("sft") is None, timeout=20, what="job deleted by TTL")
 
 
@@ -147,13 +148,13 @@ def test_converges_through_watch_drops_and_410_gone(
     rt = FakeRuntime("tiny").start()
     runtimes.append(rt)
     with operator(kubeconfig_path, f"file://{tmp_path}"):
-        cluster.emulator.fail_next_watches(3)
-        cluster.emulator.drop_watches()
-        cluster.emulator.create(lorajob("chat"))
+        cluster.api.fail_next_watches(3)
+        cluster.api.drop_watches()
+        cluster.api.create(lorajob("chat"))
         cluster.add_pod(runtime_pod("rt-0", rt.url))
-        cluster.emulator.compact()
-        cluster.emulator.drop_watches()
-        cluster.emulator.conflict_next_writes(2, plural="lorajobs")
+        cluster.api.fail_next_watches(1)  # the resumed watch finds its version compacted
+        cluster.api.drop_watches()
+        cluster.api.conflict_next_writes(2, plural="lorajobs")
         cluster.wait_phase("chat", "Running", timeout=30)
     assert rt.calls["POST /v1/adapters"] == 1
 
@@ -167,7 +168,7 @@ def test_a_burst_of_jobs_spreads_over_runtimes_without_duplicate_adapters(
     with operator(kubeconfig_path, f"file://{tmp_path}"):
         wait_for(lambda: all(rt.calls["GET /readyz"] for rt in runtimes), what="first health poll")
         for i in range(24):
-            cluster.emulator.create(lorajob(f"j{i}"))
+            cluster.api.create(lorajob(f"j{i}"))
         for i in range(24):
             cluster.wait_phase(f"j{i}", "Running", timeout=30)
     held = [set(rt.adapters) for rt in runtimes]
@@ -180,7 +181,7 @@ def test_refused_dispatches_back_off_then_fail_the_job_with_a_reason(
 ) -> None:
     rt0.reject_creates = True
     with operator(kubeconfig_path, f"file://{tmp_path}", backoff_base_s=0.05):
-        cluster.emulator.create(lorajob("bad", backoffLimit=2))
+        cluster.api.create(lorajob("bad", backoffLimit=2))
         status = cluster.wait_phase("bad", "Failed")
     assert status["attempts"] == 3 and rt0.calls["POST /v1/adapters"] == 3
     ready = {c["type"]: c for c in status["conditions"]}["Ready"]
@@ -204,7 +205,7 @@ def test_liveness_and_metrics_endpoints(
             ports.append(s.getsockname()[1])
     liveness = f"http://127.0.0.1:{ports[0]}/healthz"
     with operator(kubeconfig_path, f"file://{tmp_path}", liveness_endpoint=liveness, metrics_port=ports[1]):
-        cluster.emulator.create(lorajob("chat"))
+        cluster.api.create(lorajob("chat"))
         cluster.wait_phase("chat", "Running")
         assert wait_for(lambda: httpx.get(liveness).status_code == 200, what="liveness 200")
         text = httpx.get(f"http://127.0.0.1:{ports[1]}/metrics").text
@@ -217,7 +218,7 @@ def test_a_resume_path_the_schema_cannot_judge_fails_the_job_naming_the_field(
     cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
     with operator(kubeconfig_path, f"file://{tmp_path}"):
-        cluster.emulator.create(lorajob("bad", resumeFrom={"path": "tinker://run/nonsense/x"}))
+        cluster.api.create(lorajob("bad", resumeFrom={"path": "tinker://run/nonsense/x"}))
         status = cluster.wait_phase("bad", "Failed")
     assert "resumeFrom.path" in status["message"] and "unknown segment 'nonsense'" in status["message"]
     assert rt0.loads == [] and rt0.adapters == {}
@@ -227,7 +228,7 @@ def test_an_idle_interactive_job_is_offloaded_and_says_so(
     cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
     with operator(kubeconfig_path, f"file://{tmp_path}"):
-        cluster.emulator.create(lorajob("chat", idleTimeoutSeconds=60))
+        cluster.api.create(lorajob("chat", idleTimeoutSeconds=60))
         cluster.wait_phase("chat", "Running")
         assert rt0.calls["POST /v1/adapters/{id}/offload"] == 0
         rt0.adapters["default.chat"]["last_used"] -= 61  # a minute without a request
@@ -270,7 +271,7 @@ def test_loraplane_operator_command_serves_its_liveness_probe(
                 return False
 
         wait_for(alive, timeout=30, what="liveness probe")
-        cluster.emulator.create(lorajob("chat"))
+        cluster.api.create(lorajob("chat"))
         status = cluster.wait_phase("chat", "Pending")
         assert {c["type"]: c["reason"] for c in status["conditions"]}["Scheduled"] == "NoRuntime"
     finally:
@@ -285,7 +286,7 @@ def test_a_deleted_runtime_pod_moves_its_jobs_to_another_runtime(
     runtimes += [a, b]
     cluster.add_pod(runtime_pod("rt-a", a.url))
     with operator(kubeconfig_path, f"file://{tmp_path}"):
-        cluster.emulator.create(lorajob("chat"))
+        cluster.api.create(lorajob("chat"))
         assert cluster.wait_phase("chat", "Running")["runtime"]["pod"] == "rt-a"
         cluster.add_pod(runtime_pod("rt-b", b.url))
         cluster.delete_pod("rt-a")
@@ -306,7 +307,7 @@ def test_a_suspended_training_job_saves_its_state_first_and_resumes_from_it_on_t
     runtimes.append(rt)
     cluster.add_pod(runtime_pod("rt-0", rt.url))
     with operator(kubeconfig_path, f"file://{tmp_path}"):
-        cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=8, every=2)))
+        cluster.api.create(lorajob("sft", mode="training", training=_training(steps=8, every=2)))
         wait_for(lambda: cluster.status("sft").get("progress", {}).get("step") == 5, what="step 5")
         cluster.patch_spec("sft", {"suspend": True})
         suspended = cluster.wait_phase("sft", "Suspended")
@@ -330,11 +331,11 @@ def test_a_job_recreated_under_the_same_name_trains_anew_rather_than_taking_the_
     cluster: Cluster, kubeconfig_path: Path, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
     with operator(kubeconfig_path, f"file://{tmp_path}"):
-        cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=2, every=0)))
+        cluster.api.create(lorajob("sft", mode="training", training=_training(steps=2, every=0)))
         assert cluster.wait_phase("sft", "Succeeded")["progress"]["step"] == 2
         cluster.delete_job("sft")
         wait_for(lambda: cluster.job("sft") is None, what="job deleted")
-        cluster.emulator.create(lorajob("sft", mode="training", training=_training(steps=4, every=0)))
+        cluster.api.create(lorajob("sft", mode="training", training=_training(steps=4, every=0)))
         done = cluster.wait_phase("sft", "Succeeded")
     assert done["progress"]["step"] == 4
     assert rt0.calls["POST /v1/adapters/{id}/train"] == 2

@@ -2,7 +2,7 @@
 
 It is wired as `loraplane gateway` wires it (`loraplane.api.cli.run`): settings with
 `gateway.control_plane = "kubernetes"`, a `KubeControlPlane` built from those settings (it
-finds the emulator through $KUBECONFIG), API keys from inline `tenant=key` entries, and the
+finds the API server through $KUBECONFIG), API keys from inline `tenant=key` entries, and the
 artifact store that the runtimes and the operator share. Only the listening socket differs: a
 free loopback port, bound before uvicorn starts, so the test knows the URL without parsing logs.
 """
@@ -43,12 +43,19 @@ class GatewayServer:
     (`runtime_for`) are safe to call from the test thread.
     """
 
-    def __init__(self, settings: Settings, store_url: str, keys: dict[str, str], *, kubeconfig: Path) -> None:
+    def __init__(self, settings: Settings, store_url: str, keys: dict[str, str], *, kubeconfig: Path,
+                 from_environment: bool = True) -> None:
         assert settings.gateway.control_plane == "kubernetes", settings.gateway.control_plane
-        # As the CLI builds it: the cluster is found through $KUBECONFIG, which the kubeconfig_path
-        # fixture set after kubernetes_asyncio was imported.
-        assert os.environ.get("KUBECONFIG") == str(kubeconfig), "use the kubeconfig_path fixture"
-        self.control_plane = KubeControlPlane.from_settings(settings)
+        if from_environment:
+            # As the CLI builds it: the cluster is found through $KUBECONFIG, which the
+            # kubeconfig_path fixture set after kubernetes_asyncio was imported.
+            assert os.environ.get("KUBECONFIG") == str(kubeconfig), "use the kubeconfig_path fixture"
+            self.control_plane = KubeControlPlane.from_settings(settings)
+        else:
+            # Its own credentials, whatever $KUBECONFIG says (an operator in the same process sets it).
+            self.control_plane = KubeControlPlane(
+                settings.gateway.namespace, runtime_selector=settings.operator.runtime_selector,
+                runtime_port=settings.operator.runtime_port, kubeconfig=str(kubeconfig))
         gateway = Gateway(
             control_plane=self.control_plane,
             runtimes=Runtimes(timeout_s=settings.gateway.long_poll_s + 60),

@@ -1,9 +1,9 @@
-"""Fault injection and request counting, set from the tests and read by the server.
+"""Fault injection and request counting, set from the tests and read by the fault proxy (proxy.py).
 
-Tests run in their own thread while the emulator serves from its own event loop, so
-every field is read and changed under one lock. Each ``take_*`` method is called by
-the server adapter once per request and answers whether (and how) to fail it, using up
-one unit of the matching rule; the tests arm the rules through :class:`~.emulator.KubeEmulator`.
+Tests run in their own thread while the proxy serves from its own event loop, so every field is
+read and changed under one lock. Each ``take_*`` method is called by the proxy once per request and
+answers whether (and how) to fail it, using up one unit of the matching rule; the tests arm the
+rules through :class:`~tests.k8s.proxy.FaultProxy`.
 
 Kinds of faults:
 

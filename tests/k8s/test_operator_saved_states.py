@@ -1,4 +1,4 @@
-"""Restores and suspends that keep a job's steps, through Kopf against the emulator with real
+"""Restores and suspends that keep a job's steps, through Kopf against the real API server with real
 runtimes (tiny model) on loopback.
 
 An interactive job's user saves a state through the gateway; its runtime dies; the job comes back
@@ -19,7 +19,8 @@ import torch
 from loraplane.api.gateway import utcnow
 from loraplane.api.records import Records
 from loraplane.core import artifacts
-from tests.operator.harness import Cluster, lorajob, operator, runtime_pod, wait_for
+from tests.k8s.cluster import Cluster
+from tests.operator.harness import lorajob, operator, runtime_pod, wait_for
 from tests.operator.real_runtime import RealRuntime
 
 ADAPTER = "default.chat"
@@ -55,7 +56,7 @@ def test_a_users_save_restores_an_interactive_job_on_another_runtime_at_its_step
     try:
         cluster.add_pod(runtime_pod("rt-a", a.url))
         with operator(kubeconfig_path, store_url):
-            cluster.emulator.create(lorajob("chat"))
+            cluster.api.create(lorajob("chat"))
             cluster.wait_phase("chat", "Running")
             for seq in (1, 2, 3):
                 op(a, {"seq_id": seq, "op": "optim_step", "adam_params": ADAM})
@@ -108,7 +109,7 @@ def test_a_training_job_suspended_mid_run_saves_its_step_and_resumes_from_it(
     try:
         cluster.add_pod(runtime_pod("rt-0", rt.url))
         with operator(kubeconfig_path, f"file://{store}"):
-            cluster.emulator.create(lorajob("sft", mode="training", training=training))
+            cluster.api.create(lorajob("sft", mode="training", training=training))
             wait_for(lambda: cluster.status("sft").get("progress", {}).get("step", 0) >= 3, 60, "step 3")
             cluster.patch_spec("sft", {"suspend": True})
             suspended = cluster.wait_phase("sft", "Suspended", timeout=30)
