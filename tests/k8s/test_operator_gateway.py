@@ -92,7 +92,7 @@ def test_sdk_session_trains_samples_saves_and_closes(stack: LoraplaneStack) -> N
         wait_for(lambda: adapters(stack, pod) == [], 30, "the runtime to hold no adapter")
 
 
-def test_declarative_example_trains_to_succeeded(stack: LoraplaneStack, dataset: str, capsys: Any) -> None:
+def test_declarative_example_trains_to_succeeded(stack: LoraplaneStack, dataset: str) -> None:
     stack.start_runtime_pod(0)
     with stack.operator():
         stack.apply(example_job(dataset, steps=4, checkpointEvery=2))
@@ -102,8 +102,6 @@ def test_declarative_example_trains_to_succeeded(stack: LoraplaneStack, dataset:
     final = stack.work / "store" / "runs" / f"{stack.namespace}.support-bot-sft" / "weights" / "final"
     assert (final / "adapter_model.safetensors").exists()
     wide = stack.plane.kubectl("get", "lj", "-n", stack.namespace, "-o", "wide").stdout
-    with capsys.disabled():
-        print(f"\n$ kubectl get lj -o wide\n{wide}", end="")
     # A finished job holds no runtime: the RUNTIME cell is empty.
     row = wide.splitlines()[1].split()
     assert row[:4] == ["support-bot-sft", "Succeeded", "tiny", "4"] and row[-2] == "support", wide
