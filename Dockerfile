@@ -7,7 +7,8 @@
 # BASE_IMAGE is a CUDA-capable PyTorch image by default, because the runtime needs one; the venv is
 # created with --system-site-packages so the base image's CUDA build of torch is used as is. A slim
 # Python base works for the gateway and the operator; then set TORCH_SPEC (e.g. "torch==2.13.0")
-# and point pip at a CPU wheel (PIP_INDEX_URL / PIP_FIND_LINKS). scripts/image-smoke.sh does that.
+# and, for a CPU-only torch, point pip at a CPU wheel (PIP_INDEX_URL / PIP_FIND_LINKS); PyPI's
+# Linux torch is the CUDA build. scripts/image-smoke.sh builds on a plain Debian base this way.
 # No model weights, API keys or credentials are baked in: models come from volumes (see the chart).
 ARG BASE_IMAGE=pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
 

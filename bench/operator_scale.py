@@ -1,12 +1,13 @@
-"""How the operator copes with a burst: N LoRAJobs created at once against the Kubernetes emulator.
+"""How the operator copes with a burst: N LoRAJobs created at once against a real kube-apiserver.
 
     python bench/operator_scale.py --jobs 500 --runtimes 4
 
-The real operator (through Kopf) runs in a thread against the emulator (tests/kube/emulator) and
-fake runtimes that answer the runtime API at once (tests/operator/fake_runtime.py), so the numbers
+The real operator (through Kopf) runs in a thread against etcd + kube-apiserver on loopback
+(tests/k8s/controlplane.py; binaries from scripts/k8s-binaries.sh), reached through the counting
+proxy of tests/k8s/proxy.py with a cluster-admin token, and fake runtimes that answer the runtime API at once (tests/operator/fake_runtime.py), so the numbers
 are the control plane's own: time until every job is Running, create -> Running latency (p50,
 p99, max, from the moment the create returned to the first poll that saw Running, 100 ms
-resolution), and Kubernetes API requests per job by verb (the emulator counts them).
+resolution), and Kubernetes API requests per job by verb (the proxy counts them).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 from loraplane.core.models.v1alpha1.lorajob import API_VERSION, KIND  # noqa: E402
 from loraplane.core.settings import OperatorSettings  # noqa: E402
-from tests.kube.emulator import KubeEmulator  # noqa: E402
+from tests.k8s.cluster import Cluster  # noqa: E402
+from tests.k8s.controlplane import ControlPlane, find_binaries  # noqa: E402
+from tests.k8s.proxy import FaultProxy  # noqa: E402
 from tests.operator.fake_runtime import FakeRuntime  # noqa: E402
-from tests.operator.harness import Cluster, lorajob, operator, runtime_pod  # noqa: E402
+from tests.operator.harness import lorajob, operator, runtime_pod  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -41,40 +44,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
 
+    bin_dir, reason = find_binaries()
+    if bin_dir is None:
+        print(f"operator_scale: {reason}", file=sys.stderr)
+        return 2
     slots = -(-args.jobs // args.runtimes) + 1
     fakes = [FakeRuntime("tiny", max_adapters=slots).start() for _ in range(args.runtimes)]
-    emulator = KubeEmulator(token="bench").start()
     tmp = Path(tempfile.mkdtemp(prefix="loraplane-bench-"))
-    kubeconfig = emulator.write_kubeconfig(tmp / "kubeconfig.yaml")
-    cluster = Cluster(emulator)
-    cluster.http.headers["Authorization"] = "Bearer bench"
+    plane = ControlPlane(bin_dir, tmp / "k8s").start()
+    pki = plane.pki
+    proxy = FaultProxy(plane.url, pki / "ca.crt", pki / "server.crt", pki / "server.key").start()
+    plane.kubectl("apply", "-f", str(ROOT / "crds" / "lorajob.yaml"))
+    plane.kubectl("wait", "--for=condition=Established", "crd/lorajobs.loraplane.dev")
+    plane.wait_served("/apis/loraplane.dev/v1alpha1/lorajobs")
+    plane.kubectl("create", "serviceaccount", "bench", "-n", "default")
+    plane.kubectl("create", "clusterrolebinding", "bench", "--clusterrole=cluster-admin",
+                  "--serviceaccount=default:bench")
+    kubeconfig = plane.service_account_kubeconfig("default", "bench", tmp / "kubeconfig.yaml")
+    kubeconfig.write_text(kubeconfig.read_text().replace(plane.url, proxy.url))
+    cluster = Cluster(plane, proxy)
     settings = OperatorSettings(namespace="default", progress_interval_s=1.0, health_interval_s=1.0)
     try:
         for i, fake in enumerate(fakes):
             cluster.add_pod(runtime_pod(f"rt-{i}", fake.url))
         with operator(kubeconfig, f"file://{tmp}/store", settings):
             time.sleep(1.5)  # the pool's first /readyz poll
-            emulator.reset_faults()  # zero the request counters: count only what the burst costs
+            proxy.faults.reset()  # zero the request counters: count only what the burst costs
             names = [f"job-{i:04d}" for i in range(args.jobs)]
             created: dict[str, float] = {}
             start = time.monotonic()
             for name in names:
-                emulator.create(lorajob(name))
+                cluster.api.create(lorajob(name))
                 created[name] = time.monotonic()
             create_s = time.monotonic() - start
             running: dict[str, float] = {}
             while len(running) < len(names) and time.monotonic() - start < args.timeout:
                 now = time.monotonic()
-                for obj in emulator.list(API_VERSION, KIND, "default"):
+                for obj in cluster.api.list(API_VERSION, KIND):
                     name = obj["metadata"]["name"]
                     if name not in running and (obj.get("status") or {}).get("phase") == "Running":
                         running[name] = now
                 time.sleep(0.1)
             total_s = time.monotonic() - start
-            counts = emulator.request_counts()
+            counts = proxy.request_counts()
     finally:
         cluster.close()
-        emulator.stop()
+        proxy.close()
+        plane.stop()
         for fake in fakes:
             fake.stop()
 

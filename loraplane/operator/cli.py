@@ -62,6 +62,12 @@ async def run_operator(
     kopf_settings = kopf.OperatorSettings()
     handlers.configure_kopf(kopf_settings)
     namespaces = [settings.namespace] if settings.namespace else []
+    # Watching one namespace (as the chart deploys it), Kopf would otherwise list and watch every
+    # Namespace and CRD of the cluster to follow them as they come and go: cluster-scoped reads that
+    # the chart's namespaced Role does not grant, so each start would spend a minute retrying 403s
+    # before falling back. The LoRAJob CRD exists before the operator starts (the chart installs
+    # it first); a CRD changed later is picked up at the next restart.
+    kopf_settings.scanning.disabled = bool(namespaces)
     await kopf.operator(
         registry=registry,
         settings=kopf_settings,

@@ -80,7 +80,7 @@ class OperatorContext:
 def _newer(live: str | None, written: str | None, written_over: str | None) -> bool:
     """Whether the live body is at least as new as our write. Pure.
 
-    resourceVersions are opaque, but etcd's (and the emulator's) are increasing integers, which
+    resourceVersions are opaque, but etcd's are increasing integers, which
     tells apart an event that arrived late from one after our write. For any other kind, the
     body counts as newer once it differs from the one our write was based on.
     """

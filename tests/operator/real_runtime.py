@@ -45,11 +45,13 @@ def runtime_app(model_dir: Path, base_model: str) -> Any:
 
 
 class RealRuntime:
-    """One runtime on a free loopback port; `stop()` kills it (connections refused afterwards)."""
+    """One runtime on a loopback port (a free one unless given); `stop()` kills it (connections
+    refused afterwards). `host` may be any address of 127.0.0.0/8: one per runtime, as pod IPs."""
 
-    def __init__(self, model_dir: Path, base_model: str = "tiny") -> None:
+    def __init__(self, model_dir: Path, base_model: str = "tiny", *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
         self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind((host, port))
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(runtime_app(model_dir, base_model), log_level="warning", lifespan="on")
         self._server = uvicorn.Server(config)
@@ -57,7 +59,7 @@ class RealRuntime:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> RealRuntime:
         self._thread.start()

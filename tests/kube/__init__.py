@@ -1,1 +1,0 @@
-"""Tests of the Kubernetes API emulator that the operator and gateway tests run against."""
