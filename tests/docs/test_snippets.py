@@ -63,6 +63,8 @@ CHECKED: dict[tuple[str, str], str] = {
         "test_cluster_commands_name_what_the_chart_and_crd_have",
     ("docs/install.md", "# edit spec.baseModel"): "test_cluster_commands_name_what_the_chart_and_crd_have",
     ("docs/install.md", "helm uninstall"): "test_cluster_commands_name_what_the_chart_and_crd_have",
+    ("docs/limits.md", "alice=tml-alice-key max_training_clients"): "test_limits_keys_file_example_loads_with_its_quotas",
+    ("docs/losses.md", "loss = -sum_t m_t"): "test_losses_objective_names_the_config_keys_of_the_loss",
 }
 
 
@@ -145,9 +147,14 @@ def check_cluster_command(args: list[str], docs: list[dict[str, Any]]) -> None:
             example = yaml.safe_load((REPO / "examples" / "lorajob-training.yaml").read_text())
             assert rest[2] == example["metadata"]["name"]
     elif verb == "apply":
-        body = yaml.safe_load((REPO / _flag(args, "-f")).read_text())  # type: ignore[operator]
+        target = REPO / _flag(args, "-f")  # type: ignore[operator]
+        files = sorted(target.glob("*.yaml")) if target.is_dir() else [target]
+        jobs = [body for f in files for body in yaml.safe_load_all(f.read_text())
+                if isinstance(body, dict) and body.get("kind") == crd_names["kind"]]
+        assert jobs, f"{args}: no {crd_names['kind']} in {target}"
         schema = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-        jsonschema.Draft4Validator(schema).validate(body)
+        for body in jobs:
+            jsonschema.Draft4Validator(schema).validate(body)
     elif verb == "port-forward":
         service = find(docs, "Service", rest[1].removeprefix("svc/"))
         remote = int(rest[2].split(":")[1])
@@ -342,3 +349,27 @@ def test_notes_commands_work_as_printed(readme_server: Server) -> None:
     code = commands(sdk_line)[0][2]
     printed = run_python(code, env={"TINKER_BASE_URL": readme_server.url, "TINKER_API_KEY": README_KEY[1]})
     assert "Qwen/Qwen3-0.6B" in printed
+
+
+def test_limits_keys_file_example_loads_with_its_quotas(tmp_path: Path) -> None:
+    """docs/limits.md's keys-file lines load as written, each quota where the table says."""
+    from loraplane.api import auth, quotas
+    from loraplane.core.settings import TenantQuota
+
+    keys = tmp_path / "keys"
+    keys.write_text(snippet("docs/limits.md", "alice=tml-alice-key").text.replace("sha256:9f2c...", "sha256:" + "9f" * 32))
+    keys.chmod(0o600)
+    table = auth.load_keys(files=[str(keys)])
+    alice = quotas.QuotaTable(TenantQuota(), table.overrides).for_tenant("alice")
+    assert (alice.max_training_clients, alice.max_lora_rank, alice.max_sampling_clients) == (4, 64, 8)
+    assert alice.max_storage_bytes == 10_000_000_000
+    assert table.tenant_for("tml-alice-key") == "alice"
+
+
+def test_losses_objective_names_the_config_keys_of_the_loss() -> None:
+    """docs/losses.md's formula of stable_reinforce uses the config keys the loss reads."""
+    from loraplane.runtime import losses
+
+    formula = snippet("docs/losses.md", "loss = -sum_t m_t").text
+    for key in losses.CONFIG_DEFAULTS["stable_reinforce"]:
+        assert key in formula, key

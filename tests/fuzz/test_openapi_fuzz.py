@@ -37,6 +37,8 @@ KEY_HEADER = "x-api-key"
 #: request bodies of the routes that read their own (the schema has none for them)
 OWN_BODIES = {"/api/v1/optim_step": protocol.OptimStep, "/api/v1/retrieve_future": protocol.RetrieveFuture}
 PUBLIC_PATHS = ("/healthz", "/api/v1/healthz")
+#: paths whose own signature is the credential: without one they answer 403, key or no key
+SIGNED_PREFIXES = ("/api/v1/external_weights_files/",)
 
 
 def gateway_openapi() -> dict[str, Any]:
@@ -101,9 +103,14 @@ def test_fuzzed_requests_with_a_valid_key_never_get_a_5xx_and_errors_are_json(ca
 def test_fuzzed_requests_without_a_valid_key_get_401(case: Any, harness: Harness) -> None:
     # a method the path does not have may be refused (405) before authentication: it reveals nothing
     public = case.path in PUBLIC_PATHS or case.method.upper() != case.operation.method.upper()
+    signed = case.path.startswith(SIGNED_PREFIXES)
     for key in (None, "tml-wrong-0123456789", ""):
         response = _call(case, harness, key)
-        if not public:
+        if signed and not public:
+            assert response.status_code == 403, (
+                f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]} "
+                "(an unsigned download must be refused)")
+        elif not public:
             assert response.status_code == 401, (
                 f"{case.method} {case.formatted_path} with key {key!r}: {response.status_code} "
                 f"{response.text[:300]} (expected 401 before anything else)\nreproduce: {case.as_curl_command()}")
