@@ -165,6 +165,15 @@ def install_packed_attention(model: nn.Module, layout: object) -> bool:
     return True
 
 
+def kv_geometry(config: Any) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dim) of a decoder's KV cache. Pure; called by the engine."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    return int(text.num_hidden_layers), kv_heads, head_dim
+
+
 @dataclass
 class BaseModel:
     """A loaded, frozen base model in eval mode with what the engine needs to know about it."""

@@ -15,6 +15,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from loraplane.runtime import prompt_scoring
+
 log = logging.getLogger(__name__)
 
 #: op kinds that the scheduler gathers into one batched engine.forward_backward
@@ -92,10 +94,18 @@ class Sample:
     params: Any
     prompt_logprobs: bool = False
     prompt_logprobs_last_n: int | None = None  # positions before len(prompt) - n are reported unscored
+    topk_prompt_logprobs: int = 0
+    topk_sample_logprobs: int = 0
+    target_prompt_logprobs: Any = None  # a `prompt_scoring.TargetIds`
+    prompt_alt_tokens_k: int = 0
 
-    def apply(self, engine: Any) -> Any:
-        return engine.sample(self.adapter_id, self.prompt, self.num_samples, self.params,
-                             prompt_logprobs=self.prompt_logprobs)
+    def options(self) -> Any:
+        """The request's `prompt_scoring.PromptOptions`."""
+        return prompt_scoring.PromptOptions(
+            logprobs=self.prompt_logprobs, last_n=self.prompt_logprobs_last_n, topk=self.topk_prompt_logprobs,
+            topk_sample=self.topk_sample_logprobs, target=self.target_prompt_logprobs,
+            alt_k=self.prompt_alt_tokens_k,
+        )
 
 
 _KINDS: dict[type, str] = {
@@ -134,6 +144,9 @@ class Op:
     payload: Any
     tokens: int = 0
     future: Future = field(default_factory=Future)
+    #: sample requests: the checked request the decode batch runs, and when it was queued
+    job: Any = None
+    queued_at: float = 0.0
 
 
 class SeqQueue:
