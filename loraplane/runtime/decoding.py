@@ -105,7 +105,7 @@ class Decoder:
         self._prefilling: list[_Request] = []  # row i of `prefill`
         self._rows: list[_Row] = []  # row i of `decode`
         self._row_params: sampling.RowParams | None = None
-        self._segments: list[lora.Segment] = []
+        self._segments: tuple[lora.Segment, ...] = ()
         self._draws: list[tuple[_Request, torch.Tensor | None, int]] = []
 
     # ---- state -----------------------------------------------------------------------------
@@ -178,10 +178,10 @@ class Decoder:
         self.decode.assemble([plan[i] for i in order])
         self._rows = [rows[i] for i in order]
         adapters = [r.request.job.adapter_id for r in self._rows]
-        self._segments = [
-            lora.Segment(s.adapter_id or None, s.start, s.end)
-            for s in lora.segments_for([a or "" for a in adapters], [1] * len(adapters))
-        ]
+        self._segments = tuple(
+            lora.Segment(s.adapter_id, s.start, s.end)
+            for s in lora.segments_for([a or "" for a in adapters], [1] * len(adapters)) if s.adapter_id
+        )
         self._row_params = (
             sampling.row_params([r.request.job.params for r in self._rows], self.device) if self._rows else None
         )
@@ -224,7 +224,7 @@ class Decoder:
                     for s in lora.segments_for(adapters, [width] * len(chosen))]
         try:
             positions, mask = self.prefill.prepare(width, chosen)
-            with self.router.route(segments):
+            with self.router.route(tuple(s for s in segments if s.adapter_id), mask_free=self.prefill.mask_free):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
                                     cache=self.prefill.cache, use_cache=True,
                                     logits_to_keep=0 if keep_all else 1).logits
@@ -281,7 +281,7 @@ class Decoder:
         ids = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long, device=self.device)
         try:
             positions, mask = self.decode.prepare(1)
-            with self.router.route(self._segments):
+            with self.router.route(self._segments, mask_free=self.decode.mask_free, kv_groups=self.decode.kv_groups):
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                     cache=self.decode.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         except Exception as exc:

@@ -405,6 +405,7 @@ class Engine:
             )
         self.ensure_resident(adapter_id)
         metrics = optim.adamw_step(record.params, record.optim_state, params)
+        self._weights_changed()
         record.step += 1
         return metrics
 
@@ -529,6 +530,7 @@ class Engine:
                     raise errors.InvalidInput(f"{key} has shape {list(value.shape)}, expected {list(param.shape)}", field="source")
                 param.copy_(value)
                 param.grad = None
+        self._weights_changed()
         record.step = saved.step
         if saved.optimizer is not None and not sampler:
             record.optim_state = optim.AdamState.from_state_dict(saved.optimizer, self.device)
@@ -548,6 +550,7 @@ class Engine:
         with torch.no_grad():
             for key, param in copy.params.items():
                 param.copy_(record.params[key])
+        self._weights_changed()
         copy.step = record.step
 
     # ---- memory ------------------------------------------------------------------------------
@@ -558,6 +561,7 @@ class Engine:
         if record.offloaded is not None:
             return
         record.offloaded = checkpoints.offload(adapter_id, record.params, record.optim_state, to)
+        self._weights_changed()
 
     def is_resident(self, adapter_id: str) -> bool:
         return self._get(adapter_id).offloaded is None
@@ -569,6 +573,12 @@ class Engine:
             return
         checkpoints.restore(record.offloaded, record.params, record.optim_state, self.device)
         record.offloaded = None
+        self._weights_changed()
+
+    def _weights_changed(self) -> None:
+        """Adapter weights changed or moved: the layers' kept sampling layouts are stale."""
+        for layer in self._layers.values():
+            layer.forget_layout()
 
     def resident_bytes(self, adapter_id: str) -> int:
         """Bytes of weights + optimizer state on the device (0 when offloaded)."""

@@ -47,6 +47,11 @@ class KvStore:
         self.lengths: list[int] = []
         self.capacity = 0
         self._rows: torch.Tensor | slice = slice(None)
+        self._index: torch.Tensor | None = None
+        self.aligned = False
+        self.mask_free = False
+        #: one new token per row, rows of several lengths: (key length, rows) per run of equal lengths
+        self.kv_groups: tuple[tuple[int, slice], ...] | None = None
         self._write: torch.Tensor | None = None
         self._width = 0
         self.cache = Cache(layers=[_StoreLayer(self, i) for i in range(num_layers)])
@@ -69,9 +74,19 @@ class KvStore:
         self.reserve(max(lengths) + width)
         start = torch.tensor(lengths, dtype=torch.long, device=self.device)
         write = start[:, None] + torch.arange(width, device=self.device)[None, :]
-        self._rows = slice(None) if rows is None else torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        if rows is None:
+            self._rows = slice(None)
+            self._index = torch.arange(len(lengths), device=self.device)[:, None]
+        else:
+            self._rows = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+            self._index = self._rows[:, None]
         self._write = write
         self._width = max(lengths) + width
+        #: every row starts at the same position: writes are one slice, and (for one new token, or
+        #: a first chunk) the causal attention needs no mask
+        self.aligned = len(set(lengths)) == 1 and rows is None
+        self.mask_free = len(set(lengths)) == 1 and (width == 1 or lengths[0] == 0)
+        self.kv_groups = None if self.mask_free or width != 1 or rows is not None else _runs(lengths)
         allowed = torch.arange(self._width, device=self.device)[None, None, :] <= write[:, :, None]
         if self.additive_mask:
             mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
@@ -84,14 +99,15 @@ class KvStore:
         """Write this pass's keys and values at each row's positions; return what its queries attend to."""
         assert self._write is not None, "prepare() must run before a forward pass"
         keys, values = self.keys[layer], self.values[layer]
+        if self.aligned:
+            start = self._width - key.shape[2]
+            keys[:, :, start: self._width] = key
+            values[:, :, start: self._width] = value
+        else:
+            keys[self._index, :, self._write] = key.transpose(1, 2).to(keys.dtype)
+            values[self._index, :, self._write] = value.transpose(1, 2).to(values.dtype)
         if isinstance(self._rows, slice):
-            index = torch.arange(keys.shape[0], device=self.device)[:, None]
-            keys[index, :, self._write] = key.transpose(1, 2).to(keys.dtype)
-            values[index, :, self._write] = value.transpose(1, 2).to(values.dtype)
             return keys[:, :, : self._width], values[:, :, : self._width]
-        index = self._rows[:, None]
-        keys[index, :, self._write] = key.transpose(1, 2).to(keys.dtype)
-        values[index, :, self._write] = value.transpose(1, 2).to(values.dtype)
         return keys[self._rows, :, : self._width], values[self._rows, :, : self._width]
 
     def advance(self, counts: Sequence[int], rows: Sequence[int] | None = None) -> None:
@@ -142,6 +158,17 @@ class KvStore:
 
     def _zeros(self, rows: int, capacity: int) -> torch.Tensor:
         return torch.zeros(rows, self.kv_heads, capacity, self.head_dim, dtype=self.dtype, device=self.device)
+
+
+def _runs(lengths: list[int]) -> tuple[tuple[int, slice], ...]:
+    """Runs of adjacent rows of one length, as (keys each attends to, rows). Pure."""
+    runs: list[tuple[int, slice]] = []
+    start = 0
+    for i in range(1, len(lengths) + 1):
+        if i == len(lengths) or lengths[i] != lengths[start]:
+            runs.append((lengths[start] + 1, slice(start, i)))
+            start = i
+    return tuple(runs)
 
 
 class _StoreLayer(CacheLayerMixin):
