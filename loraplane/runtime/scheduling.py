@@ -110,9 +110,10 @@ def prefill_chunks(remaining: Sequence[int], chunk_tokens: int) -> list[int]:
     the rows still fit; a request with less left than the width takes what it has.
     """
     out = [0] * len(remaining)
-    if not remaining or chunk_tokens < 1:
+    first = next((left for left in remaining if left > 0), 0)
+    if first == 0 or chunk_tokens < 1:
         return out
-    width = min(remaining[0], chunk_tokens)
+    width = min(first, chunk_tokens)
     rows = 0
     for i, left in enumerate(remaining):
         if left <= 0:
