@@ -161,6 +161,14 @@ class Decoder:
         doomed = {id(r) for r in self.requests() if r.job.adapter_id == adapter_id}
         return self._remove(doomed, exc)
 
+    def fail_all(self, exc: Exception) -> list[tuple[SampleJob, Any]]:
+        """Remove every request (the batch hit a fault it cannot attribute); returns them with `exc`."""
+        failed = [(r.job, exc) for r in self.requests()]
+        self._prefilling, self._rows = [], []
+        self.prefill.assemble([])
+        self._reassemble([], [])
+        return failed
+
     def _remove(self, doomed: set[int], exc: Exception) -> list[tuple[SampleJob, Any]]:
         if not doomed:
             return []

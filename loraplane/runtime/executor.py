@@ -381,8 +381,15 @@ class Executor:
 
     def _decode_step(self) -> int:
         started = time.perf_counter()
-        with torch.no_grad():
-            report = self._decoder.step()
+        try:
+            with torch.no_grad():
+                report = self._decoder.step()
+        except Exception as exc:  # a fault outside any one pass: no request may hang on it
+            log.exception("decode step failed; failing the requests in the batch")
+            failure = errors.ServerError(f"sampling failed: {type(exc).__name__}: {exc}")
+            for job, error in self._decoder.fail_all(failure):
+                self._finish(job.tag, exc=error)
+            return 0
         seconds = time.perf_counter() - started
         self.kv_bytes_reserved = scheduling.kv_bound(self._decoder.needs(), self.engine.kv_bytes_per_token)
         self.metrics.decode_step(report.decode_rows, report.new_tokens, report.prefill_tokens, seconds,

@@ -210,3 +210,17 @@ def test_a_training_step_finishes_while_eight_long_samples_run(engine, tiny_mode
         assert all(len(seq.tokens) == 400 for f in samples for seq in f.result(0).sequences)
     finally:
         ex.close()
+
+
+def test_a_fault_of_the_decode_step_fails_its_requests_and_the_runtime_keeps_serving(engine, monkeypatch):
+    ex = executor_for(engine)
+    _, doomed = ex.submit_sample(request(0))
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.decoder, "_decode_step", lambda report: 1 / 0)
+        run_until_done(ex, [doomed])
+    with pytest.raises(errors.ServerError, match="ZeroDivisionError"):
+        doomed.result(0)
+    assert engine.decoder.idle
+    _, later = ex.submit_sample(request(1))
+    run_until_done(ex, [later])
+    assert_same(later.result(0), alone_result(engine, request(1)))
