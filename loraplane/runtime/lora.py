@@ -125,7 +125,7 @@ class MultiLoraLinear(nn.Module):
         self.lora_B: dict[str, nn.Parameter] = {}
         #: adapter id -> alpha / rank.
         self.scaling: dict[str, float] = {}
-        #: the last no-grad layout: (segments, shape, plan, stacked weights)
+        #: the last no-grad layout: (segments, shape, kind, its tensors); see `_forward_no_grad`
         self._decode_cache: tuple[Any, ...] | None = None
 
     @property
@@ -174,20 +174,55 @@ class MultiLoraLinear(nn.Module):
         return tuple(plan), params
 
     def _forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """Sampling's path: the same arithmetic without the autograd node. The layout and the
-        stacked weights are kept while the batch's segments stay the same object (decode steps);
-        the engine drops them (`forget_layout`) whenever it changes weights."""
+        """Sampling's path: the same update without the autograd node. The layout and the
+        gathered weights are kept while the batch's segments stay the same object (decode steps);
+        the engine drops them (`forget_layout`) whenever it changes weights.
+
+        A decode step (one position per row) runs every adapter in two matmuls: the rows times all
+        adapters' A's side by side, masked to each row's own block and scaling, times all B's.
+        Each row's update has the same terms as alone (the other blocks are exact zeros), and a
+        handful of rows per adapter no longer pay a batched matmul per adapter group.
+        """
         routed = self._router.segments
         cached = self._decode_cache
-        if cached is not None and cached[0] is routed and cached[1] == x.shape[1:-1]:
-            return _forward(x, self.base_layer, cached[2], cached[3])[0]
-        segments = [s for s in routed if s.adapter_id in self.lora_A]
-        if not segments:
-            return self.base_layer(x)
-        plan, params = self._plan(segments, x)
-        stacks = _stack_groups(plan, params)
-        self._decode_cache = (routed, x.shape[1:-1], plan, stacks)
-        return _forward(x, self.base_layer, plan, stacks)[0]
+        if cached is None or cached[0] is not routed or cached[1] != x.shape[:-1]:
+            segments = [s for s in routed if s.adapter_id in self.lora_A]
+            if not segments:
+                return self.base_layer(x)
+            if x.dim() == 3 and x.shape[1] == 1:
+                cached = (routed, x.shape[:-1], "block", *self._block_layout(segments, x.shape[0]))
+            else:
+                plan, params = self._plan(segments, x)
+                cached = (routed, x.shape[:-1], "groups", plan, _stack_groups(plan, params))
+            self._decode_cache = cached
+        if cached[2] == "groups":
+            return _forward(x, self.base_layer, cached[3], cached[4])[0]
+        a_all, b_all, mask = cached[3], cached[4], cached[5]
+        out = self.base_layer(x)
+        flat = out.view(out.shape[0], out.shape[-1])
+        hidden = (x.reshape(x.shape[0], x.shape[-1]).to(a_all.dtype) @ a_all.t()).mul_(mask)
+        if flat.dtype == hidden.dtype:
+            flat.addmm_(hidden, b_all.t())
+        else:
+            flat.add_((hidden @ b_all.t()).to(flat.dtype))
+        return out
+
+    def _block_layout(self, segments: list[Segment], rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All segments' adapters' A's stacked by rank (K, in), their B's side by side (out, K),
+        and the (rows, K) mask holding each row's scaling over its own adapter's block."""
+        ids = list(dict.fromkeys(s.adapter_id for s in segments))
+        offsets, total = {}, 0
+        for adapter_id in ids:
+            offsets[adapter_id] = total
+            total += self.lora_A[adapter_id].shape[0]  # type: ignore[index]
+        a_all = torch.cat([self.lora_A[i] for i in ids])  # type: ignore[index]
+        b_all = torch.cat([self.lora_B[i] for i in ids], dim=1)  # type: ignore[index]
+        mask = torch.zeros(rows, total, dtype=a_all.dtype, device=a_all.device)
+        for seg in segments:
+            start = offsets[seg.adapter_id]
+            rank = self.lora_A[seg.adapter_id].shape[0]  # type: ignore[index]
+            mask[seg.start: seg.end, start: start + rank] = self.scaling[seg.adapter_id]  # type: ignore[index]
+        return a_all, b_all, mask
 
     def forget_layout(self) -> None:
         """Drop the kept no-grad layout and stacked weights (weights changed, or moved)."""
