@@ -353,11 +353,6 @@ class Gateway:
         return sorted(refs, key=lambda r: r.pod)[digest % len(refs)]
 
     async def asample(self, tenant: str, body: protocol.Sample) -> dict[str, Any]:
-        for field in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
-            if getattr(body, field):
-                raise errors.InvalidInput(f"{field} > 0 is not supported", field=field)
-        if body.target_prompt_logprobs is not None:
-            raise errors.InvalidInput("target_prompt_logprobs is not supported", field="target_prompt_logprobs")
         record = self.records.sampler(tenant, body.sampling_session_id)
         tokens = codecs.prompt_tokens(body.prompt)
         limits.check_sample_size(self.sample_caps, prompt_tokens=len(tokens), num_samples=body.num_samples,
@@ -375,6 +370,11 @@ class Gateway:
         if body.record_stability_info:
             request["record_sequence_ids"] = sequence_ids
             request["record_url"] = artifacts.sequences_url(self.store.url, record["session_id"])
+        for option in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
+            if getattr(body, option):
+                request[option] = getattr(body, option)
+        if body.target_prompt_logprobs is not None:
+            request["target_prompt_logprobs"] = body.target_prompt_logprobs  # the runtime checks it
         if record.get("source"):
             await self._ensure_loaded(ref, record)
         try:

@@ -147,11 +147,12 @@ class Sample(_Body):
     sampling_session_id: str
     seq_id: int | None = None
     prompt_logprobs: bool = False
-    topk_prompt_logprobs: int = 0
-    topk_sample_logprobs: int = 0
-    prompt_alt_tokens_k: int = 0
-    target_prompt_logprobs: Any = None
-    prompt_logprobs_last_n: int | None = Field(None, ge=0)
+    topk_prompt_logprobs: int = Field(0, ge=0)
+    topk_sample_logprobs: int = Field(0, ge=0)
+    prompt_alt_tokens_k: int = Field(0, ge=0)
+    #: the SDK's JSON TensorData of int64 ids; the runtime checks it against the prompt
+    target_prompt_logprobs: dict[str, Any] | None = None
+    prompt_logprobs_last_n: int | None = Field(None, ge=1)
     record_stability_info: bool | None = None
 
 

@@ -43,6 +43,15 @@ class RuntimeSettings(BaseModel):
     max_request_tokens: int = Field(65536, ge=1)
     #: torch CPU threads (0 = torch's default).
     threads: int = Field(0, ge=0)
+    #: Bytes the sampling KV cache may reach (all running sample requests together). A request
+    #: that does not fit waits; one larger than the whole budget is refused with a 400.
+    kv_cache_bytes: int = Field(2 * 1024**3, ge=1)
+    #: Sequences decoded at once in the continuous batch (the sum of running requests' num_samples).
+    max_decode_rows: int = Field(256, ge=1)
+    #: Sample requests waiting to join the batch; beyond it a submit gets 503 (retry later).
+    max_queued_samples: int = Field(1024, ge=1)
+    #: Padded prompt tokens per prefill pass; a longer prompt is prefilled over several steps.
+    prefill_chunk_tokens: int = Field(512, ge=1)
     host: str = "0.0.0.0"
     port: int = 8001
 

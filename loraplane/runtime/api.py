@@ -313,7 +313,8 @@ def health(state: RuntimeState) -> dict[str, Any]:
     if executor is None:
         return {"ready": False, "base_model": s.base_model or "", "model_path": s.model_path or "",
                 "device": s.device, "dtype": s.dtype, "adapters": {"resident": 0, "offloaded": 0, "total": 0},
-                "capacity": {"max_adapters": s.max_adapters, "free_slots": s.max_adapters}, "queue_depth": 0}
+                "capacity": {"max_adapters": s.max_adapters, "free_slots": s.max_adapters}, "queue_depth": 0,
+                "sampling": sampling_health(s, None)}
     engine = executor.engine
     ids = list(engine.adapter_ids())
     resident = sum(1 for a in ids if engine.is_resident(a))
@@ -324,7 +325,21 @@ def health(state: RuntimeState) -> dict[str, Any]:
         "capacity": {"max_adapters": s.max_adapters,
                      "free_slots": residency.free_slots(engine.training_adapter_count(), s.max_adapters)},
         "queue_depth": executor.queue_depth(),
+        "sampling": sampling_health(s, executor),
     }
+
+
+def sampling_health(s: RuntimeSettings, executor: ex.Executor | None) -> dict[str, Any]:
+    """The `sampling` part of `/readyz`: the decode batch's limits and what it holds now."""
+    body: dict[str, Any] = {
+        "kv_cache_bytes": s.kv_cache_bytes, "kv_bytes_used": 0, "kv_bytes_reserved": 0, "decode_rows": 0,
+        "max_decode_rows": s.max_decode_rows, "queued": 0, "max_queued_samples": s.max_queued_samples,
+    }
+    if executor is not None:
+        decoder = executor.engine.decoder
+        body.update(kv_bytes_used=decoder.kv_bytes(), kv_bytes_reserved=executor.kv_bytes_reserved,
+                    decode_rows=decoder.decode_rows, queued=executor.sample_queue())
+    return body
 
 
 def adapter_info(executor: ex.Executor, adapter_id: str) -> dict[str, Any]:
@@ -356,9 +371,7 @@ def encode_result(op: ex.Op) -> Response:
     if op.kind in ex.FORWARD_KINDS:
         return Response(wire.encode_forward_backward_output(result), media_type=PROTOBUF)
     if op.kind == "sample":
-        payload = op.payload
-        data = wire.encode_sample_response(result, len(payload.prompt), payload.prompt_logprobs_last_n)
-        return Response(data, media_type=PROTOBUF)
+        return Response(wire.encode_sample_response(result), media_type=PROTOBUF)
     return ResultJSON({"status": "done", "result": result})
 
 

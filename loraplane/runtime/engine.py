@@ -26,7 +26,18 @@ from dataclasses import dataclass, field
 import torch
 
 from loraplane.core import age, errors
-from loraplane.runtime import checkpoints, lora, losses, model_host, optim, residency, sampling, stability
+from loraplane.runtime import (
+    checkpoints,
+    decoding,
+    lora,
+    losses,
+    model_host,
+    optim,
+    prompt_scoring,
+    residency,
+    sampling,
+    stability,
+)
 
 AdamParams = optim.AdamParams
 SamplingParams = sampling.SamplingParams
@@ -137,6 +148,7 @@ class Engine:
         threads: int = 0,
         max_lora_rank: int = 512,
         max_pass_tokens: int | None = None,
+        prefill_chunk_tokens: int = 512,
     ) -> None:
         """Load the base model and wrap its target linears.
 
@@ -151,6 +163,7 @@ class Engine:
                 runs several passes, split between adapters (never inside one). None = one pass
                 on CUDA, 1024 on CPU, where larger passes spill the caches and run slower than
                 the per-adapter ones they replace.
+            prefill_chunk_tokens: padded prompt tokens per prefill pass of the decode batch.
         """
         if threads > 0:
             torch.set_num_threads(threads)
@@ -176,6 +189,21 @@ class Engine:
         #: Whether rows of different lengths run attention unpadded (see model_host).
         self._packed_attention = model_host.install_packed_attention(self.model, self._router)
         self._adapters: dict[str, _Adapter] = {}
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        #: (layers, kv heads, head dim) of the KV cache
+        self.kv_geometry = model_host.kv_geometry(self.model.config)
+        element = torch.empty((), dtype=self.dtype).element_size()
+        #: bytes one token of one sequence takes in the KV cache
+        self.kv_bytes_per_token = 2 * self.kv_geometry[0] * self.kv_geometry[1] * self.kv_geometry[2] * element
+        #: the decode batch the executor's model thread drives
+        self.decoder = self.new_decoder()
+
+    def new_decoder(self) -> decoding.Decoder:
+        """A decode batch over this model (the executor keeps one; `sample` makes a private one)."""
+        additive = getattr(self.model.config, "_attn_implementation", "sdpa") not in (
+            "sdpa", model_host.PACKED_ATTENTION)
+        return decoding.Decoder(self.model, self._router, self.tokenizer, self.device, self.kv_geometry,
+                                self.dtype, additive, self.prefill_chunk_tokens)
 
     # ---- adapters ----------------------------------------------------------------------------
 
@@ -424,10 +452,40 @@ class Engine:
             )
         self.ensure_resident(adapter_id)
         metrics = optim.adamw_step(record.params, record.optim_state, params)
+        self._weights_changed()
         record.step += 1
         return metrics
 
     # ---- sampling ----------------------------------------------------------------------------
+
+    def prepare_sample(
+        self,
+        adapter_id: str | None,
+        prompt: list[int] | torch.Tensor,
+        num_samples: int,
+        params: SamplingParams,
+        options: prompt_scoring.PromptOptions | None = None,
+    ) -> decoding.SampleJob:
+        """Check a sample request and resolve its stops; raises InvalidInput / NotFound naming the field.
+
+        Read-only, so the executor calls it at submit time from any thread: a bad request fails
+        at once and alone, before it reaches the decode batch.
+        """
+        if adapter_id is not None:
+            self._get(adapter_id)
+        prompt_t = torch.as_tensor(prompt) if not isinstance(prompt, torch.Tensor) else prompt
+        n = self._check_tokens(prompt_t, "prompt_tokens")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise errors.InvalidInput(f"num_samples must be a positive integer, got {num_samples!r}", field="num_samples")
+        if n + params.max_tokens > self.max_positions:
+            raise errors.InvalidInput(
+                f"prompt plus max_tokens exceeds the model's {self.max_positions} positions",
+                field="sampling_params.max_tokens",
+            )
+        options = options or prompt_scoring.PromptOptions()
+        prompt_scoring.check_options(options, n, self.vocab_size)
+        stops = sampling.resolve_stops(params.stop, self.eos_token_ids, self.vocab_size)
+        return decoding.SampleJob(adapter_id, [int(t) for t in prompt_t.tolist()], num_samples, params, stops, options)
 
     def sample(
         self,
@@ -436,43 +494,32 @@ class Engine:
         num_samples: int,
         params: SamplingParams,
         prompt_logprobs: bool = False,
+        options: prompt_scoring.PromptOptions | None = None,
     ) -> SampleResult:
-        """Generate `num_samples` continuations of `prompt` with a KV cache.
+        """Generate `num_samples` continuations of `prompt` alone, through the same decode loop.
 
         Args:
             adapter_id: the adapter (training or sampler snapshot) every row runs on; None for the
                 base model alone.
             prompt: token ids, each in the vocabulary.
-            num_samples: sequences to draw (one batch; the prompt runs once).
+            num_samples: sequences to draw (the prompt is prefilled once).
             params: see `sampling.SamplingParams` and the choices in `loraplane.runtime.sampling`.
             prompt_logprobs: also return log p(prompt[i] | prompt[:i]) for i >= 1 (entry 0 is None).
+            options: the other prompt-side outputs (`prompt_scoring.PromptOptions`).
         """
+        if options is None:
+            options = prompt_scoring.PromptOptions(logprobs=prompt_logprobs)
+        job = self.prepare_sample(adapter_id, prompt, num_samples, params, options)
         if adapter_id is not None:
-            self._get(adapter_id)
             self.ensure_resident(adapter_id)
-        prompt_t = torch.as_tensor(prompt) if not isinstance(prompt, torch.Tensor) else prompt
-        self._check_tokens(prompt_t, "prompt_tokens")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise errors.InvalidInput(f"num_samples must be a positive integer, got {num_samples!r}", field="num_samples")
-        if prompt_t.shape[0] + params.max_tokens > self.max_positions:
-            raise errors.InvalidInput(
-                f"prompt plus max_tokens exceeds the model's {self.max_positions} positions",
-                field="sampling_params.max_tokens",
-            )
-        stops = sampling.resolve_stops(params.stop, self.eos_token_ids, self.vocab_size)
+        decoder = self.new_decoder()
+        decoder.add(job)
         with torch.no_grad():
-            return sampling.generate(
-                self.model,
-                self._router,
-                adapter_id,
-                [int(t) for t in prompt_t.tolist()],
-                num_samples,
-                params,
-                stops,
-                self.tokenizer,
-                self.device,
-                prompt_logprobs,
-            )
+            while True:
+                for _, outcome in decoder.step().finished:
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    return outcome
 
     # ---- saving, loading, snapshots ----------------------------------------------------------
 
@@ -540,6 +587,7 @@ class Engine:
                     raise errors.InvalidInput(f"{key} has shape {list(value.shape)}, expected {list(param.shape)}", field="source")
                 param.copy_(value)
                 param.grad = None
+        self._weights_changed()
         record.step = saved.step
         if saved.optimizer is not None and not sampler:
             record.optim_state = optim.AdamState.from_state_dict(saved.optimizer, self.device)
@@ -563,6 +611,7 @@ class Engine:
         with torch.no_grad():
             for key, param in copy.params.items():
                 param.copy_(record.params[key])
+        self._weights_changed()
         copy.step = record.step
         record.snapshots = [s for s in record.snapshots if s != sampler_id and s in self._adapters] + [sampler_id]
         dropped = residency.snapshots_to_drop(record.snapshots, keep)
@@ -583,6 +632,7 @@ class Engine:
         if record.offloaded is not None:
             return
         record.offloaded = checkpoints.offload(adapter_id, record.params, record.optim_state, to)
+        self._weights_changed()
 
     def is_resident(self, adapter_id: str) -> bool:
         return self._get(adapter_id).offloaded is None
@@ -594,6 +644,12 @@ class Engine:
             return
         checkpoints.restore(record.offloaded, record.params, record.optim_state, self.device)
         record.offloaded = None
+        self._weights_changed()
+
+    def _weights_changed(self) -> None:
+        """Adapter weights changed or moved: the layers' kept sampling layouts are stale."""
+        for layer in self._layers.values():
+            layer.forget_layout()
 
     def resident_bytes(self, adapter_id: str) -> int:
         """Bytes of weights + optimizer state on the device (0 when offloaded)."""

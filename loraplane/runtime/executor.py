@@ -17,11 +17,18 @@ Ops without a seq run in arrival order.
 
 Scheduling
 ----------
-Every turn of the model thread: (1) control calls (create/delete/offload/load adapters), (2) one
-batched `engine.forward_backward` over the ready forward/backward heads of all adapters, bounded by
-`max_batch_tokens`, (3) the ready non-batchable head (optim_step, save, load, snapshot) of each
-adapter, (4) one sampling request. Nothing of one adapter can overtake its own earlier ops, and
-sampling interleaves with training instead of waiting for it to drain.
+Every turn of the model thread: (1) control calls (create/delete/offload/load adapters), (2) the
+waiting sample requests that fit the KV budget join the decode batch (`scheduling.admit_count`),
+(3) one batched `engine.forward_backward` over the ready forward/backward heads of all adapters,
+bounded by `max_batch_tokens`, (4) the ready non-batchable head (optim_step, save, load, snapshot)
+of each adapter, (5) one step of the decode batch (`loraplane.runtime.decoding`): a prefill chunk
+and one token for every decoding row. Nothing of one adapter can overtake its own earlier ops;
+training waits at most one decode step, never a whole sample; an op that would change the weights
+of an adapter with rows decoding waits until they finish (`scheduling.op_must_wait`).
+
+Sampling limits: `max_queued_samples` requests wait to join (then 503, retry); `max_decode_rows`
+rows and `kv_cache_bytes` of KV cache are decoded at once (then requests wait their turn); a
+request over either limit alone is refused with a 400 naming it.
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from loraplane.core import errors, logs
 from loraplane.core.settings import RuntimeSettings
-from loraplane.runtime import residency
+from loraplane.runtime import residency, scheduling
 from loraplane.runtime.metrics import RuntimeMetrics
 from loraplane.runtime.ops import (
     FORWARD_KINDS,
@@ -104,8 +113,13 @@ class Executor:
         self._results: OrderedDict[str, Op] = OrderedDict()
         self._rotation = 0
         self._running = 0
+        self._sampling = 0  # requests in the decode batch
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._decoder = engine.decoder
+        self._decoder.chunk_tokens = settings.prefill_chunk_tokens
+        #: KV bytes the running sample requests may reach (`scheduling.kv_bound`), for /readyz
+        self.kv_bytes_reserved = 0
         self.metrics.on_scrape(self._refresh_gauges)
         if start:
             self.start()
@@ -186,6 +200,8 @@ class Executor:
         """Delete an adapter; its queued ops fail with NotFound."""
 
         def delete(engine: Any) -> None:
+            for job, exc in self._decoder.drop(adapter_id, errors.NotFound(f"adapter {adapter_id!r} was deleted")):
+                self._finish(job.tag, exc=exc)
             engine.delete_adapter(adapter_id)
             with self._cond:
                 state = self._adapters.pop(adapter_id, None)
@@ -245,13 +261,33 @@ class Executor:
         return op.request_id, op.future
 
     def submit_sample(self, payload: Any) -> tuple[str, Future]:
-        """Queue a sampling request (not seq-ordered); returns (request id, future)."""
+        """Queue a sampling request for the decode batch; returns (request id, future).
+
+        The request is checked here (InvalidInput naming the field, NotFound for an unknown
+        adapter, InvalidInput naming the limit when it could never fit this runtime) and refused
+        with CapacityError while `max_queued_samples` requests already wait.
+        """
         adapter_id = getattr(payload, "adapter_id", None)
+        if adapter_id is not None and not self.engine.has_adapter(adapter_id):
+            raise errors.NotFound(f"unknown adapter {adapter_id!r}", field="adapter_id")
+        job = self.engine.prepare_sample(adapter_id, payload.prompt, payload.num_samples, payload.params,
+                                         payload.options())
+        need = job.need(prefilling=True)
+        reason = scheduling.oversize_reason(need, self.engine.kv_bytes_per_token, self.settings.kv_cache_bytes,
+                                            self.settings.max_decode_rows)
+        if reason is not None:
+            field = "num_samples" if need.decode_rows > self.settings.max_decode_rows else "sampling_params.max_tokens"
+            raise errors.InvalidInput(reason, field=field)
         with self._cond:
             self._check_open()
-            if adapter_id is not None and not self.engine.has_adapter(adapter_id):
-                raise errors.NotFound(f"unknown adapter {adapter_id!r}", field="adapter_id")
+            if len(self._samples) >= self.settings.max_queued_samples:
+                raise errors.CapacityError(
+                    f"{len(self._samples)} sample requests already wait on this runtime (max_queued_samples); "
+                    "retry shortly")
             op = Op(request_id=_new_id(), adapter_id=adapter_id, seq_id=None, kind="sample", payload=payload)
+            job.tag = op
+            op.job = job
+            op.queued_at = time.perf_counter()
             self._samples.append(op)
             self._remember(op)
             self._cond.notify_all()
@@ -269,7 +305,12 @@ class Executor:
         """Ops accepted and not finished yet (queued, waiting for a seq, or running)."""
         with self._cond:
             queued = sum(len(s.queue) for s in self._adapters.values())
-            return queued + len(self._samples) + len(self._control) + self._running
+            return queued + len(self._samples) + len(self._control) + self._running + self._sampling
+
+    def sample_queue(self) -> int:
+        """Sample requests waiting to join the decode batch."""
+        with self._cond:
+            return len(self._samples)
 
     # ---- the model thread ------------------------------------------------------------------
 
@@ -290,32 +331,86 @@ class Executor:
 
         The model thread calls it in a loop; tests with `start=False` call it directly.
         """
+        decoding = self._decoder.adapters()
         with self._cond:
             now = self._clock()
             control = list(self._control)
             self._control.clear()
             for state in self._adapters.values():
                 state.queue.promote(now, self.settings.seq_gap_timeout_s, self._reorder_window_s)
+            admitted = self._take_samples()
             batch = self._take_batch()
-            singles = self._take_singles()
-            sample = self._samples.popleft() if self._samples else None
-            self._running = len(control) + len(batch) + len(singles) + (sample is not None)
+            singles = self._take_singles(decoding)
+            self._running = len(control) + len(batch) + len(singles)
+        finished = 0
         try:
             for op in control:
                 self._run_single(op, lambda fn: fn(self.engine))
+            for op in admitted:
+                self._admit(op)
             if batch:
                 self._run_batch(batch)
             for op in singles:
                 self._run_single(op, self._apply_single)
-            if sample is not None:
-                self._run_single(sample, self._apply_single)
+            if not self._decoder.idle:
+                finished += self._decode_step()
         finally:
             with self._cond:
-                finished, self._running = self._running, 0
+                finished, self._running = finished + self._running, 0
+                self._sampling = len(self._decoder.requests())
         return finished
 
+    def _take_samples(self) -> list[Op]:
+        """The waiting sample requests that join the decode batch this turn (under the lock)."""
+        if not self._samples:
+            return []
+        count = scheduling.admit_count(
+            self._decoder.needs(), [op.job.need(prefilling=True) for op in self._samples],
+            self.engine.kv_bytes_per_token, self.settings.kv_cache_bytes, self.settings.max_decode_rows)
+        return [self._samples.popleft() for _ in range(count)]
+
+    def _admit(self, op: Op) -> None:
+        if op.future.done():  # cancelled while it waited
+            return
+        self.metrics.sample_admitted(time.perf_counter() - op.queued_at)
+        try:
+            if op.adapter_id is not None:
+                self._make_resident({op.adapter_id})
+            self._decoder.add(op.job)
+        except Exception as exc:
+            self._finish(op, exc=exc)
+
+    def _decode_step(self) -> int:
+        started = time.perf_counter()
+        try:
+            with torch.no_grad():
+                report = self._decoder.step()
+        except Exception as exc:  # a fault outside any one pass: no request may hang on it
+            log.exception("decode step failed; failing the requests in the batch")
+            failure = errors.ServerError(f"sampling failed: {type(exc).__name__}: {exc}")
+            for job, error in self._decoder.fail_all(failure):
+                self._finish(job.tag, exc=error)
+            return 0
+        seconds = time.perf_counter() - started
+        self.kv_bytes_reserved = scheduling.kv_bound(self._decoder.needs(), self.engine.kv_bytes_per_token)
+        self.metrics.decode_step(report.decode_rows, report.new_tokens, report.prefill_tokens, seconds,
+                                 report.ttft_s, self._decoder.kv_bytes())
+        for job, outcome in report.finished:
+            op = job.tag
+            if not isinstance(outcome, Exception):
+                try:
+                    op.payload.record(self.engine, outcome)
+                except Exception as exc:  # a record that cannot be kept fails its own request only
+                    outcome = exc if isinstance(exc, errors.LoraplaneError) else errors.ServerError(
+                        f"could not record the samples for stable_reinforce: {type(exc).__name__}: {exc}")
+            if isinstance(outcome, Exception):
+                self._finish(op, exc=outcome)
+            else:
+                self._finish(op, result=outcome, seconds=time.perf_counter() - op.queued_at)
+        return len(report.finished)
+
     def _has_work(self) -> bool:
-        if self._control or self._samples:
+        if self._control or self._samples or not self._decoder.idle:
             return True
         now = self._clock()
         for state in self._adapters.values():
@@ -357,11 +452,16 @@ class Executor:
                 tokens += op.tokens
         return batch
 
-    def _take_singles(self) -> list[Op]:
+    def _take_singles(self, decoding: set[str]) -> list[Op]:
         singles = []
         for state in self._adapters.values():
             ready = state.queue.ready
             if ready and ready[0].kind not in FORWARD_KINDS:
+                head = ready[0]
+                if scheduling.op_must_wait(head.kind, head.adapter_id, decoding):
+                    continue
+                if head.kind == "snapshot" and head.payload.sampler_id in decoding:
+                    continue  # replacing a sampler's weights waits for its running samples
                 singles.append(ready.popleft())
         return singles
 
@@ -433,7 +533,7 @@ class Executor:
 
     def _make_resident(self, needed: set[Any]) -> None:
         """Bring `needed` adapters onto the device, offloading LRU idle ones beyond the budget."""
-        needed = {a for a in needed if a is not None}
+        needed = {a for a in needed if a is not None} | self._decoder.adapters()
         now, wall = self._clock(), time.time()
         with self._cond:
             for a in needed:
@@ -474,6 +574,9 @@ class Executor:
         resident = sum(1 for a in ids if self.engine.is_resident(a))
         metrics.adapters.labels(state="resident").set(resident)
         metrics.adapters.labels(state="offloaded").set(len(ids) - resident)
+        metrics.sample_queue.set(self.sample_queue())
+        metrics.kv_reserved_bytes.set(self.kv_bytes_reserved)
+        metrics.kv_budget_bytes.set(self.settings.kv_cache_bytes)
 
 
 def _new_id() -> str:

@@ -80,20 +80,30 @@ class LoraRouter:
         self.segments: tuple[Segment, ...] = ()
         #: (length, rows) groups of a right-padded batch; None when every row fills the batch.
         self.length_groups: tuple[tuple[int, slice | torch.Tensor], ...] | None = None
+        #: the pass's rows all start at one position, so causal attention needs no mask (sampling)
+        self.mask_free = False
+        #: a decode step's rows grouped by key length, as (keys, rows); attention runs per group
+        self.kv_groups: tuple[tuple[int, slice], ...] | None = None
 
     @contextlib.contextmanager
     def route(
         self,
         segments: list[Segment] | tuple[Segment, ...],
         length_groups: tuple[tuple[int, slice | torch.Tensor], ...] | None = None,
+        mask_free: bool = False,
+        kv_groups: tuple[tuple[int, slice], ...] | None = None,
     ) -> Iterator[None]:
-        previous = self.segments, self.length_groups
-        self.segments = tuple(s for s in segments if s.adapter_id is not None and s.end > s.start)
+        previous = self.segments, self.length_groups, self.mask_free, self.kv_groups
+        if not (isinstance(segments, tuple) and all(s.adapter_id is not None and s.end > s.start for s in segments)):
+            segments = tuple(s for s in segments if s.adapter_id is not None and s.end > s.start)
+        self.segments = segments  # the same tuple across decode steps lets layers reuse their layout
         self.length_groups = length_groups
+        self.mask_free = mask_free
+        self.kv_groups = kv_groups
         try:
             yield
         finally:
-            self.segments, self.length_groups = previous
+            self.segments, self.length_groups, self.mask_free, self.kv_groups = previous
 
 
 class MultiLoraLinear(nn.Module):
@@ -115,6 +125,8 @@ class MultiLoraLinear(nn.Module):
         self.lora_B: dict[str, nn.Parameter] = {}
         #: adapter id -> alpha / rank.
         self.scaling: dict[str, float] = {}
+        #: the last no-grad layout: (segments, shape, kind, its tensors); see `_forward_no_grad`
+        self._decode_cache: tuple[Any, ...] | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -129,20 +141,28 @@ class MultiLoraLinear(nn.Module):
         self.lora_A[adapter_id] = nn.Parameter(a.to(device))
         self.lora_B[adapter_id] = nn.Parameter(torch.zeros(self.out_features, rank, device=device))
         self.scaling[adapter_id] = alpha / rank
+        self.forget_layout()
 
     def remove_adapter(self, adapter_id: str) -> None:
         for name in ADAPTER_TENSORS + ADAPTER_SCALARS:
             getattr(self, name).pop(adapter_id, None)
+        self.forget_layout()
 
     def has_adapter(self, adapter_id: str) -> bool:
         return adapter_id in self.lora_A
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self._forward_no_grad(x)
         segments = [s for s in self._router.segments if s.adapter_id in self.lora_A]
         if not segments:
             return self.base_layer(x)
         if self.base_layer.weight.requires_grad:
             raise RuntimeError("MultiLoraLinear trains adapters over a frozen base layer only")
+        plan, params = self._plan(segments, x)
+        return _LoraLinear.apply(x, self.base_layer, plan, *params)
+
+    def _plan(self, segments: list[Segment], x: torch.Tensor) -> tuple[tuple[_Group, ...], list[torch.Tensor]]:
         plan: list[_Group] = []
         params: list[torch.Tensor] = []
         for group in _shape_groups(segments, self.lora_A, self.scaling):
@@ -151,7 +171,62 @@ class MultiLoraLinear(nn.Module):
             plan.append(_Group(group[0].start, group[-1].end, width, len(ids), self.scaling[ids[0]]))  # type: ignore[index]
             params.extend(self.lora_A[i] for i in ids)  # type: ignore[index]
             params.extend(self.lora_B[i] for i in ids)  # type: ignore[index]
-        return _LoraLinear.apply(x, self.base_layer, tuple(plan), *params)
+        return tuple(plan), params
+
+    def _forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """Sampling's path: the same update without the autograd node. The layout and the
+        gathered weights are kept while the batch's segments stay the same object (decode steps);
+        the engine drops them (`forget_layout`) whenever it changes weights.
+
+        A decode step (one position per row) runs every adapter in two matmuls: the rows times all
+        adapters' A's side by side, masked to each row's own block and scaling, times all B's.
+        Each row's update has the same terms as alone (the other blocks are exact zeros), and a
+        handful of rows per adapter no longer pay a batched matmul per adapter group.
+        """
+        routed = self._router.segments
+        cached = self._decode_cache
+        if cached is None or cached[0] is not routed or cached[1] != x.shape[:-1]:
+            segments = [s for s in routed if s.adapter_id in self.lora_A]
+            if not segments:
+                return self.base_layer(x)
+            if x.dim() == 3 and x.shape[1] == 1:
+                cached = (routed, x.shape[:-1], "block", *self._block_layout(segments, x.shape[0]))
+            else:
+                plan, params = self._plan(segments, x)
+                cached = (routed, x.shape[:-1], "groups", plan, _stack_groups(plan, params))
+            self._decode_cache = cached
+        if cached[2] == "groups":
+            return _forward(x, self.base_layer, cached[3], cached[4])[0]
+        a_all, b_all, mask = cached[3], cached[4], cached[5]
+        out = self.base_layer(x)
+        flat = out.view(out.shape[0], out.shape[-1])
+        hidden = (x.reshape(x.shape[0], x.shape[-1]).to(a_all.dtype) @ a_all.t()).mul_(mask)
+        if flat.dtype == hidden.dtype:
+            flat.addmm_(hidden, b_all.t())
+        else:
+            flat.add_((hidden @ b_all.t()).to(flat.dtype))
+        return out
+
+    def _block_layout(self, segments: list[Segment], rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All segments' adapters' A's stacked by rank (K, in), their B's side by side (out, K),
+        and the (rows, K) mask holding each row's scaling over its own adapter's block."""
+        ids = list(dict.fromkeys(s.adapter_id for s in segments))
+        offsets, total = {}, 0
+        for adapter_id in ids:
+            offsets[adapter_id] = total
+            total += self.lora_A[adapter_id].shape[0]  # type: ignore[index]
+        a_all = torch.cat([self.lora_A[i] for i in ids])  # type: ignore[index]
+        b_all = torch.cat([self.lora_B[i] for i in ids], dim=1)  # type: ignore[index]
+        mask = torch.zeros(rows, total, dtype=a_all.dtype, device=a_all.device)
+        for seg in segments:
+            start = offsets[seg.adapter_id]
+            rank = self.lora_A[seg.adapter_id].shape[0]  # type: ignore[index]
+            mask[seg.start: seg.end, start: start + rank] = self.scaling[seg.adapter_id]  # type: ignore[index]
+        return a_all, b_all, mask
+
+    def forget_layout(self) -> None:
+        """Drop the kept no-grad layout and stacked weights (weights changed, or moved)."""
+        self._decode_cache = None
 
 
 @dataclass(frozen=True)
@@ -181,18 +256,8 @@ class _LoraLinear(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, base: nn.Linear, plan: tuple[_Group, ...], *params: torch.Tensor
     ) -> torch.Tensor:
-        out = base(x)
-        stacks: list[torch.Tensor] = []
-        hiddens: list[torch.Tensor] = []
-        n = 0
-        for group in plan:
-            a, b = _stacked(params[n : n + group.k]), _stacked(params[n + group.k : n + 2 * group.k])
-            n += 2 * group.k
-            rows = _block(x, group).to(a.dtype).reshape(group.k, -1, a.shape[2])
-            hidden = torch.bmm(rows, a.transpose(1, 2))
-            _add_product(_block(out, group), hidden, b.transpose(1, 2), group)
-            stacks += [a, b]
-            hiddens.append(hidden)
+        stacks = _stack_groups(plan, params)
+        out, hiddens = _forward(x, base, plan, stacks)
         ctx.base, ctx.plan = base, plan
         ctx.save_for_backward(x, *stacks, *hiddens)
         return out
@@ -227,6 +292,32 @@ class _LoraLinear(torch.autograd.Function):
             if grad_x is not None:
                 _add_product(_block(grad_x, group), grad_hidden, a, group, scale=1.0)
         return (grad_x, None, None, *grads)
+
+
+def _stack_groups(plan: tuple[_Group, ...], params: Any) -> list[torch.Tensor]:
+    """Each group's A's then B's stacked on a new first dimension: [A_0, B_0, A_1, B_1, ...]."""
+    stacks: list[torch.Tensor] = []
+    n = 0
+    for group in plan:
+        stacks.append(_stacked(tuple(params[n : n + group.k])))
+        stacks.append(_stacked(tuple(params[n + group.k : n + 2 * group.k])))
+        n += 2 * group.k
+    return stacks
+
+
+def _forward(
+    x: torch.Tensor, base: nn.Linear, plan: tuple[_Group, ...], stacks: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`base(x)` plus each group's update; also the low-rank hiddens (for backward)."""
+    out = base(x)
+    hiddens: list[torch.Tensor] = []
+    for g, group in enumerate(plan):
+        a, b = stacks[2 * g], stacks[2 * g + 1]
+        rows = _block(x, group).to(a.dtype).reshape(group.k, -1, a.shape[2])
+        hidden = torch.bmm(rows, a.transpose(1, 2))
+        _add_product(_block(out, group), hidden, b.transpose(1, 2), group)
+        hiddens.append(hidden)
+    return out, hiddens
 
 
 def _stacked(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -16,6 +16,7 @@ __all__ = ["PROMETHEUS_CONTENT_TYPE", "RuntimeMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class RuntimeMetrics:
@@ -60,6 +61,48 @@ class RuntimeMetrics:
         self.adapters = Gauge(
             "loraplane_runtime_adapters", "Adapters by residency.", ["state"], registry=self.registry,
         )
+        #: sequences in the decode batch at its last step, and their distribution over steps
+        self.decode_rows = Gauge(
+            "loraplane_runtime_decode_rows", "Sequences in the decode batch at its last step.", registry=self.registry,
+        )
+        self.decode_rows_per_step = Histogram(
+            "loraplane_runtime_decode_rows_per_step", "Sequences decoded together in one step.",
+            buckets=_ROW_BUCKETS, registry=self.registry,
+        )
+        #: tokens sampled (rate() of it is the decode throughput) and the last step's tokens/s
+        self.decode_tokens = Counter(
+            "loraplane_runtime_decode_tokens", "Tokens sampled by the decode batch.", registry=self.registry,
+        )
+        self.prefill_tokens = Counter(
+            "loraplane_runtime_prefill_tokens", "Prompt tokens prefilled by the decode batch.", registry=self.registry,
+        )
+        self.decode_tokens_per_second = Gauge(
+            "loraplane_runtime_decode_tokens_per_second", "Tokens sampled per second in the last decode step.",
+            registry=self.registry,
+        )
+        #: time from a sample request's admission to its first token, and its wait before admission
+        self.time_to_first_token = Histogram(
+            "loraplane_runtime_time_to_first_token_seconds", "Seconds from joining the batch to the first token.",
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.sample_queue_wait = Histogram(
+            "loraplane_runtime_sample_queue_wait_seconds", "Seconds a sample request waited to join the batch.",
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.sample_queue = Gauge(
+            "loraplane_runtime_sample_queue", "Sample requests waiting to join the batch.", registry=self.registry,
+        )
+        #: KV cache bytes held now, the bound of the running requests, and the budget
+        self.kv_bytes = Gauge(
+            "loraplane_runtime_kv_cache_bytes", "Bytes the sampling KV cache holds now.", registry=self.registry,
+        )
+        self.kv_reserved_bytes = Gauge(
+            "loraplane_runtime_kv_cache_reserved_bytes", "Bytes the running sample requests' KV cache may reach.",
+            registry=self.registry,
+        )
+        self.kv_budget_bytes = Gauge(
+            "loraplane_runtime_kv_cache_budget_bytes", "The kv_cache_bytes setting.", registry=self.registry,
+        )
         self._refresh: Callable[[RuntimeMetrics], None] | None = None
 
     def on_scrape(self, refresh: Callable[[RuntimeMetrics], None]) -> None:
@@ -80,6 +123,24 @@ class RuntimeMetrics:
         self.step_latency.labels(op="batch").observe(seconds)
         if seconds > 0:
             self.tokens_per_second.set(tokens / seconds)
+
+    def sample_admitted(self, waited_s: float) -> None:
+        """A sample request joined the decode batch after waiting `waited_s`."""
+        self.sample_queue_wait.observe(waited_s)
+
+    def decode_step(self, rows: int, tokens: int, prefill_tokens: int, seconds: float,
+                    ttft_s: list[float], kv_bytes: int) -> None:
+        """Record one step of the decode batch."""
+        self.decode_rows.set(rows)
+        if rows:
+            self.decode_rows_per_step.observe(rows)
+        self.decode_tokens.inc(tokens)
+        self.prefill_tokens.inc(prefill_tokens)
+        if seconds > 0 and tokens:
+            self.decode_tokens_per_second.set(tokens / seconds)
+        for t in ttft_s:
+            self.time_to_first_token.observe(t)
+        self.kv_bytes.set(kv_bytes)
 
     def refresh(self) -> None:
         """Set the point-in-time gauges; called before each scrape (`render`, single-node's /metrics)."""

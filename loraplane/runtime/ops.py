@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraplane.core import artifacts, errors, logs
+from loraplane.runtime import prompt_scoring
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +125,25 @@ class Sample:
     owner: str | None = None  # who may read the result (the gateway's sampler); None: anyone who knows its id
     record_sequence_ids: tuple[str, ...] = ()  # non-empty: record each sample for stable_reinforce
     record_url: str | None = None  # store folder to keep the records in too
+    topk_prompt_logprobs: int = 0
+    topk_sample_logprobs: int = 0
+    target_prompt_logprobs: Any = None  # a `prompt_scoring.TargetIds`
+    prompt_alt_tokens_k: int = 0
 
-    def apply(self, engine: Any) -> Any:
-        result = engine.sample(self.adapter_id, self.prompt, self.num_samples, self.params,
-                               prompt_logprobs=self.prompt_logprobs)
+    def options(self) -> Any:
+        """The request's `prompt_scoring.PromptOptions`."""
+        return prompt_scoring.PromptOptions(
+            logprobs=self.prompt_logprobs, last_n=self.prompt_logprobs_last_n, topk=self.topk_prompt_logprobs,
+            topk_sample=self.topk_sample_logprobs, target=self.target_prompt_logprobs,
+            alt_k=self.prompt_alt_tokens_k,
+        )
+
+    def record(self, engine: Any, result: Any) -> None:
+        """Record the sampled sequences for stable_reinforce when the request asked (I/O with a
+        `record_url`); called by the executor once the decode batch has finished the request."""
         if self.record_sequence_ids:
             engine.sequences.record(self.record_sequence_ids, self.prompt,
                                     [(s.tokens, s.logprobs) for s in result.sequences], persist_to=self.record_url)
-        return result
 
 
 _KINDS: dict[type, str] = {
@@ -178,6 +190,9 @@ class Op:
     future: Future = field(default_factory=Future)
     #: the gateway's request id of the call that submitted it (`core.logs`), for the op's log lines
     origin: str | None = field(default_factory=logs.request_id.get)
+    #: sample requests: the checked request the decode batch runs, and when it was queued
+    job: Any = None
+    queued_at: float = 0.0
 
 
 class SeqQueue:

@@ -1,7 +1,7 @@
-"""Sampling: token choice (temperature, top-k, top-p), stop conditions, and the KV-cached decode loop.
+"""Sampling: parameters, token choice (temperature, top-k, top-p) for a batch of rows, stop conditions.
 
-Callers: `loraplane.runtime.engine.Engine.sample`, which validates the prompt and passes the model,
-its LoRA router and the resolved stop conditions to `generate`.
+Callers: `loraplane.runtime.engine.Engine.prepare_sample` (parameters, stops) and the decode loop
+of `loraplane.runtime.decoding` (row parameters, `choose_rows`, `stop_hit`).
 
 ## Choices
 - Reported log-probs of sampled tokens are under the model's distribution AFTER temperature
@@ -13,21 +13,21 @@ its LoRA router and the resolved stop conditions to `generate`.
 - Stop conditions are exactly what the caller gives: `None` = the model's EOS ids, `[]` = none,
   token ids, or strings matched on the decoded generated text. The token that completes a stop
   (the stop id itself, or the token finishing a stop string) is kept in the output.
-- One `torch.Generator` per call, seeded from `seed` (random when None), draws every sample, so the
-  same seed, prompt and parameters give the same tokens.
+- One `torch.Generator` per request, seeded from `seed` (random when None), draws every sample of
+  that request: at each step one (num_samples, vocab) block of Exp(1) noise, whatever else is in
+  the batch and however many of its rows have already stopped. The same seed, prompt and
+  parameters therefore give the same tokens at any concurrency.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from loraplane.core import errors
-from loraplane.runtime import lora
 
 #: Below this (and above 0, which is greedy) a temperature divides logits into overflow.
 MIN_TEMPERATURE = 1e-5
@@ -71,12 +71,17 @@ class SampledSequence:
     tokens: list[int]
     logprobs: list[float]
     stop_reason: str  # "stop" | "length"
+    #: with `topk_sample_logprobs`: per generated token, the k most likely (ids, log-probs) as two
+    #: (len(tokens), k) arrays, under the same distribution as `logprobs`
+    topk: tuple[Any, Any] | None = None
 
 
 @dataclass
 class SampleResult:
     sequences: list[SampledSequence]
     prompt_logprobs: list[float | None] | None  # [0] is None
+    #: the prompt-side extras (`loraplane.runtime.prompt_scoring.PromptScores`), when asked for
+    prompt_scores: Any = None
 
 
 @dataclass(frozen=True)
@@ -130,26 +135,74 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def choose_tokens(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row of `logits` (rows, vocab); returns (tokens, their log-probs).
+def filter_rows(logprobs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """`filter_logits` with each row's own top-k (<= 0: off) and top-p, in one pass over the batch.
 
-    Pure apart from advancing `generator`; called by `generate` at each decode step.
+    Pure; called by `choose_rows` when some row of the decode batch truncates. Ties at the k-th
+    value are kept, and the nucleus is taken over the top-k survivors renormalised, as in
+    `filter_logits`, so a row's choice does not depend on the other rows.
     """
-    logits = logits.float()
-    if params.temperature == 0:
-        logprobs = logits.log_softmax(-1)
-        tokens = logits.argmax(-1)
+    vocab = logprobs.shape[-1]
+    sorted_lp, order = torch.sort(logprobs, dim=-1, descending=True)
+    k = torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k).clamp(min=1)
+    kth = sorted_lp.gather(-1, (k - 1)[:, None])
+    keep = logprobs >= kth
+    masked = sorted_lp.masked_fill(sorted_lp < kth, float("-inf"))
+    probs = masked.softmax(-1)
+    drop_sorted = ((probs.cumsum(-1) - probs) >= top_p[:, None]) & (top_p < 1.0)[:, None]
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logprobs.masked_fill(~keep | drop, float("-inf"))
+
+
+@dataclass
+class RowParams:
+    """The per-row sampling parameters of a decode batch, as device tensors (rebuilt on changes)."""
+
+    temperature: torch.Tensor  # (rows,) float; 1.0 for greedy rows
+    greedy: torch.Tensor  # (rows,) bool
+    top_k: torch.Tensor  # (rows,) long; 0 = off
+    top_p: torch.Tensor  # (rows,) float
+    truncates: bool  # whether any sampled row has top-k or top-p
+    any_sampled: bool
+
+
+def row_params(params: list[SamplingParams], device: torch.device) -> RowParams:
+    """Stack the rows' parameters for `choose_rows`. Pure; called when the batch's rows change."""
+    greedy = [p.temperature == 0 for p in params]
+    top_k = [0 if g else max(p.top_k, 0) for p, g in zip(params, greedy, strict=True)]
+    top_p = [1.0 if g else float(p.top_p) for p, g in zip(params, greedy, strict=True)]
+    return RowParams(
+        temperature=torch.tensor([1.0 if g else float(p.temperature) for p, g in zip(params, greedy, strict=True)],
+                                 dtype=torch.float32, device=device),
+        greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+        top_k=torch.tensor(top_k, dtype=torch.long, device=device),
+        top_p=torch.tensor(top_p, dtype=torch.float32, device=device),
+        truncates=any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p),
+        any_sampled=not all(greedy),
+    )
+
+
+def choose_rows(
+    logits: torch.Tensor, rows: RowParams, noise: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One token per row of `logits` (rows, vocab): (tokens, their log-probs, the rows' log-probs).
+
+    Pure; called by the decode loop once per step for the whole batch. A sampled row takes the
+    argmax of its truncated log-probs minus the log of its own Exp(1) noise (`noise`, drawn from
+    the row's request generator), which draws exactly from the truncated distribution; a greedy
+    row takes the argmax. Reported log-probs follow the module docstring's choices.
+    """
+    logprobs = (logits.float() / rows.temperature[:, None]).log_softmax(-1)
+    if noise is None or not rows.any_sampled:
+        tokens = logprobs.argmax(-1)
     else:
-        logprobs = (logits / params.temperature).log_softmax(-1)
-        kept = filter_logits(logprobs, params.top_k, params.top_p)
-        tokens = torch.multinomial(kept.softmax(-1), 1, generator=generator).squeeze(-1)
-    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+        kept = filter_rows(logprobs, rows.top_k, rows.top_p) if rows.truncates else logprobs
+        tokens = (kept - noise.clamp(min=1e-30).log()).argmax(-1)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1), logprobs
 
 
 def stop_hit(tokens: list[int], stops: Stops, tokenizer: Any, window: int) -> bool:
-    """Whether the last generated token completes a stop. Pure; called by `generate` per row and step.
+    """Whether the last generated token completes a stop. Pure; called by the decode loop per row and step.
 
     Strings are matched on the decoded tail of `window` tokens; since this runs after every token,
     the first match found is the one the last token completed.
@@ -162,59 +215,6 @@ def stop_hit(tokens: list[int], stops: Stops, tokenizer: Any, window: int) -> bo
     return False
 
 
-def generate(
-    model: torch.nn.Module,
-    router: lora.LoraRouter,
-    adapter_id: str | None,
-    prompt: list[int],
-    num_samples: int,
-    params: SamplingParams,
-    stops: Stops,
-    tokenizer: Any,
-    device: torch.device,
-    want_prompt_logprobs: bool,
-) -> SampleResult:
-    """Decode `num_samples` continuations of `prompt` with a KV cache, every row on `adapter_id`.
-
-    The prompt is run once (batch 1) and its cache repeated for the samples; then one token per row
-    per step. Rows that have stopped keep decoding in the batch, their tokens discarded, until all
-    rows stop or `max_tokens` is reached.
-    """
-    seed = params.seed if params.seed is not None else secrets.randbits(63)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    window = max((len(s) for s in stops.strings), default=0) + 8
-    segment = [lora.Segment(adapter_id, 0, num_samples)]
-    ids = torch.tensor([prompt], dtype=torch.long, device=device)
-    with router.route(segment):
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=0 if want_prompt_logprobs else 1)
-    prompt_lps: list[float | None] | None = None
-    if want_prompt_logprobs:
-        lp = out.logits[0, :-1].float().log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
-        prompt_lps = [None] + [float(v) for v in lp.tolist()]
-    cache = out.cache
-    logits = out.logits[:, -1].expand(num_samples, -1)
-    if num_samples > 1:
-        cache.batch_repeat_interleave(num_samples)
-    tokens: list[list[int]] = [[] for _ in range(num_samples)]
-    logprobs: list[list[float]] = [[] for _ in range(num_samples)]
-    reasons: list[str | None] = [None] * num_samples
-    for step in range(params.max_tokens):
-        chosen, chosen_lp = choose_tokens(logits, params, generator)
-        for row, (tok, tok_lp) in enumerate(zip(chosen.tolist(), chosen_lp.tolist(), strict=True)):
-            if reasons[row] is not None:
-                continue
-            tokens[row].append(int(tok))
-            logprobs[row].append(float(tok_lp))
-            if stop_hit(tokens[row], stops, tokenizer, window):
-                reasons[row] = "stop"
-        if all(r is not None for r in reasons) or step == params.max_tokens - 1:
-            break
-        with router.route(segment):
-            out = model(input_ids=chosen[:, None], cache=cache, use_cache=True)
-        cache = out.cache
-        logits = out.logits[:, -1]
-    sequences = [
-        SampledSequence(tokens=t, logprobs=lps, stop_reason=r or "length")
-        for t, lps, r in zip(tokens, logprobs, reasons, strict=True)
-    ]
-    return SampleResult(sequences=sequences, prompt_logprobs=prompt_lps)
+def stop_window(stops: Stops) -> int:
+    """How many trailing tokens `stop_hit` decodes: enough to hold the longest stop string. Pure."""
+    return max((len(s) for s in stops.strings), default=0) + 8

@@ -27,7 +27,7 @@ from tinker.proto import tinker_public_pb2 as pb
 
 from loraplane.core import age, errors
 from loraplane.runtime import engine as eng
-from loraplane.runtime import ops, stability
+from loraplane.runtime import ops, prompt_scoring, stability
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: The most values a loss input may hold per input token of its datum. Today's losses take one
@@ -198,21 +198,62 @@ def encode_forward_backward_output(result: eng.FwdBwdResult) -> bytes:
     return out.SerializeToString()
 
 
-def encode_sample_response(result: Any, prompt_len: int, prompt_logprobs_last_n: int | None = None) -> bytes:
-    """`SampleResponse` of an engine `SampleResult`; prompt logprobs NaN where unscored. No side effects."""
+def encode_sample_response(result: Any, prompt_len: int | None = None,
+                           prompt_logprobs_last_n: int | None = None) -> bytes:
+    """`SampleResponse` of an engine `SampleResult`; prompt logprobs NaN where unscored. No side effects.
+
+    The prompt-side extras (`result.prompt_scores`, see `prompt_scoring`) fill the fields the SDK
+    reads: `topk_prompt_logprobs`, `target_prompt_logprobs` (in the request's dense or sparse
+    layout), `prompt_alt_tokens`, and each sequence's `topk_sampled_logprobs`.
+    """
     out = pb.SampleResponse()
     for seq in result.sequences:
-        out.sequences.append(pb.SampledSequence(
+        msg = pb.SampledSequence(
             stop_reason=pb.STOP_REASON_LENGTH if seq.stop_reason == "length" else pb.STOP_REASON_STOP,
             tokens=np.asarray(seq.tokens, dtype="<i4").tobytes(),
             logprobs=np.asarray(seq.logprobs, dtype="<f4").tobytes(),
-        ))
+        )
+        if getattr(seq, "topk", None) is not None:
+            msg.topk_sampled_logprobs.CopyFrom(_topk(*seq.topk))
+        out.sequences.append(msg)
     if result.prompt_logprobs is not None:
         values = np.array([math.nan if v is None else v for v in result.prompt_logprobs], dtype="<f4")
-        if prompt_logprobs_last_n is not None:
+        if prompt_logprobs_last_n is not None and prompt_len is not None:
             values[: max(0, prompt_len - prompt_logprobs_last_n)] = math.nan
         out.prompt_logprobs = values.tobytes()
+    scores = getattr(result, "prompt_scores", None)
+    if scores is not None:
+        if scores.topk_ids is not None:
+            out.topk_prompt_logprobs.CopyFrom(_topk(scores.topk_ids, scores.topk_logprobs))
+        if scores.target is not None:
+            csr = scores.options.target.csr
+            if csr is None:
+                out.target_prompt_logprobs.CopyFrom(_tensor(scores.target, pb.DTYPE_FLOAT32, "<f4"))
+            else:
+                crow, col = csr
+                rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
+                values = scores.target[rows, np.asarray(col, dtype=np.int64)] if col else np.zeros(0)
+                out.target_prompt_logprobs.CopyFrom(pb.Tensor(
+                    sparse_csr=pb.SparseCsr(values=np.asarray(values, dtype="<f4").tobytes(),
+                                            crow_indices=np.asarray(crow, dtype="<i8").tobytes(),
+                                            col_indices=np.asarray(col, dtype="<i8").tobytes()),
+                    dtype=pb.DTYPE_FLOAT32, shape=list(scores.target.shape)))
+        if scores.alt_ids is not None:
+            out.prompt_alt_tokens.CopyFrom(pb.PromptAltTokens(
+                tokens=_tensor(scores.alt_ids, pb.DTYPE_INT64, "<i8"),
+                logprobs=_tensor(scores.alt_logprobs, pb.DTYPE_FLOAT32, "<f4")))
     return out.SerializeToString()
+
+
+def _topk(ids: np.ndarray, logprobs: np.ndarray) -> Any:
+    length, k = ids.shape
+    return pb.TopkLogprobs(token_ids=np.ascontiguousarray(ids, dtype="<i4").tobytes(),
+                           logprobs=np.ascontiguousarray(logprobs, dtype="<f4").tobytes(), k=k, length=length)
+
+
+def _tensor(values: np.ndarray, dtype: int, np_dtype: str) -> Any:
+    return pb.Tensor(dense=np.ascontiguousarray(values, dtype=np_dtype).tobytes(), dtype=dtype,
+                     shape=list(values.shape))
 
 
 # ---- JSON bodies -----------------------------------------------------------------------------
@@ -255,6 +296,16 @@ class SamplingParamsBody(StrictBody):
     seed: int | None = None
 
 
+class TensorDataBody(StrictBody):
+    """The SDK's JSON `TensorData`: flat `data`, a `shape`, optionally a sparse CSR layout."""
+
+    data: list[int]
+    dtype: Literal["int64"]
+    shape: list[int] | None = None
+    sparse_crow_indices: list[int] | None = None
+    sparse_col_indices: list[int] | None = None
+
+
 class SampleBody(StrictBody):
     adapter_id: str | None = None
     #: who may read the result (`GET /v1/results/{id}?owner=`); the gateway names the sampler
@@ -263,7 +314,11 @@ class SampleBody(StrictBody):
     num_samples: int = Field(1, ge=1, le=128)
     sampling_params: SamplingParamsBody = Field(default_factory=SamplingParamsBody)
     prompt_logprobs: bool = False
-    prompt_logprobs_last_n: int | None = Field(None, ge=0)
+    prompt_logprobs_last_n: int | None = Field(None, ge=1)
+    topk_prompt_logprobs: int = Field(0, ge=0)
+    topk_sample_logprobs: int = Field(0, ge=0)
+    target_prompt_logprobs: TensorDataBody | None = None
+    prompt_alt_tokens_k: int = Field(0, ge=0)
     #: Sequence ids under which to record every sample for stable_reinforce (one per sample).
     record_sequence_ids: list[str] | None = None
     #: Store folder where the recorded sequences are kept too (the session's, from the gateway).
@@ -324,8 +379,39 @@ def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
         max_tokens=sp.max_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
         stop=sp.stop, seed=sp.seed,
     )
+    target = None if body.target_prompt_logprobs is None else target_ids(body.target_prompt_logprobs)
     return ops.Sample(body.adapter_id, list(body.prompt_tokens), body.num_samples, params,
-                           prompt_logprobs=body.prompt_logprobs or body.prompt_logprobs_last_n is not None,
-                           prompt_logprobs_last_n=body.prompt_logprobs_last_n, owner=body.owner,
-                           record_sequence_ids=tuple(body.record_sequence_ids or ()),
-                           record_url=body.record_url)
+                      prompt_logprobs=body.prompt_logprobs or body.prompt_logprobs_last_n is not None,
+                      prompt_logprobs_last_n=body.prompt_logprobs_last_n,
+                      topk_prompt_logprobs=body.topk_prompt_logprobs, topk_sample_logprobs=body.topk_sample_logprobs,
+                      target_prompt_logprobs=target, prompt_alt_tokens_k=body.prompt_alt_tokens_k,
+                      owner=body.owner, record_sequence_ids=tuple(body.record_sequence_ids or ()),
+                      record_url=body.record_url)
+
+
+def target_ids(body: TensorDataBody) -> prompt_scoring.TargetIds:
+    """The ids of `target_prompt_logprobs` as a dense [rows, K] tensor, -1 where nothing is asked.
+
+    A sparse body keeps its layout for the answer. Raises InvalidInput naming the field when the
+    shape and the data or indices disagree. No side effects.
+    """
+    field = "target_prompt_logprobs"
+    shape = body.shape if body.shape is not None else [len(body.data)]
+    if len(shape) != 2 or any(n < 0 for n in shape):
+        raise errors.InvalidInput(f"{field} must be 2-D, [len(prompt) - 1, K], got shape {shape}", field=field)
+    rows, cols = shape
+    if rows * cols > prompt_scoring.MAX_CELLS:
+        raise errors.InvalidInput(f"{field} holds more than {prompt_scoring.MAX_CELLS} cells", field=field)
+    data = np.asarray(body.data, dtype=np.int64)
+    if body.sparse_crow_indices is None and body.sparse_col_indices is None:
+        if data.size != rows * cols:
+            raise errors.InvalidInput(f"shape {shape} does not match {data.size} values", field=field)
+        return prompt_scoring.TargetIds(torch.from_numpy(data.reshape(rows, cols).copy()))
+    crow = np.asarray(body.sparse_crow_indices or [], dtype=np.int64)
+    col = np.asarray(body.sparse_col_indices or [], dtype=np.int64)
+    if (crow.size != rows + 1 or col.size != data.size or crow[0] != 0 or crow[-1] != data.size
+            or np.any(np.diff(crow) < 0) or np.any(col < 0) or np.any(col >= max(cols, 1))):
+        raise errors.InvalidInput(f"inconsistent sparse CSR indices for shape {shape}", field=field)
+    dense = np.full((rows, cols), -1, dtype=np.int64)
+    dense[np.repeat(np.arange(rows), np.diff(crow)), col] = data
+    return prompt_scoring.TargetIds(torch.from_numpy(dense), csr=(crow.tolist(), col.tolist()))

@@ -172,7 +172,7 @@ async def test_base_model_samplers_are_visible_to_their_tenant_only(client: http
     _assert_error(await client.post("/api/v1/asample", json=body, headers=BOB), 404)
     # Alice's sampler exists, but no runtime serves its model in this app: a retryable 503, not a crash.
     _assert_error(await client.post("/api/v1/asample", json=body, headers=ALICE), 503)
-    _assert_error(await client.post("/api/v1/asample", json={**body, "topk_sample_logprobs": 2}, headers=ALICE),
+    _assert_error(await client.post("/api/v1/asample", json={**body, "topk_sample_logprobs": -1}, headers=ALICE),
                   400, "topk_sample_logprobs")
 
 

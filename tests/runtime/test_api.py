@@ -315,3 +315,30 @@ def test_metrics_expose_ops_batches_queue_depth_and_latency(state):
                    "loraplane_runtime_step_latency_seconds_bucket", "loraplane_runtime_tokens_per_second",
                    'loraplane_runtime_adapters{state="resident"}'):
         assert series in text
+
+
+def test_readyz_and_metrics_report_the_decode_batch_and_its_kv_budget(state):
+    async def scenario(http):
+        submitted = await http.post("/v1/sample", json={"prompt_tokens": [5, 6, 7], "num_samples": 2,
+                                                        "sampling_params": {"max_tokens": 4, "stop": []}})
+        await result(http, submitted.json()["request_id"])
+        budget = state.settings.kv_cache_bytes
+        state.settings.kv_cache_bytes = 1024
+        try:
+            huge = await http.post("/v1/sample", json={"prompt_tokens": [5, 6, 7], "num_samples": 4,
+                                                       "sampling_params": {"max_tokens": 100}})
+        finally:
+            state.settings.kv_cache_bytes = budget
+        return (await http.get("/readyz")).json(), (await http.get("/metrics")).text, huge
+
+    ready, text, huge = run(state, scenario)
+    sampling = ready["sampling"]
+    assert sampling["kv_cache_bytes"] == state.settings.kv_cache_bytes
+    assert sampling["max_decode_rows"] == state.settings.max_decode_rows and sampling["queued"] == 0
+    assert sampling["kv_bytes_used"] >= 0 and sampling["kv_bytes_reserved"] >= 0
+    for series in ("loraplane_runtime_decode_rows_per_step_bucket", "loraplane_runtime_decode_tokens_total",
+                   "loraplane_runtime_time_to_first_token_seconds_bucket",
+                   "loraplane_runtime_sample_queue_wait_seconds_bucket", "loraplane_runtime_kv_cache_bytes",
+                   "loraplane_runtime_kv_cache_budget_bytes", "loraplane_runtime_decode_tokens_per_second"):
+        assert series in text
+    assert huge.status_code == 400 and "kv_cache_bytes" in huge.json()["error"]

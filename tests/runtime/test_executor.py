@@ -15,7 +15,9 @@ import pytest
 
 from loraplane.core import errors
 from loraplane.core.settings import RuntimeSettings
+from loraplane.runtime.decoding import SampleJob, StepReport
 from loraplane.runtime.executor import Executor, OptimStep, Sample
+from loraplane.runtime.sampling import SamplingParams, Stops
 
 
 @dataclass
@@ -33,14 +35,63 @@ class FakeWork:
     loss_config: dict = field(default_factory=dict)
 
 
+class RecordingDecoder:
+    """The decode batch interface: every added request finishes at the next step, answering "sampled"."""
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+        self.jobs: list = []
+        self.chunk_tokens = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.jobs
+
+    decode_rows = 0
+
+    def requests(self):
+        return list(self.jobs)
+
+    def needs(self):
+        return [job.need(prefilling=True) for job in self.jobs]
+
+    def adapters(self):
+        return {job.adapter_id for job in self.jobs if job.adapter_id is not None}
+
+    def add(self, job) -> None:
+        self.jobs.append(job)
+
+    def drop(self, adapter_id, exc):
+        gone = [job for job in self.jobs if job.adapter_id == adapter_id]
+        self.jobs = [job for job in self.jobs if job.adapter_id != adapter_id]
+        return [(job, exc) for job in gone]
+
+    def kv_bytes(self) -> int:
+        return 0
+
+    def step(self):
+        for job in self.jobs:
+            self.log.append(("sample", str(job.adapter_id), str(job.prompt)))
+        report = StepReport(finished=[(job, "sampled") for job in self.jobs])
+        self.jobs = []
+        return report
+
+
 class RecordingEngine:
     """The engine interface, recording calls; works tagged "explode" fail inside the batch."""
+
+    kv_bytes_per_token = 1
 
     def __init__(self) -> None:
         self.adapters: dict[str, bool] = {}  # id -> resident
         self.log: list[tuple[str, str, str]] = []  # (call, adapter, tag)
         self.fwd_calls: list[list[str]] = []
         self.offloaded: list[str] = []
+        self.decoder = RecordingDecoder(self.log)
+
+    def prepare_sample(self, adapter_id, prompt, num_samples, params, options):
+        return SampleJob(adapter_id, list(prompt), num_samples, params or SamplingParams(), Stops(frozenset(), ()),
+                         options)
 
     def create_adapter(self, adapter_id, spec):
         self.adapters.setdefault(adapter_id, True)
@@ -90,10 +141,6 @@ class RecordingEngine:
         if params == "explode":
             raise errors.InvalidInput("learning_rate must be > 0", field="adam_params.learning_rate")
         return {"grad_norm:mean": 1.0}
-
-    def sample(self, adapter_id, prompt, num_samples, params, prompt_logprobs=False):
-        self.log.append(("sample", str(adapter_id), str(prompt)))
-        return "sampled"
 
 
 class FakeClock:

@@ -1,0 +1,196 @@
+"""The KV cache of the decode batch: rows of different lengths in one preallocated tensor per layer.
+
+Callers: `loraplane.runtime.decoding` keeps two stores, one for prompts being prefilled and one for
+the rows being decoded, and passes `store.cache` to the model as its `cache`.
+
+## Why not one of transformers' caches
+`DynamicCache` holds rows of one common length and appends by concatenation (a copy of the whole
+cache at every step); `StaticCache` writes every row at one shared position; `PagedAttentionCache`
+is built to be driven by transformers' own continuous-batching manager, which owns its scheduling
+thread and knows neither per-row LoRA routing nor training passes between steps. Here each row has
+its own length: a forward pass writes row r's new keys and values at positions `lengths[r] ...`
+in place (no copy), the model gets each row's `position_ids` and a 4-D mask that lets row r see
+its own positions only, and the store plugs into the model through transformers' `Cache` and
+`CacheLayerMixin` classes. Shapes only change when rows join or leave (`assemble`), which keeps the
+per-step work free of host syncs and the layout open to CUDA graphs and to a paged pool later.
+
+Positions past a row's length hold zeros or stale values; the mask hides them from that row's
+queries, and they are overwritten as the row grows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+#: capacity grows in steps of this many positions
+_CAPACITY_STEP = 64
+
+
+class KvStore:
+    """Keys and values of `rows` sequences, (rows, kv_heads, capacity, head_dim) per layer."""
+
+    def __init__(
+        self, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
+        additive_mask: bool,
+    ) -> None:
+        self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
+        self.dtype, self.device = dtype, device
+        #: True for attention implementations that add a float mask (eager); False for SDPA's boolean one
+        self.additive_mask = additive_mask
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        #: tokens held per row (host ints: the scheduler's view, never read back from the device)
+        self.lengths: list[int] = []
+        self.capacity = 0
+        self._rows: torch.Tensor | slice = slice(None)
+        self._index: torch.Tensor | None = None
+        self.aligned = False
+        self.mask_free = False
+        #: one new token per row, rows of several lengths: (key length, rows) per run of equal lengths
+        self.kv_groups: tuple[tuple[int, slice], ...] | None = None
+        self._write: torch.Tensor | None = None
+        self._width = 0
+        self.cache = Cache(layers=[_StoreLayer(self, i) for i in range(num_layers)])
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    def nbytes(self) -> int:
+        """Bytes the store's tensors hold now."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def prepare(self, width: int, rows: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set up one forward pass of `width` new tokens per row; returns (position_ids, 4-D mask).
+
+        `rows` selects store rows (in the order the batch holds them); None means every row in
+        store order, the decode step's case, which then reads the cache through views.
+        """
+        lengths = self.lengths if rows is None else [self.lengths[r] for r in rows]
+        self.reserve(max(lengths) + width)
+        start = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        write = start[:, None] + torch.arange(width, device=self.device)[None, :]
+        if rows is None:
+            self._rows = slice(None)
+            self._index = torch.arange(len(lengths), device=self.device)[:, None]
+        else:
+            self._rows = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+            self._index = self._rows[:, None]
+        self._write = write
+        self._width = max(lengths) + width
+        #: every row starts at the same position: writes are one slice, and (for one new token, or
+        #: a first chunk) the causal attention needs no mask
+        self.aligned = len(set(lengths)) == 1 and rows is None
+        self.mask_free = len(set(lengths)) == 1 and (width == 1 or lengths[0] == 0)
+        self.kv_groups = None if self.mask_free or width != 1 or rows is not None else _runs(lengths)
+        allowed = torch.arange(self._width, device=self.device)[None, None, :] <= write[:, :, None]
+        if self.additive_mask:
+            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(self.dtype).min)
+        else:
+            mask = allowed
+        return write, mask[:, None]
+
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this pass's keys and values at each row's positions; return what its queries attend to."""
+        assert self._write is not None, "prepare() must run before a forward pass"
+        keys, values = self.keys[layer], self.values[layer]
+        if self.aligned:
+            start = self._width - key.shape[2]
+            keys[:, :, start: self._width] = key
+            values[:, :, start: self._width] = value
+        else:
+            keys[self._index, :, self._write] = key.transpose(1, 2).to(keys.dtype)
+            values[self._index, :, self._write] = value.transpose(1, 2).to(values.dtype)
+        if isinstance(self._rows, slice):
+            return keys[:, :, : self._width], values[:, :, : self._width]
+        return keys[self._rows, :, : self._width], values[self._rows, :, : self._width]
+
+    def advance(self, counts: Sequence[int], rows: Sequence[int] | None = None) -> None:
+        """Count the tokens the last pass added: `counts[i]` to row `rows[i]` (or row i)."""
+        targets = range(len(self.lengths)) if rows is None else rows
+        for r, n in zip(targets, counts, strict=True):
+            self.lengths[r] += n
+        self._write = None
+
+    def reserve(self, width: int) -> None:
+        """Grow every row's capacity to at least `width` positions (a copy, only when it grows)."""
+        if width <= self.capacity:
+            return
+        capacity = -(-width // _CAPACITY_STEP) * _CAPACITY_STEP
+        for layer in range(self.num_layers):
+            for tensors in (self.keys, self.values):
+                grown = self._zeros(self.rows, capacity)
+                if self.capacity:
+                    grown[:, :, : self.capacity] = tensors[layer]
+                tensors[layer] = grown
+        self.capacity = capacity
+
+    def assemble(self, plan: Sequence[tuple[KvStore | None, int]]) -> None:
+        """Rebuild the rows: new row i is row `plan[i][1]` of store `plan[i][0]` (this one or another;
+        None: a new empty row). Called when rows join or leave; the only copy of the whole cache."""
+        lengths = [0 if src is None else src.lengths[r] for src, r in plan]
+        capacity = -(-max(lengths + [1]) // _CAPACITY_STEP) * _CAPACITY_STEP
+        sources: dict[int, tuple[KvStore, list[int], list[int]]] = {}
+        for i, (src, r) in enumerate(plan):
+            if src is not None and src.capacity:
+                sources.setdefault(id(src), (src, [], []))[1].append(i)
+                sources[id(src)][2].append(r)
+        for layer in range(self.num_layers):
+            new_keys, new_values = self._zeros(len(plan), capacity), self._zeros(len(plan), capacity)
+            for src, dst_rows, src_rows in sources.values():
+                width = min(src.capacity, capacity)
+                dst = torch.tensor(dst_rows, dtype=torch.long, device=self.device)
+                idx = torch.tensor(src_rows, dtype=torch.long, device=self.device)
+                new_keys[dst, :, :width] = src.keys[layer][idx, :, :width]
+                new_values[dst, :, :width] = src.values[layer][idx, :, :width]
+            if layer < len(self.keys):
+                self.keys[layer], self.values[layer] = new_keys, new_values
+            else:
+                self.keys.append(new_keys)
+                self.values.append(new_values)
+        self.lengths = lengths
+        self.capacity = capacity
+
+    def _zeros(self, rows: int, capacity: int) -> torch.Tensor:
+        return torch.zeros(rows, self.kv_heads, capacity, self.head_dim, dtype=self.dtype, device=self.device)
+
+
+def _runs(lengths: list[int]) -> tuple[tuple[int, slice], ...]:
+    """Runs of adjacent rows of one length, as (keys each attends to, rows). Pure."""
+    runs: list[tuple[int, slice]] = []
+    start = 0
+    for i in range(1, len(lengths) + 1):
+        if i == len(lengths) or lengths[i] != lengths[start]:
+            runs.append((lengths[start] + 1, slice(start, i)))
+            start = i
+    return tuple(runs)
+
+
+class _StoreLayer(CacheLayerMixin):
+    """One layer of a `KvStore` as transformers' cache layer interface."""
+
+    def __init__(self, store: KvStore, layer: int) -> None:
+        super().__init__()
+        self.store, self.layer = store, layer
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        return None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.store.update(self.layer, key_states, value_states)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.store._width, 0
+
+    def get_seq_length(self) -> int:
+        return max(self.store.lengths, default=0)
+
+    def get_max_length(self) -> int:
+        return -1

@@ -1,0 +1,226 @@
+"""Sample requests decoded together in the continuous batch equal the same requests run alone.
+
+The executor is driven turn by turn (`start=False`) so that requests join at chosen moments:
+all at once, or while others are already decoding. Each request's tokens must be identical and
+its log-probs within 1e-5 of `Engine.sample` running it alone. Also here: a bad or failing
+request fails only itself, training runs between decode steps, the KV budget queues requests
+and refuses one that can never fit, and an optimizer step waits for its adapter's samples.
+
+Batching changes the row count of every matmul, and CPU GEMM kernels round differently per row
+count (about 1e-6 relative); the adapters here have the magnitude of trained ones (they move the
+logits by about 15%), where that stays well inside 1e-5 after dozens of tokens. Adapters many
+times larger amplify it accordingly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from loraplane.core import errors
+from loraplane.core.settings import RuntimeSettings
+from loraplane.runtime import engine as engine_mod
+from loraplane.runtime.executor import Executor, OptimStep, Sample
+
+ADAPTERS = [f"ad{i}" for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    torch.set_num_threads(1)
+    eng = engine_mod.Engine(str(tiny_model_dir))
+    for i, adapter in enumerate(ADAPTERS):
+        eng.create_adapter(adapter, engine_mod.LoraSpec(rank=4 + 4 * (i % 2), seed=i))
+        with torch.no_grad():
+            for key, p in eng._adapters[adapter].params.items():
+                if ".lora_B." in key:
+                    p.normal_(0, 0.05, generator=torch.Generator().manual_seed(100 + i))
+    return eng
+
+
+def request(i: int) -> Sample:
+    """Request i: its own adapter (or the base model), prompt length, stops and sampling mode."""
+    g = torch.Generator().manual_seed(i)
+    prompt = torch.randint(3, 259, (3 + 5 * (i % 4),), generator=g).tolist()
+    modes = [
+        dict(temperature=0.0, stop=[]),
+        dict(temperature=1.0, seed=11 + i, stop=None),
+        dict(temperature=0.7, top_k=20, seed=5, stop=["e", "a"]),
+        dict(temperature=1.3, top_p=0.8, seed=i, stop=[100, 101, 102, 103, 104]),
+    ]
+    params = engine_mod.SamplingParams(max_tokens=6 + 3 * i, **modes[i % 4])
+    adapter = None if i == 5 else ADAPTERS[i]
+    return Sample(adapter, prompt, 1 + i % 3, params, prompt_logprobs=i % 2 == 1)
+
+
+def executor_for(engine, **settings) -> Executor:
+    ex = Executor(engine, RuntimeSettings(**settings), start=False)
+    for adapter in ADAPTERS:
+        ex._register(adapter, 1)
+    return ex
+
+
+def run_until_done(ex: Executor, futures, turns: int = 2000) -> None:
+    for _ in range(turns):
+        if all(f.done() for f in futures):
+            return
+        ex.run_once()
+    raise AssertionError("requests did not finish")
+
+
+def assert_same(got, alone) -> None:
+    assert len(got.sequences) == len(alone.sequences)
+    for s, a in zip(got.sequences, alone.sequences, strict=True):
+        assert s.tokens == a.tokens and s.stop_reason == a.stop_reason
+        assert max((abs(x - y) for x, y in zip(s.logprobs, a.logprobs, strict=True)), default=0.0) <= 1e-5
+    if alone.prompt_logprobs is None:
+        assert got.prompt_logprobs is None
+    else:
+        assert got.prompt_logprobs[0] is None
+        for x, y in zip(got.prompt_logprobs[1:], alone.prompt_logprobs[1:], strict=True):
+            assert abs(x - y) <= 1e-5
+
+
+def alone_result(engine, sample: Sample):
+    return engine.sample(sample.adapter_id, sample.prompt, sample.num_samples, sample.params,
+                         prompt_logprobs=sample.prompt_logprobs)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_concurrent_requests_equal_each_request_alone(engine, n):
+    samples = [request(i) for i in range(n)]
+    ex = executor_for(engine)
+    futures = [ex.submit_sample(s)[1] for s in samples]
+    run_until_done(ex, futures)
+    for sample, future in zip(samples, futures, strict=True):
+        assert_same(future.result(0), alone_result(engine, sample))
+
+
+def test_requests_joining_a_running_batch_equal_each_request_alone(engine):
+    samples = [request(i) for i in range(8)]
+    ex = executor_for(engine, prefill_chunk_tokens=7)  # long prompts take several prefill steps
+    futures = []
+    for sample in samples:
+        futures.append(ex.submit_sample(sample)[1])
+        ex.run_once()
+        ex.run_once()
+    run_until_done(ex, futures)
+    for sample, future in zip(samples, futures, strict=True):
+        assert_same(future.result(0), alone_result(engine, sample))
+
+
+def test_a_bad_request_is_refused_alone_and_the_others_finish(engine):
+    ex = executor_for(engine)
+    good = [ex.submit_sample(request(i))[1] for i in range(3)]
+    with pytest.raises(errors.InvalidInput) as bad_stop:
+        ex.submit_sample(Sample("ad0", [5, 6], 1, engine_mod.SamplingParams(stop=[10**6])))
+    assert bad_stop.value.field == "sampling_params.stop"
+    with pytest.raises(errors.InvalidInput) as bad_token:
+        ex.submit_sample(Sample("ad1", [5, 10**6], 1, engine_mod.SamplingParams()))
+    assert bad_token.value.field == "prompt_tokens"
+    run_until_done(ex, good)
+    for i, future in enumerate(good):
+        assert_same(future.result(0), alone_result(engine, request(i)))
+
+
+def test_deleting_an_adapter_fails_its_running_samples_only(engine, tiny_model_dir):
+    eng = engine_mod.Engine(str(tiny_model_dir))
+    ex = Executor(eng, RuntimeSettings(), start=False)
+    for adapter in ("keep", "gone"):
+        ex.create_adapter(adapter, engine_mod.LoraSpec(rank=4, seed=1))
+    ex.run_once()
+    long = engine_mod.SamplingParams(max_tokens=40, temperature=0.0, stop=[])
+    _, kept = ex.submit_sample(Sample("keep", [5, 6, 7], 2, long))
+    _, doomed = ex.submit_sample(Sample("gone", [5, 6, 7], 2, long))
+    for _ in range(3):
+        ex.run_once()
+    ex.delete_adapter("gone")
+    run_until_done(ex, [kept, doomed])
+    with pytest.raises(errors.NotFound):
+        doomed.result(0)
+    assert_same(kept.result(0), eng.sample("keep", [5, 6, 7], 2, long))
+
+
+def test_kv_budget_queues_requests_that_do_not_fit_and_refuses_one_that_never_can(engine):
+    per_token = engine.kv_bytes_per_token
+    params = engine_mod.SamplingParams(max_tokens=20, temperature=0.0, stop=[])
+    one_request = (2 + 1) * (4 + 20) * per_token  # (num_samples + prompt row) x (prompt + max_tokens)
+    ex = executor_for(engine, kv_cache_bytes=one_request)
+    first = ex.submit_sample(Sample("ad0", [5, 6, 7, 8], 2, params))[1]
+    second = ex.submit_sample(Sample("ad1", [9, 6, 7, 8], 2, params))[1]
+    ex.run_once()
+    assert ex.sample_queue() == 1  # the second waits for room
+    run_until_done(ex, [first, second])
+    assert_same(second.result(0), engine.sample("ad1", [9, 6, 7, 8], 2, params))
+    with pytest.raises(errors.InvalidInput) as too_big:
+        ex.submit_sample(Sample("ad0", [5, 6, 7, 8], 3, params))
+    assert "kv_cache_bytes" in too_big.value.message
+
+
+def test_sample_queue_is_bounded(engine):
+    ex = executor_for(engine, max_queued_samples=1)
+    ex.submit_sample(request(0))
+    with pytest.raises(errors.CapacityError, match="max_queued_samples"):
+        ex.submit_sample(request(1))
+
+
+def test_an_optimizer_step_waits_for_its_adapters_running_samples(engine, tiny_model_dir):
+    eng = engine_mod.Engine(str(tiny_model_dir))
+    ex = Executor(eng, RuntimeSettings(), start=False)
+    ex.create_adapter("live", engine_mod.LoraSpec(rank=4, seed=1))
+    ex.run_once()
+    params = engine_mod.SamplingParams(max_tokens=30, temperature=0.0, stop=[])
+    expected = eng.sample("live", [5, 6, 7], 1, params)
+    _, sample = ex.submit_sample(Sample("live", [5, 6, 7], 1, params))
+    ex.run_once()
+    datum = engine_mod.Datum(torch.tensor([5, 6, 7]), {"target_tokens": torch.tensor([6, 7, 8])})
+    _, fwd = ex.submit("live", 1, engine_mod.FwdBwdWork("live", [datum]))
+    _, step = ex.submit("live", 2, OptimStep("live", engine_mod.AdamParams(learning_rate=0.5)))
+    for _ in range(3):
+        ex.run_once()
+    assert fwd.done() and not step.done() and not sample.done()
+    run_until_done(ex, [sample, step])
+    assert_same(sample.result(0), expected)  # the weights did not move under the running sample
+
+
+def test_a_training_step_finishes_while_eight_long_samples_run(engine, tiny_model_dir):
+    eng = engine_mod.Engine(str(tiny_model_dir))
+    ex = Executor(eng, RuntimeSettings())
+    try:
+        for adapter in [*ADAPTERS, "trainee"]:
+            ex.create_adapter(adapter, engine_mod.LoraSpec(rank=4, seed=2)).result(10)
+        long = engine_mod.SamplingParams(max_tokens=400, temperature=1.0, seed=1, stop=[])
+        samples = [ex.submit_sample(Sample(a, [5, 6, 7, 8], 2, long))[1] for a in ADAPTERS]
+        deadline = time.monotonic() + 10
+        while eng.decoder.decode_rows < 16 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert eng.decoder.decode_rows == 16
+        data = [engine_mod.Datum(torch.arange(3, 35), {"target_tokens": torch.arange(4, 36)})]
+        ex.submit("trainee", 1, engine_mod.FwdBwdWork("trainee", data))
+        _, step = ex.submit("trainee", 2, OptimStep("trainee", engine_mod.AdamParams()))
+        step.result(30)
+        assert not any(f.done() for f in samples)
+        done = threading.Event()
+        for f in samples:
+            f.add_done_callback(lambda _: done.set() if all(x.done() for x in samples) else None)
+        assert done.wait(60)
+        assert all(len(seq.tokens) == 400 for f in samples for seq in f.result(0).sequences)
+    finally:
+        ex.close()
+
+
+def test_a_fault_of_the_decode_step_fails_its_requests_and_the_runtime_keeps_serving(engine, monkeypatch):
+    ex = executor_for(engine)
+    _, doomed = ex.submit_sample(request(0))
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.decoder, "_decode_step", lambda report: 1 / 0)
+        run_until_done(ex, [doomed])
+    with pytest.raises(errors.ServerError, match="ZeroDivisionError"):
+        doomed.result(0)
+    assert engine.decoder.idle
+    _, later = ex.submit_sample(request(1))
+    run_until_done(ex, [later])
+    assert_same(later.result(0), alone_result(engine, request(1)))
