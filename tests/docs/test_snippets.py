@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from loraplane.api.auth import load_keys
+from loraplane.core import artifacts
 from tests.acceptance.conftest import Server, start_server
 from tests.docs.snippets import REPO, Snippet, all_snippets, commands, heredoc, notes_command_lines
 
@@ -45,6 +46,7 @@ def snippet(source: str, first_line_start: str) -> Snippet:
 CHECKED: dict[tuple[str, str], str] = {
     ("README.md", "bash scripts/demo.sh"): "test_readme_demo_and_setup_scripts_exist_and_parse",
     ("README.md", "bash scripts/setup.sh"): "test_readme_demo_and_setup_scripts_exist_and_parse",
+    ("README.md", "server ready at"): "test_readme_demo_output_is_what_the_demo_prints",
     ("README.md", ".venv/bin/loraplane serve"): "readme_server (fixture)",
     ("README.md", "import tinker"): "test_readme_sdk_and_export_snippets_run_against_serve",
     ("README.md", "from peft import PeftModel"): "test_readme_sdk_and_export_snippets_run_against_serve",
@@ -239,6 +241,31 @@ def test_readme_demo_and_setup_scripts_exist_and_parse() -> None:
     out = subprocess.run([sys.executable, "-m", "loraplane", "demo", "--help"], capture_output=True, text=True,
                          check=True, cwd=REPO)
     assert "--steps" in out.stdout
+
+
+def test_readme_demo_output_is_what_the_demo_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loraplane.singlenode import demo
+
+    lines = snippet("README.md", "server ready at").text.splitlines()
+    patterns = [
+        rf"server ready at http://127\.0\.0\.1:\d+; training {re.escape(demo.MODEL_NAME)} with LoRA rank 8",
+        r"before training: What is the capital of Zorbia\? -> '.*'",
+        r"fine-tuning: 100%\|.*\| 8/8 \[.*step, loss=[\d.]+\]",
+        r"loss per token: ([\d.]+ ){7}[\d.]+",
+        r"after training:  What is the capital of Zorbia\? -> 'The capital of Zorbia is Quellmont\.'",
+        r"checkpoint saved: tinker://\S+/weights/demo-final",
+        r"done in \d+ s",
+    ]
+    for line, pattern in zip(lines, patterns, strict=False):
+        assert re.fullmatch(pattern, line), f"{line!r} is not what the demo prints ({pattern})"
+    assert demo.FACTS[4][0] == "What is the capital of Zorbia?"
+    checkpoint = lines[5].removeprefix("checkpoint saved: ")
+    monkeypatch.setattr(demo, "loraplane_command", lambda: "/path/to/loraplane/.venv/bin/loraplane")
+    expected = demo.next_steps(model_dir=Path("/root/.cache/loraplane/smollm2-135m-instruct"),
+                               store="file:///root/.local/share/loraplane/store", checkpoint=checkpoint)
+    assert lines[len(patterns):] == expected
+    assert demo.default_cache_dir({"HOME": "/root"}) == Path("/root/.cache/loraplane/smollm2-135m-instruct")
+    assert artifacts.default_store_url({"HOME": "/root"}) == "file:///root/.local/share/loraplane/store"
 
 
 def test_readme_benchmark_command_names_a_script() -> None:

@@ -80,3 +80,9 @@ def test_training_through_the_sdk_prints_no_retry_warnings(
     assert len(result["losses"]) == 3 and result["checkpoint"].startswith("tinker://")
     assert printed[-1] == f"checkpoint saved: {result['checkpoint']}"
     assert logging.getLogger(demo.SDK_RETRY_LOGGER).level == logging.NOTSET  # restored afterwards
+
+
+@pytest.mark.parametrize(("environ", "cpus", "threads"),
+                         [({}, 2, 1), ({}, 1, 1), ({}, 8, 4), ({"LORAPLANE_RUNTIME__THREADS": "3"}, 2, 3)])
+def test_the_server_takes_half_the_cpus_unless_told(environ: dict[str, str], cpus: int, threads: int) -> None:
+    assert demo.default_threads(environ, cpus) == threads
