@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def measure(server: served.ServedGateway, args: argparse.Namespace) -> int:
-    logging.getLogger("tinker").setLevel(logging.WARNING)  # its retry notices would interleave with the table
+    logging.getLogger("tinker").setLevel(logging.ERROR)  # its retry warnings would interleave with the table
     service = tinker.ServiceClient(base_url=server.url, api_key=served.KEYS["alice"])
     alice = service.create_lora_training_client(base_model=server.model, rank=8, seed=0).result()
     data = sdk_batch()
