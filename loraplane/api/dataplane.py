@@ -53,8 +53,9 @@ class Runtimes:
         return c
 
     async def submit_forward_backward(self, address: str, adapter_id: str, body: bytes, *,
-                                      sequences_url: str | None = None) -> str:
-        return await self.client(address).submit_forward_backward(adapter_id, body, sequences_url=sequences_url)
+                                      sequences_url: str | None = None, tenant: str | None = None) -> str:
+        return await self.client(address).submit_forward_backward(adapter_id, body, sequences_url=sequences_url,
+                                                                  tenant=tenant)
 
     async def submit_op(self, address: str, adapter_id: str, op: dict[str, Any]) -> str:
         return await self.client(address).submit_op(adapter_id, op)

@@ -224,7 +224,7 @@ class Gateway:
         ref = self.owned_runtime(tenant, model_id)
         rid = await self.runtimes.submit_forward_backward(
             ref.address, self.adapter(model_id), raw,
-            sequences_url=artifacts.sequences_url(self.store.url, ids.parse_model_id(model_id)[0]))
+            sequences_url=artifacts.sequences_url(self.store.url, ids.parse_model_id(model_id)[0]), tenant=tenant)
         return self._future(model_id, ref, "fwdbwd", rid)
 
     async def optim_step(self, tenant: str, body: protocol.OptimStep) -> dict[str, Any]:

@@ -40,6 +40,8 @@ def error_for(status_code: int, body: Any) -> errors.LoraplaneError:
 
 #: Header of a forward_backward naming the store folder of its session's recorded sequences.
 SEQUENCES_HEADER = "x-loraplane-sequences"
+#: whose adapter a submitted op is for: the runtime shares its passes between tenants by it
+TENANT_HEADER = "x-loraplane-tenant"
 
 def _id(value: str) -> str:
     return quote(value, safe=":")
@@ -120,14 +122,17 @@ class RuntimeClient:
     # ---- ops -------------------------------------------------------------------------------
 
     async def submit_forward_backward(self, adapter_id: str, proto_bytes: bytes, *,
-                                      sequences_url: str | None = None) -> str:
+                                      sequences_url: str | None = None, tenant: str | None = None) -> str:
         """Forward a `ForwardBackwardRequest` (plain or zstd) unchanged; returns the request id.
 
-        `sequences_url` is where the session's recorded sequences are kept (stable_reinforce).
+        `sequences_url` is where the session's recorded sequences are kept (stable_reinforce);
+        `tenant` whose adapter it is (fair share).
         """
         headers = {"content-type": PROTOBUF}
         if sequences_url:
             headers[SEQUENCES_HEADER] = sequences_url
+        if tenant:
+            headers[TENANT_HEADER] = tenant
         response = await self._request("POST", f"/v1/adapters/{_id(adapter_id)}/ops", content=proto_bytes,
                                        headers=headers, ok=(202,))
         return response.json()["request_id"]

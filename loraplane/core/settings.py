@@ -38,6 +38,11 @@ class RuntimeSettings(BaseModel):
     seq_gap_timeout_s: float = Field(30.0, gt=0)
     #: Largest number of tokens gathered into one batched forward/backward.
     max_batch_tokens: int = Field(16384, ge=1)
+    #: Share training passes between tenants by weight (deficit round robin on tokens); off, the
+    #: passes rotate over adapters, so a tenant's share grows with its number of adapters.
+    fair_share: bool = True
+    #: Tenant -> weight in the fair share (others 1), e.g. LORAPLANE_RUNTIME__TENANT_WEIGHTS='{"alice": 3}'.
+    tenant_weights: dict[str, float] = Field(default_factory=dict)
     #: Largest number of input tokens in one forward_backward request (413 beyond): one request
     #: runs as one pass, so this bounds how long it holds the model and how much memory it takes.
     max_request_tokens: int = Field(65536, ge=1)

@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from loraplane.core import errors
-from loraplane.core.runtime_client import SEQUENCES_HEADER
+from loraplane.core.runtime_client import SEQUENCES_HEADER, TENANT_HEADER
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import executor as ex
 from loraplane.runtime import ops, residency, training, wire
@@ -218,7 +218,7 @@ async def submit_step(state: RuntimeState, executor: ex.Executor, adapter_id: st
     else:
         body = wire.parse_body(wire.OpBody, _json(raw))
         seq_id, payload = body.seq_id, wire.op_from_body(adapter_id, body, keep_snapshots=state.settings.max_snapshots)
-    request_id, _ = executor.submit(adapter_id, seq_id, payload)
+    request_id, _ = executor.submit(adapter_id, seq_id, payload, tenant=request.headers.get(TENANT_HEADER))
     return JSONResponse({"request_id": request_id}, 202)
 
 

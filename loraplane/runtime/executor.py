@@ -47,7 +47,7 @@ import torch
 
 from loraplane.core import errors, logs
 from loraplane.core.settings import RuntimeSettings
-from loraplane.runtime import residency, scheduling
+from loraplane.runtime import fairshare, residency, scheduling
 from loraplane.runtime.metrics import RuntimeMetrics
 from loraplane.runtime.ops import (
     FORWARD_KINDS,
@@ -75,6 +75,7 @@ MAX_RESULTS = 50_000
 @dataclass
 class _AdapterState:
     queue: SeqQueue
+    tenant: str = ""              # whose adapter (from the gateway's submits), for fair share
     last_used: float = 0.0        # executor clock, for eviction order
     last_used_wall: float = field(default_factory=time.time)  # unix time, for AdapterInfo
 
@@ -112,6 +113,8 @@ class Executor:
         self._samples: deque[Op] = deque()
         self._results: OrderedDict[str, Op] = OrderedDict()
         self._rotation = 0
+        #: fair-share credit of each backlogged tenant, carried between training passes
+        self._credit: dict[str, float] = {}
         self._running = 0
         self._sampling = 0  # requests in the decode batch
         self._stopped = False
@@ -232,8 +235,12 @@ class Executor:
 
     # ---- ops -------------------------------------------------------------------------------
 
-    def submit(self, adapter_id: str, seq_id: int | None, payload: Any) -> tuple[str, Future]:
+    def submit(self, adapter_id: str, seq_id: int | None, payload: Any,
+               tenant: str | None = None) -> tuple[str, Future]:
         """Queue one op of an adapter; returns (request id, future).
+
+        `tenant` names whose adapter it is (the gateway says so on each submit); training passes
+        share the model between tenants by it (`fairshare`).
 
         `payload` is a `FwdBwdWork` or one of the op dataclasses of `loraplane.runtime.ops`. A
         repeated `(adapter_id, seq_id)` returns the first submit's request id and future. Raises
@@ -251,6 +258,8 @@ class Executor:
             if existing is not None:
                 return existing.request_id, existing.future
             state.queue.check_window(seq_id)
+            if tenant:
+                state.tenant = tenant
             op = Op(
                 request_id=_new_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
                 tokens=work_tokens(payload) if kind in FORWARD_KINDS else 0,
@@ -439,6 +448,8 @@ class Executor:
         return items[start:] + items[:start]
 
     def _take_batch(self) -> list[Op]:
+        if self.settings.fair_share:
+            return self._take_fair_batch()
         budget = self.settings.max_batch_tokens
         batch: list[Op] = []
         tokens = 0
@@ -450,6 +461,29 @@ class Executor:
                 op = ready.popleft()
                 batch.append(op)
                 tokens += op.tokens
+        return batch
+
+    def _take_fair_batch(self) -> list[Op]:
+        """The next pass as `fairshare.plan_pass` shares it between tenants (under the lock)."""
+        states = self._ordered_states()
+        work = []
+        for adapter_id, state in states:
+            heads = []
+            for op in state.queue.ready:
+                if op.kind not in FORWARD_KINDS:
+                    break
+                heads.append(op.tokens)
+            if heads:
+                work.append(fairshare.ReadyWork(adapter_id, state.tenant, tuple(heads)))
+        plan = fairshare.plan_pass(work, budget=self.settings.max_batch_tokens,
+                                   weights=self.settings.tenant_weights, credit=self._credit)
+        self._credit = plan.credit
+        batch: list[Op] = []
+        for adapter_id, state in states:
+            for _ in range(plan.take.get(adapter_id, 0)):
+                op = state.queue.ready.popleft()
+                batch.append(op)
+                self.metrics.tenant_tokens(state.tenant, op.tokens)
         return batch
 
     def _take_singles(self, decoding: set[str]) -> list[Op]:

@@ -48,6 +48,11 @@ class RuntimeMetrics:
         self.tokens = Counter(
             "loraplane_runtime_tokens", "Tokens processed by forward/backward passes.", registry=self.registry,
         )
+        #: tokens each tenant's work put through training passes (its share of the model's time)
+        self.tenant_tokens_total = Counter(
+            "loraplane_runtime_tenant_tokens", "Tokens of each tenant's forward/backward work run in passes.",
+            ["tenant"], registry=self.registry,
+        )
         #: tokens/s of the last forward/backward pass
         self.tokens_per_second = Gauge(
             "loraplane_runtime_tokens_per_second", "Throughput of the last forward/backward pass.",
@@ -108,6 +113,10 @@ class RuntimeMetrics:
     def on_scrape(self, refresh: Callable[[RuntimeMetrics], None]) -> None:
         """Register a callback that sets the point-in-time gauges just before each scrape."""
         self._refresh = refresh
+
+    def tenant_tokens(self, tenant: str, tokens: int) -> None:
+        """A tenant's op of `tokens` tokens went into a training pass."""
+        self.tenant_tokens_total.labels(tenant or "-").inc(tokens)
 
     def op_finished(self, op: str, outcome: str, seconds: float | None = None) -> None:
         """Count one finished op; `outcome` is "ok", "user_error" or "server_error"."""

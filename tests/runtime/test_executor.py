@@ -392,3 +392,24 @@ def test_finished_forward_backward_drops_its_input_tensors():
     rid, fut = ex.submit("a", 1, FakeWork("a", "s1"))
     ex.run_once()
     assert fut.result(0) == "result:a:s1" and ex.lookup(rid).payload is None
+
+
+@pytest.mark.parametrize(("fair_share", "weights", "b_share"), [
+    (True, {}, (0.45, 0.55)),            # equal weights: B's one adapter gets half the passes' tokens
+    (True, {"a": 3.0}, (0.20, 0.30)),    # 3:1 for A
+    (False, {}, (0.0, 0.2)),             # rotation over adapters: B gets about 1/9
+])
+def test_training_passes_share_the_model_between_tenants_not_adapters(
+        fair_share: bool, weights: dict[str, float], b_share: tuple[float, float]) -> None:
+    """Tenant A has 8 adapters, B one, all backlogged; a pass holds the work of two adapters."""
+    adapters = [f"a{i}" for i in range(8)] + ["b0"]
+    ex = make_executor(adapters=adapters, max_batch_tokens=8, fair_share=fair_share, tenant_weights=weights)
+    for step in range(40):
+        for adapter in adapters:
+            ex.submit(adapter, step + 1, FakeWork(adapter, f"s{step}"), tenant=adapter[0])
+    for _ in range(40):  # both stay backlogged for all of these passes
+        ex.run_once()
+    ran = [item.split(":")[0] for call in ex.engine.fwd_calls for item in call]
+    share = sum(1 for a in ran if a == "b0") / len(ran)
+    assert b_share[0] <= share <= b_share[1], (share, len(ran))
+    assert all(len(call) <= 2 for call in ex.engine.fwd_calls)
