@@ -43,6 +43,10 @@ class RuntimeSettings(BaseModel):
     fair_share: bool = True
     #: Tenant -> weight in the fair share (others 1), e.g. LORAPLANE_RUNTIME__TENANT_WEIGHTS='{"alice": 3}'.
     tenant_weights: dict[str, float] = Field(default_factory=dict)
+    #: Tokens of forward/backward work one tenant may have queued on this runtime (429 beyond).
+    max_queued_tokens_per_tenant: int = Field(262144, ge=1)
+    #: Tokens of forward/backward work all tenants together may have queued (429 beyond).
+    max_queued_tokens: int = Field(1048576, ge=1)
     #: Largest number of input tokens in one forward_backward request (413 beyond): one request
     #: runs as one pass, so this bounds how long it holds the model and how much memory it takes.
     max_request_tokens: int = Field(65536, ge=1)

@@ -47,7 +47,7 @@ import torch
 
 from loraplane.core import errors, logs
 from loraplane.core.settings import RuntimeSettings
-from loraplane.runtime import fairshare, residency, scheduling
+from loraplane.runtime import admission, fairshare, residency, scheduling
 from loraplane.runtime.metrics import RuntimeMetrics
 from loraplane.runtime.ops import (
     FORWARD_KINDS,
@@ -260,6 +260,8 @@ class Executor:
             state.queue.check_window(seq_id)
             if tenant:
                 state.tenant = tenant
+            if kind in FORWARD_KINDS:
+                self._check_queue_room(state.tenant, work_tokens(payload))
             op = Op(
                 request_id=_new_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
                 tokens=work_tokens(payload) if kind in FORWARD_KINDS else 0,
@@ -462,6 +464,15 @@ class Executor:
                 batch.append(op)
                 tokens += op.tokens
         return batch
+
+    def _check_queue_room(self, tenant: str, tokens: int) -> None:
+        """Refuse (429) work past the tenant's or the runtime's queued-token limit (under the lock):
+        a tenant that floods gets told to wait instead of growing the queue without bound."""
+        queued = admission.queued_tokens(
+            (s.tenant, op.tokens) for s in self._adapters.values()
+            for op in (*s.queue.ready, *s.queue.waiting.values()) if op.kind in FORWARD_KINDS)
+        admission.check_room(queued, tenant, tokens, per_tenant=self.settings.max_queued_tokens_per_tenant,
+                             total=self.settings.max_queued_tokens)
 
     def _take_fair_batch(self) -> list[Op]:
         """The next pass as `fairshare.plan_pass` shares it between tenants (under the lock)."""

@@ -413,3 +413,14 @@ def test_training_passes_share_the_model_between_tenants_not_adapters(
     share = sum(1 for a in ran if a == "b0") / len(ran)
     assert b_share[0] <= share <= b_share[1], (share, len(ran))
     assert all(len(call) <= 2 for call in ex.engine.fwd_calls)
+
+
+def test_a_tenant_flooding_the_queue_gets_429_and_another_tenant_gets_in():
+    ex = make_executor(adapters=("a1", "b1"), max_queued_tokens_per_tenant=12, max_queued_tokens=16)
+    for seq in range(1, 4):  # 3 works of 4 tokens: at the tenant's limit
+        ex.submit("a1", seq, FakeWork("a1", f"s{seq}"), tenant="a")
+    with pytest.raises(errors.TooManyRequests, match="tenant 'a' has 12 tokens"):
+        ex.submit("a1", 4, FakeWork("a1", "s4"), tenant="a")
+    ex.submit("b1", 1, FakeWork("b1", "s1"), tenant="b")  # the other tenant is admitted
+    ex.run_once()
+    ex.submit("a1", 4, FakeWork("a1", "s4"), tenant="a")  # room again once the queue ran
