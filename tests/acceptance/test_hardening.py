@@ -336,6 +336,24 @@ def test_item10_a_keys_file_others_can_read_is_warned_about(tiny_model_dir: Path
         server.stop()
 
 
+def test_item9_a_tenant_over_its_queued_work_gets_429_with_retry_after_and_others_go_on(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    server = start_server(tiny_model_dir, f"file://{tmp_path}/store",
+                          env={"LORAPLANE_RUNTIME__MAX_QUEUED_TOKENS_PER_TENANT": "20"})
+    try:
+        # steps 2.. wait for a step 1 that never comes: 4 tokens each, 20 at most queued
+        _, client = _training_client(server, "bob")
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            answers = [_post_proto(http, _fwdbwd(client.model_id, seq_id=seq), BOB) for seq in range(2, 9)]
+            assert [a.status_code for a in answers[:5]] == [200] * 5
+            _error(answers[5], 429)
+            assert int(answers[5].headers["retry-after"]) >= 1
+        _, other = _training_client(server, "alice")
+        assert math.isfinite(other.forward_backward(ce_batch(), "cross_entropy").result().metrics["loss:sum"])
+    finally:
+        server.stop()
+
+
 def test_item9_a_tenant_over_its_request_rate_gets_429_with_retry_after(tiny_model_dir: Path, tmp_path: Path) -> None:
     server = start_server(tiny_model_dir, f"file://{tmp_path}/store",
                           env={"LORAPLANE_GATEWAY__RATE_PER_S": "1", "LORAPLANE_GATEWAY__RATE_BURST": "5"})
