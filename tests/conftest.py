@@ -18,3 +18,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.utils.tiny_models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_sdk_heartbeats_of_stopped_servers():  # type: ignore[no-untyped-def]
+    """SDK clients that a test module leaves open keep heartbeating, from their own threads, servers
+    that the module's teardown stopped; their warnings then land on the closed capture streams of
+    later tests ("--- Logging error ---"). Only the heartbeat's own logger is quieted."""
+    import logging
+
+    heartbeat = logging.getLogger("tinker.lib.internal_client_holder")
+    previous = heartbeat.level
+    heartbeat.setLevel(logging.ERROR)
+    yield
+    heartbeat.setLevel(previous)
