@@ -110,8 +110,13 @@ build() {
         mounts+=(-v "$WHEELS:/wheels:ro")
         args+=(--build-arg "PIP_FIND_LINKS=/wheels")
     fi
+    # Each build of a changed tree leaves the last image untagged (5.5 GB with torch): drop those,
+    # before and after, so that repeated runs do not fill the disk. Layers the tagged images use
+    # (the torch layer) stay cached.
+    podman image prune -f >/dev/null
     podman build --pull=never --network=host --format=docker "${mounts[@]}" "${args[@]}" \
         -t "$IMAGE" -f "$ROOT/Dockerfile" "$ROOT"
+    podman image prune -f >/dev/null
 }
 
 # Containers and files of the checks, removed however the script ends.
