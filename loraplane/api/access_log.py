@@ -62,19 +62,6 @@ def model_id_of(path: str, content_type: str, body: bytes, path_params: dict[str
     return str(run) if run and ":train:" in str(run) else None
 
 
-def reason_of(body: bytes) -> str:
-    """The message of an error answer (`error` or `detail`), else its first bytes. Pure."""
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return body[:200].decode(errors="replace")
-    if isinstance(parsed, dict):
-        for key in ("error", "detail"):
-            if isinstance(parsed.get(key), str):
-                return parsed[key]
-    return str(parsed)[:200]
-
-
 def fields_of(*, request_id: str, tenant: str | None, method: str, route: str, status: int, latency_s: float,
               model_id: str | None, reason: str | None) -> dict[str, Any]:
     """The access line's fields, in order; absent ones left out. Pure."""
@@ -112,8 +99,7 @@ class AccessLog:
         rid = logs.accept_request_id(headers.get(logs.HEADER.encode(), b"").decode(errors="replace") or None)
         token = logs.request_id.set(rid)
         peek = bytearray()
-        status = 500
-        error_body = bytearray()
+        answer = logs.ResponseWatch(_ERROR_BYTES)
 
         async def watched_receive() -> Message:
             message = await receive()
@@ -122,28 +108,23 @@ class AccessLog:
             return message
 
         async def watched_send(message: Message) -> None:
-            nonlocal status
+            answer.observe(message)
             if message["type"] == "http.response.start":
-                nonlocal started
-                started = True
-                status = message["status"]
                 message = {**message, "headers": [*message.get("headers", []), (logs.HEADER.encode(), rid.encode())]}
-            elif message["type"] == "http.response.body" and status >= 400 and len(error_body) < _ERROR_BYTES:
-                error_body.extend(message.get("body", b"")[: _ERROR_BYTES - len(error_body)])
             await send(message)
 
-        started = False
         try:
             await self.app(scope, watched_receive, watched_send)
         except asyncio.CancelledError:
             # Ended from outside (the server stopping, the client gone) before an answer: logged
             # as nginx does, 499, not as a fault of ours.
-            if status == 500 and not started:
-                status = CANCELLED
+            if not answer.started:
+                answer.status = CANCELLED
             raise
         finally:
             logs.request_id.reset(token)
-            self._log(scope, headers, rid, status, time.perf_counter() - start, bytes(peek), bytes(error_body))
+            self._log(scope, headers, rid, answer.status, time.perf_counter() - start, bytes(peek),
+                      bytes(answer.error_body))
 
     def _log(self, scope: Scope, headers: dict[bytes, bytes], rid: str, status: int, latency_s: float,
              body: bytes, error_body: bytes) -> None:
@@ -158,7 +139,7 @@ class AccessLog:
             route=route or path, status=status, latency_s=latency_s,
             model_id=model_id_of(path, headers.get(b"content-type", b"").decode(errors="replace"), body,
                                  scope.get("path_params") or {}),
-            reason=reason_of(error_body) if status >= 400 else None,
+            reason=logs.reason_of(error_body) if status >= 400 else None,
         )
         level = logging.WARNING if status >= 500 and status != CANCELLED else logging.INFO
         log.log(level, text_of(fields), extra={"fields": fields, "request_id": rid})

@@ -86,3 +86,38 @@ def configure(level: str = "info", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def reason_of(body: bytes) -> str:
+    """The message of an error answer (`error` or `detail`), else its first bytes. Pure."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body[:200].decode(errors="replace")
+    if isinstance(parsed, dict):
+        for key in ("error", "detail"):
+            if isinstance(parsed.get(key), str):
+                return parsed[key]
+    return str(parsed)[:200]
+
+
+class ResponseWatch:
+    """What an HTTP answer said, seen through its ASGI messages: the status, whether it started, and
+    the start of an error body (the log line's reason). Used by the gateway's access log and the
+    runtime's request log; it only reads the messages."""
+
+    def __init__(self, limit: int = 2048) -> None:
+        self.status = 500  #: until the answer starts, a request that ends is a fault
+        self.started = False
+        self.error_body = bytearray()
+        self._limit = limit
+
+    def observe(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = int(message["status"])
+        elif message["type"] == "http.response.body" and self.status >= 400 and len(self.error_body) < self._limit:
+            self.error_body.extend(message.get("body", b"")[: self._limit - len(self.error_body)])
+
+    def reason(self) -> str:
+        return reason_of(bytes(self.error_body))

@@ -9,7 +9,6 @@ successful calls at DEBUG; headers and query strings are never logged.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -32,32 +31,20 @@ class RequestLog:
         given = headers.get(logs.HEADER.encode())
         token = logs.request_id.set(logs.accept_request_id(given.decode(errors="replace")) if given else None)
         start = time.perf_counter()
-        status = 500
-        error_body = bytearray()
+        answer = logs.ResponseWatch()
 
         async def watched_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body" and status >= 400 and len(error_body) < 2048:
-                error_body.extend(message.get("body", b"")[:2048])
+            answer.observe(message)
             await send(message)
 
         try:
             await self.app(scope, receive, watched_send)
         finally:
             ms = (time.perf_counter() - start) * 1000
-            if status >= 400:
-                log.info("runtime answered %d to %s %s in %.1f ms: %s", status, scope.get("method"),
-                         scope.get("path"), ms, _reason(bytes(error_body)))
+            if answer.status >= 400:
+                log.info("runtime answered %d to %s %s in %.1f ms: %s", answer.status, scope.get("method"),
+                         scope.get("path"), ms, answer.reason())
             elif log.isEnabledFor(logging.DEBUG):
-                log.debug("runtime answered %d to %s %s in %.1f ms", status, scope.get("method"), scope.get("path"), ms)
+                log.debug("runtime answered %d to %s %s in %.1f ms", answer.status, scope.get("method"),
+                          scope.get("path"), ms)
             logs.request_id.reset(token)
-
-
-def _reason(body: bytes) -> str:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return body[:200].decode(errors="replace")
-    return str(parsed.get("error") or parsed.get("detail") or parsed) if isinstance(parsed, dict) else str(parsed)
