@@ -359,7 +359,7 @@ class Gateway:
                                  max_tokens=body.sampling_params.max_tokens or protocol.DEFAULT_MAX_TOKENS)
         ref = await self.sampler_runtime(record)
         request = {
-            "adapter_id": record.get("adapter_id"), "owner": ids.owner_key(record["sampler_id"]),
+            "adapter_id": record.get("adapter_id"), "owner": ids.owner_key(record["sampler_id"]), "tenant": tenant,
             "prompt_tokens": tokens, "num_samples": body.num_samples,
             "sampling_params": body.sampling_params.model_dump(exclude_none=True), "prompt_logprobs": body.prompt_logprobs,
         }

@@ -372,9 +372,18 @@ class Executor:
         return finished
 
     def _take_samples(self) -> list[Op]:
-        """The waiting sample requests that join the decode batch this turn (under the lock)."""
+        """The waiting sample requests that join the decode batch this turn (under the lock), the
+        tenants with the smallest share of the batch first (`fairshare.admission_order`)."""
         if not self._samples:
             return []
+        if self.settings.fair_share and len(self._samples) > 1:
+            running: dict[str, int] = {}
+            for req in self._decoder.requests():
+                tenant = _tenant_of(req.job.tag)
+                running[tenant] = running.get(tenant, 0) + max(req.live, 1)
+            waiting = [(_tenant_of(op), op.job.need(prefilling=True).rows) for op in self._samples]
+            order = fairshare.admission_order(waiting, running, self.settings.tenant_weights)
+            self._samples = deque(self._samples[i] for i in order)
         count = scheduling.admit_count(
             self._decoder.needs(), [op.job.need(prefilling=True) for op in self._samples],
             self.engine.kv_bytes_per_token, self.settings.kv_cache_bytes, self.settings.max_decode_rows)
@@ -626,6 +635,11 @@ class Executor:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _tenant_of(op: Any) -> str:
+    """Whose sample request an op is ("" when the caller did not say)."""
+    return getattr(getattr(op, "payload", None), "tenant", None) or ""
 
 
 def _settle(future: Future, *, result: Any = None, exc: BaseException | None = None) -> None:

@@ -109,3 +109,30 @@ def _spend(queues: list[ReadyWork], taken: dict[str, int], turn: dict[str, int],
                 break
         if not took or used >= budget:
             return used
+
+
+def admission_order(waiting: Sequence[tuple[str, int]], running_rows: Mapping[str, int],
+                    weights: Mapping[str, float] | None = None) -> list[int]:
+    """The order in which waiting sample requests may join the decode batch. No side effects;
+    called by `Executor._take_samples` every turn.
+
+    `waiting` holds (tenant, rows) of each waiting request in arrival order, `running_rows` the rows
+    each tenant decodes now. Each next request comes from the tenant whose rows, counted with those
+    already placed before it, are fewest for its weight; a tenant's own requests keep their arrival
+    order. When the batch has room for all, the order does not matter; when it is full, the tenant
+    with the smallest share of it is the next one in.
+    """
+    weights = weights or {}
+    rows = {t: float(running_rows.get(t, 0)) for t, _ in waiting}
+    queues: dict[str, list[int]] = {}
+    for i, (tenant, _) in enumerate(waiting):
+        queues.setdefault(tenant, []).append(i)
+    order: list[int] = []
+    while queues:
+        tenant = min(queues, key=lambda t: (rows[t] / max(weights.get(t, 1.0), 1e-9), queues[t][0]))
+        i = queues[tenant].pop(0)
+        order.append(i)
+        rows[tenant] += waiting[i][1]
+        if not queues[tenant]:
+            del queues[tenant]
+    return order

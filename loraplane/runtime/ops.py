@@ -123,6 +123,7 @@ class Sample:
     prompt_logprobs: bool = False
     prompt_logprobs_last_n: int | None = None  # positions before len(prompt) - n are reported unscored
     owner: str | None = None  # who may read the result (the gateway's sampler); None: anyone who knows its id
+    tenant: str | None = None  # whose request (fair admission into the decode batch)
     record_sequence_ids: tuple[str, ...] = ()  # non-empty: record each sample for stable_reinforce
     record_url: str | None = None  # store folder to keep the records in too
     topk_prompt_logprobs: int = 0

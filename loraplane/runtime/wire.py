@@ -310,6 +310,8 @@ class SampleBody(StrictBody):
     adapter_id: str | None = None
     #: who may read the result (`GET /v1/results/{id}?owner=`); the gateway names the sampler
     owner: str | None = Field(None, max_length=253)
+    #: whose request it is: the decode batch admits tenants fairly
+    tenant: str | None = Field(None, max_length=63)
     prompt_tokens: list[int] = Field(min_length=1)
     num_samples: int = Field(1, ge=1, le=128)
     sampling_params: SamplingParamsBody = Field(default_factory=SamplingParamsBody)
@@ -385,7 +387,8 @@ def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
                       prompt_logprobs_last_n=body.prompt_logprobs_last_n,
                       topk_prompt_logprobs=body.topk_prompt_logprobs, topk_sample_logprobs=body.topk_sample_logprobs,
                       target_prompt_logprobs=target, prompt_alt_tokens_k=body.prompt_alt_tokens_k,
-                      owner=body.owner, record_sequence_ids=tuple(body.record_sequence_ids or ()),
+                      owner=body.owner, tenant=body.tenant,
+                      record_sequence_ids=tuple(body.record_sequence_ids or ()),
                       record_url=body.record_url)
 
 

@@ -75,3 +75,21 @@ def test_over_many_passes_each_tenant_gets_its_weighted_share() -> None:
             totals[tenant] += tokens
     share_a = totals["a"] / (totals["a"] + totals["b"])
     assert 0.70 <= share_a <= 0.80, totals
+
+
+@pytest.mark.parametrize(("waiting", "running", "weights", "order"), [
+    # arrival order when one tenant waits
+    ([("a", 4), ("a", 4)], {}, {}, [0, 1]),
+    # a flood of a's requests does not keep b's out: b's comes second
+    ([("a", 4), ("a", 4), ("a", 4), ("b", 4)], {}, {}, [0, 3, 1, 2]),
+    # the tenant with fewer rows decoding now goes first
+    ([("a", 4), ("b", 4)], {"a": 8}, {}, [1, 0]),
+    # by weight: a (3) may hold three times b's rows before b goes first
+    ([("a", 4), ("a", 4), ("b", 4)], {"a": 8, "b": 4}, {"a": 3.0}, [0, 1, 2]),
+    ([("a", 4), ("b", 4)], {"a": 16, "b": 4}, {"a": 3.0}, [1, 0]),
+])
+def test_sample_requests_join_the_decode_batch_tenant_by_tenant(
+        waiting: list[tuple[str, int]], running: dict[str, int], weights: dict[str, float], order: list[int]) -> None:
+    from loraplane.runtime.fairshare import admission_order
+
+    assert admission_order(waiting, running, weights) == order
