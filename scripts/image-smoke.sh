@@ -111,9 +111,11 @@ build() {
         args+=(--build-arg "PIP_FIND_LINKS=/wheels")
     fi
     # Each build of a changed tree leaves the last image untagged (5.5 GB with torch): drop those,
-    # before and after, so that repeated runs do not fill the disk. Layers the tagged images use
-    # (the torch layer) stay cached.
+    # before and after, so that repeated runs do not fill the disk. The build stage is tagged too
+    # ($IMAGE-build), so that its layers (torch's above all) stay cached for the next run.
     podman image prune -f >/dev/null
+    podman build --pull=never --network=host --format=docker "${mounts[@]}" "${args[@]}" \
+        --target build -t "$IMAGE-build" -f "$ROOT/Dockerfile" "$ROOT"
     podman build --pull=never --network=host --format=docker "${mounts[@]}" "${args[@]}" \
         -t "$IMAGE" -f "$ROOT/Dockerfile" "$ROOT"
     podman image prune -f >/dev/null
