@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from tests.k8s.cluster import Cluster
@@ -115,3 +116,10 @@ def cluster(control_plane: ControlPlane, kubeconfig_path: Path, fault_proxy: Fau
     c = Cluster(control_plane, fault_proxy)
     yield c
     c.close()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    """Runtimes run in the test process beside the API server and etcd: one torch thread each
+    keeps the two cores from fighting over a pass."""
+    torch.set_num_threads(1)

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from loraplane.api import ids
@@ -23,11 +22,6 @@ from tests.k8s.test_operator_gateway import adapters, dispatches
 from tests.operator.harness import wait_for
 
 JOBS = r"/apis/loraplane\.dev/v1alpha1/namespaces/[^/]+/lorajobs"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 @pytest.fixture

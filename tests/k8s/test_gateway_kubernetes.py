@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 import tinker
-import torch
 
 from loraplane.api import ids
 from loraplane.core import artifacts
@@ -44,11 +43,6 @@ from tests.operator.real_runtime import RealRuntime
 KEYS = {"alice": "tml-alice-0123456789"}
 #: Paths of LoRAJob objects in the proxy's request counts.
 LORAJOB_PATHS = rf"/apis/{API_VERSION}/namespaces/default/{PLURAL}"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 @dataclass

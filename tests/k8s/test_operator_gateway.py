@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import tinker
-import torch
 import yaml
 
 from loraplane.api import ids
@@ -30,11 +29,6 @@ from tests.k8s.stack import LoraplaneStack, wait_gone
 from tests.operator.harness import wait_for
 
 ROWS = [{"prompt": f"Q{i}: 2+{i}?", "completion": f" {2 + i}"} for i in range(8)]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 @pytest.fixture

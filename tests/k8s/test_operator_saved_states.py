@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import torch
 
 from loraplane.api.gateway import utcnow
 from loraplane.api.records import Records
@@ -25,11 +23,6 @@ from tests.operator.real_runtime import RealRuntime
 
 ADAPTER = "default.chat"
 ADAM = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.0, "grad_clip_norm": 0.0}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 

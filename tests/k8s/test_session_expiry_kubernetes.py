@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import torch
 
 from loraplane.api import ids
 from loraplane.core import artifacts
@@ -19,7 +18,6 @@ from tests.operator.real_runtime import RealRuntime
 
 def test_a_silent_session_expires_its_state_is_saved_and_its_adapter_freed(
         cluster: Cluster, kubeconfig_path: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     store_url = f"file://{tmp_path / 'store'}"
     rt = RealRuntime(tiny_model_dir).start()
     try:
