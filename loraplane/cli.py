@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("loraplane.api.cli", "the Tinker-protocol gateway (Kubernetes mode)"),
     "operator": ("loraplane.operator.cli", "the Kopf operator that schedules and follows LoRAJobs"),
     "runtime": ("loraplane.runtime.cli", "the GPU runtime: one base model, many LoRA adapters"),
+    "jobs": ("loraplane.jobsctl.cli", "apply, get, describe and delete LoRAJobs on a running `loraplane serve`"),
     "demo": ("loraplane.singlenode.demo", "fine-tune a small real model through the Tinker SDK, end to end"),
 }
 

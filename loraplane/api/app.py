@@ -38,7 +38,7 @@ from loraplane.api import access_log, guards, sdk_versions, sessions_expiry
 from loraplane.api import errors as api_errors
 from loraplane.api.auth import KeyTable
 from loraplane.api.gateway import Gateway
-from loraplane.api.routes import checkpoints, exports, futures, sampling, sessions, training
+from loraplane.api.routes import checkpoints, exports, futures, jobs, sampling, sessions, training
 from loraplane.core import errors
 from loraplane.core.settings import GatewaySettings
 
@@ -172,6 +172,7 @@ def create_app(gateway: Gateway, keys: KeyTable, *, settings: GatewaySettings | 
     app.include_router(health, prefix=API_PREFIX)
     for module in (sessions, training, sampling, futures, checkpoints, exports):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(jobs.router, prefix=jobs.PREFIX)
     app.add_middleware(StepLane, routes=step_routes())
     app.add_middleware(guards.RateLimit, rate_per_s=settings.rate_per_s, burst=settings.rate_burst,
                        exempt=frozenset({API_PREFIX + "/retrieve_future"}))

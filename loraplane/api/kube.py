@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import os
 import time
 from typing import Any
 
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from loraplane.core import errors, scheduling
+from loraplane.clients.kubernetes import api_client
+from loraplane.core import errors, manifests, phases, scheduling
 from loraplane.core.models.v1alpha1.lorajob import (
     GROUP,
+    KIND,
     PLURAL,
     SESSION_LABEL,
     TENANT_LABEL,
@@ -43,6 +45,18 @@ from loraplane.core.runtime_client import RuntimeClient
 from loraplane.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _refusal(exc: ApiException, name: str) -> errors.LoraplaneError:
+    """The API server's answer to a create or replace, as the error a user can act on. Pure."""
+    if exc.status in (400, 422):
+        detail = exc.body
+        with contextlib.suppress(ValueError, TypeError):
+            detail = json.loads(exc.body).get("message") or exc.body
+        return errors.InvalidInput(f"the cluster refused job {name!r}: {detail}")
+    if exc.status == 403:
+        return errors.ServerError(f"the gateway may not write job {name!r}: {exc.reason}")
+    return errors.ServerError(f"writing job {name!r}: {exc.status} {exc.reason}")
 
 
 def job_manifest(job: LoRAJob, namespace: str) -> dict[str, Any]:
@@ -100,7 +114,7 @@ class KubeControlPlane:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
             if self._api_client is None:
-                self._api_client = await _api_client(self.kubeconfig)
+                self._api_client = await api_client(self.kubeconfig)
                 self._changed = asyncio.Condition()
                 self._watcher = asyncio.create_task(self._watch_forever(), name="lorajob-watch")
         return client.CustomObjectsApi(self._api_client)
@@ -215,6 +229,51 @@ class KubeControlPlane:
                 return None
             raise errors.ServerError(f"reading job {name!r}: {exc.status} {exc.reason}") from exc
 
+    async def apply_job(self, manifest: dict[str, Any], *, tenant: str) -> tuple[LoRAJob, bool]:
+        job = manifests.validated(manifest, namespace=self.namespace)
+        if job.spec.tenant != tenant:
+            raise errors.Forbidden(f"spec.tenant is {job.spec.tenant!r}, but your API key is tenant {tenant!r}",
+                                   field="spec.tenant")
+        api = await self._ready()
+        body = job_manifest(job, self.namespace)
+        try:
+            created = await api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+            return LoRAJob.from_body(created), True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _refusal(exc, job.metadata.name) from exc
+        for _ in range(3):  # a status write between our read and our replace is a 409: read again
+            current = await api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, job.metadata.name)
+            if (current.get("spec") or {}).get("tenant") != tenant:
+                raise errors.Conflict(f"job {job.metadata.name!r} belongs to another tenant; choose another name",
+                                      field="metadata.name")
+            current["spec"] = body["spec"]
+            current["metadata"]["labels"] = body["metadata"]["labels"]
+            current["metadata"]["annotations"] = body["metadata"].get("annotations") or {}
+            try:
+                stored = await api.replace_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, job.metadata.name, current)
+                return LoRAJob.from_body(stored), False
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise _refusal(exc, job.metadata.name) from exc
+        raise errors.CapacityError(f"job {job.metadata.name!r} keeps changing; apply it again")
+
+    async def job_events(self, name: str) -> list[dict[str, Any]]:
+        await self._start()
+        core = client.CoreV1Api(self._api_client)
+        try:
+            listed = await core.list_namespaced_event(
+                self.namespace, field_selector=f"involvedObject.kind={KIND},involvedObject.name={name}")
+        except ApiException as exc:
+            raise errors.ServerError(f"reading the events of job {name!r}: {exc.status} {exc.reason}") from exc
+        out = []
+        for event in listed.items:
+            when = event.last_timestamp or event.event_time or event.first_timestamp
+            out.append({"lastTimestamp": when.isoformat().replace("+00:00", "Z") if when else None,
+                        "type": event.type, "reason": event.reason, "message": event.message or ""})
+        return sorted(out, key=lambda e: e["lastTimestamp"] or "")
+
     async def get_job(self, name: str) -> LoRAJob | None:
         await self._ready()
         return self._jobs.get(name)
@@ -241,8 +300,9 @@ class KubeControlPlane:
                 job = self._jobs.get(name)
                 if job is not None and job.status.phase == Phase.RUNNING and job.status.runtime is not None:
                     return job
-                if job is not None and job.status.phase == Phase.FAILED:
-                    raise errors.UserError(f"job {name!r} failed: {job.status.message or 'no reason given'}")
+                failure = phases.start_failure(job) if job is not None else None
+                if failure is not None:
+                    raise errors.UserError(f"job {name!r} failed: {failure}")
                 left = deadline - loop.time()
                 if left <= 0:
                     why = job.status.message if job is not None else "the job does not exist"
@@ -278,15 +338,3 @@ class KubeControlPlane:
                 if health.get("ready"):
                     found.append((RuntimeRef(pod=pod["metadata"]["name"], address=address), health.get("base_model")))
         return found
-
-
-async def _api_client(kubeconfig: str | None) -> client.ApiClient:
-    """In a pod: the service account; elsewhere: the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
-        return client.ApiClient()
-    configuration = client.Configuration()
-    # kubernetes_asyncio reads $KUBECONFIG once, at import; read it when connecting instead.
-    await config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"),
-                                  client_configuration=configuration)
-    return client.ApiClient(configuration=configuration)

@@ -95,11 +95,16 @@ def check_name(name: str, *, field: str) -> str:
     return name
 
 
-def default_store_url(environ: dict[str, str] | None = None) -> str:
-    """`file://$XDG_DATA_HOME/loraplane/store` (or ~/.local/share/...). Pure given `environ`."""
+def default_data_dir(environ: dict[str, str] | None = None) -> str:
+    """`$XDG_DATA_HOME/loraplane` (or ~/.local/share/loraplane). Pure given `environ`."""
     env = os.environ if environ is None else environ
     base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local" / "share")
-    return "file://" + str(Path(base) / "loraplane" / "store")
+    return str(Path(base) / "loraplane")
+
+
+def default_store_url(environ: dict[str, str] | None = None, *, data_dir: str | None = None) -> str:
+    """`file://<data dir>/store`, the data dir defaulting to `default_data_dir`. Pure given `environ`."""
+    return "file://" + str(Path(data_dir or default_data_dir(environ)) / "store")
 
 
 def join(base: str, *parts: str) -> str:

@@ -1,7 +1,7 @@
 """The control-plane interface between the gateway and wherever LoRAJobs live.
 
 Two implementations:
-    loraplane.singlenode.controlplane.EmbeddedControlPlane   jobs in process, persisted to the store
+    loraplane.singlenode.controlplane.EmbeddedControlPlane   jobs in an SQLite file, the shared reconcile loop
     loraplane.api.kube.KubeControlPlane                      jobs as LoRAJob custom resources
 
 The gateway turns Tinker's session-level calls into these operations and asks `runtime_for` on
@@ -10,7 +10,7 @@ every per-step call, so implementations answer that from a local cache, never a 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from loraplane.core.models.v1alpha1 import LoRAJob, RuntimeRef
 
@@ -18,6 +18,17 @@ from loraplane.core.models.v1alpha1 import LoRAJob, RuntimeRef
 class ControlPlane(Protocol):
     async def create_job(self, job: LoRAJob) -> LoRAJob:
         """Create the job; creating a job that exists with the same spec returns it (idempotent)."""
+        ...
+
+    async def apply_job(self, manifest: dict[str, Any], *, tenant: str) -> tuple[LoRAJob, bool]:
+        """Create a manifest's job, or update the mutable fields of the tenant's job of that name,
+        as `kubectl apply` does: (the stored job, whether it was created). The manifest is checked
+        against the LoRAJob schema (InvalidInput naming the field); `spec.tenant` must be `tenant`
+        (Forbidden), and a name taken by another tenant is a Conflict."""
+        ...
+
+    async def job_events(self, name: str) -> list[dict[str, Any]]:
+        """The job's Events, oldest first: {type, reason, message, lastTimestamp}."""
         ...
 
     async def get_job(self, name: str) -> LoRAJob | None: ...

@@ -1,6 +1,7 @@
 """A LoRAJob's life: what to do next, and the status each step leads to.
 
-Callers: the operator (`loraplane.operator.reconciling`) and the embedded control plane. Every
+Callers: the reconcile loop (`loraplane.control.loop`), which the operator and `loraplane serve`
+both run, and the gateway's control planes (`start_failure`). Every
 function here is pure: the caller passes in the job, what it observed and the time (`now`, an
 aware datetime), and applies the answer (a `Decision`, or a new `LoRAJobStatus` that it writes
 with `status_patch`).
@@ -400,6 +401,21 @@ def finished(status: LoRAJobStatus, phase: Phase, reason: str, message: str, now
     return _with(
         status, phase=phase, runtime=None, conditions=conditions, completion_time=iso(now), message=message
     )
+
+
+def start_failure(job: LoRAJob) -> str | None:
+    """Why a job that a client waits on will not start, or None while it may. Pure.
+
+    A Failed job, and a job whose last dispatch the runtime refused (it retries with backoff, but
+    a client creating a session wants the refusal now rather than after every retry).
+    """
+    status = job.status
+    if status.phase == Phase.FAILED:
+        return status.message or "no reason given"
+    ready = next((c for c in status.conditions if c.type == READY), None)
+    if status.phase == Phase.PENDING and ready is not None and ready.status == "False" and ready.reason == "DispatchFailed":
+        return ready.message or "the runtime refused the adapter"
+    return None
 
 
 def status_patch(old: LoRAJobStatus, new: LoRAJobStatus) -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""Kopf handlers: thin glue from Kopf's watches to the reconcile loops in `reconciling`.
+"""Kopf handlers: thin glue from Kopf's watches to the shared reconcile loops (`loraplane.control`).
 
-Callers: `running.run_operator` builds a registry with `build_registry` and hands it to
-`kopf.operator`. Each handler reads, calls into `reconciling` and returns.
+Callers: `cli.run_operator` builds a registry with `build_registry` and hands it to
+`kopf.operator`. Each handler reads, calls into `loraplane.control` and returns.
 
     pods (runtime selector)  ──on.event──▶ RuntimePool ──(readiness changed)──▶ wake every job loop
     lorajobs                 ──on.event──▶ wake that job's loop
@@ -20,21 +20,19 @@ from typing import Any
 
 import kopf
 
+from loraplane.clients.kubernetes import api_client
+from loraplane.control import loop, pool
+from loraplane.control.runtime_calls import RuntimeCalls
 from loraplane.core import scheduling
 from loraplane.core.models.v1alpha1.lorajob import FINALIZER, GROUP, PLURAL, VERSION, LoRAJob
 from loraplane.core.settings import OperatorSettings
-from loraplane.operator import kubeapi, metrics, reconciling, runtimes
-from loraplane.operator.runtime_calls import RuntimeCalls
+from loraplane.operator import kubeapi, metrics_server
 
 log = logging.getLogger(__name__)
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    kopf.event(dict(body), type=type_, reason=reason, message=message[:1000])
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -63,7 +61,7 @@ def build_registry(
     registry = kopf.OperatorRegistry()
     state: dict[str, Any] = {}  #: "ctx" -> OperatorContext, "tasks" -> background tasks, "runner"
 
-    def ctx() -> reconciling.OperatorContext:
+    def ctx() -> loop.ControlContext:
         return state["ctx"]
 
     @kopf.on.login(registry=registry)
@@ -74,27 +72,26 @@ def build_registry(
     async def operator_started(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings)
         calls = RuntimeCalls()
-        pool = runtimes.RuntimePool(port=operator_settings.runtime_port, client=calls)
-        jobs = kubeapi.LoRAJobs(await kubeapi.load_config(kubeconfig))
-        context = reconciling.OperatorContext(
+        runtimes = pool.RuntimePool(port=operator_settings.runtime_port, client=calls)
+        jobs = kubeapi.KubeJobStore(await api_client(kubeconfig))
+        context = loop.ControlContext(
             settings=operator_settings,
             store_url=store_url,
-            pool=pool,
+            pool=runtimes,
             runtime=calls,
             jobs=jobs,
-            post_event=_post_event,
             clock=clock,
         )
         if backoff_base_s is not None:
             context.backoff_base_s = backoff_base_s
-        pool.on_change(context.wake_all)
+        runtimes.on_change(context.wake_all)
         state["ctx"] = context
         state["stop"] = asyncio.Event()
         state["poll"] = asyncio.create_task(
-            pool.poll_forever(operator_settings.health_interval_s, state["stop"])
+            runtimes.poll_forever(operator_settings.health_interval_s, state["stop"])
         )
         if metrics_port:
-            state["runner"] = await metrics.start_server("0.0.0.0", metrics_port)
+            state["runner"] = await metrics_server.start("0.0.0.0", metrics_port)
 
     @kopf.on.cleanup(registry=registry)
     async def operator_stopping(**_: Any) -> None:
@@ -128,16 +125,16 @@ def build_registry(
 
     @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, registry=registry)
     async def lorajob_daemon(body: kopf.Body, uid: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
-        await reconciling.JobLoop(ctx(), body).run(stopped, uid)
+        await loop.JobLoop(ctx(), body).run(stopped, uid)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     async def lorajob_deleted(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-        loop = reconciling.JobLoop(ctx(), body)
+        job_loop = loop.JobLoop(ctx(), body)
         try:
             job = LoRAJob.from_body(dict(body))
         except ValueError:
             return  # an invalid spec was never dispatched
-        await loop.unload(job)
+        await job_loop.unload(job)
         ctx().pool.unplaced(f"{namespace}/{name}")
         ctx().phase_counts.set(f"{namespace}/{name}", None)
 

@@ -1,60 +1,39 @@
-"""The operator's own writes to the Kubernetes API: LoRAJob status and deletion.
+"""The operator's own writes to the Kubernetes API: LoRAJob status, deletion and Events.
 
-Callers: `reconciling`. Kopf watches and posts Events; this module does what a long-running
-per-job loop needs beyond that: merge-patching the status subresource at any moment (Kopf
-applies a daemon's patch only when the daemon returns) and deleting expired jobs.
+Callers: the reconcile loop (`loraplane.control.loop`), through the `JobStore` interface. Kopf
+watches; this module does what a long-running per-job loop needs beyond that: merge-patching the
+status subresource at any moment (Kopf applies a daemon's patch only when the daemon returns),
+deleting expired jobs, and posting Events (through Kopf's poster, which batches them).
 
 Design notes
 ============
-Credentials come from the kubeconfig (`$KUBECONFIG` or ~/.kube/config) or, inside a pod, the
-service account, the same sources Kopf logs in with. A 409 or 5xx becomes `Retry`, which the
-reconcile loop turns into a short wait; a 404 means the job is gone.
+A 409, 429 or 5xx becomes `RetryLater`, which the reconcile loop turns into a short wait; a 404
+means the job is gone.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from typing import Any
 
-from kubernetes_asyncio import client, config
+import kopf
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from loraplane.control.store import JobGone, RetryLater
 from loraplane.core.models.v1alpha1.lorajob import GROUP, PLURAL, VERSION
-
-
-class Retry(Exception):
-    """A conflict or a server error: try again after `delay` seconds."""
-
-    def __init__(self, message: str, delay: float = 1.0) -> None:
-        super().__init__(message)
-        self.delay = delay
-
-
-class Gone(Exception):
-    """The job no longer exists."""
-
-
-async def load_config(kubeconfig: str | None = None) -> client.ApiClient:
-    """An API client from the service account in a pod, else from the kubeconfig."""
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
-        return client.ApiClient()
-    configuration = client.Configuration()
-    await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    return client.ApiClient(configuration=configuration)
 
 
 def _translate(exc: ApiException, what: str) -> Exception:
     if exc.status == 404:
-        return Gone(what)
+        return JobGone(what)
     if exc.status == 409 or exc.status == 429 or (exc.status or 0) >= 500:
-        return Retry(f"{what}: {exc.status} {exc.reason}", delay=1.0)
+        return RetryLater(f"{what}: {exc.status} {exc.reason}", delay=1.0)
     return exc
 
 
-class LoRAJobs:
-    """Status patches and deletes of LoRAJob objects."""
-
+class KubeJobStore:
+    """`JobStore` over LoRAJob custom resources."""
     def __init__(self, api_client: client.ApiClient) -> None:
         self._api_client = api_client
         self._api = client.CustomObjectsApi(api_client)
@@ -88,5 +67,8 @@ class LoRAJobs:
             await self._api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         except ApiException as exc:
             translated = _translate(exc, f"delete {namespace}/{name}")
-            if not isinstance(translated, Gone):
+            if not isinstance(translated, JobGone):
                 raise translated from exc
+
+    def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        kopf.event(dict(body), type=type_, reason=reason, message=message[:1000])

@@ -1,7 +1,7 @@
 """`loraplane serve`: the Tinker API on one machine, no Kubernetes.
 
 Every flag has an environment variable (flags win): LORAPLANE_MODELS="N=P,N2=P2",
-LORAPLANE_STORE__URL, LORAPLANE_GATEWAY__API_KEYS, LORAPLANE_GATEWAY__API_KEYS_FILE,
+LORAPLANE_DATA_DIR, LORAPLANE_STORE__URL, LORAPLANE_GATEWAY__API_KEYS, LORAPLANE_GATEWAY__API_KEYS_FILE,
 LORAPLANE_GATEWAY__HOST / __PORT, LORAPLANE_RUNTIME__DEVICE / __DTYPE / __THREADS.
 When the server listens it logs one line, "loraplane serving at http://HOST:PORT" (with the real
 port when --port 0 asked for a free one).
@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from loraplane.api.auth import load_keys, split_inline
@@ -48,7 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=port, help="port (LORAPLANE_GATEWAY__PORT, default 8000; 0 = any free port)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                         help="serve the local model at PATH as base_model NAME (repeatable; LORAPLANE_MODELS)")
-    parser.add_argument("--store", help="artifact store URL (LORAPLANE_STORE__URL; default under the data dir)")
+    parser.add_argument("--data-dir", help="where the job store (jobs.sqlite) and, by default, the artifact store "
+                                           "live (LORAPLANE_DATA_DIR, default ~/.local/share/loraplane)")
+    parser.add_argument("--store", help="artifact store URL (LORAPLANE_STORE__URL; default: DATA_DIR/store)")
     parser.add_argument("--api-key", action="append", default=[], metavar="TENANT=KEY",
                         help="accept KEY for TENANT (repeatable; LORAPLANE_GATEWAY__API_KEYS)")
     parser.add_argument("--api-keys-file", help="file of tenant=key lines (LORAPLANE_GATEWAY__API_KEYS_FILE)")
@@ -86,8 +89,10 @@ def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None)
     inline = list(args.api_key) or split_inline(gateway.api_keys)
     files = [f for f in [args.api_keys_file or gateway.api_keys_file] if f]
     keys = load_keys(inline=inline, files=files)
-    return ServeConfig(models=models, keys=keys, store_url=args.store or settings.store.url or artifacts.default_store_url(),
-                       gateway=gateway, runtime=runtime)
+    data_dir = getattr(args, "data_dir", None) or env.get("LORAPLANE_DATA_DIR")
+    store_url = args.store or settings.store.url or artifacts.default_store_url(env, data_dir=data_dir)
+    return ServeConfig(models=models, keys=keys, store_url=store_url, data_dir=Path(data_dir) if data_dir else None,
+                       gateway=gateway, runtime=runtime, control=settings.operator)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,6 +122,7 @@ def check_start(config: Any) -> None:
     from loraplane.runtime import model_host
 
     artifacts.open_store(config.store_url)
+    check_job_store(config.jobs_path())
     for name, path in config.models.items():
         problem = model_host.model_dir_problem(path)
         if problem is not None:
@@ -125,6 +131,18 @@ def check_start(config: Any) -> None:
 
     model_host.resolve_device(config.runtime.device, torch.cuda.is_available())
     model_host.resolve_dtype(config.runtime.dtype, torch.device("cpu"))
+
+
+def check_job_store(path: Path) -> None:
+    """Open (or create) the job store once, so an unusable data directory is one line at start."""
+    import sqlite3
+
+    from loraplane.singlenode.jobstore import SqliteJobStore
+
+    try:
+        SqliteJobStore(path).close()
+    except (OSError, sqlite3.Error) as exc:
+        raise errors.InvalidInput(f"--data-dir: cannot use the job store {path}: {exc}", field="data_dir") from None
 
 
 def serve(config: Any) -> int:

@@ -1,43 +1,51 @@
 """EmbeddedControlPlane: LoRAJobs without Kubernetes, for `loraplane serve`.
 
-Callers: `singlenode.cli` builds it and hands it to the gateway, which uses it through
-`loraplane.core.controlplane.ControlPlane` exactly as it uses the Kubernetes one.
+Callers: `singlenode.server` builds it and hands it to the gateway, which uses it through
+`loraplane.core.controlplane.ControlPlane` exactly as it uses the Kubernetes one; the gateway's
+`/loraplane/v1/jobs` routes (`loraplane jobs`) apply, read and delete manifests through it.
 
 Design notes
 ============
-* Jobs are the same `LoRAJob` objects, kept in a dict and persisted as JSON under
-  `<store>/jobs/<name>.json`, so `kubectl`-style inspection is a look at the store and a restart
-  knows what existed. Status (phase, conditions, runtime) is written here alone.
-* Placement uses `loraplane.core.scheduling.place`, the operator's own decision, over the runtimes
-  this process serves (one per base model).
-* Dispatch talks to the runtime's internal API (docs/runtime-api.md) over HTTP like the operator
-  does, through the same transport the gateway uses (in process in single-node mode). It runs in a
-  background task, so `create_job` returns at once and `wait_running` waits on an event.
-* A job that was Running when the process stopped lost its live adapter (weights and optimizer
-  since the last save live only in the runtime): on start it is marked Failed with a message that
-  says so, rather than silently restarted from scratch. Checkpoints are untouched and resumable.
+* The life cycle is the operator's: one `loraplane.control.loop.JobLoop` per job, over the same
+  pure decisions, with an SQLite file (`jobstore.SqliteJobStore`) where the operator has the
+  Kubernetes API, and the in-process runtimes registered in a `RuntimePool` where the operator
+  has pod watches. So suspend, TTL, backoff, idle timeout, declarative training and restores from
+  the last checkpoint behave as on a cluster.
+* The store notifies this object of every write; that keeps each loop's live body current (the
+  role of Kopf's watch), wakes the loop, and wakes callers of `wait_running`.
+* A restart reads every job back and starts its loop. A job that was Running finds its runtime
+  up but its adapter gone, which the loop handles as on a cluster: a restore from the newest saved
+  state, with the steps lost said in a condition and an Event.
+* Deletion is what the operator's finalizer does: the loop stops, the adapter is unloaded, the
+  object and its Events go.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
-from loraplane.core import artifacts, errors, scheduling
-from loraplane.core.models.v1alpha1 import Condition, LoRAJob, Phase, RuntimeRef
-from loraplane.core.models.v1alpha1.lorajob import TENANT_LABEL, TERMINAL_PHASES
-from loraplane.core.runtime_client import RuntimeClient
+from loraplane.control import loop
+from loraplane.control.pool import RuntimePool
+from loraplane.control.runtime_calls import RuntimeCalls
+from loraplane.core import errors, phases
+from loraplane.core.manifests import validated
+from loraplane.core.models.v1alpha1 import LoRAJob, Phase, RuntimeRef
+from loraplane.core.models.v1alpha1.lorajob import adapter_id
+from loraplane.core.settings import OperatorSettings
+from loraplane.singlenode.jobstore import SqliteJobStore
 
 log = logging.getLogger(__name__)
 
-
-def utcnow() -> str:
-    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+#: The one namespace of single-node jobs (what the API server would call a job created without one).
+NAMESPACE = "default"
 
 
 @dataclass(frozen=True)
@@ -49,190 +57,216 @@ class ServedRuntime:
     base_model: str
 
 
-def resume_source(store_url: str, path: str) -> str:
-    """`spec.resumeFrom.path` (a tinker:// path or a store URL) -> the store URL to load. Pure."""
-    if path.startswith(artifacts.TINKER_SCHEME):
-        return artifacts.checkpoint_url(store_url, artifacts.parse_tinker_path(path, field="spec.resumeFrom.path"))
-    return path
+class _Stopped:
+    """The loop's stop flag (Kopf's `DaemonStopped` in the operator): true once set, awaitable."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
-def with_phase(job: LoRAJob, phase: Phase, *, reason: str, message: str, now: str,
-               runtime: RuntimeRef | None = None) -> LoRAJob:
-    """A copy of `job` in `phase`, with its condition of that name updated. Pure; called by dispatch."""
-    status = job.status.model_copy(deep=True)
-    status.phase = phase
-    status.message = message
-    status.runtime = runtime if phase in (Phase.RUNNING, Phase.SCHEDULED) else None
-    if phase == Phase.RUNNING and status.start_time is None:
-        status.start_time = now
-    if phase in TERMINAL_PHASES:
-        status.completion_time = now
-    kept = [c for c in status.conditions if c.type != phase.value]
-    kept.append(Condition(type=phase.value, status="True", reason=reason, message=message, last_transition_time=now))
-    status.conditions = kept
-    return job.model_copy(update={"status": status})
+@dataclass
+class _Daemon:
+    body: dict[str, Any]  #: the job as last stored; the loop's live view
+    stopped: _Stopped
+    task: asyncio.Task[None] | None = None
 
 
 class EmbeddedControlPlane:
+    namespace = NAMESPACE
+
     def __init__(
         self,
-        store: artifacts.ArtifactStore,
+        jobs: SqliteJobStore,
         runtimes: list[ServedRuntime],
         *,
+        store_url: str,
+        settings: OperatorSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        clock: Callable[[], str] = utcnow,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.store = store
+        self.jobs = jobs
         self.runtimes = list(runtimes)
-        self.clock = clock
-        self._transport = transport
-        #: runtime address -> its client
-        self._clients: dict[str, RuntimeClient] = {}
-        #: job name -> job
-        self._jobs: dict[str, LoRAJob] = {}
-        #: job name -> set when the job leaves Pending/Scheduled
-        self._settled: dict[str, asyncio.Event] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.settings = settings or OperatorSettings()
+        # Loading a model's adapter state can take a while; the loop waits for it.
+        self.calls = RuntimeCalls(transport=transport, timeout=600.0)
+        self.pool = RuntimePool(port=0, client=self.calls)
+        self.ctx = loop.ControlContext(settings=self.settings, store_url=store_url, pool=self.pool,
+                                       runtime=self.calls, jobs=jobs, clock=clock)
+        self._daemons: dict[str, _Daemon] = {}  #: job name -> its loop
+        self._changed = asyncio.Condition()
+        self._started = False
+        self._poll: asyncio.Task[None] | None = None
+        self._stop_poll = asyncio.Event()
+        self._unloads: set[asyncio.Task[None]] = set()
+        jobs.on_change(self._on_change)
 
-    # -- persistence ----------------------------------------------------------------------------
-    def load(self) -> None:
-        """Read the jobs of a previous run; live adapters did not survive it (see the module notes)."""
-        for body in self.store.records("jobs"):
+    # -- life of the control plane ----------------------------------------------------------------
+    async def start(self) -> None:
+        """Register the runtimes, read their health once, and start a loop for every stored job."""
+        for rt in self.runtimes:
+            self.pool.runtime_seen(rt.pod, rt.address)
+        await self.pool.poll_once()
+        self.pool.on_change(self.ctx.wake_all)
+        self._poll = asyncio.create_task(self.pool.poll_forever(self.settings.health_interval_s, self._stop_poll))
+        self._started = True
+        for body in self.jobs.list(NAMESPACE):
+            self._start_loop(body)
+
+    async def close(self) -> None:
+        self._stop_poll.set()
+        daemons, self._daemons = list(self._daemons.values()), {}
+        for daemon in daemons:
+            daemon.stopped.set()
+        tasks = [d.task for d in daemons if d.task is not None] + list(self._unloads)
+        for task in tasks:
+            task.cancel()
+        for task in [*tasks, *([self._poll] if self._poll else [])]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.calls.close()
+        self.jobs.close()
+
+    def _start_loop(self, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        daemon = _Daemon(body=dict(body), stopped=_Stopped())
+        self._daemons[name] = daemon
+        uid = body["metadata"].get("uid") or name
+        daemon.task = asyncio.create_task(self._run(daemon, uid), name=f"lorajob-{name}")
+
+    async def _run(self, daemon: _Daemon, uid: str) -> None:
+        try:
+            await loop.JobLoop(self.ctx, daemon.body).run(daemon.stopped, uid)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in one loop must not end the others; the job keeps its last status
+            log.exception("the loop of job %s stopped", daemon.body.get("metadata", {}).get("name"))
+
+    def _on_change(self, namespace: str, name: str, body: dict[str, Any] | None) -> None:
+        daemon = self._daemons.get(name)
+        if body is None:
+            if daemon is not None:
+                self._daemons.pop(name, None)
+                daemon.stopped.set()
+                self.ctx.wake_all()
+                self._unload_later(daemon.body)
+        elif daemon is not None:
+            daemon.body.clear()
+            daemon.body.update(body)
+            uid = body["metadata"].get("uid") or name
+            if uid in self.ctx.wakers:
+                self.ctx.wakers[uid].set()
+        elif self._started:
+            self._start_loop(body)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _unload_later(self, body: dict[str, Any]) -> None:
+        """The finalizer's work for a deleted job: unload its adapter, forget its placement."""
+
+        async def unload() -> None:
             try:
-                job = LoRAJob.from_body(body)
+                job = LoRAJob.from_body(dict(body))
             except ValueError:
-                log.warning("ignoring an unreadable job record: %s", body.get("metadata"))
-                continue
-            if job.status.phase not in TERMINAL_PHASES:
-                job = with_phase(job, Phase.FAILED, reason="ServerRestarted", now=self.clock(),
-                                 message="loraplane serve restarted; resume from a checkpoint to continue")
-                self._save(job)
-            self._jobs[job.metadata.name] = job
-            self._event(job.metadata.name).set()
+                return
+            await loop.JobLoop(self.ctx, body).unload(job)
+            self.pool.unplaced(f"{NAMESPACE}/{job.metadata.name}")
+            self.ctx.phase_counts.set(f"{NAMESPACE}/{job.metadata.name}", None)
 
-    def _save(self, job: LoRAJob) -> None:
-        self._jobs[job.metadata.name] = job
-        self.store.write_json(artifacts.job_record_url(self.store.url, job.metadata.name), job.to_body())
+        task = asyncio.get_running_loop().create_task(unload())
+        self._unloads.add(task)
+        task.add_done_callback(self._unloads.discard)
 
-    def _event(self, name: str) -> asyncio.Event:
-        return self._settled.setdefault(name, asyncio.Event())
-
-    # -- ControlPlane ---------------------------------------------------------------------------
+    # -- ControlPlane -----------------------------------------------------------------------------
     async def create_job(self, job: LoRAJob) -> LoRAJob:
         name = job.metadata.name
-        existing = self._jobs.get(name)
-        if existing is not None and existing.status.phase not in TERMINAL_PHASES:
-            if existing.spec != job.spec:
-                raise errors.Conflict(f"job {name!r} exists with another spec", field="metadata.name")
-            return existing
-        job = job.model_copy(update={"status": type(job.status)()})
-        job.metadata.creationTimestamp = self.clock()
-        self._settled[name] = asyncio.Event()
-        self._save(job)
-        task = asyncio.create_task(self._dispatch(name))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return job
+        job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"namespace": NAMESPACE})})
+        existing = self.jobs.get(NAMESPACE, name)
+        if existing is not None:
+            old = LoRAJob.from_body(existing)
+            if old.status.phase not in (Phase.SUCCEEDED, Phase.FAILED):
+                if old.spec != job.spec:
+                    raise errors.Conflict(f"job {name!r} exists with another spec", field="metadata.name")
+                return old
+            await self.delete_job(name)
+        return LoRAJob.from_body(self.jobs.create(job))
+
+    async def apply_job(self, manifest: dict[str, Any], *, tenant: str) -> tuple[LoRAJob, bool]:
+        """Create the job of a manifest, or update its mutable fields: (job, created)."""
+        job = validated(manifest, namespace=NAMESPACE)
+        if job.spec.tenant != tenant:
+            raise errors.Forbidden(f"spec.tenant is {job.spec.tenant!r}, but your API key is tenant {tenant!r}",
+                                   field="spec.tenant")
+        existing = self.jobs.get(NAMESPACE, job.metadata.name)
+        if existing is None:
+            return LoRAJob.from_body(self.jobs.create(job)), True
+        if existing["spec"].get("tenant") != tenant:
+            raise errors.Conflict(f"job {job.metadata.name!r} belongs to another tenant; choose another name",
+                                  field="metadata.name")
+        return LoRAJob.from_body(self.jobs.update(job)), False
 
     async def get_job(self, name: str) -> LoRAJob | None:
-        return self._jobs.get(name)
+        body = self.jobs.get(NAMESPACE, name)
+        return LoRAJob.from_body(body) if body is not None else None
 
     async def list_jobs(self, *, tenant: str | None = None) -> list[LoRAJob]:
-        return [j for j in self._jobs.values() if tenant is None or j.metadata.labels.get(TENANT_LABEL) == tenant]
+        return [LoRAJob.from_body(b) for b in self.jobs.list(NAMESPACE, tenant=tenant)]
+
+    async def job_events(self, name: str) -> list[dict[str, Any]]:
+        return self.jobs.events(NAMESPACE, name)
 
     async def delete_job(self, name: str) -> None:
-        job = self._jobs.pop(name, None)
-        self._settled.pop(name, None)
-        self.store.delete(artifacts.job_record_url(self.store.url, name))
-        if job is not None and job.status.runtime is not None:
-            try:
-                await self._client(job.status.runtime.address).delete_adapter(name)
-            except errors.LoraplaneError as exc:
-                log.warning("could not unload adapter %s: %s", name, exc.message)
+        daemon = self._daemons.get(name)
+        self.jobs.remove(NAMESPACE, name)
+        if daemon is not None and daemon.task is not None and daemon.task is not asyncio.current_task():
+            daemon.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await daemon.task
+        for task in list(self._unloads):
+            with contextlib.suppress(Exception):
+                await task
 
     async def wait_running(self, name: str, timeout: float) -> LoRAJob:
-        event = self._settled.get(name)
-        if event is None or name not in self._jobs:
-            raise errors.NotFound(f"unknown job {name!r}")
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError as exc:
-            raise errors.CapacityError(f"job {name!r} is not running yet") from exc
-        job = self._jobs.get(name)
-        if job is None:
-            raise errors.NotFound(f"job {name!r} was deleted")
-        if job.status.phase != Phase.RUNNING:
-            raise errors.UserError(job.status.message or f"job {name!r} is {job.status.phase.value}")
-        return job
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with self._changed:
+            while True:
+                job = await self.get_job(name)
+                if job is None:
+                    raise errors.NotFound(f"unknown job {name!r}")
+                if job.status.phase == Phase.RUNNING and job.status.runtime is not None:
+                    return job
+                failure = phases.start_failure(job)
+                if failure is not None:
+                    raise errors.UserError(f"job {name!r} failed: {failure}")
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise errors.CapacityError(f"job {name!r} is not running after {timeout:.0f}s: "
+                                               f"{job.status.message or job.status.phase.value}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), left)
+
+    def adapter_id(self, name: str) -> str:
+        return adapter_id(NAMESPACE, name)
 
     def runtime_for(self, name: str) -> RuntimeRef | None:
-        job = self._jobs.get(name)
-        return job.status.runtime if job is not None and job.status.phase == Phase.RUNNING else None
+        daemon = self._daemons.get(name)
+        body = daemon.body if daemon is not None else None
+        status = (body or {}).get("status") or {}
+        if status.get("phase") != Phase.RUNNING.value or not status.get("runtime"):
+            return None
+        return RuntimeRef.model_validate(status["runtime"])
 
     async def runtimes_for_model(self, base_model: str) -> list[RuntimeRef]:
         return [RuntimeRef(pod=r.pod, address=r.address) for r in self.runtimes if r.base_model == base_model]
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
-
-    def _client(self, address: str) -> RuntimeClient:
-        if address not in self._clients:
-            # Loading a model's adapter state can take a while; the dispatch task waits for it.
-            self._clients[address] = RuntimeClient(address, transport=self._transport, timeout=600.0)
-        return self._clients[address]
-
-    # -- dispatch -------------------------------------------------------------------------------
-    async def _dispatch(self, name: str) -> None:
-        job = self._jobs[name]
-        try:
-            candidates = [
-                scheduling.RuntimeCandidate(pod=r.pod, address=r.address, base_model=r.base_model, ready=True,
-                                            adapters=sum(1 for j in self._jobs.values() if j.status.runtime
-                                                         and j.status.runtime.pod == r.pod),
-                                            free_slots=1 << 20)
-                for r in self.runtimes
-            ]
-            placement = scheduling.place(job.spec.base_model, candidates)
-            if placement.runtime is None:
-                raise errors.InvalidInput(placement.message, field="spec.baseModel")
-            ref = RuntimeRef(pod=placement.runtime.pod, address=placement.runtime.address)
-            job = with_phase(job, Phase.SCHEDULED, reason=placement.reason.value, message=placement.message,
-                             now=self.clock(), runtime=ref)
-            self._save(job)
-            await self._create_adapter(job, ref)
-            if name not in self._jobs:  # deleted while its adapter was being created: unload it again
-                await self._client(ref.address).delete_adapter(name)
-                return
-            job = with_phase(self._jobs[name], Phase.RUNNING, reason="Dispatched", now=self.clock(), runtime=ref,
-                             message=f"adapter live on {ref.pod}")
-            self._save(job)
-        except errors.LoraplaneError as exc:
-            if name in self._jobs:
-                self._save(with_phase(self._jobs[name], Phase.FAILED, reason=type(exc).__name__,
-                                      message=exc.message, now=self.clock()))
-        except Exception as exc:  # a dispatch bug must fail the job, not leave it pending forever
-            log.exception("dispatch of %s failed", name)
-            if name in self._jobs:
-                self._save(with_phase(self._jobs[name], Phase.FAILED, reason="DispatchError",
-                                      message=f"{type(exc).__name__}: {exc}", now=self.clock()))
-        finally:
-            if name in self._settled:
-                self._settled[name].set()
-
-    async def _create_adapter(self, job: LoRAJob, ref: RuntimeRef) -> None:
-        name, client = job.metadata.name, self._client(ref.address)
-        try:
-            if job.spec.resume_from is not None:
-                source = resume_source(self.store.url, job.spec.resume_from.path)
-                await client.load_adapter(name, source, optimizer=job.spec.resume_from.optimizer, expect_seq=1)
-            else:
-                lora = job.spec.lora
-                await client.create_adapter(name, rank=lora.rank, alpha=lora.alpha, seed=lora.seed,
-                                            train_attn=lora.train_attn, train_mlp=lora.train_mlp,
-                                            train_unembed=lora.train_unembed, expect_seq=1)
-        except errors.UserError as exc:
-            raise errors.InvalidInput(f"runtime {ref.pod} refused the adapter: {exc.message}", field=exc.field) from exc

@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,8 +31,9 @@ from loraplane.api.auth import KeyTable
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.gateway import Gateway
 from loraplane.core import artifacts, errors
-from loraplane.core.settings import GatewaySettings, RuntimeSettings
+from loraplane.core.settings import GatewaySettings, OperatorSettings, RuntimeSettings
 from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntime
+from loraplane.singlenode.jobstore import SqliteJobStore
 
 
 class RuntimeTransport(httpx.AsyncBaseTransport):
@@ -92,9 +94,21 @@ class ServeConfig:
     models: dict[str, str]
     keys: KeyTable
     store_url: str = field(default_factory=artifacts.default_store_url)
+    #: where the job store lives (`jobs.sqlite`); None: beside a file:// store, else the default data dir
+    data_dir: Path | None = None
     gateway: GatewaySettings = field(default_factory=lambda: GatewaySettings(control_plane="single-node"))
     #: template for every runtime (device, dtype, threads, budgets); base_model/model_path are filled in
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    #: the job life cycle's intervals (health polls, progress writes), as for the operator
+    control: OperatorSettings = field(default_factory=OperatorSettings)
+
+    def jobs_path(self) -> Path:
+        """The SQLite file of the job store."""
+        if self.data_dir is not None:
+            return Path(self.data_dir) / "jobs.sqlite"
+        if self.store_url.startswith("file://"):
+            return Path(self.store_url.removeprefix("file://")).parent / "jobs.sqlite"
+        return Path(artifacts.default_data_dir()) / "jobs.sqlite"
 
 
 class RuntimeSeries:
@@ -179,8 +193,8 @@ def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], A
         apps[host] = runtime_app(settings)
         served.append(ServedRuntime(pod=host, address=f"http://{host}", base_model=name))
     transport = RuntimeTransport(apps)
-    control_plane = EmbeddedControlPlane(store, served, transport=transport)
-    control_plane.load()
+    control_plane = EmbeddedControlPlane(SqliteJobStore(config.jobs_path()), served, store_url=store.url,
+                                         settings=config.control, transport=transport)
     gateway = Gateway(
         control_plane=control_plane,
         runtimes=Runtimes(transport, timeout_s=config.gateway.long_poll_s + 60),
@@ -204,7 +218,8 @@ def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], A
                 router = getattr(runtime, "router", None)
                 if router is not None and getattr(router, "lifespan_context", None) is not None:
                     await stack.enter_async_context(router.lifespan_context(runtime))
-            async with inner(a):
+            async with inner(a):  # closes the control plane on the way out
+                await control_plane.start()
                 yield
 
     app.router.lifespan_context = lifespan

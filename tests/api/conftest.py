@@ -15,6 +15,7 @@ from loraplane.api.gateway import Gateway
 from loraplane.core import artifacts
 from loraplane.core.settings import GatewaySettings
 from loraplane.singlenode.controlplane import EmbeddedControlPlane
+from loraplane.singlenode.jobstore import SqliteJobStore
 
 #: The base model the gateway fixture offers.
 MODEL = "tiny/base"
@@ -30,7 +31,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 def gateway(tmp_path: Path) -> Gateway:
     store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
-    return Gateway(control_plane=EmbeddedControlPlane(store, []), runtimes=Runtimes(), store=store,
+    return Gateway(control_plane=EmbeddedControlPlane(SqliteJobStore(tmp_path / "jobs.sqlite"), [], store_url=store.url), runtimes=Runtimes(), store=store,
                    models=[MODEL], max_request_bytes=4096, long_poll_s=0.1)
 
 

@@ -13,6 +13,7 @@ from loraplane.api.dataplane import Result, Runtimes
 from loraplane.api.gateway import Gateway
 from loraplane.core import artifacts, errors
 from loraplane.singlenode.controlplane import EmbeddedControlPlane
+from loraplane.singlenode.jobstore import SqliteJobStore
 
 RUN = "s-0123456789ab:train:0"
 
@@ -20,7 +21,7 @@ RUN = "s-0123456789ab:train:0"
 @pytest.fixture
 def gw(tmp_path: Path) -> Gateway:
     store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
-    return Gateway(control_plane=EmbeddedControlPlane(store, []), runtimes=Runtimes(), store=store,
+    return Gateway(control_plane=EmbeddedControlPlane(SqliteJobStore(tmp_path / "jobs.sqlite"), [], store_url=store.url), runtimes=Runtimes(), store=store,
                    clock=lambda: "2026-01-01T00:00:00Z")
 
 
@@ -91,7 +92,7 @@ def test_user_errors_tell_the_sdk_not_to_retry() -> None:
 def test_checkpoints_past_their_ttl_disappear_and_ttls_can_be_changed(tmp_path: Path) -> None:
     now = ["2026-01-01T00:00:00Z"]
     store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
-    gw = Gateway(control_plane=EmbeddedControlPlane(store, []), runtimes=Runtimes(), store=store, clock=lambda: now[0])
+    gw = Gateway(control_plane=EmbeddedControlPlane(SqliteJobStore(tmp_path / "jobs.sqlite"), [], store_url=store.url), runtimes=Runtimes(), store=store, clock=lambda: now[0])
     gw.records.put_run(artifacts.build_run_record(run_id=RUN, tenant="alice", base_model="m", lora={}, now=now[0]))
     keep, brief = artifacts.TinkerPath(RUN, "weights", "keep"), artifacts.TinkerPath(RUN, "weights", "brief")
     gw.store.write_json(gw.records.pending_url(brief), {"ttl_seconds": 60})

@@ -8,7 +8,7 @@ import pytest
 
 from loraplane.core import artifacts, errors
 from loraplane.core.models.v1alpha1.lorajob import Checkpoint, LoRAJob
-from loraplane.operator import reconciling, runs
+from loraplane.control import loop as reconciling, runs
 
 STORE = "file:///store"
 

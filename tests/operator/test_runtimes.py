@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from loraplane.core import scheduling
-from loraplane.operator.runtimes import RuntimePool
+from loraplane.control.pool import RuntimePool
 
 
 def pod(*, phase: str = "Running", ready: str = "True", ip: str | None = "10.0.0.5",

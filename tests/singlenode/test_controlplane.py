@@ -1,24 +1,28 @@
-"""EmbeddedControlPlane: jobs placed, dispatched onto a runtime's API, persisted, and failed honestly.
+"""EmbeddedControlPlane: the shared reconcile loop over an SQLite job store, against a fake runtime.
 
-The runtime here is a recording double of the runtime's adapter routes (docs/runtime-api.md),
-mounted in process through the same transport that `loraplane serve` uses.
+The runtime is `tests/operator/fake_runtime.py` (the runtime API answered at once, on 127.0.0.1).
+The life-cycle scenarios that Kubernetes runs too are in tests/k8s/test_lifecycle_both_modes.py.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI, Request, Response
 
 from loraplane.api import jobs
-from loraplane.core import artifacts, errors
+from loraplane.core import errors
 from loraplane.core.models.v1alpha1 import LoRAConfig, Phase, ResumeFrom
-from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntime, resume_source, with_phase
-from loraplane.singlenode.server import RuntimeTransport
+from loraplane.core.settings import OperatorSettings
+from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntime
+from loraplane.singlenode.jobstore import SqliteJobStore
+from tests.operator.fake_runtime import FakeRuntime
 
 pytestmark = pytest.mark.anyio
 MODEL = "tiny/base"
+FAST = OperatorSettings(progress_interval_s=0.05, health_interval_s=0.1)
 
 
 @pytest.fixture
@@ -26,35 +30,24 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def recording_runtime(calls: list[tuple[str, str, dict]], *, refuse: bool = False) -> FastAPI:
-    app = FastAPI()
-
-    @app.post("/v1/adapters")
-    async def create(request: Request) -> Response:
-        body = await request.json()
-        calls.append(("create", body["adapter_id"], body))
-        if refuse:
-            return Response('{"detail": "rank too large"}', status_code=400, media_type="application/json")
-        return Response('{"adapter_id": "x"}', status_code=201, media_type="application/json")
-
-    @app.post("/v1/adapters/{adapter_id}/load")
-    async def load(adapter_id: str, request: Request) -> dict:
-        calls.append(("load", adapter_id, await request.json()))
-        return {"adapter_id": adapter_id}
-
-    @app.delete("/v1/adapters/{adapter_id}")
-    async def delete(adapter_id: str) -> Response:
-        calls.append(("delete", adapter_id, {}))
-        return Response(status_code=204)
-
-    return app
+@pytest.fixture
+def runtime() -> Iterator[FakeRuntime]:
+    rt = FakeRuntime(MODEL).start()
+    yield rt
+    rt.stop()
 
 
-def _plane(tmp_path: Path, calls: list, *, refuse: bool = False) -> EmbeddedControlPlane:
-    store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
-    transport = RuntimeTransport({"runtime-0": recording_runtime(calls, refuse=refuse)})
-    return EmbeddedControlPlane(store, [ServedRuntime("runtime-0", "http://runtime-0", MODEL)], transport=transport,
-                                clock=lambda: "2026-01-01T00:00:00Z")
+def _plane(tmp_path: Path, rt: FakeRuntime) -> EmbeddedControlPlane:
+    return EmbeddedControlPlane(SqliteJobStore(tmp_path / "jobs.sqlite"), [ServedRuntime("runtime-0", rt.url, MODEL)],
+                                store_url=f"file://{tmp_path}/store", settings=FAST)
+
+
+@pytest.fixture
+async def cp(tmp_path: Path, runtime: FakeRuntime) -> AsyncIterator[EmbeddedControlPlane]:
+    plane = _plane(tmp_path, runtime)
+    await plane.start()
+    yield plane
+    await plane.close()
 
 
 def _job(seq: int = 0, *, base_model: str = MODEL, resume: ResumeFrom | None = None):  # type: ignore[no-untyped-def]
@@ -62,87 +55,88 @@ def _job(seq: int = 0, *, base_model: str = MODEL, resume: ResumeFrom | None = N
                           lora=LoRAConfig(rank=8, seed=3), resume_from=resume)
 
 
-async def test_a_created_job_runs_on_its_runtime_with_a_fresh_adapter(tmp_path: Path) -> None:
-    calls: list = []
-    cp = _plane(tmp_path, calls)
+async def test_a_created_job_runs_on_its_runtime_with_a_fresh_adapter(cp: EmbeddedControlPlane,
+                                                                       runtime: FakeRuntime) -> None:
     job = await cp.create_job(_job())
-    assert job.metadata.name == "s-0123456789ab-train-0"
-    running = await cp.wait_running(job.metadata.name, timeout=5)
-    assert running.status.phase == Phase.RUNNING
-    assert cp.runtime_for(job.metadata.name).address == "http://runtime-0"
-    assert calls == [("create", job.metadata.name, {"adapter_id": job.metadata.name, "rank": 8, "seed": 3,
-                                                    "alpha": None, "train_attn": True, "train_mlp": True,
-                                                    "train_unembed": True, "expect_seq": 1})]
+    name = job.metadata.name
+    running = await cp.wait_running(name, timeout=5)
+    assert running.status.phase == Phase.RUNNING and running.metadata.namespace == "default"
+    assert cp.runtime_for(name).address == runtime.url
+    assert runtime.adapters[f"default.{name}"]["rank"] == 8 and cp.adapter_id(name) == f"default.{name}"
     again = await cp.create_job(_job())
-    assert again.status.phase == Phase.RUNNING and len(calls) == 1
-    assert [j.metadata.name for j in await cp.list_jobs(tenant="alice")] == [job.metadata.name]
+    assert again.status.phase == Phase.RUNNING and runtime.calls["POST /v1/adapters"] == 1
+    assert [j.metadata.name for j in await cp.list_jobs(tenant="alice")] == [name]
     assert await cp.list_jobs(tenant="bob") == []
-    await cp.delete_job(job.metadata.name)
-    assert calls[-1] == ("delete", job.metadata.name, {})
-    assert cp.runtime_for(job.metadata.name) is None
-    await cp.close()
+    reasons = [e["reason"] for e in await cp.job_events(name)]
+    assert "Scheduled" in reasons and "Running" in reasons
+    await cp.delete_job(name)
+    assert runtime.adapters == {} and cp.runtime_for(name) is None and await cp.get_job(name) is None
 
 
-async def test_a_job_resumed_from_a_checkpoint_is_loaded(tmp_path: Path) -> None:
-    calls: list = []
-    cp = _plane(tmp_path, calls)
+async def test_a_job_resumed_from_a_checkpoint_is_loaded(cp: EmbeddedControlPlane, runtime: FakeRuntime,
+                                                         tmp_path: Path) -> None:
     job = await cp.create_job(_job(1, resume=ResumeFrom(path="tinker://s-0123456789ab:train:0/weights/a")))
     await cp.wait_running(job.metadata.name, timeout=5)
-    kind, adapter, body = calls[0]
-    assert (kind, adapter) == ("load", job.metadata.name)
-    assert body == {"source": f"file://{tmp_path}/store/runs/s-0123456789ab:train:0/weights/a", "optimizer": True,
-                    "expect_seq": 1}
-    await cp.close()
+    assert runtime.loads == [{"adapter_id": f"default.{job.metadata.name}", "optimizer": True, "expect_seq": 1,
+                              "source": f"file://{tmp_path}/store/runs/s-0123456789ab:train:0/weights/a"}]
 
 
-async def test_refused_or_unplaceable_jobs_fail_with_the_reason(tmp_path: Path) -> None:
-    cp = _plane(tmp_path, [], refuse=True)
+async def test_a_refused_dispatch_fails_the_waiting_client_with_the_runtimes_reason(
+    cp: EmbeddedControlPlane, runtime: FakeRuntime
+) -> None:
+    runtime.reject_creates = True
     job = await cp.create_job(_job())
     with pytest.raises(errors.UserError, match="rank too large"):
         await cp.wait_running(job.metadata.name, timeout=5)
-    other = await cp.create_job(_job(2, base_model="other/model"))
-    with pytest.raises(errors.UserError):
-        await cp.wait_running(other.metadata.name, timeout=5)
-    assert (await cp.get_job(other.metadata.name)).status.phase == Phase.FAILED
     with pytest.raises(errors.NotFound):
         await cp.wait_running("nope", timeout=1)
-    await cp.close()
 
 
-async def test_conflicting_spec_for_a_live_job_is_refused(tmp_path: Path) -> None:
-    cp = _plane(tmp_path, [])
+async def test_conflicting_spec_for_a_live_job_is_refused(cp: EmbeddedControlPlane) -> None:
     await cp.create_job(_job())
     changed = _job()
     changed.spec.lora.rank = 16
     with pytest.raises(errors.Conflict):
         await cp.create_job(changed)
-    await cp.close()
 
 
-async def test_after_a_restart_live_jobs_are_marked_failed_not_silently_fresh(tmp_path: Path) -> None:
-    cp = _plane(tmp_path, [])
-    job = await cp.create_job(_job())
-    await cp.wait_running(job.metadata.name, timeout=5)
-    await cp.close()
-    restarted = _plane(tmp_path, [])
-    restarted.load()
-    loaded = await restarted.get_job(job.metadata.name)
-    assert loaded.status.phase == Phase.FAILED and "restarted" in loaded.status.message
-    assert restarted.runtime_for(job.metadata.name) is None
-    await restarted.close()
+async def test_after_a_restart_a_running_job_is_restored_and_runs_again(tmp_path: Path, runtime: FakeRuntime) -> None:
+    first = _plane(tmp_path, runtime)
+    await first.start()
+    job = await first.create_job(_job())
+    name = job.metadata.name
+    await first.wait_running(name, timeout=5)
+    await first.close()
+    runtime.adapters.clear()  # the runtime restarted with the process: its adapters are gone
+
+    second = _plane(tmp_path, runtime)
+    await second.start()
+    try:
+        for _ in range(200):
+            current = await second.get_job(name)
+            if current.status.attempts == 1 and current.status.phase == Phase.RUNNING:
+                break
+            await asyncio.sleep(0.05)
+        assert current.status.phase == Phase.RUNNING and current.status.attempts == 1
+        assert f"default.{name}" in runtime.adapters
+        assert "RuntimeLost" in [e["reason"] for e in await second.job_events(name)]
+        assert second.runtime_for(name) is not None
+    finally:
+        await second.close()
 
 
-@pytest.mark.parametrize(
-    ("path", "url"),
-    [("tinker://r/weights/a", "file:///s/runs/r/weights/a"), ("s3://b/x", "s3://b/x")],
-)
-def test_resume_sources_map_tinker_paths_onto_the_store(path: str, url: str) -> None:
-    assert resume_source("file:///s", path) == url
-
-
-def test_phase_changes_keep_one_condition_per_type() -> None:
-    job = _job()
-    a = with_phase(job, Phase.FAILED, reason="X", message="m1", now="t1")
-    b = with_phase(a, Phase.FAILED, reason="Y", message="m2", now="t2")
-    assert [(c.type, c.reason) for c in b.status.conditions] == [("Failed", "Y")]
-    assert b.status.completion_time == "t2" and job.status.phase == Phase.PENDING
+async def test_apply_creates_then_updates_only_mutable_fields_of_the_callers_own_jobs(
+    cp: EmbeddedControlPlane,
+) -> None:
+    manifest = {"apiVersion": "loraplane.dev/v1alpha1", "kind": "LoRAJob", "metadata": {"name": "chat"},
+                "spec": {"baseModel": MODEL, "tenant": "alice", "lora": {"rank": 4}}}
+    job, created = await cp.apply_job(manifest, tenant="alice")
+    assert created and job.metadata.generation == 1 and job.metadata.uid
+    _, created = await cp.apply_job({**manifest, "spec": {**manifest["spec"], "suspend": True}}, tenant="alice")
+    assert not created and (await cp.get_job("chat")).metadata.generation == 2
+    with pytest.raises(errors.InvalidInput, match="spec.lora is immutable"):
+        await cp.apply_job({**manifest, "spec": {**manifest["spec"], "lora": {"rank": 8}}}, tenant="alice")
+    with pytest.raises(errors.Forbidden, match="spec.tenant"):
+        await cp.apply_job(manifest, tenant="bob")
+    with pytest.raises(errors.Conflict, match="another tenant"):
+        await cp.apply_job({**manifest, "spec": {**manifest["spec"], "tenant": "bob"}}, tenant="bob")

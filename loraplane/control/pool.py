@@ -1,7 +1,8 @@
-"""Runtime pods as the operator sees them: their pods, addresses and /readyz health.
+"""Runtimes as the control plane sees them: their pods, addresses and /readyz health.
 
-Callers: `handlers` feeds pod watch events into `RuntimePool.pod_seen` / `pod_gone` and runs
-`RuntimePool.poll_forever`; `reconciling` asks `candidates()` and `is_ready()`.
+Callers: the operator's Kopf handlers feed pod watch events into `RuntimePool.pod_seen` /
+`pod_gone`; single-node mode registers its in-process runtimes with `runtime_seen`; both run
+`RuntimePool.poll_forever`. The reconcile loop asks `candidates()` and `is_ready()`.
 
 Design notes
 ============
@@ -21,8 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from loraplane.control import runtime_calls
 from loraplane.core.scheduling import RuntimeCandidate, pod_address, pod_is_ready
-from loraplane.operator import runtime_calls
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,13 @@ class RuntimePool:
             listener()
 
     def pod_seen(self, key: str, pod: Mapping[str, Any]) -> None:
-        new = _Pod(key, pod_address(pod, self.port), pod_is_ready(pod))
+        self._set_pod(key, _Pod(key, pod_address(pod, self.port), pod_is_ready(pod)))
+
+    def runtime_seen(self, key: str, address: str) -> None:
+        """A runtime that is not a pod (single-node mode): known at `address`, ready once /readyz says so."""
+        self._set_pod(key, _Pod(key, address, True))
+
+    def _set_pod(self, key: str, new: _Pod) -> None:
         if self._pods.get(key) != new:
             self._pods[key] = new
             if not new.pod_ready:

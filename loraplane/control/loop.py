@@ -1,8 +1,9 @@
 """One LoRAJob's reconcile loop: read the job, ask `core.phases`, act on the runtime, write status.
 
-Callers: `handlers.lorajob_daemon` runs `JobLoop.run` for every job; `handlers.lorajob_deleted`
-calls `unload`. The decisions are in `loraplane.core.phases` and `loraplane.core.scheduling`;
-this module does the I/O they ask for and nothing else.
+Callers: the operator's Kopf daemon (`operator.handlers`) and single-node mode's embedded control
+plane (`singlenode.controlplane`) each run `JobLoop.run` for every job, and call `unload` when a
+job is deleted. The decisions are in `loraplane.core.phases` and `loraplane.core.scheduling`;
+this module does the I/O they ask for, through `store.JobStore` and `pool.RuntimePool`.
 
 Design notes
 ============
@@ -32,6 +33,10 @@ from typing import Any
 
 import pydantic
 
+from loraplane.control import metrics, runs
+from loraplane.control.pool import RuntimePool
+from loraplane.control.runtime_calls import RuntimeCalls, RuntimeRejected, RuntimeUnreachable
+from loraplane.control.store import JobGone, JobStore, RetryLater
 from loraplane.core import artifacts, errors, phases, scheduling
 from loraplane.core.models.v1alpha1.lorajob import (
     Checkpoint,
@@ -44,26 +49,18 @@ from loraplane.core.models.v1alpha1.lorajob import (
 from loraplane.core.models.v1alpha1.lorajob import adapter_id as make_adapter_id
 from loraplane.core.phases import Action
 from loraplane.core.settings import OperatorSettings
-from loraplane.operator import kubeapi, metrics, runs
-from loraplane.operator.runtime_calls import RuntimeCalls, RuntimeRejected, RuntimeUnreachable
-from loraplane.operator.runtimes import RuntimePool
 
 log = logging.getLogger(__name__)
 
-#: post_event(body, type, reason, message): Kopf's `kopf.event` in production.
-PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
-
-
 @dataclass
-class OperatorContext:
+class ControlContext:
     """What every job loop shares."""
 
     settings: OperatorSettings
     store_url: str
     pool: RuntimePool
     runtime: RuntimeCalls
-    jobs: kubeapi.LoRAJobs
-    post_event: PostEvent
+    jobs: JobStore
     clock: Callable[[], datetime]  #: aware wall-clock time
     backoff_base_s: float = phases.BACKOFF_BASE_S  #: first retry delay after a failed attempt
     phase_counts: metrics.PhaseCounts = field(default_factory=metrics.PhaseCounts)
@@ -92,7 +89,7 @@ def _newer(live: str | None, written: str | None, written_over: str | None) -> b
 class JobLoop:
     """The reconcile loop of one job; state is only what bounds writes and tracks freshness."""
 
-    def __init__(self, ctx: OperatorContext, body: Mapping[str, Any]) -> None:
+    def __init__(self, ctx: ControlContext, body: Mapping[str, Any]) -> None:
         self.ctx = ctx
         self.body = body  #: Kopf's live view of the object
         self.written: LoRAJob | None = None  #: the object our last write returned
@@ -139,9 +136,9 @@ class JobLoop:
         """One pass, with every failure turned into a wait or a permanent Failed."""
         try:
             return await self.step()
-        except kubeapi.Gone:
+        except JobGone:
             return None
-        except kubeapi.Retry as exc:  # 409 or 5xx from the API server: Kopf's TemporaryError, in-loop
+        except RetryLater as exc:  # 409 or 5xx from the API server: Kopf's TemporaryError, in-loop
             log.info("%s: %s; retrying in %ss", self.key, exc, exc.delay)
             return exc.delay
         except pydantic.ValidationError as exc:
@@ -202,7 +199,7 @@ class JobLoop:
         self.ctx.phase_counts.set(self.key, self.written.status.phase)
         if job.status.phase != new.phase:
             log.info("%s: %s -> %s (%s: %s)", self.key, job.status.phase, new.phase, reason, message)
-            self.ctx.post_event(
+            self.ctx.jobs.post_event(
                 stored, "Warning" if warning else "Normal", reason, message or new.phase.value
             )
         return self.written
@@ -414,7 +411,7 @@ class JobLoop:
             message = f"idle for {job.spec.idle_timeout_seconds}s or more; adapter offloaded from the device"
             conditions = phases.set_condition(job.status.conditions, phases.IDLE, "True", "IdleTimeout", message, now)
             await self.write(job, job.status.model_copy(update={"conditions": conditions}), "Idle", message)
-            self.ctx.post_event(self.body, "Normal", "Idle", message)
+            self.ctx.jobs.post_event(self.body, "Normal", "Idle", message)
         elif marked and not idle:
             conditions = phases.set_condition(job.status.conditions, phases.IDLE, "False", "Active", "in use", now)
             await self.write(job, job.status.model_copy(update={"conditions": conditions}), "Active", "in use")
@@ -501,4 +498,4 @@ class JobLoop:
             return
         patch = {"phase": Phase.FAILED.value, "message": f"invalid spec: {reason}"}
         stored = await self.ctx.jobs.patch_status(meta.get("namespace") or "default", meta["name"], patch)
-        self.ctx.post_event(stored, "Warning", "InvalidSpec", patch["message"])
+        self.ctx.jobs.post_event(stored, "Warning", "InvalidSpec", patch["message"])

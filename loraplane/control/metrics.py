@@ -1,20 +1,17 @@
-"""The operator's Prometheus metrics, served on :9090/metrics.
+"""The control plane's Prometheus metrics: jobs by phase, dispatches, restores, steps lost.
 
-Callers: `reconciling` counts dispatches, restores and scheduling latency and reports each job's
-phase; `handlers` starts and stops the HTTP endpoint. The registry is the module's own, so that
-several operators in one test process do not collide in the global one.
+Callers: the reconcile loop (`loop`) counts; the operator serves them on :9090/metrics
+(`operator.metrics_server`). The registry is the module's own, so that several control planes in
+one test process do not collide in the global one.
 """
 
 from __future__ import annotations
 
-from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 
 from loraplane.core.models.v1alpha1.lorajob import Phase
@@ -55,18 +52,3 @@ class PhaseCounts:
             self._phases[key] = phase
         for p in Phase:
             JOBS.labels(phase=p.value).set(sum(1 for v in self._phases.values() if v == p))
-
-
-async def start_server(host: str, port: int) -> web.AppRunner:
-    """Serve GET /metrics; returns the runner to clean up on shutdown."""
-
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(REGISTRY)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
