@@ -20,9 +20,9 @@ import yaml
 from loraplane.api import ids
 from loraplane.api.gateway import utcnow
 from loraplane.api.records import Records
+from loraplane.control import metrics as operator_metrics
 from loraplane.core import artifacts, errors
 from loraplane.core.models.v1alpha1.lorajob import adapter_id
-from loraplane.control import metrics as operator_metrics
 from tests.acceptance.helpers import train
 from tests.k8s.controlplane import ROOT, ControlPlane
 from tests.k8s.stack import LoraplaneStack, wait_gone

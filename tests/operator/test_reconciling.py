@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+from loraplane.control import loop as reconciling
+from loraplane.control import runs
 from loraplane.core import artifacts, errors
 from loraplane.core.models.v1alpha1.lorajob import Checkpoint, LoRAJob
-from loraplane.control import loop as reconciling, runs
 
 STORE = "file:///store"
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from loraplane.core import scheduling
 from loraplane.control.pool import RuntimePool
+from loraplane.core import scheduling
 
 
 def pod(*, phase: str = "Running", ready: str = "True", ip: str | None = "10.0.0.5",
