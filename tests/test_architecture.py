@@ -1,7 +1,9 @@
 """The import direction of docs/architecture.md, checked on the source.
 
-core imports no component and no framework; runtime imports core only (nothing web-facing of the
-gateway or operator); api and operator import core only; only singlenode wires components together.
+core imports no component, no framework and no client library; clients (Kubernetes, runtime, store)
+import core; control (the job life cycle) imports core and clients, no framework; runtime imports
+core and clients; api imports core and clients; operator adds control and Kopf; jobsctl (the
+`loraplane jobs` client) imports core only; only singlenode wires components together.
 """
 
 from __future__ import annotations
@@ -15,10 +17,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "loraplane"
 
 #: layer -> module prefixes it must not import
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "core": ("loraplane.api", "loraplane.operator", "loraplane.runtime", "loraplane.singlenode", "kopf", "fastapi"),
-    "runtime": ("loraplane.api", "loraplane.operator", "loraplane.singlenode", "kopf"),
-    "api": ("loraplane.runtime", "loraplane.operator", "loraplane.singlenode", "torch"),
-    "operator": ("loraplane.api", "loraplane.runtime", "loraplane.singlenode", "torch", "fastapi"),
+    "core": ("loraplane.api", "loraplane.operator", "loraplane.runtime", "loraplane.singlenode", "loraplane.control",
+             "loraplane.clients", "loraplane.jobsctl", "kopf", "fastapi", "kubernetes_asyncio", "torch"),
+    "clients": ("loraplane.api", "loraplane.operator", "loraplane.runtime", "loraplane.singlenode",
+                "loraplane.control", "loraplane.jobsctl", "kopf", "fastapi", "torch"),
+    "control": ("loraplane.api", "loraplane.operator", "loraplane.runtime", "loraplane.singlenode",
+                "loraplane.jobsctl", "kopf", "fastapi", "kubernetes_asyncio", "torch"),
+    "runtime": ("loraplane.api", "loraplane.operator", "loraplane.singlenode", "loraplane.control",
+                "loraplane.jobsctl", "kopf"),
+    "api": ("loraplane.runtime", "loraplane.operator", "loraplane.singlenode", "loraplane.control",
+            "loraplane.jobsctl", "torch"),
+    "operator": ("loraplane.api", "loraplane.runtime", "loraplane.singlenode", "loraplane.jobsctl", "torch",
+                 "fastapi"),
+    "jobsctl": ("loraplane.api", "loraplane.operator", "loraplane.runtime", "loraplane.singlenode",
+                "loraplane.control", "loraplane.clients", "kopf", "fastapi", "torch"),
 }
 
 

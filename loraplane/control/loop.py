@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,17 +32,16 @@ from typing import Any
 
 import pydantic
 
-from loraplane.control import metrics, runs
+from loraplane.control import following, metrics, runs
 from loraplane.control.pool import RuntimePool
 from loraplane.control.runtime_calls import RuntimeCalls, RuntimeRejected, RuntimeUnreachable
 from loraplane.control.store import JobGone, JobStore, RetryLater
-from loraplane.core import artifacts, errors, phases, scheduling
+from loraplane.core import artifacts, errors, phases, scheduling, transitions
 from loraplane.core.models.v1alpha1.lorajob import (
     Checkpoint,
     LoRAJob,
     LoRAJobStatus,
     Phase,
-    Progress,
     RuntimeRef,
 )
 from loraplane.core.models.v1alpha1.lorajob import adapter_id as make_adapter_id
@@ -125,8 +123,10 @@ class JobLoop:
                     break
                 woken = asyncio.ensure_future(waker.wait())
                 waiting = {woken} | ({stopping} if stopping is not None else set())
-                await asyncio.wait(waiting, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-                woken.cancel()
+                try:
+                    await asyncio.wait(waiting, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
         finally:
             if stopping is not None:
                 stopping.cancel()
@@ -163,7 +163,7 @@ class JobLoop:
         if decision.action == Action.SCHEDULE:
             return await self.schedule(job, now)
         if decision.action == Action.FOLLOW:
-            return await self.follow(job, now)
+            return await following.follow(self, job, now)
         if decision.action == Action.RESTORE:
             await self.restore(job, now)
             return 0.0
@@ -171,11 +171,11 @@ class JobLoop:
             await self.suspend(job, now)
             return None
         if decision.action == Action.RESUME:
-            await self.write(job, phases.resumed(job.status), "Resumed", decision.message)
+            await self.write(job, transitions.resumed(job.status), "Resumed", decision.message)
             return 0.0
         if decision.action == Action.FAIL:
             await self.unload(job)
-            new = phases.finished(job.status, Phase.FAILED, decision.reason, decision.message, now)
+            new = transitions.finished(job.status, Phase.FAILED, decision.reason, decision.message, now)
             await self.write(job, new, decision.reason, decision.message, warning=True)
             return None
         if decision.action == Action.DELETE:
@@ -188,7 +188,7 @@ class JobLoop:
         self, job: LoRAJob, new: LoRAJobStatus, reason: str, message: str, *, warning: bool = False
     ) -> LoRAJob:
         """Patch status when it changed; post an Event on every phase transition."""
-        patch = phases.status_patch(job.status, new)
+        patch = transitions.status_patch(job.status, new)
         if not patch:
             return job
         stored = await self.ctx.jobs.patch_status(
@@ -209,7 +209,7 @@ class JobLoop:
         placement = scheduling.place(job.spec.base_model, self.ctx.pool.candidates(), current=current,
                                      tenant_jobs=self.ctx.pool.tenant_jobs(job.spec.tenant, besides=self.key))
         if placement.runtime is None:
-            new = phases.unschedulable(job.status, placement.reason.value, placement.message, now)
+            new = transitions.unschedulable(job.status, placement.reason.value, placement.message, now)
             await self.write(job, new, placement.reason.value, placement.message)
             return self.ctx.settings.health_interval_s
         runtime = RuntimeRef(pod=placement.runtime.pod, address=placement.runtime.address)
@@ -217,7 +217,7 @@ class JobLoop:
         if job.status.runtime != runtime or job.status.phase != Phase.SCHEDULED:
             job = await self.write(
                 job,
-                phases.scheduled(job.status, runtime, placement.message, now),
+                transitions.scheduled(job.status, runtime, placement.message, now),
                 "Scheduled",
                 placement.message,
             )
@@ -245,20 +245,20 @@ class JobLoop:
                     )
                 metrics.DISPATCHES.labels(origin=plan.origin).inc()
             if job.spec.mode == "training":
-                await self._record_run(job)
+                await following.record_run(self, job)
                 run = await self.ctx.runtime.train_status(runtime.address, aid)
                 if runs.needs_new_run(run, adapter_was_placed=placed):
                     await self.ctx.runtime.start_training(
                         runtime.address, aid, runs.train_request(job, self.ctx.store_url, plan.step)
                     )
         except RuntimeRejected as exc:
-            new = phases.dispatch_failed(job.status, str(exc), now, backoff_base=self.ctx.backoff_base_s)
+            new = transitions.dispatch_failed(job.status, str(exc), now, backoff_base=self.ctx.backoff_base_s)
             await self.write(job, new, "DispatchFailed", new.message or "", warning=True)
             return 0.0
         except RuntimeUnreachable as exc:
             log.info("%s: runtime %s unreachable during dispatch: %s", self.key, runtime.pod, exc)
             return self.ctx.settings.health_interval_s
-        new = phases.running(job.status, plan, now, generation=job.metadata.generation)
+        new = transitions.running(job.status, plan, now, generation=job.metadata.generation)
         restoring = next(
             (c for c in job.status.conditions if c.type == phases.RESTORED and c.status == "False"), None
         )
@@ -266,7 +266,7 @@ class JobLoop:
             f" from {plan.source} (step {plan.step})" if plan.source else ""
         )
         if restoring is not None:
-            new = phases.restored(
+            new = transitions.restored(
                 new,
                 f"restored on {runtime.pod} from {plan.source or 'a fresh adapter'} (step {plan.step})",
                 now,
@@ -277,144 +277,6 @@ class JobLoop:
                 metrics.SCHEDULING_LATENCY.observe(max(0.0, (now - created).total_seconds()))
         await self.write(job, new, "Running", message)
         return 0.0
-
-    async def follow(self, job: LoRAJob, now: datetime) -> float | None:
-        assert job.status.runtime is not None
-        address = job.status.runtime.address
-        aid = make_adapter_id(job.metadata.namespace, job.metadata.name)
-        try:
-            if job.spec.mode == "training":
-                return await self._follow_training(job, address, aid, now)
-            info = self.ctx.pool.adapter(job.status.runtime.pod, aid)
-            if info is None:  # not in the last listing (or none yet): ask before declaring it lost
-                info = await self.ctx.runtime.adapter(address, aid)
-            if info is None:
-                await self.restore(job, now)
-                return 0.0
-            job = await self._note_step(job, info)
-            await self._check_idle(job, address, aid, info, now)
-        except RuntimeUnreachable:
-            pass  # the health poll decides whether the runtime is lost
-        return self.ctx.settings.health_interval_s
-
-    async def _follow_training(self, job: LoRAJob, address: str, aid: str, now: datetime) -> float | None:
-        train = await self.ctx.runtime.train_status(address, aid)
-        if train is None:
-            await self.restore(job, now)
-            return 0.0
-        progress = Progress(
-            step=int(train.get("step") or 0),
-            total_steps=train.get("total_steps"),
-            loss=train.get("loss"),
-            tokens=int(train.get("tokens") or 0),
-        )
-        last = train.get("last_checkpoint")
-        ckpt = None
-        if last:
-            ckpt = Checkpoint(
-                path=runs.checkpoint_path(self.ctx.store_url, last["url"]),
-                step=int(last["step"]),
-                time=phases.iso(now),
-            )
-        state = train.get("state")
-        interval = self.ctx.settings.progress_interval_s
-        if last and int(last["step"]) > self.recorded_step:
-            await self._record_states(job, last_step=int(last["step"]), final=None)
-        if state == "running":
-            mono = time.monotonic()
-            if phases.progress_due(self.last_progress_write, mono, interval):
-                await self.write(job, phases.progressed(job.status, progress, ckpt), "Progress", "")
-                self.last_progress_write = mono
-            return min(interval, self.ctx.settings.health_interval_s)
-        if state == "succeeded":
-            assert job.spec.training is not None
-            output = artifacts.TinkerPath(runs.run_id(job), "weights", job.spec.training.output_name)
-            final = Checkpoint(path=str(output), step=progress.step, time=phases.iso(now))
-            await self._record_states(job, last_step=progress.step, final=(output.name, progress.step))
-            new = phases.progressed(job.status, progress, final)
-            message = f"trained {progress.step} steps; final state {output}"
-            new = phases.finished(new, Phase.SUCCEEDED, "Succeeded", message, now)
-            await self._delete_adapter(address, aid)
-            await self.write(job, new, "Succeeded", message)
-            return None
-        error = str(train.get("error") or "training failed")
-        await self._delete_adapter(address, aid)
-        new = phases.dispatch_failed(
-            phases.progressed(job.status, progress, ckpt), error, now, backoff_base=self.ctx.backoff_base_s
-        )
-        await self.write(job, new, "TrainingFailed", new.message or error, warning=True)
-        return 0.0
-
-    async def _record_run(self, job: LoRAJob) -> None:
-        """Write the declarative run's run.json once, so the Tinker API knows the run and its owner."""
-        if self.run_recorded:
-            return
-        store = artifacts.ArtifactStore(self.ctx.store_url)
-        url = artifacts.run_record_url(store.url, runs.run_id(job))
-        record = runs.run_record(job, phases.iso(self.ctx.clock()))
-
-        def write() -> None:
-            if store.read_json(url) is None:
-                store.write_json(url, record)
-
-        try:
-            await asyncio.to_thread(write)
-            self.run_recorded = True
-        except OSError as exc:  # the run goes on; the record is written on the next dispatch or follow
-            log.warning("%s: could not write the run record %s: %s", self.key, url, exc)
-
-    async def _record_states(self, job: LoRAJob, *, last_step: int, final: tuple[str, int] | None) -> None:
-        """Write checkpoint.json for the run's complete training states that have none yet."""
-        await self._record_run(job)
-        store = artifacts.ArtifactStore(self.ctx.store_url)
-        run = runs.run_id(job)
-        now = phases.iso(self.ctx.clock())
-
-        def write() -> None:
-            names = store.children(artifacts.join(artifacts.run_url(store.url, run), "weights"))
-            for name, step in runs.complete_states(names, last_step=last_step, final=final and final[0]):
-                path = artifacts.TinkerPath(run, "weights", name)
-                record_url = artifacts.checkpoint_record_url(store.url, path)
-                if store.read_json(record_url) is None:
-                    size = store.size_bytes(artifacts.checkpoint_url(store.url, path))
-                    store.write_json(record_url, artifacts.build_checkpoint_record(
-                        path=path, now=now, size_bytes=size, step=step if step is not None else final[1]))
-
-        try:
-            await asyncio.to_thread(write)
-            self.recorded_step = last_step
-        except OSError as exc:
-            log.warning("%s: could not record the states of run %s: %s", self.key, run, exc)
-
-    async def _note_step(self, job: LoRAJob, info: Mapping[str, Any]) -> LoRAJob:
-        """Record an interactive adapter's step and last loss (rate-bounded) for status and its columns.
-
-        The step is also the one a restore counts lost steps from.
-        """
-        progress = phases.interactive_progress(job.status.progress, info)
-        if progress is None:
-            return job
-        mono = time.monotonic()
-        if not phases.progress_due(self.last_progress_write, mono, self.ctx.settings.progress_interval_s):
-            return job
-        self.last_progress_write = mono
-        return await self.write(job, phases.progressed(job.status, progress, None), "Progress", "")
-
-    async def _check_idle(
-        self, job: LoRAJob, address: str, aid: str, info: Mapping[str, Any], now: datetime
-    ) -> None:
-        """Offload an adapter idle past idleTimeoutSeconds once; clear the Idle condition on use."""
-        idle = phases.idle_expired(job, last_used=info.get("last_used"), now=now.timestamp())
-        marked = any(c.type == phases.IDLE and c.status == "True" for c in job.status.conditions)
-        if idle and not marked and info.get("resident"):
-            await self.ctx.runtime.offload_adapter(address, aid)
-            message = f"idle for {job.spec.idle_timeout_seconds}s or more; adapter offloaded from the device"
-            conditions = phases.set_condition(job.status.conditions, phases.IDLE, "True", "IdleTimeout", message, now)
-            await self.write(job, job.status.model_copy(update={"conditions": conditions}), "Idle", message)
-            self.ctx.jobs.post_event(self.body, "Normal", "Idle", message)
-        elif marked and not idle:
-            conditions = phases.set_condition(job.status.conditions, phases.IDLE, "False", "Active", "in use", now)
-            await self.write(job, job.status.model_copy(update={"conditions": conditions}), "Active", "in use")
 
     async def saved_states(self, job: LoRAJob) -> list[Checkpoint]:
         """The training states of the job's run in the artifact store (see `runs.saved_states`).
@@ -444,7 +306,7 @@ class JobLoop:
     async def restore(self, job: LoRAJob, now: datetime) -> None:
         saved = await self.saved_states(job)
         plan = phases.restore_plan(job, saved)
-        new, message = phases.runtime_lost(job, now, saved)
+        new, message = transitions.runtime_lost(job, now, saved)
         metrics.RESTORES.inc()
         metrics.STEPS_LOST.inc(plan.steps_lost)
         await self.write(job, new, "RuntimeLost", message, warning=True)
@@ -473,19 +335,19 @@ class JobLoop:
                 except RuntimeRejected as exc:
                     log.warning("%s: could not save before suspending: %s", self.key, exc)
                     save_error = str(exc)
-                await self._delete_adapter(runtime.address, aid)
+                await self.delete_adapter(runtime.address, aid)
         elif runtime is not None:
             save_error = f"runtime {runtime.pod} is not ready"
-        new = phases.suspended(job.status, saved, now, save_error=save_error)
+        new = transitions.suspended(job.status, saved, now, save_error=save_error)
         await self.write(job, new, "Suspended", new.message or "suspended", warning=save_error is not None)
 
     async def unload(self, job: LoRAJob) -> None:
         """Remove the job's adapter from its runtime, if it is there and reachable."""
         if job.status.runtime is not None:
             aid = make_adapter_id(job.metadata.namespace, job.metadata.name)
-            await self._delete_adapter(job.status.runtime.address, aid)
+            await self.delete_adapter(job.status.runtime.address, aid)
 
-    async def _delete_adapter(self, address: str, aid: str) -> None:
+    async def delete_adapter(self, address: str, aid: str) -> None:
         try:
             await self.ctx.runtime.delete_adapter(address, aid)
         except (RuntimeUnreachable, RuntimeRejected) as exc:

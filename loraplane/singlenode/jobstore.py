@@ -33,7 +33,7 @@ from typing import Any
 from loraplane.control.store import JobGone
 from loraplane.core import errors
 from loraplane.core.manifests import immutable_spec_fields
-from loraplane.core.models.v1alpha1.lorajob import TENANT_LABEL, LoRAJob
+from loraplane.core.models.v1alpha1.lorajob import TENANT_LABEL, LoRAJob, LoRAJobStatus
 
 #: Listener of changes: (namespace, name, stored object or None when deleted).
 Listener = Callable[[str, str, dict[str, Any] | None], None]
@@ -166,7 +166,9 @@ class SqliteJobStore:
         current = self.get(namespace, name)
         if current is None:
             raise JobGone(f"{namespace}/{name}")
-        current["status"] = merge_patch(current.get("status") or {}, status_patch)
+        merged = merge_patch(current.get("status") or {}, status_patch)
+        # The API server fills the schema's defaults into a written status; so does this store.
+        current["status"] = {**merged, **LoRAJobStatus.model_validate(merged).dump()}
         return self._put(current)
 
     async def delete(self, namespace: str, name: str) -> None:

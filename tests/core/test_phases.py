@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from loraplane.core import phases
+from loraplane.core import phases, transitions
 from loraplane.core.models.v1alpha1.lorajob import (
     Checkpoint,
     LoRAJob,
@@ -136,7 +136,7 @@ def test_runtime_lost_counts_an_attempt_and_says_which_checkpoint_and_steps_lost
         progress=Progress(step=27, loss=1.5),
         latest_checkpoint=Checkpoint(path="tinker://ns.j/weights/step-20", step=20),
     )
-    status, message = phases.runtime_lost(lost, NOW)
+    status, message = transitions.runtime_lost(lost, NOW)
     assert status.phase == Phase.PENDING and status.runtime is None and status.attempts == 2
     assert message == "runtime rt-0 lost at step 27: restoring from tinker://ns.j/weights/step-20 (step 20); 7 step(s) lost"
     restored = {c.type: c for c in status.conditions}[phases.RESTORED]
@@ -144,19 +144,19 @@ def test_runtime_lost_counts_an_attempt_and_says_which_checkpoint_and_steps_lost
 
 
 def test_runtime_lost_without_checkpoint_says_it_starts_fresh() -> None:
-    _, message = phases.runtime_lost(job({}, phase=Phase.RUNNING, runtime=RT, progress=Progress(step=4)), NOW)
+    _, message = transitions.runtime_lost(job({}, phase=Phase.RUNNING, runtime=RT, progress=Progress(step=4)), NOW)
     assert "fresh adapter; 4 step(s) lost" in message
 
 
 def test_running_after_restore_rewinds_progress_to_the_checkpoint() -> None:
     before = job({}, progress=Progress(step=27), latest_checkpoint=Checkpoint(path="p", step=20))
-    status = phases.running(before.status, phases.restore_plan(before), NOW, generation=3)
+    status = transitions.running(before.status, phases.restore_plan(before), NOW, generation=3)
     assert (status.phase, status.progress.step, status.observed_generation) == (Phase.RUNNING, 20, 3)
     assert status.start_time == phases.iso(NOW)
 
 
 def test_dispatch_failed_sets_a_backoff_and_goes_pending() -> None:
-    status = phases.dispatch_failed(LoRAJobStatus(phase=Phase.SCHEDULED, runtime=RT, attempts=1), "boom", NOW)
+    status = transitions.dispatch_failed(LoRAJobStatus(phase=Phase.SCHEDULED, runtime=RT, attempts=1), "boom", NOW)
     assert (status.phase, status.attempts, status.runtime) == (Phase.PENDING, 2, None)
     assert status.next_attempt_time == phases.iso(NOW + timedelta(seconds=10))
     assert "boom" in (status.message or "")
@@ -165,12 +165,12 @@ def test_dispatch_failed_sets_a_backoff_and_goes_pending() -> None:
 @pytest.mark.parametrize(
     ("transition", "phase"),
     [
-        (lambda s: phases.unschedulable(s, "NoRuntime", "none", NOW), Phase.PENDING),
-        (lambda s: phases.scheduled(s, RT, "placed", NOW), Phase.SCHEDULED),
-        (lambda s: phases.suspended(s, Checkpoint(path="p", step=3), NOW), Phase.SUSPENDED),
-        (lambda s: phases.resumed(s), Phase.PENDING),
-        (lambda s: phases.finished(s, Phase.SUCCEEDED, "Done", "ok", NOW), Phase.SUCCEEDED),
-        (lambda s: phases.finished(s, Phase.FAILED, "BackoffLimitExceeded", "no", NOW), Phase.FAILED),
+        (lambda s: transitions.unschedulable(s, "NoRuntime", "none", NOW), Phase.PENDING),
+        (lambda s: transitions.scheduled(s, RT, "placed", NOW), Phase.SCHEDULED),
+        (lambda s: transitions.suspended(s, Checkpoint(path="p", step=3), NOW), Phase.SUSPENDED),
+        (lambda s: transitions.resumed(s), Phase.PENDING),
+        (lambda s: transitions.finished(s, Phase.SUCCEEDED, "Done", "ok", NOW), Phase.SUCCEEDED),
+        (lambda s: transitions.finished(s, Phase.FAILED, "BackoffLimitExceeded", "no", NOW), Phase.FAILED),
     ],
 )
 def test_transitions_set_the_phase(transition: Any, phase: Phase) -> None:
@@ -178,15 +178,15 @@ def test_transitions_set_the_phase(transition: Any, phase: Phase) -> None:
 
 
 def test_finished_starts_the_ttl_clock_and_frees_the_runtime() -> None:
-    status = phases.finished(LoRAJobStatus(phase=Phase.RUNNING, runtime=RT), Phase.SUCCEEDED, "Done", "ok", NOW)
+    status = transitions.finished(LoRAJobStatus(phase=Phase.RUNNING, runtime=RT), Phase.SUCCEEDED, "Done", "ok", NOW)
     assert status.completion_time == phases.iso(NOW) and status.runtime is None
 
 
 def test_condition_transition_time_moves_only_when_its_status_changes() -> None:
-    first = phases.set_condition([], "Scheduled", "False", "NoRuntime", "a", NOW)
+    first = transitions.set_condition([], "Scheduled", "False", "NoRuntime", "a", NOW)
     later = NOW + timedelta(minutes=1)
-    same = phases.set_condition(first, "Scheduled", "False", "NoCapacity", "b", later)
-    flipped = phases.set_condition(same, "Scheduled", "True", "Scheduled", "c", later)
+    same = transitions.set_condition(first, "Scheduled", "False", "NoCapacity", "b", later)
+    flipped = transitions.set_condition(same, "Scheduled", "True", "Scheduled", "c", later)
     assert same[0].last_transition_time == phases.iso(NOW) and same[0].reason == "NoCapacity"
     assert flipped[0].last_transition_time == phases.iso(later)
     assert len(flipped) == 1
@@ -198,7 +198,7 @@ def test_condition_transition_time_moves_only_when_its_status_changes() -> None:
 )
 def test_progressed_keeps_the_newest_checkpoint(checkpoint: Checkpoint | None, latest_step: int) -> None:
     old = LoRAJobStatus(latest_checkpoint=Checkpoint(path="p", step=10))
-    new = phases.progressed(old, Progress(step=16, loss=0.5, tokens=900), checkpoint)
+    new = transitions.progressed(old, Progress(step=16, loss=0.5, tokens=900), checkpoint)
     assert new.latest_checkpoint is not None and new.latest_checkpoint.step == latest_step
     assert new.progress.step == 16
 
@@ -217,7 +217,7 @@ def test_progressed_keeps_the_newest_checkpoint(checkpoint: Checkpoint | None, l
     ],
 )
 def test_status_patch(old: LoRAJobStatus, new: LoRAJobStatus, patch: dict[str, Any]) -> None:
-    assert phases.status_patch(old, new) == patch
+    assert transitions.status_patch(old, new) == patch
 
 
 STARTED = ago(3600)
@@ -264,7 +264,7 @@ def test_saved_states_are_ignored_before_the_job_first_ran() -> None:
 
 def test_runtime_lost_restores_a_users_save_and_records_it_as_the_latest_checkpoint() -> None:
     lost = job({}, phase=Phase.RUNNING, runtime=RT, start_time=STARTED, progress=Progress(step=9), latest_checkpoint=None)
-    status, message = phases.runtime_lost(lost, NOW, [saved("mine", 7, 30)])
+    status, message = transitions.runtime_lost(lost, NOW, [saved("mine", 7, 30)])
     assert message == "runtime rt-0 lost at step 9: restoring from tinker://ns.j/weights/mine (step 7); 2 step(s) lost"
     assert status.latest_checkpoint == saved("mine", 7, 30)
     after = job({}, **{k: v for k, v in status.model_dump().items() if k != "conditions"})
@@ -286,14 +286,14 @@ def test_suspended_says_what_was_saved_or_what_a_resume_loses(
     checkpoint: Checkpoint | None, error: str | None, latest: Checkpoint | None, message: str, step: int
 ) -> None:
     before = LoRAJobStatus(phase=Phase.RUNNING, runtime=RT, progress=Progress(step=27), latest_checkpoint=latest)
-    status = phases.suspended(before, checkpoint, NOW, save_error=error)
+    status = transitions.suspended(before, checkpoint, NOW, save_error=error)
     assert (status.phase, status.runtime, status.message, status.progress.step) == (Phase.SUSPENDED, None, message, step)
     assert status.latest_checkpoint == (checkpoint or latest)
 
 
 def test_running_records_a_restored_save_as_the_latest_checkpoint() -> None:
     before = job({}, start_time=STARTED, progress=Progress(step=9), latest_checkpoint=OWN)
-    status = phases.running(before.status, phases.restore_plan(before, [saved("mine", 25, 30)]), NOW, generation=1)
+    status = transitions.running(before.status, phases.restore_plan(before, [saved("mine", 25, 30)]), NOW, generation=1)
     assert status.latest_checkpoint == saved("mine", 25, 30) and status.progress.step == 25
 
 
@@ -315,17 +315,17 @@ def test_sdk_driven_progress_takes_the_runtimes_step_and_loss(current, info, exp
 def test_the_final_failure_names_the_last_attempts_cause() -> None:
     status = LoRAJobStatus()
     for _ in range(4):
-        status = phases.dispatch_failed(status, "CUDA out of memory on rt-0", NOW)
+        status = transitions.dispatch_failed(status, "CUDA out of memory on rt-0", NOW)
     decision = phases.decide(job({"backoffLimit": 3}, **status.dump()), runtime_ready=False, now=NOW)
     assert decision.action == Action.FAIL
     assert decision.message == "4 attempts, more than backoffLimit 3; the last: attempt 4 failed: CUDA out of memory on rt-0"
-    failed = phases.finished(status, Phase.FAILED, decision.reason, decision.message, NOW)
+    failed = transitions.finished(status, Phase.FAILED, decision.reason, decision.message, NOW)
     ready = next(c for c in failed.conditions if c.type == phases.READY)
     assert (ready.reason, ready.message) == ("BackoffLimitExceeded", decision.message)
 
 
 def test_a_lost_runtime_is_the_last_cause_too() -> None:
     lost = job({"backoffLimit": 0}, phase=Phase.RUNNING, runtime=RT, progress=Progress(step=7))
-    status, _ = phases.runtime_lost(lost, NOW, [])
+    status, _ = transitions.runtime_lost(lost, NOW, [])
     decision = phases.decide(job({"backoffLimit": 0}, **status.dump()), runtime_ready=False, now=NOW)
     assert decision.action == Action.FAIL and "the last: runtime rt-0 lost at step 7" in decision.message
