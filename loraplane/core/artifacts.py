@@ -145,10 +145,6 @@ def sequences_url(store: str, session_id: str) -> str:
     return join(store, "sequences", session_id)
 
 
-def job_record_url(store: str, job_name: str) -> str:
-    return join(store, "jobs", f"{job_name}.json")
-
-
 def tenant_sessions_index_url(store: str, tenant: str) -> str:
     """Folder of a tenant's session markers: listing them reads one folder, not every session."""
     return join(store, "index", "tenants", tenant, "sessions")
@@ -393,16 +389,6 @@ class ArtifactStore:
                 if self.exists(checkpoint_record_url(self.url, path)):
                     found.append(path)
         return found
-
-    def records(self, folder: str) -> list[dict[str, Any]]:
-        """Every JSON record directly under `<store>/<folder>/`."""
-        out = []
-        for name in self.children(join(self.url, folder)):
-            if name.endswith(".json"):
-                body = self.read_json(join(self.url, folder, name))
-                if body is not None:
-                    out.append(body)
-        return out
 
 
 def open_store(url: str) -> ArtifactStore:

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ CHECKED: dict[tuple[str, str], str] = {
     ("README.md", ".venv/bin/loraplane serve"): "readme_server (fixture)",
     ("README.md", "import tinker"): "test_readme_sdk_and_export_snippets_run_against_serve",
     ("README.md", "from peft import PeftModel"): "test_readme_sdk_and_export_snippets_run_against_serve",
+    ("README.md", "export LORAPLANE_URL="): "test_readme_jobs_commands_run_against_serve",
     ("README.md", "helm install loraplane"): "test_cluster_commands_name_what_the_chart_and_crd_have",
     ("README.md", ".venv/bin/python bench/multilora.py"): "test_readme_benchmark_command_names_a_script",
     ("docs/architecture.md", "tinker SDK"): "test_architecture_diagram_names_real_packages",
@@ -344,6 +346,32 @@ def test_readme_sdk_and_export_snippets_run_against_serve(readme_server: Server,
         export = export.replace(old, new)
     run_python(export)
     assert (tmp_path / "merged" / "config.json").exists()
+
+
+def test_readme_jobs_commands_run_against_serve(readme_server: Server) -> None:
+    lines = [line.split("#")[0].strip() for line in snippet("README.md", "export LORAPLANE_URL=").text.splitlines()]
+    export, *calls = [line for line in lines if line]
+    env = dict(word.split("=", 1) for word in export.removeprefix("export ").split())
+    assert env == {"LORAPLANE_URL": "http://127.0.0.1:8000", "LORAPLANE_API_KEY": README_KEY[1]}
+    env = {**os.environ, **env, "LORAPLANE_URL": readme_server.url}
+    printed = []
+    for call in calls:
+        args = call.split()
+        assert args[:2] == [".venv/bin/loraplane", "jobs"], call
+        if args[2] == "describe":  # the job runs first: an interactive job on the README's model
+            deadline = time.monotonic() + 60
+            while "Running" not in subprocess.run([sys.executable, "-m", "loraplane", "jobs", "get", args[3]],
+                                                   capture_output=True, text=True, env=env).stdout:
+                assert time.monotonic() < deadline, "the example job did not run"
+                time.sleep(0.1)
+        done = subprocess.run([sys.executable, "-m", "loraplane", *args[1:]], capture_output=True, text=True,
+                              env=env, cwd=REPO, timeout=60)
+        assert done.returncode == 0, f"{call}: {done.stderr}"
+        printed.append(done.stdout)
+    assert printed[0].strip() == "lorajob.loraplane.dev/alice-chat-1 created"
+    assert printed[1].split()[:9] == ["NAME", "PHASE", "BASE", "MODEL", "RUNTIME", "STEP", "LOSS", "TENANT", "AGE"]
+    assert "Conditions:" in printed[2] and "Events:" in printed[2]
+    assert printed[3].strip() == 'lorajob.loraplane.dev "alice-chat-1" deleted'
 
 
 def test_install_sdk_heredoc_runs_against_serve(readme_server: Server, installed: list[dict[str, Any]]) -> None:
