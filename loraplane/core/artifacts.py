@@ -390,6 +390,16 @@ class ArtifactStore:
                     found.append(path)
         return found
 
+    def records(self, folder: str) -> list[dict[str, Any]]:
+        """Every JSON record directly under `<store>/<folder>/`."""
+        out = []
+        for name in self.children(join(self.url, folder)):
+            if name.endswith(".json"):
+                body = self.read_json(join(self.url, folder, name))
+                if body is not None:
+                    out.append(body)
+        return out
+
 
 def open_store(url: str) -> ArtifactStore:
     """The store at `url`, checked the way a command checks it at start-up.
