@@ -66,6 +66,15 @@ class RuntimeCalls:
         except errors.LoraplaneError as exc:
             raise RuntimeRejected(exc.status_code, exc.message) from exc
 
+    async def _unless_absent(self, make: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
+        """(True, the answer), or (False, None) when the runtime answers 404 (it holds no such thing)."""
+        try:
+            return True, await self._call(make)
+        except RuntimeRejected as exc:
+            if exc.status_code == 404:
+                return False, None
+            raise
+
     async def readyz(self, address: str) -> dict[str, Any] | None:
         """The RuntimeHealth body (also when not ready), or None when unreachable or garbled."""
         try:
@@ -83,12 +92,7 @@ class RuntimeCalls:
 
     async def adapter(self, address: str, adapter_id: str) -> dict[str, Any] | None:
         """AdapterInfo, or None when the runtime does not hold the adapter."""
-        try:
-            return await self._call(lambda: self.client(address).get_adapter(adapter_id))
-        except RuntimeRejected as exc:
-            if exc.status_code == 404:
-                return None
-            raise
+        return (await self._unless_absent(lambda: self.client(address).get_adapter(adapter_id)))[1]
 
     async def create_adapter(self, address: str, adapter_id: str, lora: LoRAConfig) -> dict[str, Any]:
         config = lora.model_dump()
@@ -110,13 +114,7 @@ class RuntimeCalls:
 
     async def delete_adapter(self, address: str, adapter_id: str) -> bool:
         """True when deleted, False when the runtime did not hold it."""
-        try:
-            await self._call(lambda: self.client(address).delete_adapter(adapter_id))
-        except RuntimeRejected as exc:
-            if exc.status_code == 404:
-                return False
-            raise
-        return True
+        return (await self._unless_absent(lambda: self.client(address).delete_adapter(adapter_id)))[0]
 
     async def save_state(
         self, address: str, adapter_id: str, dest: str, *, wait: float = 60.0
@@ -139,12 +137,7 @@ class RuntimeCalls:
 
     async def train_status(self, address: str, adapter_id: str) -> dict[str, Any] | None:
         """TrainStatus, or None when no run was started for the adapter."""
-        try:
-            return await self._call(lambda: self.client(address).training_status(adapter_id))
-        except RuntimeRejected as exc:
-            if exc.status_code == 404:
-                return None
-            raise
+        return (await self._unless_absent(lambda: self.client(address).training_status(adapter_id)))[1]
 
     async def start_training(self, address: str, adapter_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call(lambda: self.client(address).start_training(adapter_id, body))

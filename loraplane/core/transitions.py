@@ -47,6 +47,13 @@ def set_condition(
     return sorted(out, key=lambda c: c.type)
 
 
+def _off_runtime(status: LoRAJobStatus, phase: Phase, reason: str, message: str, now: datetime, *,
+                 why: str | None = None, **changes: Any) -> LoRAJobStatus:
+    """Off its runtime in `phase`: Ready False for `reason` (saying `why`, default the message). Pure."""
+    conditions = set_condition(status.conditions, READY, "False", reason, why or message, now)
+    return _with(status, phase=phase, runtime=None, conditions=conditions, message=message, **changes)
+
+
 def _with(status: LoRAJobStatus, **changes: Any) -> LoRAJobStatus:
     return status.model_copy(update=changes, deep=True)
 
@@ -103,17 +110,10 @@ def runtime_lost(
     else:
         what = f"no checkpoint, restarting from a fresh adapter; {plan.steps_lost} step(s) lost"
     message = f"runtime {pod} lost at step {status.progress.step}: {what}"
-    conditions = set_condition(status.conditions, RESTORED, "False", "RuntimeLost", message, now)
-    conditions = set_condition(conditions, READY, "False", "RuntimeLost", message, now)
-    new = _with(
-        status,
-        phase=Phase.PENDING,
-        runtime=None,
-        attempts=status.attempts + 1,
-        conditions=conditions,
-        latest_checkpoint=newest_state(job, saved),
-        message=message,
-    )
+    restoring = status.model_copy(update={
+        "conditions": set_condition(status.conditions, RESTORED, "False", "RuntimeLost", message, now)})
+    new = _off_runtime(restoring, Phase.PENDING, "RuntimeLost", message, now, attempts=status.attempts + 1,
+                       latest_checkpoint=newest_state(job, saved))
     return new, message
 
 
@@ -123,8 +123,6 @@ def restored(status: LoRAJobStatus, message: str, now: datetime) -> LoRAJobStatu
         status, conditions=set_condition(status.conditions, RESTORED, "True", "Restored", message, now)
     )
 
-
-#: Ready-condition reasons of a failed attempt, whose message says why it failed
 def dispatch_failed(
     status: LoRAJobStatus, error: str, now: datetime, *, backoff_base: float = BACKOFF_BASE_S
 ) -> LoRAJobStatus:
@@ -133,16 +131,8 @@ def dispatch_failed(
     retry_at = now + timedelta(seconds=backoff_delay(attempts, base=backoff_base))
     failure = f"attempt {attempts} failed: {error}"
     message = f"{failure}; retrying at {iso(retry_at)}"
-    conditions = set_condition(status.conditions, READY, "False", "DispatchFailed", failure, now)
-    return _with(
-        status,
-        phase=Phase.PENDING,
-        runtime=None,
-        attempts=attempts,
-        next_attempt_time=iso(retry_at),
-        conditions=conditions,
-        message=message,
-    )
+    return _off_runtime(status, Phase.PENDING, "DispatchFailed", message, now, why=failure, attempts=attempts,
+                        next_attempt_time=iso(retry_at))
 
 
 def suspended(
@@ -167,16 +157,8 @@ def suspended(
         )
     else:
         message = "suspended"
-    conditions = set_condition(status.conditions, READY, "False", "Suspended", message, now)
-    return _with(
-        status,
-        phase=Phase.SUSPENDED,
-        runtime=None,
-        progress=progress,
-        latest_checkpoint=checkpoint or status.latest_checkpoint,
-        conditions=conditions,
-        message=message,
-    )
+    return _off_runtime(status, Phase.SUSPENDED, "Suspended", message, now, progress=progress,
+                        latest_checkpoint=checkpoint or status.latest_checkpoint)
 
 
 def resumed(status: LoRAJobStatus) -> LoRAJobStatus:
@@ -194,11 +176,7 @@ def progressed(status: LoRAJobStatus, progress: Progress, checkpoint: Checkpoint
 
 def finished(status: LoRAJobStatus, phase: Phase, reason: str, message: str, now: datetime) -> LoRAJobStatus:
     """Succeeded or Failed; the TTL clock starts. Pure."""
-    ready = "False"
-    conditions = set_condition(status.conditions, READY, ready, reason, message, now)
-    return _with(
-        status, phase=phase, runtime=None, conditions=conditions, completion_time=iso(now), message=message
-    )
+    return _off_runtime(status, phase, reason, message, now, completion_time=iso(now))
 
 
 def status_patch(old: LoRAJobStatus, new: LoRAJobStatus) -> dict[str, Any]:
