@@ -19,10 +19,9 @@ import asyncio
 import json
 import logging
 import re
-import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from loraplane.api import codecs, ids
 from loraplane.api.guards import TENANT_KEY
@@ -84,22 +83,16 @@ def text_of(fields: dict[str, Any]) -> str:
     return "access " + " ".join(parts)
 
 
-class AccessLog:
+class AccessLog(logs.RequestScoped):
     """Pure ASGI middleware; see the module notes."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    error_bytes = _ERROR_BYTES
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        headers = dict(scope.get("headers") or ())
-        rid = logs.accept_request_id(headers.get(logs.HEADER.encode(), b"").decode(errors="replace") or None)
-        token = logs.request_id.set(rid)
+    async def serve(self, scope: Scope, receive: Receive, send: Send, rid: str | None,
+                    answer: logs.ResponseWatch) -> None:
+        assert rid is not None  # the gateway mints one for every call
         peek = bytearray()
-        answer = logs.ResponseWatch(_ERROR_BYTES)
+        scope["loraplane.peek"] = peek  # the start of the body, for the model id of the log line
 
         async def watched_receive() -> Message:
             message = await receive()
@@ -121,25 +114,22 @@ class AccessLog:
             if not answer.started:
                 answer.status = CANCELLED
             raise
-        finally:
-            logs.request_id.reset(token)
-            self._log(scope, headers, rid, answer.status, time.perf_counter() - start, bytes(peek),
-                      bytes(answer.error_body))
 
-    def _log(self, scope: Scope, headers: dict[bytes, bytes], rid: str, status: int, latency_s: float,
-             body: bytes, error_body: bytes) -> None:
+    def done(self, scope: Scope, headers: dict[bytes, bytes], rid: str | None, answer: logs.ResponseWatch,
+             elapsed_s: float) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
+        status, path = answer.status, scope.get("path", "")
         route = getattr(scope.get("route"), "path", None)
-        path = scope.get("path", "")
         if route and not route.startswith("/api/") and path.startswith("/api/v1/"):
             route = "/api/v1" + route  # the per-step lane puts the router's unprefixed route in the scope
+        body = bytes(scope.get("loraplane.peek") or b"")
         fields = fields_of(
             request_id=rid, tenant=_tenant(scope, headers), method=scope.get("method", "-"),
-            route=route or path, status=status, latency_s=latency_s,
+            route=route or path, status=status, latency_s=elapsed_s,
             model_id=model_id_of(path, headers.get(b"content-type", b"").decode(errors="replace"), body,
                                  scope.get("path_params") or {}),
-            reason=logs.reason_of(error_body) if status >= 400 else None,
+            reason=logs.reason_of(bytes(answer.error_body)) if status >= 400 else None,
         )
         level = logging.WARNING if status >= 500 and status != CANCELLED else logging.INFO
         log.log(level, text_of(fields), extra={"fields": fields, "request_id": rid})

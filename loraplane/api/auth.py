@@ -98,31 +98,26 @@ def load_keys(*, inline: Iterable[str] = (), files: Iterable[str] = ()) -> KeyTa
     Refuses a key given to two tenants (a request with it could act as either); warns about a
     keys file that other users may read or change.
     """
-    entries: list[tuple[str, str, str]] = []  # (tenant, hash, where)
-    overrides: dict[str, dict[str, str]] = {}
-    for n, entry in enumerate(inline):
-        parsed = parse_key_line(entry, source=f"api key #{n + 1}")
-        if parsed:
-            entries.append((*parsed, f"api key #{n + 1}"))
-            settings = quotas.parse_overrides(entry.split()[1:], source=f"api key #{n + 1}")
-            if settings:
-                overrides.setdefault(parsed[0], {}).update(settings)
+    lines = [(entry, f"api key #{n + 1}") for n, entry in enumerate(inline)]
     for path in files:
         try:
             with open(path, encoding="utf-8") as f:
                 warning = insecure_file_warning(path, os.fstat(f.fileno()).st_mode)
-                lines = f.read().splitlines()
+                text = f.read()
         except OSError as exc:
             raise errors.InvalidInput(f"cannot read API keys file {path!r}: {exc.strerror}") from exc
         if warning:
             log.warning("%s", warning)
-        for lineno, line in enumerate(lines, 1):
-            parsed = parse_key_line(line, source=f"{path}:{lineno}")
-            if parsed:
-                entries.append((*parsed, f"{path}:{lineno}"))
-                settings = quotas.parse_overrides(line.split()[1:], source=f"{path}:{lineno}")
-                if settings:
-                    overrides.setdefault(parsed[0], {}).update(settings)
+        lines += [(line, f"{path}:{lineno}") for lineno, line in enumerate(text.splitlines(), 1)]
+    entries: list[tuple[str, str, str]] = []  # (tenant, hash, where)
+    overrides: dict[str, dict[str, str]] = {}
+    for line, where in lines:
+        parsed = parse_key_line(line, source=where)
+        if parsed:
+            entries.append((*parsed, where))
+            settings = quotas.parse_overrides(line.split()[1:], source=where)
+            if settings:
+                overrides.setdefault(parsed[0], {}).update(settings)
     check_unique(entries)
     for tenant, values in overrides.items():
         quotas.resolve(TenantQuota(), values, source=f"tenant {tenant!r}")  # bad values fail at start-up

@@ -42,27 +42,40 @@ class UserError(LoraplaneError):
 
 
 class InvalidInput(UserError):
+    """A value the caller sent is wrong; `field` names it and the message says what would be right."""
+
     status_code = 400
 
 
 class NotFound(UserError):
+    """No such thing, or not the caller's: another tenant's resource is answered exactly like a missing one,
+    so that ids cannot be probed."""
+
     status_code = 404
 
 
 class Conflict(UserError):
-    status_code = 409
+    status_code = 409  # exists with other settings, or taken by another tenant
 
 
 class Unauthenticated(UserError):
+    """No API key, or one no tenant has."""
+
     status_code = 401
 
 
 class Forbidden(UserError):
+    """A known tenant asked for more than it may: over a quota, or for another tenant's name.
+
+    Also the answer to a count over its limit, where 409 would be natural: SDK 0.38 retries a 409
+    until its progress timeout, so the caller would wait instead of being told.
+    """
+
     status_code = 403
 
 
 class PayloadTooLarge(UserError):
-    status_code = 413
+    status_code, category = 413, "user"
 
 
 class CapacityError(LoraplaneError):

@@ -16,11 +16,13 @@ router = APIRouter(tags=["sampling"])
 async def create_sampling_session(
     body: protocol.CreateSamplingSession, gw: GatewayDep, tenant: TenantDep
 ) -> dict[str, Any]:
+    """A sampling client: of a sampler path a training client saved, or of the base model alone."""
     return await gw.create_sampling_session(tenant, body)
 
 
 @router.get("/samplers/{sampler_id}")
 async def get_sampler(sampler_id: str, gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
+    """The sampler's base model and path, for the SDK's `get_base_model` and tokenizer."""
     return gw.sampler_view(tenant, sampler_id)
 
 
