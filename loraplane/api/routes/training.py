@@ -53,6 +53,10 @@ async def save_weights(body: protocol.SaveWeights, gw: GatewayDep, tenant: Tenan
 async def save_weights_for_sampler(
     body: protocol.SaveWeightsForSampler, gw: GatewayDep, tenant: TenantDep
 ) -> dict[str, Any]:
+    """Weights for sampling: a sampler path (`name` given) or an unnamed snapshot the runtime keeps.
+
+    The SDK's `save_weights_and_get_sampling_client` calls this, then `create_sampling_session`.
+    """
     return await gw.save_for_sampler(tenant, body)
 
 
