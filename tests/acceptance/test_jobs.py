@@ -94,7 +94,7 @@ def test_a_declarative_job_survives_a_killed_server_and_succeeds_from_its_last_c
                                            "completion": f" it is {2 * i}."}) + "\n" for i in range(32)))
     manifest = {"apiVersion": "loraplane.dev/v1alpha1", "kind": "LoRAJob", "metadata": {"name": "sft"},
                 "spec": {"baseModel": str(tiny_model_dir), "tenant": "alice", "mode": "training",
-                         "lora": {"rank": 4}, "training": {"dataset": f"file://{dataset}", "steps": 400,
+                         "lora": {"rank": 4}, "training": {"dataset": f"file://{dataset}", "steps": 120,
                                                            "batchSize": 4, "checkpointEvery": 5}}}
     store = f"file://{data_dir}/store"
     server = start_server(tiny_model_dir, store, env=FAST_LOOP, args=["--data-dir", str(data_dir)])
@@ -111,7 +111,7 @@ def test_a_declarative_job_survives_a_killed_server_and_succeeds_from_its_last_c
             job(server, "sft")), "the job finished", timeout=300)
         status = done["status"]
         assert status["phase"] == "Succeeded", status
-        assert status["attempts"] == 1 and status["progress"]["step"] == 400
+        assert status["attempts"] == 1 and status["progress"]["step"] == 120
         assert status["latestCheckpoint"]["path"] == "tinker://default.sft/weights/final"
         restored = {c["type"]: c for c in status["conditions"]}["Restored"]
         assert restored["status"] == "True"
