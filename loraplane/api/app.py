@@ -173,6 +173,14 @@ def create_app(gateway: Gateway, keys: KeyTable, *, settings: GatewaySettings | 
     for module in (sessions, training, sampling, futures, checkpoints, exports):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(jobs.router, prefix=jobs.PREFIX)
+    _stack_front_door(app, gateway, keys, settings, registry)
+    return app
+
+
+def _stack_front_door(app: FastAPI, gateway: Gateway, keys: KeyTable, settings: GatewaySettings,
+                      registry: CollectorRegistry) -> None:
+    """The pure-ASGI layers around the routes, outermost last: access log, SDK version gate,
+    metrics, the key, body limits, per-tenant rates, the per-step lane."""
     app.add_middleware(StepLane, routes=step_routes())
     app.add_middleware(guards.RateLimit, rate_per_s=settings.rate_per_s, burst=settings.rate_burst,
                        exempt=frozenset({API_PREFIX + "/retrieve_future"}))
@@ -185,4 +193,3 @@ def create_app(gateway: Gateway, keys: KeyTable, *, settings: GatewaySettings | 
     app.add_middleware(Metrics, registry=registry)
     app.add_middleware(sdk_versions.SdkVersionGate)
     app.add_middleware(access_log.AccessLog)
-    return app
