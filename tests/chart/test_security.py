@@ -17,8 +17,10 @@ OPERATOR_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
 ]
 GATEWAY_RULES = [
-    {"apiGroups": ["loraplane.dev"], "resources": ["lorajobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": ["loraplane.dev"], "resources": ["lorajobs"],
+     "verbs": ["get", "list", "watch", "create", "update", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
 ]
 
 
