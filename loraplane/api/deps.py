@@ -14,7 +14,6 @@ from fastapi import Depends, Header, Request
 from pydantic import BaseModel, ValidationError
 
 from loraplane.api import ids
-from loraplane.api.errors import invalid_body
 from loraplane.api.gateway import Gateway
 from loraplane.api.guards import TENANT_KEY
 from loraplane.core import errors
@@ -78,4 +77,4 @@ async def json_body(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise invalid_body(exc.errors()) from None
+        raise errors.invalid_input(exc.errors()) from None

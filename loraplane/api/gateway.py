@@ -9,7 +9,8 @@ Design notes
   it to run, so a slow start (a pod being scheduled) never holds a submit past the SDK's timeout.
 * Per-step calls go to `control_plane.runtime_for(job)` (a local cache) and on to the runtime; the
   runtime's executor orders and deduplicates them per adapter by `seq_id`, which the gateway
-  forwards unchanged. The runtime adapter id of a training run is its job name.
+  forwards unchanged. The runtime adapter id of a training run is the control plane's to say
+  (`ControlPlane.adapter_id`); the other ids and the ops' names are `loraplane.core.runtime_ops`'.
 * Futures are named `ids.FutureRef`: any replica can answer `retrieve_future` (see `futures`).
 """
 
@@ -20,7 +21,9 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+import pydantic
 
 from loraplane.api import codecs, ids, jobs, limits, protocol
 from loraplane.api import quotas as quotas_mod
@@ -29,9 +32,12 @@ from loraplane.api.records import Records
 from loraplane.core import artifacts, errors
 from loraplane.core.controlplane import ControlPlane
 from loraplane.core.models.v1alpha1 import LoRAJob, ResumeFrom, RuntimeRef
-from loraplane.core.models.v1alpha1.lorajob import TERMINAL_PHASES, adapter_id
+from loraplane.core.models.v1alpha1.lorajob import TERMINAL_PHASES
+from loraplane.core.params import AdamParams, SamplingParams
+from loraplane.core.runtime_ops import OpBody, OpKind, SampleBody, checkpoint_adapter_id, snapshot_adapter_id
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=pydantic.BaseModel)
 
 #: pod field of futures that the control plane answers (no runtime involved)
 CONTROL_PLANE_POD = "cp"
@@ -41,9 +47,13 @@ def utcnow() -> str:
     return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def snapshot_adapter_id(path: artifacts.TinkerPath) -> str:
-    """Runtime adapter id under which a named sampler snapshot is loaded: stable per path. Pure."""
-    return "ckpt-" + hashlib.sha256(str(path).encode()).hexdigest()[:20]
+def checked(model: type[M], values: dict[str, Any]) -> M:
+    """`values` as `model`, a body the gateway sends on from what a client sent: a value the
+    runtime would refuse is the client's 400 here, naming the field. No side effects."""
+    try:
+        return model.model_validate(values)
+    except pydantic.ValidationError as exc:
+        raise errors.invalid_input(exc.errors()) from None
 
 
 class Gateway:
@@ -121,12 +131,9 @@ class Gateway:
                 f"optimizer_config.type {body.optimizer_config.type!r} is not supported; accepted: {list(jobs.OPTIMIZERS)}",
                 field="optimizer_config.type",
             )
-        lora = jobs.lora_from_tinker(body.lora_config.model_dump())
-        if not (lora.train_attn or lora.train_mlp or lora.train_unembed):
-            raise errors.InvalidInput("lora_config: at least one of train_attn/mlp/unembed must be true", field="lora_config")
         job = jobs.build_job(tenant=tenant, session_id=body.session_id, model_seq_id=body.model_seq_id,
-                             base_model=body.base_model, lora=lora)
-        return await self._start_run(tenant, job, body.user_metadata, op="create")
+                             base_model=body.base_model, lora=jobs.lora_of(body.lora_config))
+        return await self._start_run(tenant, job, body.user_metadata, op=OpKind.CREATE_MODEL)
 
     async def create_from_state(self, tenant: str, body: protocol.LoadWeights) -> dict[str, Any]:
         """load_weights with session_id + model_seq_id: a new run that starts from a saved state."""
@@ -144,12 +151,13 @@ class Gateway:
             )
         job = jobs.build_job(
             tenant=tenant, session_id=body.session_id, model_seq_id=body.model_seq_id,
-            base_model=source["base_model"], lora=jobs.lora_from_tinker(source.get("lora") or {}),
+            base_model=source["base_model"], lora=jobs.lora_of(source.get("lora")),
             resume_from=ResumeFrom(path=str(path), optimizer=body.optimizer),
         )
-        return await self._start_run(tenant, job, body.user_metadata, op="load_create")
+        return await self._start_run(tenant, job, body.user_metadata, op=OpKind.CREATE_FROM_STATE)
 
-    async def _start_run(self, tenant: str, job: LoRAJob, metadata: dict[str, Any] | None, *, op: str) -> dict[str, Any]:
+    async def _start_run(self, tenant: str, job: LoRAJob, metadata: dict[str, Any] | None, *,
+                         op: OpKind) -> dict[str, Any]:
         session = job.spec.session
         assert session is not None
         quota = self.quotas.for_tenant(tenant)
@@ -186,9 +194,8 @@ class Gateway:
         return ref
 
     def adapter(self, model_id: str) -> str:
-        """The runtime adapter id of a training run: the one its control plane created it under
-        (`<namespace>.<job>` in Kubernetes, where the operator creates it; the job name otherwise)."""
-        return adapter_id(getattr(self.cp, "namespace", None), ids.job_name(model_id))
+        """The runtime adapter id of a training run, as its control plane created it."""
+        return self.cp.adapter_id(ids.job_name(model_id))
 
     def owned_runtime(self, tenant: str, model_id: str) -> RuntimeRef:
         """Ownership from the session record (cached), runtime from the control plane's cache: no remote read."""
@@ -208,11 +215,11 @@ class Gateway:
     async def unload(self, tenant: str, model_id: str) -> dict[str, Any]:
         job = await self.job(tenant, model_id)
         await self.cp.delete_job(job.metadata.name)
-        ref = ids.FutureRef(ids.owner_key(model_id), CONTROL_PLANE_POD, "unload", "0")
+        ref = ids.FutureRef(ids.owner_key(model_id), CONTROL_PLANE_POD, OpKind.UNLOAD_MODEL, "0")
         return {"request_id": ref.encode(), "model_id": model_id}
 
     # -- per-step training ops ------------------------------------------------------------------
-    def _future(self, model_id: str, ref: RuntimeRef, op: str, rid: str) -> dict[str, Any]:
+    def _future(self, model_id: str, ref: RuntimeRef, op: OpKind, rid: str) -> dict[str, Any]:
         return {"request_id": ids.FutureRef(ids.owner_key(model_id), ref.pod, op, rid).encode(), "model_id": model_id}
 
     async def forward_backward(self, tenant: str, body: bytes, content_encoding: str | None) -> dict[str, Any]:
@@ -225,7 +232,7 @@ class Gateway:
         rid = await self.runtimes.submit_forward_backward(
             ref.address, self.adapter(model_id), raw,
             sequences_url=artifacts.sequences_url(self.store.url, ids.parse_model_id(model_id)[0]), tenant=tenant)
-        return self._future(model_id, ref, "fwdbwd", rid)
+        return self._future(model_id, ref, OpKind.FORWARD_BACKWARD, rid)
 
     async def optim_step(self, tenant: str, body: protocol.OptimStep) -> dict[str, Any]:
         if body.optimizer_params is not None and body.adam_params is None:
@@ -234,11 +241,11 @@ class Gateway:
                 field="optimizer_params",
             )
         ref = self.owned_runtime(tenant, body.model_id)
-        params = (body.adam_params or protocol.AdamParams()).model_dump()
+        params = AdamParams.model_validate((body.adam_params or AdamParams()).model_dump())
         rid = await self.runtimes.submit_op(
-            ref.address, self.adapter(body.model_id), {"seq_id": body.seq_id, "op": "optim_step", "adam_params": params}
+            ref.address, self.adapter(body.model_id), OpBody(seq_id=body.seq_id, op=OpKind.OPTIM_STEP, adam_params=params)
         )
-        return self._future(body.model_id, ref, "optim", rid)
+        return self._future(body.model_id, ref, OpKind.OPTIM_STEP, rid)
 
     async def reserve_save(self, tenant: str, path: artifacts.TinkerPath, *, overwrite: bool,
                             ttl_seconds: int | None, user_metadata: dict[str, str] | None) -> str:
@@ -262,9 +269,9 @@ class Gateway:
                                   user_metadata=body.user_metadata)
         rid = await self.runtimes.submit_op(
             ref.address, self.adapter(body.model_id),
-            {"seq_id": body.seq_id, "op": "save_state", "dest": dest, "optimizer": True},
+            OpBody(seq_id=body.seq_id, op=OpKind.SAVE_STATE, dest=dest, optimizer=True),
         )
-        return self._future(body.model_id, ref, "save", rid)
+        return self._future(body.model_id, ref, OpKind.SAVE_STATE, rid)
 
     async def save_for_sampler(self, tenant: str, body: protocol.SaveWeightsForSampler) -> dict[str, Any]:
         ref = self.owned_runtime(tenant, body.model_id)
@@ -275,22 +282,22 @@ class Gateway:
             dest = await self.reserve_save(tenant, path, overwrite=True, ttl_seconds=body.ttl_seconds,
                                       user_metadata=body.user_metadata)
             rid = await self.runtimes.submit_op(
-                ref.address, self.adapter(body.model_id), {"seq_id": body.seq_id, "op": "save_sampler", "dest": dest}
+                ref.address, self.adapter(body.model_id), OpBody(seq_id=body.seq_id, op=OpKind.SAVE_SAMPLER, dest=dest)
             )
-            return self._future(body.model_id, ref, "save_sampler", rid)
+            return self._future(body.model_id, ref, OpKind.SAVE_SAMPLER, rid)
         if body.sampling_session_seq_id is None:
             raise errors.InvalidInput("save_weights_for_sampler needs path or sampling_session_seq_id", field="path")
         job = await self.job(tenant, body.model_id)
         sampler = ids.sampler_id(session_id, body.sampling_session_seq_id)
         self.records.put_sampler({
             "sampler_id": sampler, "tenant": tenant, "session_id": session_id, "base_model": job.spec.base_model,
-            "adapter_id": ids.owner_key(sampler), "job": adapter, "pod": ref.pod, "created": self.clock(),
+            "adapter_id": snapshot_adapter_id(sampler), "job": adapter, "pod": ref.pod, "created": self.clock(),
         })
         rid = await self.runtimes.submit_op(
             ref.address, self.adapter(body.model_id),
-            {"seq_id": body.seq_id, "op": "snapshot", "sampler_id": ids.owner_key(sampler)},
+            OpBody(seq_id=body.seq_id, op=OpKind.SNAPSHOT, sampler_id=snapshot_adapter_id(sampler)),
         )
-        return self._future(body.model_id, ref, "snapshot", rid)
+        return self._future(body.model_id, ref, OpKind.SNAPSHOT, rid)
 
     async def load_weights(self, tenant: str, body: protocol.LoadWeights) -> dict[str, Any]:
         if body.model_id is None:
@@ -298,11 +305,11 @@ class Gateway:
         ref = self.owned_runtime(tenant, body.model_id)
         path = artifacts.parse_tinker_path(body.path)
         self.records.checkpoint(tenant, path)
-        rid = await self.runtimes.submit_op(ref.address, self.adapter(body.model_id), {
-            "seq_id": body.seq_id, "op": "load_state", "source": artifacts.checkpoint_url(self.store.url, path),
-            "optimizer": body.optimizer,
-        })
-        return self._future(body.model_id, ref, "load", rid)
+        rid = await self.runtimes.submit_op(ref.address, self.adapter(body.model_id), OpBody(
+            seq_id=body.seq_id, op=OpKind.LOAD_STATE, source=artifacts.checkpoint_url(self.store.url, path),
+            optimizer=body.optimizer,
+        ))
+        return self._future(body.model_id, ref, OpKind.LOAD_STATE, rid)
 
     # -- sampling -------------------------------------------------------------------------------
     async def create_sampling_session(self, tenant: str, body: protocol.CreateSamplingSession) -> dict[str, Any]:
@@ -316,7 +323,7 @@ class Gateway:
             path = artifacts.parse_tinker_path(body.model_path, field="model_path")
             self.records.checkpoint(tenant, path, field="model_path")
             run = self.records.run(tenant, path.run_id, field="model_path")
-            record.update(base_model=run["base_model"], model_path=str(path), adapter_id=snapshot_adapter_id(path),
+            record.update(base_model=run["base_model"], model_path=str(path), adapter_id=checkpoint_adapter_id(str(path)),
                           source=artifacts.checkpoint_url(self.store.url, path))
         else:
             self._check_model(str(body.base_model))
@@ -356,25 +363,22 @@ class Gateway:
         record = self.records.sampler(tenant, body.sampling_session_id)
         tokens = codecs.prompt_tokens(body.prompt)
         limits.check_sample_size(self.sample_caps, prompt_tokens=len(tokens), num_samples=body.num_samples,
-                                 max_tokens=body.sampling_params.max_tokens or protocol.DEFAULT_MAX_TOKENS)
+                                 max_tokens=body.sampling_params.new_tokens)
         ref = await self.sampler_runtime(record)
-        request = {
-            "adapter_id": record.get("adapter_id"), "owner": ids.owner_key(record["sampler_id"]), "tenant": tenant,
-            "prompt_tokens": tokens, "num_samples": body.num_samples,
-            "sampling_params": body.sampling_params.model_dump(exclude_none=True), "prompt_logprobs": body.prompt_logprobs,
-        }
-        if body.prompt_logprobs_last_n is not None:
-            request["prompt_logprobs_last_n"] = body.prompt_logprobs_last_n
         seq = body.seq_id if body.seq_id is not None else 0
         sequence_ids = codecs.sequence_ids(record["sampler_id"], seq, body.num_samples)
-        if body.record_stability_info:
-            request["record_sequence_ids"] = sequence_ids
-            request["record_url"] = artifacts.sequences_url(self.store.url, record["session_id"])
-        for option in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
-            if getattr(body, option):
-                request[option] = getattr(body, option)
-        if body.target_prompt_logprobs is not None:
-            request["target_prompt_logprobs"] = body.target_prompt_logprobs  # the runtime checks it
+        recording = bool(body.record_stability_info)
+        request = checked(SampleBody, {
+            "adapter_id": record.get("adapter_id"), "owner": ids.owner_key(record["sampler_id"]), "tenant": tenant,
+            "prompt_tokens": tokens, "num_samples": body.num_samples,
+            "sampling_params": SamplingParams.model_validate(body.sampling_params.model_dump()),
+            "prompt_logprobs": body.prompt_logprobs, "prompt_logprobs_last_n": body.prompt_logprobs_last_n,
+            "topk_prompt_logprobs": body.topk_prompt_logprobs, "topk_sample_logprobs": body.topk_sample_logprobs,
+            "prompt_alt_tokens_k": body.prompt_alt_tokens_k,
+            "target_prompt_logprobs": body.target_prompt_logprobs,  # the SDK's TensorData; the runtime checks it
+            "record_sequence_ids": sequence_ids if recording else None,
+            "record_url": artifacts.sequences_url(self.store.url, record["session_id"]) if recording else None,
+        })
         if record.get("source"):
             await self._ensure_loaded(ref, record)
         try:
@@ -392,7 +396,7 @@ class Gateway:
             rid = await self.runtimes.submit_sample(ref.address, request)
         owner = ids.owner_key(record["sampler_id"])
         return {
-            "request_id": ids.FutureRef(owner, ref.pod, "sample", rid).encode(),
+            "request_id": ids.FutureRef(owner, ref.pod, OpKind.SAMPLE, rid).encode(),
             "sample_sequence_ids": sequence_ids,
         }
 

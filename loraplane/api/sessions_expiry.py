@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from loraplane.api import codecs
 from loraplane.core import artifacts, errors
+from loraplane.core.runtime_ops import OpBody, OpKind
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class SessionExpiry:
         path = artifacts.TinkerPath(model_id, "weights", EXPIRED_CHECKPOINT)
         dest = await gw.reserve_save(tenant, path, overwrite=True, ttl_seconds=None, user_metadata={"reason": "session expired"})
         rid = await gw.runtimes.submit_op(runtime.address, gw.adapter(model_id),
-                                          {"seq_id": None, "op": "save_state", "dest": dest, "optimizer": True})
+                                          OpBody(seq_id=None, op=OpKind.SAVE_STATE, dest=dest, optimizer=True))
         async with asyncio.timeout(SAVE_TIMEOUT_S):
             while True:
                 result = await gw.runtimes.result(runtime.address, rid, wait_s=min(10.0, gw.long_poll_s),

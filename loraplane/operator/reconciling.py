@@ -41,8 +41,8 @@ from loraplane.core.models.v1alpha1.lorajob import (
     Progress,
     RuntimeRef,
 )
-from loraplane.core.models.v1alpha1.lorajob import adapter_id as make_adapter_id
 from loraplane.core.phases import Action
+from loraplane.core.runtime_ops import job_adapter_id as make_adapter_id
 from loraplane.core.settings import OperatorSettings
 from loraplane.operator import kubeapi, metrics, runs
 from loraplane.operator.runtime_calls import RuntimeCalls, RuntimeRejected, RuntimeUnreachable

@@ -32,6 +32,7 @@ from loraplane.core import artifacts, errors, scheduling
 from loraplane.core.models.v1alpha1 import Condition, LoRAJob, Phase, RuntimeRef
 from loraplane.core.models.v1alpha1.lorajob import TENANT_LABEL, TERMINAL_PHASES
 from loraplane.core.runtime_client import RuntimeClient
+from loraplane.core.runtime_ops import job_adapter_id
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,10 @@ class EmbeddedControlPlane:
             raise errors.UserError(job.status.message or f"job {name!r} is {job.status.phase.value}")
         return job
 
+    def adapter_id(self, name: str) -> str:
+        """Jobs here have no namespace: the adapter is named after the job."""
+        return job_adapter_id(None, name)
+
     def runtime_for(self, name: str) -> RuntimeRef | None:
         job = self._jobs.get(name)
         return job.status.runtime if job is not None and job.status.phase == Phase.RUNNING else None
@@ -230,9 +235,6 @@ class EmbeddedControlPlane:
                 source = resume_source(self.store.url, job.spec.resume_from.path)
                 await client.load_adapter(name, source, optimizer=job.spec.resume_from.optimizer, expect_seq=1)
             else:
-                lora = job.spec.lora
-                await client.create_adapter(name, rank=lora.rank, alpha=lora.alpha, seed=lora.seed,
-                                            train_attn=lora.train_attn, train_mlp=lora.train_mlp,
-                                            train_unembed=lora.train_unembed, expect_seq=1)
+                await client.create_adapter(name, job.spec.lora, expect_seq=1)
         except errors.UserError as exc:
             raise errors.InvalidInput(f"runtime {ref.pod} refused the adapter: {exc.message}", field=exc.field) from exc

@@ -12,6 +12,7 @@ from loraplane.api import futures, ids
 from loraplane.api.dataplane import Result, Runtimes
 from loraplane.api.gateway import Gateway
 from loraplane.core import artifacts, errors
+from loraplane.core.runtime_ops import OpKind
 from loraplane.singlenode.controlplane import EmbeddedControlPlane
 
 RUN = "s-0123456789ab:train:0"
@@ -25,19 +26,19 @@ def gw(tmp_path: Path) -> Gateway:
 
 
 def ref(op: str) -> ids.FutureRef:
-    return ids.FutureRef("s-0123456789ab-train-0", "runtime-0", op, "r1")
+    return ids.FutureRef("s-0123456789ab-train-0", "runtime-0", OpKind(op), "r1")
 
 
 @pytest.mark.parametrize(
     ("op", "result", "expected"),
     [
-        ("fwdbwd", Result("pending"), {"type": "try_again", "request_id": ref("fwdbwd").encode(), "queue_state": "active"}),
-        ("optim", Result("failed", error="nan loss", category="user"), {"error": "nan loss", "category": "user"}),
-        ("optim", Result("failed", error="x", category="weird"), {"error": "x", "category": "unknown"}),
-        ("optim", Result("done", result={"grad_norm": 1.5, "lr": 1, "note": "x"}), {"metrics": {"grad_norm": 1.5, "lr": 1.0}}),
-        ("optim", Result("done", result={"metrics": {"a": 2}}), {"metrics": {"a": 2.0}}),
-        ("optim", Result("proto", payload=b"x"), {"error": "runtime returned protobuf for a optim op", "category": "server"}),
-        ("fwdbwd", Result("done", result={}), {"error": "runtime returned JSON for a fwdbwd op", "category": "server"}),
+        ("forward_backward", Result("pending"), {"type": "try_again", "request_id": ref("forward_backward").encode(), "queue_state": "active"}),
+        ("optim_step", Result("failed", error="nan loss", category="user"), {"error": "nan loss", "category": "user"}),
+        ("optim_step", Result("failed", error="x", category="weird"), {"error": "x", "category": "unknown"}),
+        ("optim_step", Result("done", result={"grad_norm": 1.5, "lr": 1, "note": "x"}), {"metrics": {"grad_norm": 1.5, "lr": 1.0}}),
+        ("optim_step", Result("done", result={"metrics": {"a": 2}}), {"metrics": {"a": 2.0}}),
+        ("optim_step", Result("proto", payload=b"x"), {"error": "runtime returned protobuf for a optim_step op", "category": "server"}),
+        ("forward_backward", Result("done", result={}), {"error": "runtime returned JSON for a forward_backward op", "category": "server"}),
         ("snapshot", Result("done", result={"sampler_id": "s-0123456789ab-sample-2"}),
          {"sampling_session_id": "s-0123456789ab:sample:2", "type": "save_weights_for_sampler"}),
     ],
@@ -46,7 +47,7 @@ def test_runtime_results_become_tinker_answers(gw: Gateway, op: str, result: Res
     assert futures.translate(gw, ref(op), result) == expected
 
 
-@pytest.mark.parametrize("op", ["fwdbwd", "sample"])
+@pytest.mark.parametrize("op", ["forward_backward", "sample"])
 def test_protobuf_results_pass_through_unchanged(gw: Gateway, op: str) -> None:
     response = futures.translate(gw, ref(op), Result("proto", payload=b"\x01\x02"))
     assert response.body == b"\x01\x02" and response.media_type == "application/x-protobuf"
@@ -57,7 +58,7 @@ def test_a_finished_save_writes_its_checkpoint_record_once(gw: Gateway) -> None:
     gw.store.write_json(gw.records.pending_url(path), {"user_metadata": {"k": "v"}, "ttl_seconds": None})
     done = Result("done", result={"dest": artifacts.checkpoint_url(gw.store.url, path), "step": 3, "size_bytes": 10})
     for _ in range(2):
-        assert futures.translate(gw, ref("save"), done) == {"path": str(path), "type": "save_weights"}
+        assert futures.translate(gw, ref("save_state"), done) == {"path": str(path), "type": "save_weights"}
     record = gw.store.read_json(artifacts.checkpoint_record_url(gw.store.url, path))
     assert record == {"checkpoint_id": "weights/step-3", "checkpoint_type": "training", "time": "2026-01-01T00:00:00Z",
                       "size_bytes": 10, "step": 3, "user_metadata": {"k": "v"}, "expires_at": None}
@@ -65,7 +66,7 @@ def test_a_finished_save_writes_its_checkpoint_record_once(gw: Gateway) -> None:
 
 
 def test_a_save_outside_the_store_is_a_server_failure(gw: Gateway) -> None:
-    out = futures.translate(gw, ref("save"), Result("done", result={"dest": "file:///elsewhere/x"}))
+    out = futures.translate(gw, ref("save_state"), Result("done", result={"dest": "file:///elsewhere/x"}))
     assert out["category"] == "server"
 
 
@@ -79,7 +80,7 @@ def test_a_save_outside_the_store_is_a_server_failure(gw: Gateway) -> None:
     ],
 )
 def test_validation_errors_name_the_field(raw: list, field: str) -> None:
-    err = api_errors.validation_error(RequestValidationError(raw))
+    err = errors.invalid_input(RequestValidationError(raw).errors())
     assert isinstance(err, errors.InvalidInput) and err.field == field
 
 

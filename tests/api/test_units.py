@@ -10,6 +10,7 @@ from tinker.proto import tinker_public_pb2 as pb
 
 from loraplane.api import auth, codecs, ids
 from loraplane.core import artifacts, errors
+from loraplane.core.runtime_ops import OpKind
 
 STORE = "file:///srv/store"
 
@@ -42,14 +43,24 @@ def test_new_session_ids_are_lowercase_dns_safe() -> None:
 @pytest.mark.parametrize(
     "ref",
     [
-        ids.FutureRef("s-0123456789ab-train-0", "runtime-0", "fwdbwd", "r-12.a"),
-        ids.FutureRef("s-0123456789ab-sample-4", "pod-a", "sample", "abc"),
-        ids.FutureRef("s-0123456789ab-train-2", "cp", "create", "0"),
+        ids.FutureRef("s-0123456789ab-train-0", "runtime-0", OpKind.FORWARD_BACKWARD, "r-12.a"),
+        ids.FutureRef("s-0123456789ab-sample-4", "pod-a", OpKind.SAMPLE, "abc"),
+        ids.FutureRef("s-0123456789ab-train-2", "cp", OpKind.CREATE_MODEL, "0"),
     ],
 )
 def test_request_ids_round_trip_and_name_their_owner(ref: ids.FutureRef) -> None:
     assert ids.parse_request_id(ref.encode()) == ref
     assert ref.session_id == "s-0123456789ab"
+
+
+@pytest.mark.parametrize(
+    ("legacy", "op"),
+    [("fwdbwd", OpKind.FORWARD_BACKWARD), ("optim", OpKind.OPTIM_STEP), ("save", OpKind.SAVE_STATE),
+     ("load", OpKind.LOAD_STATE), ("create", OpKind.CREATE_MODEL), ("load_create", OpKind.CREATE_FROM_STATE),
+     ("unload", OpKind.UNLOAD_MODEL), ("snapshot", OpKind.SNAPSHOT)],
+)
+def test_request_ids_of_earlier_releases_still_name_their_op(legacy: str, op: OpKind) -> None:
+    assert ids.parse_request_id(f"s-0123456789ab-train-0.pod.{legacy}.1").op is op
 
 
 @pytest.mark.parametrize("value", ["", "req-1", "a.b.c.d", "s-0123456789ab-train-0.pod.nope.1",

@@ -21,7 +21,7 @@ from loraplane.api import ids
 from loraplane.api.gateway import utcnow
 from loraplane.api.records import Records
 from loraplane.core import artifacts, errors
-from loraplane.core.models.v1alpha1.lorajob import adapter_id
+from loraplane.core.runtime_ops import job_adapter_id as adapter_id
 from loraplane.operator import metrics as operator_metrics
 from tests.acceptance.helpers import train
 from tests.k8s.controlplane import ROOT, ControlPlane

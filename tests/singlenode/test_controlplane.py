@@ -13,7 +13,8 @@ from fastapi import FastAPI, Request, Response
 
 from loraplane.api import jobs
 from loraplane.core import artifacts, errors
-from loraplane.core.models.v1alpha1 import LoRAConfig, Phase, ResumeFrom
+from loraplane.core.models.v1alpha1 import Phase, ResumeFrom
+from loraplane.core.params import LoraConfig
 from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntime, resume_source, with_phase
 from loraplane.singlenode.server import RuntimeTransport
 
@@ -59,7 +60,7 @@ def _plane(tmp_path: Path, calls: list, *, refuse: bool = False) -> EmbeddedCont
 
 def _job(seq: int = 0, *, base_model: str = MODEL, resume: ResumeFrom | None = None):  # type: ignore[no-untyped-def]
     return jobs.build_job(tenant="alice", session_id="s-0123456789ab", model_seq_id=seq, base_model=base_model,
-                          lora=LoRAConfig(rank=8, seed=3), resume_from=resume)
+                          lora=LoraConfig(rank=8, seed=3), resume_from=resume)
 
 
 async def test_a_created_job_runs_on_its_runtime_with_a_fresh_adapter(tmp_path: Path) -> None:
@@ -71,7 +72,7 @@ async def test_a_created_job_runs_on_its_runtime_with_a_fresh_adapter(tmp_path: 
     assert running.status.phase == Phase.RUNNING
     assert cp.runtime_for(job.metadata.name).address == "http://runtime-0"
     assert calls == [("create", job.metadata.name, {"adapter_id": job.metadata.name, "rank": 8, "seed": 3,
-                                                    "alpha": None, "train_attn": True, "train_mlp": True,
+                                                    "alpha": 32.0, "train_attn": True, "train_mlp": True,
                                                     "train_unembed": True, "expect_seq": 1})]
     again = await cp.create_job(_job())
     assert again.status.phase == Phase.RUNNING and len(calls) == 1
