@@ -22,7 +22,7 @@ from fastapi import Response
 from loraplane.api import codecs, ids, sessions_expiry
 from loraplane.api.dataplane import PROTOBUF, Result
 from loraplane.api.gateway import CONTROL_PLANE_POD, Gateway
-from loraplane.core import artifacts, errors
+from loraplane.core import artifacts, errors, phases
 from loraplane.core.models.v1alpha1 import RuntimeRef
 from loraplane.core.runtime_ops import FORWARD_KINDS, OpKind
 
@@ -74,13 +74,29 @@ async def _control_plane_future(gw: Gateway, tenant: str, ref: ids.FutureRef) ->
     try:
         await gw.cp.wait_running(name, timeout=gw.long_poll_s)
     except errors.CapacityError:
-        return codecs.try_again(ref.encode())
+        if not start_overdue(job.metadata.creationTimestamp, gw.clock(), gw.job_start_timeout_s):
+            return codecs.try_again(ref.encode())
+        latest = await gw.cp.get_job(name) or job
+        await gw.cp.delete_job(name)
+        why = latest.status.message or f"phase {latest.status.phase.value}"
+        return codecs.failed(
+            f"training run {model_id!r} did not start within {gw.job_start_timeout_s:g} s ({why}), so it "
+            f"was deleted; retry when a runtime of {latest.spec.base_model!r} has room "
+            "(LORAPLANE_GATEWAY__JOB_START_TIMEOUT_S sets the wait)", "server")
     except errors.UserError as exc:
         return codecs.failed(exc.message, "user")
     if ref.op == OpKind.CREATE_MODEL:
         return {"model_id": model_id, "type": "create_model"}
     path = job.spec.resume_from.path if job.spec.resume_from else None
     return {"model_id": model_id, "path": path, "type": "load_weights"}
+
+
+def start_overdue(created: str | None, now: str, timeout_s: float) -> bool:
+    """Whether a job created at `created` (ISO 8601) that is not running at `now` has waited past
+    `timeout_s`. Pure; called by retrieve_future for create_model and create-from-state. A job
+    without a creation time is never overdue."""
+    started, current = phases.parse_time(created), phases.parse_time(now)
+    return started is not None and current is not None and (current - started).total_seconds() > timeout_s
 
 
 def translate(gw: Gateway, ref: ids.FutureRef, result: Result) -> dict[str, Any] | Response:

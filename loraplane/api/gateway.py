@@ -67,6 +67,7 @@ class Gateway:
         store: artifacts.ArtifactStore,
         models: list[str] | None = None,
         long_poll_s: float = 30.0,
+        job_start_timeout_s: float = 300.0,
         max_request_bytes: int = 64 * 1024 * 1024,
         sample_caps: limits.SampleCaps | None = None,
         quotas: quotas_mod.QuotaTable | None = None,
@@ -79,6 +80,8 @@ class Gateway:
         #: base models clients may ask for (None/empty = whatever the control plane places)
         self.models = list(models or [])
         self.long_poll_s = long_poll_s
+        #: seconds a new run's job may take to start before create_model fails (`futures.start_overdue`)
+        self.job_start_timeout_s = job_start_timeout_s
         self.max_request_bytes = max_request_bytes
         self.sample_caps = sample_caps or limits.SampleCaps()
         self.quotas = quotas or quotas_mod.QuotaTable()

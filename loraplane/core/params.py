@@ -28,7 +28,7 @@ from pydantic.alias_generators import to_camel
 #: Seeds torch's generators take: any 64-bit value, signed or not.
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 #: LoRA alpha when none is given (Tinker's; see the module notes).
-DEFAULT_ALPHA = 32.0
+DEFAULT_ALPHA = 32  # an integer, so that the CRD spells its default the same in every YAML tool
 #: New tokens per sample when a request leaves `max_tokens` unset.
 DEFAULT_MAX_TOKENS = 64
 #: Losses a declarative run can train with, from rows of a dataset (`TrainingSpec.loss`).
@@ -57,10 +57,19 @@ class LoraConfig(ResourceParams):
         description="LoRA alpha: the update is scaled by alpha/rank. Default 32 whatever the rank, as on "
                     "Tinker, so that learning rates tuned there carry over.",
     )
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Seed of the adapter's initialisation.")
+    seed: int | None = Field(None, ge=0, description="Seed of the adapter's initialisation (below 2^64).")
     train_attn: bool = Field(True, description="Adapt the attention projections (q, k, v, o).")
     train_mlp: bool = Field(True, description="Adapt the MLP projections (gate, up, down).")
     train_unembed: bool = Field(True, description="Adapt the unembedding (lm_head).")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_fits(cls, seed: int | None) -> int | None:
+        # Checked here rather than as a schema maximum: past 2^53 YAML tools turn numbers into floats,
+        # so the CRD would not carry the bound exactly (and a Kubernetes integer stops at 2^63 anyway).
+        if seed is not None and seed > SEED_MAX:
+            raise ValueError(f"must be below 2^64, got {seed}")
+        return seed
 
     @field_validator("train_unembed")
     @classmethod

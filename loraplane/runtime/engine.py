@@ -221,7 +221,8 @@ class Engine:
             return existing
         if spec.rank > self.max_lora_rank:
             raise errors.InvalidInput(
-                f"rank {spec.rank} exceeds this runtime's max_lora_rank {self.max_lora_rank}", field="rank"
+                f"rank {spec.rank} exceeds this runtime's largest LoRA rank, {self.max_lora_rank} "
+                "(LORAPLANE_RUNTIME__MAX_LORA_RANK)", field="rank"
             )
         targets = lora.layers_for(self._layers, spec.targets())
         if not targets:

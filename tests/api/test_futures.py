@@ -108,3 +108,16 @@ def test_checkpoints_past_their_ttl_disappear_and_ttls_can_be_changed(tmp_path: 
     assert gw.records.checkpoint("alice", brief)["expires_at"] is None
     with pytest.raises(errors.NotFound):
         gw.records.checkpoint("bob", brief)
+
+
+@pytest.mark.parametrize(
+    ("created", "now", "overdue"),
+    [
+        ("2026-01-01T00:00:00Z", "2026-01-01T00:04:59Z", False),
+        ("2026-01-01T00:00:00Z", "2026-01-01T00:05:01Z", True),
+        ("2026-01-01T00:00:00+00:00", "2026-01-01T01:00:00Z", True),
+        (None, "2026-01-01T01:00:00Z", False),
+    ],
+)
+def test_a_job_that_has_not_started_is_overdue_past_the_timeout(created: str | None, now: str, overdue: bool) -> None:
+    assert futures.start_overdue(created, now, 300.0) is overdue
