@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from loraplane.api import ids
 from loraplane.api.gateway import Gateway
 from loraplane.api.guards import TENANT_KEY
+from loraplane.api.records import SessionRecord
 from loraplane.core import errors
 
 M = TypeVar("M", bound=BaseModel)
@@ -43,7 +44,7 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 
 
-async def owned_session(session_id: str, gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
+async def owned_session(session_id: str, gw: GatewayDep, tenant: TenantDep) -> SessionRecord:
     """The session record named in the path, if it is the caller's."""
     return gw.records.session(tenant, ids.check_session_id(session_id))
 
@@ -53,7 +54,7 @@ async def owned_run(run_id: str, gw: GatewayDep, tenant: TenantDep) -> dict[str,
     return gw.records.run(tenant, run_id)
 
 
-SessionDep = Annotated[dict[str, Any], Depends(owned_session)]
+SessionDep = Annotated[SessionRecord, Depends(owned_session)]
 RunDep = Annotated[dict[str, Any], Depends(owned_run)]
 
 

@@ -57,9 +57,9 @@ async def _runtime_of(gw: Gateway, tenant: str, ref: ids.FutureRef) -> RuntimeRe
             raise errors.NotFound(f"unknown request_id (model {ref.tinker_id!r} is not running)", field="request_id")
     else:
         record = gw.records.sampler(tenant, ref.tinker_id)
-        runtime = next((r for r in await gw.cp.runtimes_for_model(record["base_model"]) if r.pod == ref.pod), None)
-        if runtime is None and record.get("job"):
-            runtime = gw.cp.runtime_for(record["job"])
+        runtime = next((r for r in await gw.cp.runtimes_for_model(record.base_model) if r.pod == ref.pod), None)
+        if runtime is None and record.kind == "snapshot" and record.job:
+            runtime = gw.cp.runtime_for(record.job)
     return runtime if runtime is not None and runtime.pod == ref.pod else None
 
 

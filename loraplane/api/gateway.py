@@ -28,7 +28,7 @@ import pydantic
 from loraplane.api import codecs, ids, jobs, limits, protocol
 from loraplane.api import quotas as quotas_mod
 from loraplane.api.dataplane import Runtimes
-from loraplane.api.records import Records
+from loraplane.api.records import Records, SamplerRecord, SessionEnd, SessionRecord
 from loraplane.core import artifacts, errors
 from loraplane.core.controlplane import ControlPlane
 from loraplane.core.models.v1alpha1 import LoRAJob, ResumeFrom, RuntimeRef
@@ -92,27 +92,27 @@ class Gateway:
     # -- sessions -------------------------------------------------------------------------------
     def create_session(self, tenant: str, body: protocol.CreateSession) -> dict[str, Any]:
         session_id = ids.new_session_id()
-        self.records.put_session({
-            "session_id": session_id, "tenant": tenant, "created": self.clock(), "tags": body.tags,
-            "user_metadata": {str(k): str(v) for k, v in body.user_metadata.items()},
-            "project_id": body.project_id, "display_name": body.display_name, "finished": None,
-        })
+        self.records.put_session(SessionRecord(
+            session_id=session_id, tenant=tenant, created=self.clock(), tags=body.tags,
+            user_metadata={str(k): str(v) for k, v in body.user_metadata.items()},
+            project_id=body.project_id, display_name=body.display_name,
+        ))
         return {"session_id": session_id}
 
     async def finish_session(self, tenant: str, session_id: str, reason: dict[str, Any] | None) -> dict[str, Any]:
         """Mark the session finished and delete its jobs (their adapters are unloaded)."""
-        record = dict(self.records.session(tenant, ids.check_session_id(session_id)))
-        record["finished"] = {"time": self.clock(), "reason": (reason or {}).get("type", "success")}
-        self.records.put_session(record)
+        record = self.records.session(tenant, ids.check_session_id(session_id))
+        end = SessionEnd(time=self.clock(), reason=str((reason or {}).get("type", "success")))
+        self.records.put_session(record.model_copy(update={"finished": end}))
         # Live snapshots (save_weights_and_get_sampling_client) are adapters of their own on the
         # training run's runtime: unload them while that runtime is still known.
         for sampler in self.records.samplers_of_session(session_id):
             self.records.close_sampler(tenant, sampler)
-            record = self.records.sampler(tenant, sampler)
-            ref = self.cp.runtime_for(record["job"]) if record.get("job") else None
-            if ref is not None and ref.pod == record.get("pod"):
+            held = self.records.sampler(tenant, sampler)
+            ref = self.cp.runtime_for(held.job) if held.kind == "snapshot" and held.job else None
+            if ref is not None and ref.pod == held.pod and held.adapter_id:
                 try:
-                    await self.runtimes.client(ref.address).delete_adapter(record["adapter_id"])
+                    await self.runtimes.client(ref.address).delete_adapter(held.adapter_id)
                 except errors.LoraplaneError as exc:
                     log.info("sampler %s already gone: %s", sampler, exc.message)
         for job in await self.cp.list_jobs(tenant=tenant):
@@ -292,10 +292,10 @@ class Gateway:
             raise errors.InvalidInput("save_weights_for_sampler needs path or sampling_session_seq_id", field="path")
         job = await self.job(tenant, body.model_id)
         sampler = ids.sampler_id(session_id, body.sampling_session_seq_id)
-        self.records.put_sampler({
-            "sampler_id": sampler, "tenant": tenant, "session_id": session_id, "base_model": job.spec.base_model,
-            "adapter_id": snapshot_adapter_id(sampler), "job": adapter, "pod": ref.pod, "created": self.clock(),
-        })
+        self.records.put_sampler(SamplerRecord(
+            sampler_id=sampler, tenant=tenant, session_id=session_id, base_model=job.spec.base_model,
+            created=self.clock(), kind="snapshot", adapter_id=snapshot_adapter_id(sampler), job=adapter, pod=ref.pod,
+        ))
         rid = await self.runtimes.submit_op(
             ref.address, self.adapter(body.model_id),
             OpBody(seq_id=body.seq_id, op=OpKind.SNAPSHOT, sampler_id=snapshot_adapter_id(sampler)),
@@ -320,17 +320,18 @@ class Gateway:
         if (body.base_model is None) == (body.model_path is None):
             raise errors.InvalidInput("give exactly one of base_model and model_path", field="model_path")
         sampler = ids.sampler_id(body.session_id, body.sampling_session_seq_id)
-        record: dict[str, Any] = {"sampler_id": sampler, "tenant": tenant, "session_id": body.session_id,
-                                  "created": self.clock()}
         if body.model_path is not None:
             path = artifacts.parse_tinker_path(body.model_path, field="model_path")
             self.records.checkpoint(tenant, path, field="model_path")
             run = self.records.run(tenant, path.run_id, field="model_path")
-            record.update(base_model=run["base_model"], model_path=str(path), adapter_id=checkpoint_adapter_id(str(path)),
-                          source=artifacts.checkpoint_url(self.store.url, path))
+            record = SamplerRecord(
+                sampler_id=sampler, tenant=tenant, session_id=body.session_id, base_model=run["base_model"],
+                created=self.clock(), kind="checkpoint", model_path=str(path),
+                adapter_id=checkpoint_adapter_id(str(path)), source=artifacts.checkpoint_url(self.store.url, path))
         else:
             self._check_model(str(body.base_model))
-            record.update(base_model=body.base_model, adapter_id=None)
+            record = SamplerRecord(sampler_id=sampler, tenant=tenant, session_id=body.session_id,
+                                   base_model=str(body.base_model), created=self.clock(), kind="base_model")
         quota = self.quotas.for_tenant(tenant)
         if quota.max_sampling_clients is not None:
             quotas_mod.check_count(tenant, "sampling clients", "max_sampling_clients",
@@ -341,25 +342,25 @@ class Gateway:
 
     def sampler_view(self, tenant: str, sampler_id: str) -> dict[str, Any]:
         record = self.records.sampler(tenant, sampler_id)
-        out = {"sampler_id": sampler_id, "base_model": record["base_model"]}
-        if record.get("model_path"):
-            out["model_path"] = record["model_path"]
+        out = {"sampler_id": sampler_id, "base_model": record.base_model}
+        if record.model_path:
+            out["model_path"] = record.model_path
         return out
 
-    async def sampler_runtime(self, record: dict[str, Any]) -> RuntimeRef:
+    async def sampler_runtime(self, record: SamplerRecord) -> RuntimeRef:
         """Where a sampler samples: its training job's runtime for a live snapshot, else any runtime of its model."""
-        if record.get("job"):
-            ref = self.cp.runtime_for(record["job"])
-            if ref is None or ref.pod != record.get("pod"):
+        if record.kind == "snapshot":
+            ref = self.cp.runtime_for(record.job or "")
+            if ref is None or ref.pod != record.pod:
                 raise errors.NotFound(
-                    f"sampler {record['sampler_id']!r} lived on a training run that is gone", field="sampling_session_id"
+                    f"sampler {record.sampler_id!r} lived on a training run that is gone", field="sampling_session_id"
                 )
             return ref
-        refs = await self.cp.runtimes_for_model(record["base_model"])
+        refs = await self.cp.runtimes_for_model(record.base_model)
         if not refs:
-            raise errors.CapacityError(f"no runtime serves {record['base_model']!r} right now")
+            raise errors.CapacityError(f"no runtime serves {record.base_model!r} right now")
         # Sticky: the same sampler lands on the same runtime while the set of runtimes is stable.
-        digest = int(hashlib.sha256(record["sampler_id"].encode()).hexdigest(), 16)
+        digest = int(hashlib.sha256(record.sampler_id.encode()).hexdigest(), 16)
         return sorted(refs, key=lambda r: r.pod)[digest % len(refs)]
 
     async def asample(self, tenant: str, body: protocol.Sample) -> dict[str, Any]:
@@ -369,10 +370,10 @@ class Gateway:
                                  max_tokens=body.sampling_params.new_tokens)
         ref = await self.sampler_runtime(record)
         seq = body.seq_id if body.seq_id is not None else 0
-        sequence_ids = codecs.sequence_ids(record["sampler_id"], seq, body.num_samples)
+        sequence_ids = codecs.sequence_ids(record.sampler_id, seq, body.num_samples)
         recording = bool(body.record_stability_info)
         request = checked(SampleBody, {
-            "adapter_id": record.get("adapter_id"), "owner": ids.owner_key(record["sampler_id"]), "tenant": tenant,
+            "adapter_id": record.adapter_id, "owner": ids.owner_key(record.sampler_id), "tenant": tenant,
             "prompt_tokens": tokens, "num_samples": body.num_samples,
             "sampling_params": SamplingParams.model_validate(body.sampling_params.model_dump()),
             "prompt_logprobs": body.prompt_logprobs, "prompt_logprobs_last_n": body.prompt_logprobs_last_n,
@@ -380,31 +381,32 @@ class Gateway:
             "prompt_alt_tokens_k": body.prompt_alt_tokens_k,
             "target_prompt_logprobs": body.target_prompt_logprobs,  # the SDK's TensorData; the runtime checks it
             "record_sequence_ids": sequence_ids if recording else None,
-            "record_url": artifacts.sequences_url(self.store.url, record["session_id"]) if recording else None,
+            "record_url": artifacts.sequences_url(self.store.url, record.session_id) if recording else None,
         })
-        if record.get("source"):
+        if record.kind == "checkpoint":
             await self._ensure_loaded(ref, record)
         try:
             rid = await self.runtimes.submit_sample(ref.address, request)
         except errors.NotFound:
-            if record.get("job"):
+            if record.kind == "snapshot":
                 raise errors.NotFound(
-                    f"sampler {record['sampler_id']!r} was a snapshot of its training client that has been "
+                    f"sampler {record.sampler_id!r} was a snapshot of its training client that has been "
                     "dropped: a training client keeps only its newest snapshots. Take a new one, or "
                     "save_weights_for_sampler with a path to keep it", field="sampling_session_id") from None
-            if not record.get("source"):
+            if record.kind != "checkpoint":
                 raise
-            self._loaded.discard((ref.address, record["adapter_id"]))  # the runtime restarted: load it again
+            self._loaded.discard((ref.address, record.adapter_id or ""))  # the runtime restarted: load it again
             await self._ensure_loaded(ref, record)
             rid = await self.runtimes.submit_sample(ref.address, request)
-        owner = ids.owner_key(record["sampler_id"])
+        owner = ids.owner_key(record.sampler_id)
         return {
             "request_id": ids.FutureRef(owner, ref.pod, OpKind.SAMPLE, rid).encode(),
             "sample_sequence_ids": sequence_ids,
         }
 
-    async def _ensure_loaded(self, ref: RuntimeRef, record: dict[str, Any]) -> None:
-        key = (ref.address, record["adapter_id"])
+    async def _ensure_loaded(self, ref: RuntimeRef, record: SamplerRecord) -> None:
+        assert record.adapter_id and record.source, "a checkpoint sampler names its adapter and source"
+        key = (ref.address, record.adapter_id)
         if key not in self._loaded:
-            await self.runtimes.load_adapter(ref.address, record["adapter_id"], record["source"])
+            await self.runtimes.load_adapter(ref.address, record.adapter_id, record.source)
             self._loaded.add(key)
