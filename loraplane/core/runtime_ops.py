@@ -52,8 +52,6 @@ FORWARD_KINDS = frozenset({OpKind.FORWARD, OpKind.FORWARD_BACKWARD})
 #: Kinds a JSON body of `POST /v1/adapters/{id}/ops` may ask for.
 JSON_OP_KINDS = (OpKind.OPTIM_STEP, OpKind.SAVE_STATE, OpKind.SAVE_SAMPLER, OpKind.SAVE_EXTERNAL,
                  OpKind.SNAPSHOT, OpKind.LOAD_STATE)
-#: Kinds a LoRAJob answers, not a runtime.
-CONTROL_PLANE_KINDS = frozenset({OpKind.CREATE_MODEL, OpKind.CREATE_FROM_STATE, OpKind.UNLOAD_MODEL})
 
 
 # ---- adapter ids -----------------------------------------------------------------------------

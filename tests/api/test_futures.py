@@ -121,3 +121,48 @@ def test_checkpoints_past_their_ttl_disappear_and_ttls_can_be_changed(tmp_path: 
 )
 def test_a_job_that_has_not_started_is_overdue_past_the_timeout(created: str | None, now: str, overdue: bool) -> None:
     assert futures.start_overdue(created, now, 300.0) is overdue
+
+
+class _PendingJobs:
+    """A control plane whose jobs never start (no runtime has room)."""
+
+    def __init__(self, job: object) -> None:
+        self.job: object | None = job
+        self.deleted: list[str] = []
+
+    async def get_job(self, name: str) -> object | None:
+        return self.job
+
+    async def wait_running(self, name: str, timeout: float) -> object:
+        raise errors.CapacityError("not running yet")
+
+    async def delete_job(self, name: str) -> None:
+        self.deleted.append(name)
+        self.job = None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("now", "overdue"), [("2026-01-01T00:04:00Z", False), ("2026-01-01T00:06:00Z", True)])
+async def test_a_training_client_that_cannot_start_in_time_fails_and_its_job_is_deleted(
+    tmp_path: Path, now: str, overdue: bool
+) -> None:
+    from loraplane.api import jobs
+    from loraplane.api.records import SessionRecord
+    from loraplane.core.params import LoraConfig
+
+    job = jobs.build_job(tenant="alice", session_id="s-0123456789ab", model_seq_id=0, base_model="org/m",
+                         lora=LoraConfig())
+    job.metadata.creationTimestamp = "2026-01-01T00:00:00Z"
+    job.status.message = "no ready runtime serves 'org/m'"
+    store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
+    cp = _PendingJobs(job)
+    gw = Gateway(control_plane=cp, runtimes=Runtimes(), store=store, clock=lambda: now,  # type: ignore[arg-type]
+                 long_poll_s=0.01, job_start_timeout_s=300)
+    gw.records.put_session(SessionRecord(session_id="s-0123456789ab", tenant="alice", created="2026-01-01T00:00:00Z"))
+    ref = ids.FutureRef("s-0123456789ab-train-0", "cp", OpKind.CREATE_MODEL, "0")
+    answer = await futures.retrieve(gw, "alice", ref.encode())
+    if not overdue:
+        assert answer["type"] == "try_again" and cp.deleted == []
+    else:
+        assert cp.deleted == [job.metadata.name] and answer["category"] == "server"
+        assert "did not start within 300 s (no ready runtime serves 'org/m')" in answer["error"]
