@@ -55,7 +55,8 @@ def lora_of(config: Any) -> LoraConfig:
     written by an older release may hold fields this one no longer has.
     """
     values = config.model_dump() if hasattr(config, "model_dump") else dict(config or {})
-    return LoraConfig.model_validate({k: v for k, v in values.items() if k in LoraConfig.model_fields})
+    # an unset value (an older record's `"alpha": null`) takes today's default
+    return LoraConfig.model_validate({k: v for k, v in values.items() if k in LoraConfig.model_fields and v is not None})
 
 
 def info_for(job: LoRAJob, *, tokenizer_id: str | None, arch: str | None) -> dict[str, Any]:

@@ -220,3 +220,14 @@ def test_checkpoint_expiry(record: dict, now: str, expired: bool) -> None:
 @pytest.mark.parametrize(("ttl", "expected"), [(None, None), (0, None), (90, "2026-01-01T00:01:30Z")])
 def test_expiry_time_counts_from_the_save(ttl: int | None, expected: str | None) -> None:
     assert artifacts.expiry_time("2026-01-01T00:00:00Z", ttl) == expected
+
+
+@pytest.mark.parametrize(
+    ("stored", "rank", "alpha"),
+    [({}, 32, 32), ({"rank": 8, "alpha": None, "seed": None}, 8, 32), ({"rank": 4, "alpha": 8.0, "dropout": 0.1}, 4, 8.0)],
+)
+def test_a_run_records_lora_config_of_any_release_rebuilds_the_adapter(stored: dict, rank: int, alpha: float) -> None:
+    from loraplane.api import jobs
+
+    lora = jobs.lora_of(stored)
+    assert (lora.rank, lora.alpha) == (rank, alpha)
