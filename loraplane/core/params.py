@@ -31,8 +31,8 @@ SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 DEFAULT_ALPHA = 32  # an integer, so that the CRD spells its default the same in every YAML tool
 #: New tokens per sample when a request leaves `max_tokens` unset.
 DEFAULT_MAX_TOKENS = 64
-#: Losses a declarative run can train with, from rows of a dataset (`TrainingSpec.loss`).
-DECLARATIVE_LOSSES = ("cross_entropy", "importance_sampling")
+#: Losses a declarative run can train with from the rows of a dataset (`TrainingSpec.loss`).
+DeclarativeLoss = Literal["cross_entropy", "importance_sampling"]
 
 
 class Params(BaseModel):
@@ -127,7 +127,7 @@ class TrainingSpec(ResourceParams):
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     max_seq_len: int = Field(2048, ge=2, description="Examples are truncated to this many tokens.")
-    loss: Literal["cross_entropy", "importance_sampling"] = Field(
+    loss: DeclarativeLoss = Field(
         "cross_entropy",
         description="Training loss. cross_entropy: the completion tokens' likelihood. importance_sampling: "
                     "each row's `advantage` (a number, default 1) times its completion tokens' "
