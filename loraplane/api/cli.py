@@ -1,6 +1,6 @@
 """`loraplane gateway`: the Tinker gateway in front of a Kubernetes control plane.
 
-The same app as `loraplane serve`, with `settings.gateway.control_plane = "kubernetes"`: LoRAJobs
+The same app as `loraplane serve`, over a `KubeControlPlane`: LoRAJobs
 are custom resources (`loraplane.api.kube.KubeControlPlane`, imported only here and only when this
 command runs) and runtimes are pods. Flags override the `LORAPLANE_*` environment.
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     gw_settings = settings.gateway.model_copy(update={
         k: v for k, v in {"host": args.host, "port": args.port, "api_keys_file": args.api_keys_file,
                           "namespace": args.namespace}.items() if v is not None
-    } | {"control_plane": "kubernetes"})
+    })
     settings = settings.model_copy(update={"gateway": gw_settings})
     try:
         keys = load_keys(inline=split_inline(gw_settings.api_keys),
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     gateway = Gateway(
         control_plane=_control_plane(settings), runtimes=Runtimes(timeout_s=gw_settings.long_poll_s + 60),
         store=store, models=list(args.model), long_poll_s=gw_settings.long_poll_s,
+        job_start_timeout_s=gw_settings.job_start_timeout_s,
         max_request_bytes=gw_settings.max_request_bytes, sample_caps=limits.caps_from(gw_settings),
         quotas=quotas.QuotaTable(gw_settings.tenant_defaults, keys.overrides),
     )

@@ -20,6 +20,7 @@ import httpx
 
 from loraplane.core import errors
 from loraplane.core.runtime_client import RuntimeClient
+from loraplane.core.runtime_ops import OpBody, SampleBody
 
 PROTOBUF = "application/x-protobuf"
 
@@ -57,10 +58,10 @@ class Runtimes:
         return await self.client(address).submit_forward_backward(adapter_id, body, sequences_url=sequences_url,
                                                                   tenant=tenant)
 
-    async def submit_op(self, address: str, adapter_id: str, op: dict[str, Any]) -> str:
+    async def submit_op(self, address: str, adapter_id: str, op: OpBody) -> str:
         return await self.client(address).submit_op(adapter_id, op)
 
-    async def submit_sample(self, address: str, body: dict[str, Any]) -> str:
+    async def submit_sample(self, address: str, body: SampleBody) -> str:
         return await self.client(address).submit_sample(body)
 
     async def result(self, address: str, request_id: str, *, wait_s: float, owner: str) -> Result:

@@ -14,9 +14,9 @@ from fastapi import Depends, Header, Request
 from pydantic import BaseModel, ValidationError
 
 from loraplane.api import ids
-from loraplane.api.errors import invalid_body
 from loraplane.api.gateway import Gateway
 from loraplane.api.guards import TENANT_KEY
+from loraplane.api.records import SessionRecord
 from loraplane.core import errors
 
 M = TypeVar("M", bound=BaseModel)
@@ -44,7 +44,7 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 
 
-async def owned_session(session_id: str, gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
+async def owned_session(session_id: str, gw: GatewayDep, tenant: TenantDep) -> SessionRecord:
     """The session record named in the path, if it is the caller's."""
     return gw.records.session(tenant, ids.check_session_id(session_id))
 
@@ -54,7 +54,7 @@ async def owned_run(run_id: str, gw: GatewayDep, tenant: TenantDep) -> dict[str,
     return gw.records.run(tenant, run_id)
 
 
-SessionDep = Annotated[dict[str, Any], Depends(owned_session)]
+SessionDep = Annotated[SessionRecord, Depends(owned_session)]
 RunDep = Annotated[dict[str, Any], Depends(owned_run)]
 
 
@@ -78,4 +78,4 @@ async def json_body(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise invalid_body(exc.errors()) from None
+        raise errors.invalid_input(exc.errors()) from None

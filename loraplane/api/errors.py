@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,26 +22,6 @@ from loraplane.core import errors
 
 log = logging.getLogger(__name__)
 
-
-
-def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
-
-
-def validation_error(exc: RequestValidationError) -> errors.InvalidInput:
-    """A FastAPI validation failure -> InvalidInput naming the first bad field. Pure."""
-    return invalid_body(exc.errors())
-
-
-def invalid_body(problems: Any) -> errors.InvalidInput:
-    """Pydantic's error list -> InvalidInput naming the first bad field. Pure; called by
-    `validation_error` and by `deps.json_body` (the per-step routes validate bodies themselves)."""
-    first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
-    field = _field_of(first.get("loc", ()))
-    if first.get("type") == "json_invalid":
-        return errors.InvalidInput(f"body is not valid JSON: {first.get('msg')}", field="body")
-    return errors.InvalidInput(f"{field}: {first.get('msg')}", field=field)
 
 
 def response_for(exc: errors.LoraplaneError) -> JSONResponse:
@@ -69,7 +48,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return response_for(validation_error(exc))
+        return response_for(errors.invalid_input(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -35,6 +35,7 @@ from pydantic import Field
 from loraplane.api import ids
 from loraplane.api.protocol import _Body
 from loraplane.core import age, artifacts, errors
+from loraplane.core.runtime_ops import OpBody, OpKind
 
 #: Lifetime of a download URL; the cookbook asks for new ones when they are about to expire.
 URL_TTL_S = 3600
@@ -94,11 +95,9 @@ async def save_weights_external(gw: Any, tenant: str, body: SaveWeightsExternal)
         age.parse_recipients(recipients)
     path = artifacts.TinkerPath(body.model_id, "external_weights", name)
     dest = await gw.reserve_save(tenant, path, overwrite=True, ttl_seconds=body.ttl_seconds, user_metadata=None)
-    op: dict[str, Any] = {"seq_id": body.seq_id, "op": "save_external", "dest": dest}
-    if recipients:
-        op["age_recipients"] = recipients
+    op = OpBody(seq_id=body.seq_id, op=OpKind.SAVE_EXTERNAL, dest=dest, age_recipients=recipients or None)
     rid = await gw.runtimes.submit_op(ref.address, gw.adapter(body.model_id), op)
-    return {"request_id": ids.FutureRef(ids.owner_key(body.model_id), ref.pod, "save_external", rid).encode(),
+    return {"request_id": ids.FutureRef(ids.owner_key(body.model_id), ref.pod, OpKind.SAVE_EXTERNAL, rid).encode(),
             "model_id": body.model_id}
 
 

@@ -9,7 +9,8 @@ Design notes
   it to run, so a slow start (a pod being scheduled) never holds a submit past the SDK's timeout.
 * Per-step calls go to `control_plane.runtime_for(job)` (a local cache) and on to the runtime; the
   runtime's executor orders and deduplicates them per adapter by `seq_id`, which the gateway
-  forwards unchanged. The runtime adapter id of a training run is its job name.
+  forwards unchanged. The runtime adapter id of a training run is the control plane's to say
+  (`ControlPlane.adapter_id`); the other ids and the ops' names are `loraplane.core.runtime_ops`'.
 * Futures are named `ids.FutureRef`: any replica can answer `retrieve_future` (see `futures`).
 """
 
@@ -20,18 +21,23 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+import pydantic
 
 from loraplane.api import codecs, ids, jobs, limits, protocol
 from loraplane.api import quotas as quotas_mod
 from loraplane.api.dataplane import Runtimes
-from loraplane.api.records import Records
+from loraplane.api.records import Records, SamplerRecord, SessionEnd, SessionRecord
 from loraplane.core import artifacts, errors
 from loraplane.core.controlplane import ControlPlane
 from loraplane.core.models.v1alpha1 import LoRAJob, ResumeFrom, RuntimeRef
-from loraplane.core.models.v1alpha1.lorajob import TERMINAL_PHASES, adapter_id
+from loraplane.core.models.v1alpha1.lorajob import TERMINAL_PHASES
+from loraplane.core.params import AdamParams, SamplingParams
+from loraplane.core.runtime_ops import OpBody, OpKind, SampleBody, checkpoint_adapter_id, snapshot_adapter_id
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=pydantic.BaseModel)
 
 #: pod field of futures that the control plane answers (no runtime involved)
 CONTROL_PLANE_POD = "cp"
@@ -41,9 +47,13 @@ def utcnow() -> str:
     return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def snapshot_adapter_id(path: artifacts.TinkerPath) -> str:
-    """Runtime adapter id under which a named sampler snapshot is loaded: stable per path. Pure."""
-    return "ckpt-" + hashlib.sha256(str(path).encode()).hexdigest()[:20]
+def checked(model: type[M], values: dict[str, Any]) -> M:
+    """`values` as `model`, a body the gateway sends on from what a client sent: a value the
+    runtime would refuse is the client's 400 here, naming the field. No side effects."""
+    try:
+        return model.model_validate(values)
+    except pydantic.ValidationError as exc:
+        raise errors.invalid_input(exc.errors()) from None
 
 
 class Gateway:
@@ -57,6 +67,7 @@ class Gateway:
         store: artifacts.ArtifactStore,
         models: list[str] | None = None,
         long_poll_s: float = 30.0,
+        job_start_timeout_s: float = 300.0,
         max_request_bytes: int = 64 * 1024 * 1024,
         sample_caps: limits.SampleCaps | None = None,
         quotas: quotas_mod.QuotaTable | None = None,
@@ -69,6 +80,8 @@ class Gateway:
         #: base models clients may ask for (None/empty = whatever the control plane places)
         self.models = list(models or [])
         self.long_poll_s = long_poll_s
+        #: seconds a new run's job may take to start before create_model fails (`futures.start_overdue`)
+        self.job_start_timeout_s = job_start_timeout_s
         self.max_request_bytes = max_request_bytes
         self.sample_caps = sample_caps or limits.SampleCaps()
         self.quotas = quotas or quotas_mod.QuotaTable()
@@ -79,27 +92,27 @@ class Gateway:
     # -- sessions -------------------------------------------------------------------------------
     def create_session(self, tenant: str, body: protocol.CreateSession) -> dict[str, Any]:
         session_id = ids.new_session_id()
-        self.records.put_session({
-            "session_id": session_id, "tenant": tenant, "created": self.clock(), "tags": body.tags,
-            "user_metadata": {str(k): str(v) for k, v in body.user_metadata.items()},
-            "project_id": body.project_id, "display_name": body.display_name, "finished": None,
-        })
+        self.records.put_session(SessionRecord(
+            session_id=session_id, tenant=tenant, created=self.clock(), tags=body.tags,
+            user_metadata={str(k): str(v) for k, v in body.user_metadata.items()},
+            project_id=body.project_id, display_name=body.display_name,
+        ))
         return {"session_id": session_id}
 
     async def finish_session(self, tenant: str, session_id: str, reason: dict[str, Any] | None) -> dict[str, Any]:
         """Mark the session finished and delete its jobs (their adapters are unloaded)."""
-        record = dict(self.records.session(tenant, ids.check_session_id(session_id)))
-        record["finished"] = {"time": self.clock(), "reason": (reason or {}).get("type", "success")}
-        self.records.put_session(record)
+        record = self.records.session(tenant, ids.check_session_id(session_id))
+        end = SessionEnd(time=self.clock(), reason=str((reason or {}).get("type", "success")))
+        self.records.put_session(record.model_copy(update={"finished": end}))
         # Live snapshots (save_weights_and_get_sampling_client) are adapters of their own on the
         # training run's runtime: unload them while that runtime is still known.
         for sampler in self.records.samplers_of_session(session_id):
             self.records.close_sampler(tenant, sampler)
-            record = self.records.sampler(tenant, sampler)
-            ref = self.cp.runtime_for(record["job"]) if record.get("job") else None
-            if ref is not None and ref.pod == record.get("pod"):
+            held = self.records.sampler(tenant, sampler)
+            ref = self.cp.runtime_for(held.job) if held.kind == "snapshot" and held.job else None
+            if ref is not None and ref.pod == held.pod and held.adapter_id:
                 try:
-                    await self.runtimes.client(ref.address).delete_adapter(record["adapter_id"])
+                    await self.runtimes.client(ref.address).delete_adapter(held.adapter_id)
                 except errors.LoraplaneError as exc:
                     log.info("sampler %s already gone: %s", sampler, exc.message)
         for job in await self.cp.list_jobs(tenant=tenant):
@@ -121,12 +134,9 @@ class Gateway:
                 f"optimizer_config.type {body.optimizer_config.type!r} is not supported; accepted: {list(jobs.OPTIMIZERS)}",
                 field="optimizer_config.type",
             )
-        lora = jobs.lora_from_tinker(body.lora_config.model_dump())
-        if not (lora.train_attn or lora.train_mlp or lora.train_unembed):
-            raise errors.InvalidInput("lora_config: at least one of train_attn/mlp/unembed must be true", field="lora_config")
         job = jobs.build_job(tenant=tenant, session_id=body.session_id, model_seq_id=body.model_seq_id,
-                             base_model=body.base_model, lora=lora)
-        return await self._start_run(tenant, job, body.user_metadata, op="create")
+                             base_model=body.base_model, lora=jobs.lora_of(body.lora_config))
+        return await self._start_run(tenant, job, body.user_metadata, op=OpKind.CREATE_MODEL)
 
     async def create_from_state(self, tenant: str, body: protocol.LoadWeights) -> dict[str, Any]:
         """load_weights with session_id + model_seq_id: a new run that starts from a saved state."""
@@ -144,12 +154,13 @@ class Gateway:
             )
         job = jobs.build_job(
             tenant=tenant, session_id=body.session_id, model_seq_id=body.model_seq_id,
-            base_model=source["base_model"], lora=jobs.lora_from_tinker(source.get("lora") or {}),
+            base_model=source["base_model"], lora=jobs.lora_of(source.get("lora")),
             resume_from=ResumeFrom(path=str(path), optimizer=body.optimizer),
         )
-        return await self._start_run(tenant, job, body.user_metadata, op="load_create")
+        return await self._start_run(tenant, job, body.user_metadata, op=OpKind.CREATE_FROM_STATE)
 
-    async def _start_run(self, tenant: str, job: LoRAJob, metadata: dict[str, Any] | None, *, op: str) -> dict[str, Any]:
+    async def _start_run(self, tenant: str, job: LoRAJob, metadata: dict[str, Any] | None, *,
+                         op: OpKind) -> dict[str, Any]:
         session = job.spec.session
         assert session is not None
         quota = self.quotas.for_tenant(tenant)
@@ -186,9 +197,8 @@ class Gateway:
         return ref
 
     def adapter(self, model_id: str) -> str:
-        """The runtime adapter id of a training run: the one its control plane created it under
-        (`<namespace>.<job>` in Kubernetes, where the operator creates it; the job name otherwise)."""
-        return adapter_id(getattr(self.cp, "namespace", None), ids.job_name(model_id))
+        """The runtime adapter id of a training run, as its control plane created it."""
+        return self.cp.adapter_id(ids.job_name(model_id))
 
     def owned_runtime(self, tenant: str, model_id: str) -> RuntimeRef:
         """Ownership from the session record (cached), runtime from the control plane's cache: no remote read."""
@@ -208,11 +218,11 @@ class Gateway:
     async def unload(self, tenant: str, model_id: str) -> dict[str, Any]:
         job = await self.job(tenant, model_id)
         await self.cp.delete_job(job.metadata.name)
-        ref = ids.FutureRef(ids.owner_key(model_id), CONTROL_PLANE_POD, "unload", "0")
+        ref = ids.FutureRef(ids.owner_key(model_id), CONTROL_PLANE_POD, OpKind.UNLOAD_MODEL, "0")
         return {"request_id": ref.encode(), "model_id": model_id}
 
     # -- per-step training ops ------------------------------------------------------------------
-    def _future(self, model_id: str, ref: RuntimeRef, op: str, rid: str) -> dict[str, Any]:
+    def _future(self, model_id: str, ref: RuntimeRef, op: OpKind, rid: str) -> dict[str, Any]:
         return {"request_id": ids.FutureRef(ids.owner_key(model_id), ref.pod, op, rid).encode(), "model_id": model_id}
 
     async def forward_backward(self, tenant: str, body: bytes, content_encoding: str | None) -> dict[str, Any]:
@@ -225,7 +235,7 @@ class Gateway:
         rid = await self.runtimes.submit_forward_backward(
             ref.address, self.adapter(model_id), raw,
             sequences_url=artifacts.sequences_url(self.store.url, ids.parse_model_id(model_id)[0]), tenant=tenant)
-        return self._future(model_id, ref, "fwdbwd", rid)
+        return self._future(model_id, ref, OpKind.FORWARD_BACKWARD, rid)
 
     async def optim_step(self, tenant: str, body: protocol.OptimStep) -> dict[str, Any]:
         if body.optimizer_params is not None and body.adam_params is None:
@@ -234,11 +244,11 @@ class Gateway:
                 field="optimizer_params",
             )
         ref = self.owned_runtime(tenant, body.model_id)
-        params = (body.adam_params or protocol.AdamParams()).model_dump()
+        params = AdamParams.model_validate((body.adam_params or AdamParams()).model_dump())
         rid = await self.runtimes.submit_op(
-            ref.address, self.adapter(body.model_id), {"seq_id": body.seq_id, "op": "optim_step", "adam_params": params}
+            ref.address, self.adapter(body.model_id), OpBody(seq_id=body.seq_id, op=OpKind.OPTIM_STEP, adam_params=params)
         )
-        return self._future(body.model_id, ref, "optim", rid)
+        return self._future(body.model_id, ref, OpKind.OPTIM_STEP, rid)
 
     async def reserve_save(self, tenant: str, path: artifacts.TinkerPath, *, overwrite: bool,
                             ttl_seconds: int | None, user_metadata: dict[str, str] | None) -> str:
@@ -262,9 +272,9 @@ class Gateway:
                                   user_metadata=body.user_metadata)
         rid = await self.runtimes.submit_op(
             ref.address, self.adapter(body.model_id),
-            {"seq_id": body.seq_id, "op": "save_state", "dest": dest, "optimizer": True},
+            OpBody(seq_id=body.seq_id, op=OpKind.SAVE_STATE, dest=dest, optimizer=True),
         )
-        return self._future(body.model_id, ref, "save", rid)
+        return self._future(body.model_id, ref, OpKind.SAVE_STATE, rid)
 
     async def save_for_sampler(self, tenant: str, body: protocol.SaveWeightsForSampler) -> dict[str, Any]:
         ref = self.owned_runtime(tenant, body.model_id)
@@ -275,22 +285,22 @@ class Gateway:
             dest = await self.reserve_save(tenant, path, overwrite=True, ttl_seconds=body.ttl_seconds,
                                       user_metadata=body.user_metadata)
             rid = await self.runtimes.submit_op(
-                ref.address, self.adapter(body.model_id), {"seq_id": body.seq_id, "op": "save_sampler", "dest": dest}
+                ref.address, self.adapter(body.model_id), OpBody(seq_id=body.seq_id, op=OpKind.SAVE_SAMPLER, dest=dest)
             )
-            return self._future(body.model_id, ref, "save_sampler", rid)
+            return self._future(body.model_id, ref, OpKind.SAVE_SAMPLER, rid)
         if body.sampling_session_seq_id is None:
             raise errors.InvalidInput("save_weights_for_sampler needs path or sampling_session_seq_id", field="path")
         job = await self.job(tenant, body.model_id)
         sampler = ids.sampler_id(session_id, body.sampling_session_seq_id)
-        self.records.put_sampler({
-            "sampler_id": sampler, "tenant": tenant, "session_id": session_id, "base_model": job.spec.base_model,
-            "adapter_id": ids.owner_key(sampler), "job": adapter, "pod": ref.pod, "created": self.clock(),
-        })
+        self.records.put_sampler(SamplerRecord(
+            sampler_id=sampler, tenant=tenant, session_id=session_id, base_model=job.spec.base_model,
+            created=self.clock(), kind="snapshot", adapter_id=snapshot_adapter_id(sampler), job=adapter, pod=ref.pod,
+        ))
         rid = await self.runtimes.submit_op(
             ref.address, self.adapter(body.model_id),
-            {"seq_id": body.seq_id, "op": "snapshot", "sampler_id": ids.owner_key(sampler)},
+            OpBody(seq_id=body.seq_id, op=OpKind.SNAPSHOT, sampler_id=snapshot_adapter_id(sampler)),
         )
-        return self._future(body.model_id, ref, "snapshot", rid)
+        return self._future(body.model_id, ref, OpKind.SNAPSHOT, rid)
 
     async def load_weights(self, tenant: str, body: protocol.LoadWeights) -> dict[str, Any]:
         if body.model_id is None:
@@ -298,11 +308,11 @@ class Gateway:
         ref = self.owned_runtime(tenant, body.model_id)
         path = artifacts.parse_tinker_path(body.path)
         self.records.checkpoint(tenant, path)
-        rid = await self.runtimes.submit_op(ref.address, self.adapter(body.model_id), {
-            "seq_id": body.seq_id, "op": "load_state", "source": artifacts.checkpoint_url(self.store.url, path),
-            "optimizer": body.optimizer,
-        })
-        return self._future(body.model_id, ref, "load", rid)
+        rid = await self.runtimes.submit_op(ref.address, self.adapter(body.model_id), OpBody(
+            seq_id=body.seq_id, op=OpKind.LOAD_STATE, source=artifacts.checkpoint_url(self.store.url, path),
+            optimizer=body.optimizer,
+        ))
+        return self._future(body.model_id, ref, OpKind.LOAD_STATE, rid)
 
     # -- sampling -------------------------------------------------------------------------------
     async def create_sampling_session(self, tenant: str, body: protocol.CreateSamplingSession) -> dict[str, Any]:
@@ -310,17 +320,18 @@ class Gateway:
         if (body.base_model is None) == (body.model_path is None):
             raise errors.InvalidInput("give exactly one of base_model and model_path", field="model_path")
         sampler = ids.sampler_id(body.session_id, body.sampling_session_seq_id)
-        record: dict[str, Any] = {"sampler_id": sampler, "tenant": tenant, "session_id": body.session_id,
-                                  "created": self.clock()}
         if body.model_path is not None:
             path = artifacts.parse_tinker_path(body.model_path, field="model_path")
             self.records.checkpoint(tenant, path, field="model_path")
             run = self.records.run(tenant, path.run_id, field="model_path")
-            record.update(base_model=run["base_model"], model_path=str(path), adapter_id=snapshot_adapter_id(path),
-                          source=artifacts.checkpoint_url(self.store.url, path))
+            record = SamplerRecord(
+                sampler_id=sampler, tenant=tenant, session_id=body.session_id, base_model=run["base_model"],
+                created=self.clock(), kind="checkpoint", model_path=str(path),
+                adapter_id=checkpoint_adapter_id(str(path)), source=artifacts.checkpoint_url(self.store.url, path))
         else:
             self._check_model(str(body.base_model))
-            record.update(base_model=body.base_model, adapter_id=None)
+            record = SamplerRecord(sampler_id=sampler, tenant=tenant, session_id=body.session_id,
+                                   base_model=str(body.base_model), created=self.clock(), kind="base_model")
         quota = self.quotas.for_tenant(tenant)
         if quota.max_sampling_clients is not None:
             quotas_mod.check_count(tenant, "sampling clients", "max_sampling_clients",
@@ -331,73 +342,71 @@ class Gateway:
 
     def sampler_view(self, tenant: str, sampler_id: str) -> dict[str, Any]:
         record = self.records.sampler(tenant, sampler_id)
-        out = {"sampler_id": sampler_id, "base_model": record["base_model"]}
-        if record.get("model_path"):
-            out["model_path"] = record["model_path"]
+        out = {"sampler_id": sampler_id, "base_model": record.base_model}
+        if record.model_path:
+            out["model_path"] = record.model_path
         return out
 
-    async def sampler_runtime(self, record: dict[str, Any]) -> RuntimeRef:
+    async def sampler_runtime(self, record: SamplerRecord) -> RuntimeRef:
         """Where a sampler samples: its training job's runtime for a live snapshot, else any runtime of its model."""
-        if record.get("job"):
-            ref = self.cp.runtime_for(record["job"])
-            if ref is None or ref.pod != record.get("pod"):
+        if record.kind == "snapshot":
+            ref = self.cp.runtime_for(record.job or "")
+            if ref is None or ref.pod != record.pod:
                 raise errors.NotFound(
-                    f"sampler {record['sampler_id']!r} lived on a training run that is gone", field="sampling_session_id"
+                    f"sampler {record.sampler_id!r} lived on a training run that is gone", field="sampling_session_id"
                 )
             return ref
-        refs = await self.cp.runtimes_for_model(record["base_model"])
+        refs = await self.cp.runtimes_for_model(record.base_model)
         if not refs:
-            raise errors.CapacityError(f"no runtime serves {record['base_model']!r} right now")
+            raise errors.CapacityError(f"no runtime serves {record.base_model!r} right now")
         # Sticky: the same sampler lands on the same runtime while the set of runtimes is stable.
-        digest = int(hashlib.sha256(record["sampler_id"].encode()).hexdigest(), 16)
+        digest = int(hashlib.sha256(record.sampler_id.encode()).hexdigest(), 16)
         return sorted(refs, key=lambda r: r.pod)[digest % len(refs)]
 
     async def asample(self, tenant: str, body: protocol.Sample) -> dict[str, Any]:
         record = self.records.sampler(tenant, body.sampling_session_id)
         tokens = codecs.prompt_tokens(body.prompt)
         limits.check_sample_size(self.sample_caps, prompt_tokens=len(tokens), num_samples=body.num_samples,
-                                 max_tokens=body.sampling_params.max_tokens or protocol.DEFAULT_MAX_TOKENS)
+                                 max_tokens=body.sampling_params.new_tokens)
         ref = await self.sampler_runtime(record)
-        request = {
-            "adapter_id": record.get("adapter_id"), "owner": ids.owner_key(record["sampler_id"]), "tenant": tenant,
-            "prompt_tokens": tokens, "num_samples": body.num_samples,
-            "sampling_params": body.sampling_params.model_dump(exclude_none=True), "prompt_logprobs": body.prompt_logprobs,
-        }
-        if body.prompt_logprobs_last_n is not None:
-            request["prompt_logprobs_last_n"] = body.prompt_logprobs_last_n
         seq = body.seq_id if body.seq_id is not None else 0
-        sequence_ids = codecs.sequence_ids(record["sampler_id"], seq, body.num_samples)
-        if body.record_stability_info:
-            request["record_sequence_ids"] = sequence_ids
-            request["record_url"] = artifacts.sequences_url(self.store.url, record["session_id"])
-        for option in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
-            if getattr(body, option):
-                request[option] = getattr(body, option)
-        if body.target_prompt_logprobs is not None:
-            request["target_prompt_logprobs"] = body.target_prompt_logprobs  # the runtime checks it
-        if record.get("source"):
+        sequence_ids = codecs.sequence_ids(record.sampler_id, seq, body.num_samples)
+        recording = bool(body.record_stability_info)
+        request = checked(SampleBody, {
+            "adapter_id": record.adapter_id, "owner": ids.owner_key(record.sampler_id), "tenant": tenant,
+            "prompt_tokens": tokens, "num_samples": body.num_samples,
+            "sampling_params": SamplingParams.model_validate(body.sampling_params.model_dump()),
+            "prompt_logprobs": body.prompt_logprobs, "prompt_logprobs_last_n": body.prompt_logprobs_last_n,
+            "topk_prompt_logprobs": body.topk_prompt_logprobs, "topk_sample_logprobs": body.topk_sample_logprobs,
+            "prompt_alt_tokens_k": body.prompt_alt_tokens_k,
+            "target_prompt_logprobs": body.target_prompt_logprobs,  # the SDK's TensorData; the runtime checks it
+            "record_sequence_ids": sequence_ids if recording else None,
+            "record_url": artifacts.sequences_url(self.store.url, record.session_id) if recording else None,
+        })
+        if record.kind == "checkpoint":
             await self._ensure_loaded(ref, record)
         try:
             rid = await self.runtimes.submit_sample(ref.address, request)
         except errors.NotFound:
-            if record.get("job"):
+            if record.kind == "snapshot":
                 raise errors.NotFound(
-                    f"sampler {record['sampler_id']!r} was a snapshot of its training client that has been "
+                    f"sampler {record.sampler_id!r} was a snapshot of its training client that has been "
                     "dropped: a training client keeps only its newest snapshots. Take a new one, or "
                     "save_weights_for_sampler with a path to keep it", field="sampling_session_id") from None
-            if not record.get("source"):
+            if record.kind != "checkpoint":
                 raise
-            self._loaded.discard((ref.address, record["adapter_id"]))  # the runtime restarted: load it again
+            self._loaded.discard((ref.address, record.adapter_id or ""))  # the runtime restarted: load it again
             await self._ensure_loaded(ref, record)
             rid = await self.runtimes.submit_sample(ref.address, request)
-        owner = ids.owner_key(record["sampler_id"])
+        owner = ids.owner_key(record.sampler_id)
         return {
-            "request_id": ids.FutureRef(owner, ref.pod, "sample", rid).encode(),
+            "request_id": ids.FutureRef(owner, ref.pod, OpKind.SAMPLE, rid).encode(),
             "sample_sequence_ids": sequence_ids,
         }
 
-    async def _ensure_loaded(self, ref: RuntimeRef, record: dict[str, Any]) -> None:
-        key = (ref.address, record["adapter_id"])
+    async def _ensure_loaded(self, ref: RuntimeRef, record: SamplerRecord) -> None:
+        assert record.adapter_id and record.source, "a checkpoint sampler names its adapter and source"
+        key = (ref.address, record.adapter_id)
         if key not in self._loaded:
-            await self.runtimes.load_adapter(ref.address, record["adapter_id"], record["source"])
+            await self.runtimes.load_adapter(ref.address, record.adapter_id, record.source)
             self._loaded.add(key)

@@ -6,7 +6,7 @@ Callers: the gateway's routes. Every function here is pure.
     model_id     <session_id>:train:<model_seq>    = training_run_id (the SDK computes it itself)
     sampler_id   <session_id>:sample:<n>
     job name     model_id with ':' -> '-'          (a LoRAJob / Kubernetes object name)
-    request_id   <owner>.<pod>.<op>.<runtime id>   owner = job name or sampler key
+    request_id   <owner>.<pod>.<op>.<runtime id>   owner = job name or sampler key, op an `OpKind`
 
 A gateway request id carries everything needed to route `retrieve_future` (the owner names the
 job or sampler, hence the session and tenant; the pod names the runtime holding the future; the op
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from loraplane.core import errors
+from loraplane.core.runtime_ops import OpKind
 
 SESSION_RE = re.compile(r"^s-[0-9a-f]{12}$")
 MODEL_RE = re.compile(r"^(s-[0-9a-f]{12}):train:(\d{1,9})$")
@@ -28,11 +29,23 @@ SAMPLER_RE = re.compile(r"^(s-[0-9a-f]{12}):sample:(\d{1,12})$")
 OWNER_RE = re.compile(r"^(s-[0-9a-f]{12})-(train|sample)-(\d{1,12})$")
 POD_RE = re.compile(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
 
-#: Ops a future can stand for; each decides how retrieve_future turns the runtime's result into Tinker's.
-OPS = frozenset({
-    "create", "load_create", "unload", "fwdbwd", "optim", "save", "save_sampler", "save_external", "snapshot",
-    "load", "sample",
-})
+#: The op part of request ids that earlier releases handed out, still honoured while they are in flight.
+_LEGACY_OPS = {
+    "create": OpKind.CREATE_MODEL, "load_create": OpKind.CREATE_FROM_STATE, "unload": OpKind.UNLOAD_MODEL,
+    "fwdbwd": OpKind.FORWARD_BACKWARD, "optim": OpKind.OPTIM_STEP, "save": OpKind.SAVE_STATE,
+    "load": OpKind.LOAD_STATE,
+}
+
+
+def op_of(value: str) -> OpKind | None:
+    """The op a request id's op part names (legacy spellings included), or None. Pure."""
+    legacy = _LEGACY_OPS.get(value)
+    if legacy is not None:
+        return legacy
+    try:
+        return OpKind(value)
+    except ValueError:
+        return None
 
 
 def new_session_id(token_hex: str | None = None) -> str:
@@ -94,7 +107,8 @@ class FutureRef:
 
     owner: str
     pod: str
-    op: str
+    #: which call it stands for: it decides how retrieve_future turns the result into Tinker's
+    op: OpKind
     runtime_request_id: str
 
     def encode(self) -> str:
@@ -122,8 +136,9 @@ def parse_request_id(value: object) -> FutureRef:
     if not isinstance(value, str) or len(value) > 512:
         raise errors.NotFound(f"unknown request_id {value!r}", field="request_id")
     parts = value.split(".", 3)
-    if len(parts) != 4 or parts[2] not in OPS or not POD_RE.match(parts[1]) or not parts[3]:
+    op = op_of(parts[2]) if len(parts) == 4 else None
+    if op is None or not POD_RE.match(parts[1]) or not parts[3]:
         raise errors.NotFound(f"unknown request_id {value!r}", field="request_id")
-    ref = FutureRef(*parts)
+    ref = FutureRef(parts[0], parts[1], op, parts[3])
     ref.session_id  # noqa: B018 (parses the owner now, so a malformed one is a 404 here)
     return ref

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from loraplane.api import ids
-from loraplane.core.models.v1alpha1 import LoRAConfig, LoRAJob, LoRAJobSpec, ResumeFrom, SessionRef
+from loraplane.core.models.v1alpha1 import LoRAJob, LoRAJobSpec, ResumeFrom, SessionRef
 from loraplane.core.models.v1alpha1.lorajob import SESSION_LABEL, TENANT_LABEL, ObjectMeta
+from loraplane.core.params import LoraConfig
 
 #: Optimizers the runtime implements (create_model.optimizer_config.type).
 OPTIMIZERS = ("adamw",)
@@ -22,7 +23,7 @@ def build_job(
     session_id: str,
     model_seq_id: int,
     base_model: str,
-    lora: LoRAConfig,
+    lora: LoraConfig,
     resume_from: ResumeFrom | None = None,
 ) -> LoRAJob:
     """The interactive LoRAJob of one Tinker training run. Pure; called by the gateway.
@@ -47,15 +48,15 @@ def build_job(
     )
 
 
-def lora_from_tinker(config: dict[str, Any]) -> LoRAConfig:
-    """Tinker's lora_config -> LoRAConfig (alpha left to the runtime's default). Pure."""
-    return LoRAConfig(
-        rank=config.get("rank", 32),
-        seed=config.get("seed"),
-        train_attn=config.get("train_attn", True),
-        train_mlp=config.get("train_mlp", True),
-        train_unembed=config.get("train_unembed", True),
-    )
+def lora_of(config: Any) -> LoraConfig:
+    """The `LoraConfig` of a request's lora_config or of a run record's `lora`. Pure.
+
+    Only the model's own fields are kept: a request model admits unknown ones, and a record
+    written by an older release may hold fields this one no longer has.
+    """
+    values = config.model_dump() if hasattr(config, "model_dump") else dict(config or {})
+    # an unset value (an older record's `"alpha": null`) takes today's default
+    return LoraConfig.model_validate({k: v for k, v in values.items() if k in LoraConfig.model_fields and v is not None})
 
 
 def info_for(job: LoRAJob, *, tokenizer_id: str | None, arch: str | None) -> dict[str, Any]:

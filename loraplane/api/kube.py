@@ -42,6 +42,7 @@ from loraplane.core.models.v1alpha1.lorajob import (
     RuntimeRef,
 )
 from loraplane.core.runtime_client import RuntimeClient
+from loraplane.core.runtime_ops import job_adapter_id
 from loraplane.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,10 @@ class KubeControlPlane:
                     raise errors.CapacityError(f"job {name!r} is not running after {timeout:.0f}s: {why}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), left)
+
+    def adapter_id(self, name: str) -> str:
+        """The operator creates a job's adapter under `<namespace>.<name>`."""
+        return job_adapter_id(self.namespace, name)
 
     def runtime_for(self, name: str) -> RuntimeRef | None:
         job = self._jobs.get(name)

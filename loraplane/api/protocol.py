@@ -1,9 +1,11 @@
 """JSON request bodies of the Tinker protocol, as the gateway accepts them.
 
 Callers: the route modules, which declare these as FastAPI body parameters; a body that does not
-fit becomes a 400 naming the field (`errors.validation_error`). Unknown fields are ignored: newer
+fit becomes a 400 naming the field (`loraplane.core.errors.invalid_input`). Unknown fields are ignored: newer
 SDKs add fields, and the SDK's own models are the strict side. Field meanings are in
-tinker-protocol.md section 3; responses are plain dicts built by the gateway.
+tinker-protocol.md section 3; responses are plain dicts built by the gateway. The parameter
+models (`lora_config`, `adam_params`, `sampling_params`) are `loraplane.core.params`' own, with
+its defaults and ranges, only lenient about unknown fields.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: Seeds torch's generators take: any 64-bit value, signed or not.
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+from loraplane.core import params
+
 #: The longest checkpoint TTL: a hundred years (past it, "keep forever" is what a client means).
 MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
 #: The largest model_seq_id / sampling_session_seq_id an id can spell (`ids.MODEL_RE`, `ids.SAMPLER_RE`).
@@ -46,12 +48,10 @@ class FinishSession(_Body):
     detail: str | None = None
 
 
-class LoraConfigBody(_Body):
-    rank: int = Field(32, ge=1, le=512)
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    train_unembed: bool = True
-    train_mlp: bool = True
-    train_attn: bool = True
+class LoraConfig(params.LoraConfig):
+    """Tinker's `lora_config` (it has no alpha: a client that sends one sets it, the rest get 32)."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class OptimizerConfig(_Body):
@@ -63,7 +63,7 @@ class CreateModel(_Body):
     model_seq_id: int = Field(ge=0, le=MODEL_SEQ_MAX)
     base_model: str = Field(min_length=1)
     user_metadata: dict[str, Any] | None = None
-    lora_config: LoraConfigBody = Field(default_factory=LoraConfigBody)
+    lora_config: LoraConfig = Field(default_factory=LoraConfig)
     optimizer_config: OptimizerConfig = Field(default_factory=OptimizerConfig)
 
 
@@ -71,13 +71,8 @@ class ModelRef(_Body):
     model_id: str
 
 
-class AdamParams(_Body):
-    learning_rate: float = Field(1e-4, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
-    eps: float = Field(1e-12, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip_norm: float = Field(0.0, ge=0)
+class AdamParams(params.AdamParams):
+    model_config = ConfigDict(extra="ignore")
 
 
 class OptimStep(_Body):
@@ -126,18 +121,8 @@ class CreateSamplingSession(_Body):
     model_path: str | None = None
 
 
-#: New tokens per sample when a request leaves `max_tokens` unset (the runtime's default too).
-DEFAULT_MAX_TOKENS = 64
-
-
-class SamplingParams(_Body):
-    max_tokens: int | None = Field(None, ge=1, le=32768)
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    stop: str | list[str] | list[int] | None = None
-    temperature: float = Field(1.0, ge=0)
-
-    top_k: int = -1
-    top_p: float = Field(1.0, gt=0, le=1)
+class SamplingParams(params.SamplingParams):
+    model_config = ConfigDict(extra="ignore")
 
 
 class Sample(_Body):

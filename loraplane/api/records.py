@@ -11,11 +11,85 @@ missing one (404), so ids cannot be probed across tenants.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
 
 from loraplane.core import artifacts, errors
 from loraplane.core.artifacts import ArtifactStore, TinkerPath
+
+log = logging.getLogger(__name__)
+
+
+class _Record(BaseModel):
+    # Fields a newer release adds are kept when this one rewrites the record.
+    model_config = ConfigDict(extra="allow")
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class SessionEnd(_Record):
+    """How a session finished."""
+
+    time: str
+    #: "success" (the client finished it), "expired" (no heartbeat), or the client's own reason
+    reason: str
+    #: expired sessions: the seconds without a heartbeat, and the last state saved of each run
+    after_s: int | None = None
+    saved: dict[str, str] = Field(default_factory=dict)
+
+
+class SessionRecord(_Record):
+    """A Tinker session: whose it is, and whether it is still alive."""
+
+    session_id: str
+    tenant: str
+    created: str
+    tags: list[str] = Field(default_factory=list)
+    user_metadata: dict[str, str] = Field(default_factory=dict)
+    project_id: str | None = None
+    display_name: str | None = None
+    finished: SessionEnd | None = None
+    #: the last heartbeat written (throttled; `sessions_expiry.needs_write`)
+    last_heartbeat: str | None = None
+
+
+class SamplerRecord(_Record):
+    """A sampling client, and what it samples from (`kind`):
+
+    - `base_model`: the base model itself, on any runtime of it (no adapter);
+    - `checkpoint`: a saved sampler checkpoint (`model_path`), loaded from `source` under `adapter_id`
+      on whichever runtime serves it;
+    - `snapshot`: a live copy of a training run's weights, adapter `adapter_id` on the run's
+      runtime `pod`, as long as its training run (`job`) lives there.
+    """
+
+    sampler_id: str
+    tenant: str
+    session_id: str
+    base_model: str
+    created: str
+    kind: Literal["base_model", "checkpoint", "snapshot"]
+    adapter_id: str | None = None
+    #: checkpoint samplers: the tinker:// path, and the store URL it loads from
+    model_path: str | None = None
+    source: str | None = None
+    #: snapshot samplers: the training run's job, and the pod holding the snapshot
+    job: str | None = None
+    pod: str | None = None
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _kind_of_older_records(cls, data: Any) -> Any:
+        """Records written before `kind` existed say it by the keys they hold."""
+        if isinstance(data, dict) and "kind" not in data:
+            kind = "snapshot" if data.get("job") else "checkpoint" if data.get("source") else "base_model"
+            data = {**data, "kind": kind}
+        return data
 
 
 def checkpoint_view(path: TinkerPath, record: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +128,21 @@ def training_run_view(
     return out
 
 
+R = TypeVar("R", bound=_Record)
+
+
+def _parsed(model: type[R], raw: dict[str, Any] | None) -> R | None:
+    """A stored record as `model`; one that does not parse (written by hand, truncated) is as
+    missing as an absent one, and logged. No side effects but the log line."""
+    if raw is None:
+        return None
+    try:
+        return model.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        log.warning("ignoring a malformed %s: %s", model.__name__, exc.errors()[0])
+        return None
+
+
 class Records:
     """Sessions, samplers, runs and checkpoints of one store, seen by one tenant at a time."""
 
@@ -62,19 +151,20 @@ class Records:
         #: ISO-8601 "now", for checkpoint expiry
         self.clock = clock
         #: session_id -> record (tenant never changes)
-        self._sessions: dict[str, dict[str, Any]] = {}
+        self._sessions: dict[str, SessionRecord] = {}
         #: sampler_id -> record
-        self._samplers: dict[str, dict[str, Any]] = {}
+        self._samplers: dict[str, SamplerRecord] = {}
         #: whether the store's indexes are known to be complete
         self._indexed = False
 
     # -- sessions -------------------------------------------------------------------------------
-    def put_session(self, record: dict[str, Any]) -> None:
-        self.store.write_json(artifacts.session_record_url(self.store.url, record["session_id"]), record)
-        self.store.touch(artifacts.join(artifacts.tenant_sessions_index_url(self.store.url, record["tenant"]),
-                                        artifacts.session_marker(record)))
-        self._mark_open(record)
-        self._sessions[record["session_id"]] = record
+    def put_session(self, record: SessionRecord) -> None:
+        raw = record.dump()
+        self.store.write_json(artifacts.session_record_url(self.store.url, record.session_id), raw)
+        self.store.touch(artifacts.join(artifacts.tenant_sessions_index_url(self.store.url, record.tenant),
+                                        artifacts.session_marker(raw)))
+        self._mark_open(raw)
+        self._sessions[record.session_id] = record
 
     def _mark_open(self, record: dict[str, Any]) -> None:
         marker = artifacts.join(artifacts.open_sessions_index_url(self.store.url), record["session_id"])
@@ -88,22 +178,21 @@ class Records:
         self._ensure_index()
         return self.store.children(artifacts.open_sessions_index_url(self.store.url))
 
-    def session_record(self, session_id: str) -> dict[str, Any] | None:
+    def session_record(self, session_id: str) -> SessionRecord | None:
         """A session's record as the store has it now (not the cache): another replica may have changed it."""
-        return self.store.read_json(artifacts.session_record_url(self.store.url, session_id))
+        return _parsed(SessionRecord, self.store.read_json(artifacts.session_record_url(self.store.url, session_id)))
 
-    def session(self, tenant: str, session_id: str) -> dict[str, Any]:
-        record = self._cached(self._sessions, session_id, artifacts.session_record_url)
-        if record is None or record.get("tenant") != tenant:
+    def session(self, tenant: str, session_id: str) -> SessionRecord:
+        record = self._cached(SessionRecord, self._sessions, session_id, artifacts.session_record_url)
+        if record is None or record.tenant != tenant:
             raise errors.NotFound(f"unknown session_id {session_id!r}", field="session_id")
         return record
 
-    def _cached(self, cache: dict[str, dict[str, Any]], key: str,
-                url_of: Callable[[str, str], str]) -> dict[str, Any] | None:
+    def _cached(self, model: type[R], cache: dict[str, R], key: str, url_of: Callable[[str, str], str]) -> R | None:
         """A record from this replica's cache, else from the store (records another replica wrote)."""
         record = cache.get(key)
         if record is None and "/" not in key:
-            record = self.store.read_json(url_of(self.store.url, key))
+            record = _parsed(model, self.store.read_json(url_of(self.store.url, key)))
             if record is not None:
                 cache[key] = record
         return record
@@ -138,15 +227,15 @@ class Records:
         self._indexed = True
 
     # -- samplers -------------------------------------------------------------------------------
-    def put_sampler(self, record: dict[str, Any]) -> None:
-        self.store.write_json(artifacts.sampler_record_url(self.store.url, record["sampler_id"]), record)
-        self.store.touch(artifacts.join(artifacts.session_samplers_index_url(self.store.url, record["session_id"]),
-                                        record["sampler_id"]))
-        self._samplers[record["sampler_id"]] = record
+    def put_sampler(self, record: SamplerRecord) -> None:
+        self.store.write_json(artifacts.sampler_record_url(self.store.url, record.sampler_id), record.dump())
+        self.store.touch(artifacts.join(artifacts.session_samplers_index_url(self.store.url, record.session_id),
+                                        record.sampler_id))
+        self._samplers[record.sampler_id] = record
 
-    def sampler(self, tenant: str, sampler_id: str) -> dict[str, Any]:
-        record = self._cached(self._samplers, sampler_id, artifacts.sampler_record_url)
-        if record is None or record.get("tenant") != tenant:
+    def sampler(self, tenant: str, sampler_id: str) -> SamplerRecord:
+        record = self._cached(SamplerRecord, self._samplers, sampler_id, artifacts.sampler_record_url)
+        if record is None or record.tenant != tenant:
             raise errors.NotFound(f"unknown sampler {sampler_id!r}", field="sampling_session_id")
         return record
 

@@ -31,7 +31,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from loraplane.api import codecs
+from loraplane.api.records import SessionEnd, SessionRecord
 from loraplane.core import artifacts, errors
+from loraplane.core.runtime_ops import OpBody, OpKind
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +49,19 @@ def parse_time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def last_seen(record: dict[str, Any]) -> str:
+def last_seen(record: SessionRecord) -> str:
     """When the session last showed it is alive: its last heartbeat, else its creation. Pure."""
-    return str(record.get("last_heartbeat") or record.get("created") or "")
+    return record.last_heartbeat or record.created or ""
 
 
-def is_expired(record: dict[str, Any], now: str, ttl_s: float, watching_since: str | None = None) -> bool:
+def is_expired(record: SessionRecord, now: str, ttl_s: float, watching_since: str | None = None) -> bool:
     """Whether an unfinished session has gone `ttl_s` seconds without a heartbeat. Pure.
 
     `watching_since` is when this gateway started sweeping: no session expires sooner than `ttl_s`
     after it, so a gateway restart (whose predecessor may have held heartbeats back) costs no
     session whose client is still beating.
     """
-    if record.get("finished") or not last_seen(record):
+    if record.finished is not None or not last_seen(record):
         return False
     seen = parse_time(last_seen(record))
     if watching_since is not None:
@@ -67,35 +69,35 @@ def is_expired(record: dict[str, Any], now: str, ttl_s: float, watching_since: s
     return (parse_time(now) - seen).total_seconds() >= ttl_s
 
 
-def needs_write(record: dict[str, Any], now: str, ttl_s: float) -> bool:
+def needs_write(record: SessionRecord, now: str, ttl_s: float) -> bool:
     """Whether a heartbeat at `now` must be written to the store (throttled to ttl / 6). Pure."""
-    seen = record.get("last_heartbeat")
+    seen = record.last_heartbeat
     return not seen or (parse_time(now) - parse_time(seen)).total_seconds() >= ttl_s / 6
 
 
-def touch(gw: Any, record: dict[str, Any], ttl_s: float) -> dict[str, Any]:
+def touch(gw: Any, record: SessionRecord, ttl_s: float) -> SessionRecord:
     """Record a heartbeat; returns the session record as the store has it (maybe finished by another replica)."""
     now = gw.clock()
     if not needs_write(record, now, ttl_s):
         return record
-    stored = gw.store.read_json(artifacts.session_record_url(gw.store.url, record["session_id"])) or record
-    if stored.get("finished"):
+    stored = gw.records.session_record(record.session_id) or record
+    if stored.finished is not None:
         gw.records.put_session(stored)
         return stored
-    updated = {**stored, "last_heartbeat": now}
+    updated = stored.model_copy(update={"last_heartbeat": now})
     gw.records.put_session(updated)
     return updated
 
 
-def future_answer(record: dict[str, Any]) -> dict[str, Any] | None:
+def future_answer(record: SessionRecord) -> dict[str, Any] | None:
     """The failed-future answer for any future of an expired session; None for other sessions. Pure."""
-    finished = record.get("finished") or {}
-    if finished.get("reason") != "expired":
+    finished = record.finished
+    if finished is None or finished.reason != "expired":
         return None
-    saved = finished.get("saved") or {}
-    resume = f"; resume from {', '.join(sorted(saved.values()))}" if saved else ""
+    resume = f"; resume from {', '.join(sorted(finished.saved.values()))}" if finished.saved else ""
+    after = "?" if finished.after_s is None else finished.after_s
     return codecs.failed(
-        f"session {record['session_id']!r} expired after {finished.get('after_s', '?')} s without a heartbeat "
+        f"session {record.session_id!r} expired after {after} s without a heartbeat "
         f"and its work was stopped{resume}", "user",
     )
 
@@ -135,28 +137,28 @@ class SessionExpiry:
         for record in records:
             if is_expired(record, now, self.ttl_s, self.watching_since):
                 await self.expire(record)
-                done.append(record["session_id"])
+                done.append(record.session_id)
         return done
 
-    async def expire(self, record: dict[str, Any]) -> None:
-        gw, session_id, tenant = self.gw, record["session_id"], record["tenant"]
-        latest = gw.store.read_json(artifacts.session_record_url(gw.store.url, session_id)) or record
+    async def expire(self, record: SessionRecord) -> None:
+        gw, session_id, tenant = self.gw, record.session_id, record.tenant
+        latest = gw.records.session_record(session_id) or record
         if not is_expired(latest, gw.clock(), self.ttl_s, self.watching_since):
             return  # a heartbeat arrived meanwhile, or another gateway replica expired it first
         log.info("session %s (tenant %s) expired: no heartbeat since %s", session_id, tenant, last_seen(record))
-        finished = {"time": gw.clock(), "reason": "expired", "after_s": int(self.ttl_s), "saved": {}}
-        gw.records.put_session({**record, "finished": finished})
+        finished = SessionEnd(time=gw.clock(), reason="expired", after_s=int(self.ttl_s))
+        gw.records.put_session(record.model_copy(update={"finished": finished}))
         for job in await gw.cp.list_jobs(tenant=tenant):
             ref = job.spec.session
             if ref is None or ref.session_id != session_id:
                 continue
             try:
-                finished["saved"][ref.model_id] = await self._save_last_state(tenant, ref.model_id, job.metadata.name)
+                finished.saved[ref.model_id] = await self._save_last_state(tenant, ref.model_id, job.metadata.name)
             except (errors.LoraplaneError, TimeoutError) as exc:
                 log.warning("session %s: last state of %s not saved: %s", session_id, ref.model_id, exc)
         await gw.finish_session(tenant, session_id, {"type": "expired"})
-        final = gw.store.read_json(artifacts.session_record_url(gw.store.url, session_id)) or record
-        gw.records.put_session({**final, "finished": {**finished, "time": gw.clock()}})
+        final = gw.records.session_record(session_id) or record
+        gw.records.put_session(final.model_copy(update={"finished": finished.model_copy(update={"time": gw.clock()})}))
         self.expired.inc()
 
     async def _save_last_state(self, tenant: str, model_id: str, job_name: str) -> str:
@@ -167,7 +169,7 @@ class SessionExpiry:
         path = artifacts.TinkerPath(model_id, "weights", EXPIRED_CHECKPOINT)
         dest = await gw.reserve_save(tenant, path, overwrite=True, ttl_seconds=None, user_metadata={"reason": "session expired"})
         rid = await gw.runtimes.submit_op(runtime.address, gw.adapter(model_id),
-                                          {"seq_id": None, "op": "save_state", "dest": dest, "optimizer": True})
+                                          OpBody(seq_id=None, op=OpKind.SAVE_STATE, dest=dest, optimizer=True))
         async with asyncio.timeout(SAVE_TIMEOUT_S):
             while True:
                 result = await gw.runtimes.result(runtime.address, rid, wait_s=min(10.0, gw.long_poll_s),

@@ -19,7 +19,7 @@ from loraplane.control import runs
 from loraplane.control.runtime_calls import RuntimeUnreachable
 from loraplane.core import artifacts, phases, transitions
 from loraplane.core.models.v1alpha1.lorajob import Checkpoint, LoRAJob, Phase, Progress
-from loraplane.core.models.v1alpha1.lorajob import adapter_id as make_adapter_id
+from loraplane.core.runtime_ops import job_adapter_id as make_adapter_id
 
 if TYPE_CHECKING:
     from loraplane.control.loop import JobLoop

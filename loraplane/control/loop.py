@@ -44,8 +44,8 @@ from loraplane.core.models.v1alpha1.lorajob import (
     Phase,
     RuntimeRef,
 )
-from loraplane.core.models.v1alpha1.lorajob import adapter_id as make_adapter_id
 from loraplane.core.phases import Action
+from loraplane.core.runtime_ops import job_adapter_id as make_adapter_id
 from loraplane.core.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class JobLoop:
             log.info("%s: %s; retrying in %ss", self.key, exc, exc.delay)
             return exc.delay
         except pydantic.ValidationError as exc:
-            await self._reject("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+            await self._reject(errors.invalid_input(exc.errors()).message)
         except errors.InvalidInput as exc:  # a value only the operator can judge, e.g. resumeFrom.path
             await self._reject(exc.message)
         except (RuntimeUnreachable, RuntimeRejected) as exc:

@@ -25,7 +25,8 @@ from typing import Any
 
 from loraplane.core import artifacts
 from loraplane.core.models.v1alpha1.lorajob import Checkpoint, LoRAJob
-from loraplane.core.models.v1alpha1.lorajob import adapter_id as make_adapter_id
+from loraplane.core.runtime_ops import TrainBody
+from loraplane.core.runtime_ops import job_adapter_id as make_adapter_id
 
 
 def checkpoint_source_url(store: str, path: str) -> str:
@@ -48,27 +49,18 @@ def run_id(job: LoRAJob) -> str:
     return make_adapter_id(job.metadata.namespace, job.metadata.name)
 
 
-def train_request(job: LoRAJob, store: str, start_step: int) -> dict[str, Any]:
-    """The body of POST /v1/adapters/{id}/train for a declarative job. Pure."""
+def train_request(job: LoRAJob, store: str, start_step: int) -> TrainBody:
+    """The body of POST /v1/adapters/{id}/train for a declarative job: its whole `spec.training`,
+    and where the run's checkpoints go. Pure."""
     spec = job.spec.training
     assert spec is not None
     run = run_id(job)
-    body: dict[str, Any] = {
-        "dataset": spec.dataset,
-        "format": spec.format,
-        "batch_size": spec.batch_size,
-        "learning_rate": spec.learning_rate,
-        "max_seq_len": spec.max_seq_len,
-        "checkpoint_every": spec.checkpoint_every,
-        "checkpoint_prefix": artifacts.join(artifacts.run_url(store, run), "weights"),
-        "output": artifacts.checkpoint_url(store, artifacts.TinkerPath(run, "weights", spec.output_name)),
-        "start_step": start_step,
-    }
-    if spec.steps is not None:
-        body["steps"] = spec.steps
-    if spec.epochs is not None:
-        body["epochs"] = spec.epochs
-    return body
+    return TrainBody(
+        **spec.model_dump(),
+        checkpoint_prefix=artifacts.join(artifacts.run_url(store, run), "weights"),
+        output=artifacts.checkpoint_url(store, artifacts.TinkerPath(run, "weights", spec.output_name)),
+        start_step=start_step,
+    )
 
 
 def saved_states(

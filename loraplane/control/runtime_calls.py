@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 import httpx
 
 from loraplane.core import errors
-from loraplane.core.models.v1alpha1.lorajob import LoRAConfig
+from loraplane.core.params import LoraConfig
 from loraplane.core.runtime_client import RuntimeClient, RuntimeUnavailable
+from loraplane.core.runtime_ops import OpBody, OpKind, TrainBody
 
 T = TypeVar("T")
 
@@ -94,11 +95,8 @@ class RuntimeCalls:
         """AdapterInfo, or None when the runtime does not hold the adapter."""
         return (await self._unless_absent(lambda: self.client(address).get_adapter(adapter_id)))[1]
 
-    async def create_adapter(self, address: str, adapter_id: str, lora: LoRAConfig) -> dict[str, Any]:
-        config = lora.model_dump()
-        return await self._call(
-            lambda: self.client(address).create_adapter(adapter_id, expect_seq=1, **config)
-        )
+    async def create_adapter(self, address: str, adapter_id: str, lora: LoraConfig) -> dict[str, Any]:
+        return await self._call(lambda: self.client(address).create_adapter(adapter_id, lora, expect_seq=1))
 
     async def load_adapter(
         self, address: str, adapter_id: str, source: str, *, optimizer: bool, expect_seq: int | None
@@ -120,7 +118,7 @@ class RuntimeCalls:
         self, address: str, adapter_id: str, dest: str, *, wait: float = 60.0
     ) -> dict[str, Any]:
         """Save weights and optimizer state to `dest` and wait for the result."""
-        op = {"seq_id": None, "op": "save_state", "dest": dest, "optimizer": True}
+        op = OpBody(seq_id=None, op=OpKind.SAVE_STATE, dest=dest, optimizer=True)
         request_id = await self._call(lambda: self.client(address).submit_op(adapter_id, op))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -139,5 +137,5 @@ class RuntimeCalls:
         """TrainStatus, or None when no run was started for the adapter."""
         return (await self._unless_absent(lambda: self.client(address).training_status(adapter_id)))[1]
 
-    async def start_training(self, address: str, adapter_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def start_training(self, address: str, adapter_id: str, body: TrainBody) -> dict[str, Any]:
         return await self._call(lambda: self.client(address).start_training(adapter_id, body))

@@ -43,6 +43,11 @@ class ControlPlane(Protocol):
         """Wait until the job is Running; raise `CapacityError` on timeout, `UserError` if it Failed."""
         ...
 
+    def adapter_id(self, name: str) -> str:
+        """The id under which the job's adapter lives on its runtime (`runtime_ops.job_adapter_id`
+        of wherever the job lives). Callers address the adapter by it and never compute their own."""
+        ...
+
     def runtime_for(self, name: str) -> RuntimeRef | None:
         """The runtime that holds the job's adapter now, from a local cache (None if not placed)."""
         ...

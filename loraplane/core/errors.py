@@ -122,3 +122,26 @@ _BY_STATUS: dict[int, type[LoraplaneError]] = {
 def class_for_status(status_code: int) -> type[LoraplaneError]:
     """The error class for an HTTP status answered by another loraplane component or a framework."""
     return _BY_STATUS.get(status_code) or (UserError if status_code < 500 else ServerError)
+
+
+#: Parts of a framework's error location that name where the value came from, not the field.
+_LOCATION_PARTS = frozenset({"body", "query", "path", "header"})
+
+
+def invalid_input(problems: object, *, prefix: str = "") -> InvalidInput:
+    """The InvalidInput of a failed validation, naming its first bad field. Pure.
+
+    `problems` is pydantic's error list (`ValidationError.errors()`, or FastAPI's
+    `RequestValidationError.errors()`, whose locations start with "body" or "query"). The one
+    translator from validation errors to a 400: the gateway, the runtime's API and the engine's
+    own checks all call it, so every bad field is answered the same way. `prefix` is put before the
+    field's path (`"sampling_params."`).
+    """
+    items = list(problems) if isinstance(problems, list | tuple) else []
+    first = items[0] if items and isinstance(items[0], dict) else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        return InvalidInput(f"body is not valid JSON: {first.get('msg')}", field="body")
+    parts = [str(p) for p in first.get("loc", ()) if p not in _LOCATION_PARTS]
+    where = prefix + ".".join(parts) if parts else (prefix.rstrip(".") or "body")
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return InvalidInput(f"{where}: {message}", field=where)

@@ -59,6 +59,4 @@ def validated(manifest: Mapping[str, Any], *, namespace: str) -> LoRAJob:
     try:
         return LoRAJob.from_body(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise errors.InvalidInput(f"{where}: {first['msg']}", field=where) from None
+        raise errors.invalid_input(exc.errors()) from None

@@ -4,6 +4,7 @@ Callers: the gateway (per-step data plane: it forwards the SDK's protobuf bytes 
 operator and the embedded control plane (adapter lifecycle, declarative training). In single-node
 mode the runtime's ASGI app is mounted in process: pass `transport=httpx.ASGITransport(app)`.
 
+Request bodies are the models of `loraplane.core.runtime_ops`, which the runtime parses too.
 Errors come back as the `loraplane.core.errors` class of their status code (400 InvalidInput with
 its `field`, 404 NotFound, 409 Conflict, 413 PayloadTooLarge, 503 CapacityError), so callers map
 them without looking at HTTP; a runtime that cannot be reached raises `RuntimeUnavailable`.
@@ -15,8 +16,11 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel
 
 from loraplane.core import errors, logs
+from loraplane.core.params import LoraConfig
+from loraplane.core.runtime_ops import CreateAdapterBody, LoadAdapterBody, OpBody, SampleBody, TrainBody
 
 PROTOBUF = "application/x-protobuf"
 
@@ -45,6 +49,12 @@ TENANT_HEADER = "x-loraplane-tenant"
 
 def _id(value: str) -> str:
     return quote(value, safe=":")
+
+
+def _json(body: BaseModel) -> dict[str, Any]:
+    """A request body as the runtime reads it: snake_case, the fields the caller set (an explicit
+    None, such as `expect_seq=None`, means something)."""
+    return body.model_dump(mode="json", exclude_unset=True)
 
 
 class RuntimeClient:
@@ -96,19 +106,18 @@ class RuntimeClient:
     async def list_adapters(self) -> list[dict[str, Any]]:
         return (await self._request("GET", "/v1/adapters")).json()["adapters"]
 
-    async def create_adapter(self, adapter_id: str, *, rank: int = 32, alpha: float | None = None,
-                             seed: int | None = None, train_attn: bool = True, train_mlp: bool = True,
-                             train_unembed: bool = True, expect_seq: int | None = 1) -> dict[str, Any]:
+    async def create_adapter(self, adapter_id: str, lora: LoraConfig | None = None, *,
+                             expect_seq: int | None = 1) -> dict[str, Any]:
         """Create (or, with the same config, find) an adapter; Conflict when it exists with another."""
-        body = {"adapter_id": adapter_id, "rank": rank, "alpha": alpha, "seed": seed, "train_attn": train_attn,
-                "train_mlp": train_mlp, "train_unembed": train_unembed, "expect_seq": expect_seq}
-        return (await self._request("POST", "/v1/adapters", json=body)).json()
+        body = CreateAdapterBody(adapter_id=adapter_id, expect_seq=expect_seq,
+                                 **(lora or LoraConfig()).model_dump())
+        return (await self._request("POST", "/v1/adapters", json=_json(body))).json()
 
     async def load_adapter(self, adapter_id: str, source: str, *, optimizer: bool = True,
                            expect_seq: int | None = 1) -> dict[str, Any]:
         """Load a saved state (creating the adapter when missing); `expect_seq=None` learns the seq."""
-        body = {"source": source, "optimizer": optimizer, "expect_seq": expect_seq}
-        return (await self._request("POST", f"/v1/adapters/{_id(adapter_id)}/load", json=body)).json()
+        body = LoadAdapterBody(source=source, optimizer=optimizer, expect_seq=expect_seq)
+        return (await self._request("POST", f"/v1/adapters/{_id(adapter_id)}/load", json=_json(body))).json()
 
     async def get_adapter(self, adapter_id: str) -> dict[str, Any]:
         return (await self._request("GET", f"/v1/adapters/{_id(adapter_id)}")).json()
@@ -137,13 +146,13 @@ class RuntimeClient:
                                        headers=headers, ok=(202,))
         return response.json()["request_id"]
 
-    async def submit_op(self, adapter_id: str, op: dict[str, Any]) -> str:
+    async def submit_op(self, adapter_id: str, op: OpBody) -> str:
         """Submit a JSON op (`optim_step`, `save_state`, ...); returns the request id."""
-        response = await self._request("POST", f"/v1/adapters/{_id(adapter_id)}/ops", json=op, ok=(202,))
+        response = await self._request("POST", f"/v1/adapters/{_id(adapter_id)}/ops", json=_json(op), ok=(202,))
         return response.json()["request_id"]
 
-    async def submit_sample(self, body: dict[str, Any]) -> str:
-        response = await self._request("POST", "/v1/sample", json=body, ok=(202,))
+    async def submit_sample(self, body: SampleBody) -> str:
+        response = await self._request("POST", "/v1/sample", json=_json(body), ok=(202,))
         return response.json()["request_id"]
 
     async def result(self, request_id: str, wait: float = 0.0, owner: str | None = None) -> tuple[str, bytes | dict[str, Any]]:
@@ -165,10 +174,10 @@ class RuntimeClient:
 
     # ---- declarative training --------------------------------------------------------------
 
-    async def start_training(self, adapter_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def start_training(self, adapter_id: str, body: TrainBody) -> dict[str, Any]:
         """Start (or find the same running) declarative run; returns its TrainStatus."""
         path = f"/v1/adapters/{_id(adapter_id)}/train"
-        return (await self._request("POST", path, json=body, ok=(200, 202))).json()
+        return (await self._request("POST", path, json=_json(body), ok=(200, 202))).json()
 
     async def training_status(self, adapter_id: str) -> dict[str, Any]:
         return (await self._request("GET", f"/v1/adapters/{_id(adapter_id)}/train")).json()

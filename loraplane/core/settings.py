@@ -38,6 +38,13 @@ class RuntimeSettings(BaseModel):
     seq_gap_timeout_s: float = Field(30.0, gt=0)
     #: Largest number of tokens gathered into one batched forward/backward.
     max_batch_tokens: int = Field(16384, ge=1)
+    #: Padded tokens of one forward pass: a batch (or one forward_backward) over more runs as several
+    #: passes, split between adapters. Unset: one pass on CUDA, 1024 tokens on CPU (where larger
+    #: passes spill the caches and run slower than the smaller ones they replace).
+    max_pass_tokens: int | None = Field(None, ge=1)
+    #: Largest LoRA rank an adapter may have here (a larger one is refused, naming this setting):
+    #: an adapter's memory grows with its rank.
+    max_lora_rank: int = Field(512, ge=1)
     #: Share training passes between tenants by weight (deficit round robin on tokens); off, the
     #: passes rotate over adapters, so a tenant's share grows with its number of adapters.
     fair_share: bool = True
@@ -109,10 +116,9 @@ class GatewaySettings(BaseModel):
     tenant_defaults: TenantQuota = Field(default_factory=TenantQuota)
     #: How long retrieve_future holds a request before answering try_again.
     long_poll_s: float = Field(30.0, gt=0, le=40)
-    #: How long create_model waits for its job to be Running.
+    #: Seconds a new training client's job may take to start running (no runtime of its base model
+    #: with room, a pod still being scheduled); past it the job is deleted and create_model fails.
     job_start_timeout_s: float = Field(300.0, gt=0)
-    #: "single-node" or "kubernetes".
-    control_plane: str = "kubernetes"
     #: Namespace of LoRAJobs in Kubernetes mode.
     namespace: str = "default"
     #: Seconds without a heartbeat before a session expires (the SDK beats every 10 s); 0 = never.
@@ -136,7 +142,8 @@ class OperatorSettings(BaseModel):
     health_interval_s: float = Field(5.0, gt=0)
     #: Port of Kopf's liveness endpoint, `/healthz` (the chart's livenessProbe).
     liveness_port: int = Field(8080, ge=1, le=65535)
-    #: Port of the Prometheus `/metrics` endpoint (0 = off).
+    #: Port of the operator's own Prometheus `/metrics` endpoint (0 = off); the gateway's and the
+    #: runtimes' /metrics are served on their API ports.
     metrics_port: int = Field(9090, ge=0, le=65535)
 
 

@@ -25,7 +25,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from loraplane.core import errors
+from loraplane.core import errors, runtime_ops
 from loraplane.core.runtime_client import SEQUENCES_HEADER, TENANT_HEADER
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import executor as ex
@@ -58,28 +58,6 @@ class RuntimeState:
         self.executor = executor
 
 
-#: LoRA alpha when a job names none: Tinker's 32, so updates are scaled by 32/rank as on Tinker and
-#: learning rates tuned there (the cookbook's LoRA rates assume it) carry over.
-DEFAULT_ALPHA = 32.0
-
-
-class _AdapterBody(wire.StrictBody):
-    adapter_id: str
-    rank: int = 32
-    alpha: float | None = None
-    seed: int | None = None
-    train_attn: bool = True
-    train_mlp: bool = True
-    train_unembed: bool = True
-    expect_seq: int | None = 1
-
-
-class _LoadBody(wire.StrictBody):
-    source: str
-    optimizer: bool = True
-    expect_seq: int | None = 1
-
-
 async def _executor(request: Request) -> ex.Executor:
     """The serving executor; 503 while the base model is still loading.
 
@@ -106,9 +84,7 @@ def create_app(state: RuntimeState) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"][1:]) or "request"
-        return JSONResponse(errors.InvalidInput(f"{where}: {first['msg']}", field=where).to_dict(), 400)
+        return JSONResponse(errors.invalid_input(exc.errors()).to_dict(), 400)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -130,10 +106,8 @@ def create_app(state: RuntimeState) -> FastAPI:
 
     @app.post("/v1/adapters")
     async def create_adapter(request: Request, executor: Exec) -> JSONResponse:
-        body = wire.parse_body(_AdapterBody, await read_json(request, state.max_body_bytes))
-        _check_adapter_id(body.adapter_id)
-        spec = LoraSpec(rank=body.rank, alpha=float(body.alpha if body.alpha is not None else DEFAULT_ALPHA),
-                        seed=body.seed, train_attn=body.train_attn, train_mlp=body.train_mlp,
+        body = wire.parse_body(runtime_ops.CreateAdapterBody, await read_json(request, state.max_body_bytes))
+        spec = LoraSpec(rank=body.rank, alpha=body.alpha, seed=body.seed, train_attn=body.train_attn, train_mlp=body.train_mlp,
                         train_unembed=body.train_unembed)
         existed = executor.engine.has_adapter(body.adapter_id)
         await _wait(executor.create_adapter(body.adapter_id, spec, expect_seq=body.expect_seq))
@@ -141,7 +115,7 @@ def create_app(state: RuntimeState) -> FastAPI:
 
     @app.post("/v1/adapters/{adapter_id}/load")
     async def load_adapter(adapter_id: str, request: Request, executor: Exec) -> dict[str, Any]:
-        body = wire.parse_body(_LoadBody, await read_json(request, state.max_body_bytes))
+        body = wire.parse_body(runtime_ops.LoadAdapterBody, await read_json(request, state.max_body_bytes))
         _check_adapter_id(adapter_id)
         await _wait(executor.load_adapter(adapter_id, body.source, body.optimizer, body.expect_seq))
         return adapter_info(executor, adapter_id)
@@ -166,7 +140,7 @@ def create_app(state: RuntimeState) -> FastAPI:
 
     @app.post("/v1/sample", status_code=202)
     async def submit_sample(request: Request, executor: Exec) -> dict[str, str]:
-        body = wire.parse_body(wire.SampleBody, await read_json(request, state.max_body_bytes))
+        body = wire.parse_body(runtime_ops.SampleBody, await read_json(request, state.max_body_bytes))
         request_id, _ = executor.submit_sample(wire.sample_from_body(body, executor.engine.vocab_size))
         return {"request_id": request_id}
 
@@ -179,7 +153,7 @@ def create_app(state: RuntimeState) -> FastAPI:
 
     @app.post("/v1/adapters/{adapter_id}/train")
     async def start_training(adapter_id: str, request: Request, executor: Exec) -> JSONResponse:
-        body = wire.parse_body(training.TrainBody, await read_json(request, state.max_body_bytes))
+        body = wire.parse_body(runtime_ops.TrainBody, await read_json(request, state.max_body_bytes))
         assert state.trainings is not None
         status, created = state.trainings.start(adapter_id, body)
         return JSONResponse(status.to_dict(), 202 if created else 200)
@@ -216,7 +190,7 @@ async def submit_step(state: RuntimeState, executor: ex.Executor, adapter_id: st
                 f"{state.settings.max_request_tokens} per request; split the batch into several calls",
                 field="data")
     else:
-        body = wire.parse_body(wire.OpBody, _json(raw))
+        body = wire.parse_body(runtime_ops.OpBody, _json(raw))
         seq_id, payload = body.seq_id, wire.op_from_body(adapter_id, body, keep_snapshots=state.settings.max_snapshots)
     request_id, _ = executor.submit(adapter_id, seq_id, payload, tenant=request.headers.get(TENANT_HEADER))
     return JSONResponse({"request_id": request_id}, 202)

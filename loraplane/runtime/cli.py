@@ -96,7 +96,7 @@ def _load(state: Any, server: Any, failed: list[BaseException]) -> None:
         from loraplane.runtime.executor import Executor
 
         engine = Engine(rs.model_path, base_model=rs.base_model, device=rs.device, dtype=rs.dtype,
-                        threads=rs.threads)
+                        threads=rs.threads, max_lora_rank=rs.max_lora_rank, max_pass_tokens=rs.max_pass_tokens)
         state.attach(Executor(engine, rs, metrics=state.metrics))
     except BaseException as exc:  # a model that cannot load ends the process with a clear message
         log.error("cannot load %s from %s: %s", rs.base_model, rs.model_path, exc)

@@ -20,12 +20,15 @@ names are PEFT's checkpoint keys, so that saving, loading and optimizer state sh
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 
+import pydantic
 import torch
 
 from loraplane.core import age, errors
+from loraplane.core.params import LoraConfig
 from loraplane.runtime import (
     checkpoints,
     decoding,
@@ -57,16 +60,11 @@ class LoraSpec:
     train_unembed: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or not 1 <= self.rank <= 512:
-            raise errors.InvalidInput(f"rank must be an integer in 1..512, got {self.rank!r}", field="rank")
-        if not isinstance(self.alpha, int | float) or not self.alpha > 0:
-            raise errors.InvalidInput(f"alpha must be a positive number, got {self.alpha!r}", field="alpha")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise errors.InvalidInput(f"seed must be an integer or null, got {self.seed!r}", field="seed")
-        if not (self.train_attn or self.train_mlp or self.train_unembed):
-            raise errors.InvalidInput(
-                "at least one of train_attn, train_mlp, train_unembed must be true", field="train_attn"
-            )
+        # The ranges are `core.params.LoraConfig`'s; the largest rank is this runtime's (`_create`).
+        try:
+            LoraConfig.model_validate(dataclasses.asdict(self))
+        except pydantic.ValidationError as exc:
+            raise errors.invalid_input(exc.errors()) from None
 
     def targets(self) -> tuple[str, ...]:
         return lora.target_suffixes(self.train_attn, self.train_mlp, self.train_unembed)
@@ -223,7 +221,8 @@ class Engine:
             return existing
         if spec.rank > self.max_lora_rank:
             raise errors.InvalidInput(
-                f"rank {spec.rank} exceeds this runtime's max_lora_rank {self.max_lora_rank}", field="rank"
+                f"rank {spec.rank} exceeds this runtime's largest LoRA rank, {self.max_lora_rank} "
+                "(LORAPLANE_RUNTIME__MAX_LORA_RANK)", field="rank"
             )
         targets = lora.layers_for(self._layers, spec.targets())
         if not targets:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraplane.core import artifacts, errors, logs
+from loraplane.core.runtime_ops import FORWARD_KINDS, OpKind  # noqa: F401 (FORWARD_KINDS: the executor's)
 from loraplane.runtime import prompt_scoring
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ log = logging.getLogger(__name__)
 #: How far a seq_id may run ahead of the next one to run, and how many seqs are remembered for
 #: deduplication: the SDK keeps far fewer calls in flight than this.
 MAX_SEQ_AHEAD = 4096
-#: op kinds that the scheduler gathers into one batched engine.forward_backward
-FORWARD_KINDS = frozenset({"forward_backward", "forward"})
 
 
 @dataclass(frozen=True)
@@ -147,9 +146,9 @@ class Sample:
                                     [(s.tokens, s.logprobs) for s in result.sequences], persist_to=self.record_url)
 
 
-_KINDS: dict[type, str] = {
-    OptimStep: "optim_step", SaveState: "save_state", SaveSampler: "save_sampler", SaveExternal: "save_external",
-    Snapshot: "snapshot", LoadState: "load_state", Sample: "sample",
+_KINDS: dict[type, OpKind] = {
+    OptimStep: OpKind.OPTIM_STEP, SaveState: OpKind.SAVE_STATE, SaveSampler: OpKind.SAVE_SAMPLER,
+    SaveExternal: OpKind.SAVE_EXTERNAL, Snapshot: OpKind.SNAPSHOT, LoadState: OpKind.LOAD_STATE, Sample: OpKind.SAMPLE,
 }
 
 
@@ -159,7 +158,7 @@ def result_owner(adapter_id: str | None, payload: Any) -> str | None:
     return payload.owner if isinstance(payload, Sample) else adapter_id
 
 
-def op_kind(payload: Any) -> str:
+def op_kind(payload: Any) -> OpKind:
     """The op type of a payload: its metric label and whether it is batched.
 
     No side effects; called by `Executor.submit`. A forward/backward payload is any object with
@@ -169,7 +168,7 @@ def op_kind(payload: Any) -> str:
     if kind is not None:
         return kind
     if hasattr(payload, "forward_only") and hasattr(payload, "data"):
-        return "forward" if payload.forward_only else "forward_backward"
+        return OpKind.FORWARD if payload.forward_only else OpKind.FORWARD_BACKWARD
     raise TypeError(f"not an executor op: {type(payload).__name__}")
 
 

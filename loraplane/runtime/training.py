@@ -7,10 +7,12 @@ so training shares the model thread and its batches with every interactive adapt
 
 Data
 ----
-Rows are `{"prompt", "completion"}` or `{"messages": [{"role", "content"}, ...]}`. Chats use the
+Rows are `{"prompt", "completion"}` or `{"messages": [{"role", "content"}, ...]}`, each with an
+optional `advantage` (a number, default 1) that the `importance_sampling` loss weighs it by. Chats use the
 tokenizer's chat template when it has one, else a plain `role: content` rendering; the loss covers
 only completion / assistant tokens (and the closing EOS). Per-token weights are divided by the
-batch's weighted token count, so `loss:sum` is the mean token loss of the batch. Step k always
+batch's weighted token count, so `loss:sum` is the mean token loss of the batch; that loss before
+the step is what the status reports, whichever loss trains (`TrainingSpec.loss`). Step k always
 uses the same rows (`batch_rows`), which makes a run resumed from `start_step` after a restore
 continue exactly where the checkpoint left off.
 """
@@ -22,33 +24,17 @@ import logging
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import fsspec
 import torch
-from pydantic import Field
 
-from loraplane.core import errors
+from loraplane.core import errors, runtime_ops
+from loraplane.core.params import AdamParams
 from loraplane.runtime import engine as eng
 from loraplane.runtime import ops, wire
 
 log = logging.getLogger(__name__)
-
-
-class TrainBody(wire.StrictBody):
-    """The body of `POST /v1/adapters/{id}/train`."""
-
-    dataset: str = Field(min_length=1)
-    format: Literal["auto", "prompt_completion", "chat"] = "auto"
-    steps: int | None = Field(None, ge=1)
-    epochs: float | None = Field(None, gt=0)
-    batch_size: int = Field(8, ge=1, le=4096)
-    learning_rate: float = Field(1e-4, gt=0)
-    max_seq_len: int = Field(2048, ge=2)
-    checkpoint_every: int = Field(0, ge=0)
-    checkpoint_prefix: str | None = None
-    output: str | None = None
-    start_step: int = Field(0, ge=0)
 
 
 @dataclass
@@ -87,6 +73,9 @@ def parse_rows(text: str, fmt: str) -> list[dict[str, Any]]:
         if kind is None or (fmt != "auto" and kind != fmt):
             want = "prompt/completion strings or a messages list" if fmt == "auto" else fmt
             raise errors.InvalidInput(f"{where}: expected {want}", field="dataset")
+        advantage = row.get("advantage", 1.0)
+        if isinstance(advantage, bool) or not isinstance(advantage, int | float) or not math.isfinite(advantage):
+            raise errors.InvalidInput(f"{where}: advantage must be a finite number, got {advantage!r}", field="dataset")
         rows.append(row)
     if not rows:
         raise errors.InvalidInput("dataset holds no rows", field="dataset")
@@ -170,19 +159,28 @@ def batch_rows(step: int, batch_size: int, n_rows: int) -> list[int]:
     return [(start + j) % n_rows for j in range(batch_size)]
 
 
-def build_work(adapter_id: str, examples: list[tuple[list[int], list[float]]]) -> eng.FwdBwdWork:
-    """A cross-entropy work of a batch: next-token targets, weights normalised over the batch."""
+def build_work(adapter_id: str, examples: list[tuple[list[int], list[float]]], loss: str = "cross_entropy", *,
+               forward_only: bool = False, before: list[torch.Tensor] | None = None,
+               advantages: list[float] | None = None) -> eng.FwdBwdWork:
+    """The work of a batch for `loss`: next-token targets, weights normalised over the batch. Pure.
+
+    cross_entropy takes the weights. importance_sampling takes the targets' log-probabilities
+    `before` the step (a forward pass of the same batch) and each row's advantage on its weighted
+    tokens, so its gradient is the advantage-weighted likelihood's.
+    """
     total = sum(sum(w[1:]) for _, w in examples) or 1.0
     data = []
-    for tokens, weights in examples:
-        data.append(eng.Datum(
-            tokens=torch.tensor(tokens[:-1], dtype=torch.int64),
-            loss_inputs={
-                "target_tokens": torch.tensor(tokens[1:], dtype=torch.int64),
-                "weights": torch.tensor(weights[1:], dtype=torch.float32) / total,
-            },
-        ))
-    return eng.FwdBwdWork(adapter_id=adapter_id, data=data, loss_fn="cross_entropy")
+    for i, (tokens, weights) in enumerate(examples):
+        scaled = torch.tensor(weights[1:], dtype=torch.float32) / total
+        inputs = {"target_tokens": torch.tensor(tokens[1:], dtype=torch.int64)}
+        if loss == "cross_entropy":
+            inputs["weights"] = scaled
+        else:
+            assert before is not None and advantages is not None
+            inputs["logprobs"] = before[i].detach().to(torch.float32).cpu()
+            inputs["advantages"] = scaled * float(advantages[i])
+        data.append(eng.Datum(tokens=torch.tensor(tokens[:-1], dtype=torch.int64), loss_inputs=inputs))
+    return eng.FwdBwdWork(adapter_id=adapter_id, data=data, loss_fn=loss, forward_only=forward_only)
 
 
 # ---- runs ------------------------------------------------------------------------------------
@@ -192,7 +190,7 @@ class TrainingRun:
     """One run on a thread of its own; `status` is updated after every step."""
 
     adapter_id: str
-    body: TrainBody
+    body: runtime_ops.TrainBody
     executor: Any
     status: TrainStatus = field(default_factory=TrainStatus)
     thread: threading.Thread | None = None
@@ -223,10 +221,16 @@ class TrainingRun:
                 raise errors.InvalidInput(f"dataset row {i + 1} has no completion tokens to train on", field="dataset")
         total = total_steps(len(rows), body.batch_size, body.steps, body.epochs)
         self.status.total_steps = total
-        params = eng.AdamParams(learning_rate=body.learning_rate)
+        params = wire.adam_params(AdamParams(learning_rate=body.learning_rate))
         for step in range(body.start_step, total):
-            batch = [examples[i] for i in batch_rows(step, body.batch_size, len(rows))]
-            result = self._call(build_work(self.adapter_id, batch))
+            picked = batch_rows(step, body.batch_size, len(rows))
+            batch = [examples[i] for i in picked]
+            if body.loss == "cross_entropy":
+                result = self._call(build_work(self.adapter_id, batch))
+            else:
+                result = self._call(build_work(self.adapter_id, batch, forward_only=True))
+                self._call(build_work(self.adapter_id, batch, body.loss, before=result.logprobs,
+                                      advantages=[float(rows[i].get("advantage", 1.0)) for i in picked]))
             self._call(ops.OptimStep(self.adapter_id, params))
             self.status.loss = float(result.metrics["loss:sum"])
             self.status.tokens += sum(len(t) - 1 for t, _ in batch)
@@ -253,7 +257,7 @@ class TrainingRuns:
         self._runs: dict[str, TrainingRun] = {}
         self._lock = threading.Lock()
 
-    def start(self, adapter_id: str, body: TrainBody) -> tuple[TrainStatus, bool]:
+    def start(self, adapter_id: str, body: runtime_ops.TrainBody) -> tuple[TrainStatus, bool]:
         """Start a run; (status, created). The same body while it runs is a no-op; another is a 409."""
         if not self.executor.engine.has_adapter(adapter_id):
             raise errors.NotFound(f"unknown adapter {adapter_id!r}", field="adapter_id")

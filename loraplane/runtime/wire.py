@@ -10,22 +10,24 @@ SDK 0.38 (`tinker.proto.tinker_public_pb2`, the SDK's own classes):
 - `SampleResponse` carries int32 tokens, float32 logprobs, and prompt logprobs with NaN where a
   position is not scored (position 0, and before `prompt_logprobs_last_n`).
 
-Every decoding error is an `InvalidInput` whose `field` names the bad part (`data[2].loss_fn_inputs.weights`).
+The JSON bodies are `loraplane.core.runtime_ops`' models, shared with the runtime's client; every
+decoding error is an `InvalidInput` whose `field` names the bad part (`data[2].loss_fn_inputs.weights`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import zstandard
 from google.protobuf.message import DecodeError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from tinker.proto import tinker_public_pb2 as pb
 
-from loraplane.core import age, errors
+from loraplane.core import age, errors, params, runtime_ops
+from loraplane.core.runtime_ops import OpKind
 from loraplane.runtime import engine as eng
 from loraplane.runtime import ops, prompt_scoring, stability
 
@@ -258,86 +260,21 @@ def _tensor(values: np.ndarray, dtype: int, np_dtype: str) -> Any:
 
 # ---- JSON bodies -----------------------------------------------------------------------------
 
-class StrictBody(BaseModel):
-    """A JSON body that refuses unknown fields, so a misspelt option is a 400, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class AdamParamsBody(StrictBody):
-    learning_rate: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-12
-    weight_decay: float = 0.0
-    grad_clip_norm: float = 0.0
-
-
-class OpBody(StrictBody):
-    """One JSON op of `POST /v1/adapters/{id}/ops`; which fields apply depends on `op`."""
-
-    seq_id: int | None = None
-    op: Literal["optim_step", "save_state", "save_sampler", "save_external", "snapshot", "load_state"]
-    adam_params: AdamParamsBody | None = None
-    dest: str | None = None
-    source: str | None = None
-    optimizer: bool = True
-    sampler_id: str | None = None
-    #: save_external: age recipients to encrypt every exported file to.
-    age_recipients: list[str] | None = None
-
-
-class SamplingParamsBody(StrictBody):
-    max_tokens: int = Field(64, ge=0)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = -1
-    stop: None | str | list[int] | list[str] = None
-    seed: int | None = None
-
-
-class TensorDataBody(StrictBody):
-    """The SDK's JSON `TensorData`: flat `data`, a `shape`, optionally a sparse CSR layout."""
-
-    data: list[int]
-    dtype: Literal["int64"]
-    shape: list[int] | None = None
-    sparse_crow_indices: list[int] | None = None
-    sparse_col_indices: list[int] | None = None
-
-
-class SampleBody(StrictBody):
-    adapter_id: str | None = None
-    #: who may read the result (`GET /v1/results/{id}?owner=`); the gateway names the sampler
-    owner: str | None = Field(None, max_length=253)
-    #: whose request it is: the decode batch admits tenants fairly
-    tenant: str | None = Field(None, max_length=63)
-    prompt_tokens: list[int] = Field(min_length=1)
-    num_samples: int = Field(1, ge=1, le=128)
-    sampling_params: SamplingParamsBody = Field(default_factory=SamplingParamsBody)
-    prompt_logprobs: bool = False
-    prompt_logprobs_last_n: int | None = Field(None, ge=1)
-    topk_prompt_logprobs: int = Field(0, ge=0)
-    topk_sample_logprobs: int = Field(0, ge=0)
-    target_prompt_logprobs: TensorDataBody | None = None
-    prompt_alt_tokens_k: int = Field(0, ge=0)
-    #: Sequence ids under which to record every sample for stable_reinforce (one per sample).
-    record_sequence_ids: list[str] | None = None
-    #: Store folder where the recorded sequences are kept too (the session's, from the gateway).
-    record_url: str | None = None
-
-
 def parse_body(model: type[BaseModel], body: Any) -> Any:
     """Validate a JSON body; the first error becomes InvalidInput naming its field. No side effects."""
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise errors.InvalidInput(f"{where}: {first['msg']}", field=where) from None
+        raise errors.invalid_input(exc.errors()) from None
 
 
-def op_from_body(adapter_id: str, body: OpBody, *, keep_snapshots: int = 4) -> Any:
+def adam_params(body: params.AdamParams) -> eng.AdamParams:
+    """The engine's AdamW hyperparameters of a checked body: every field set from it, so the
+    defaults that apply are `params.AdamParams`' alone. No side effects."""
+    return eng.AdamParams(**body.model_dump())
+
+
+def op_from_body(adapter_id: str, body: runtime_ops.OpBody, *, keep_snapshots: int = 4) -> Any:
     """The executor payload of a JSON op; raises InvalidInput when a field it needs is missing.
     `keep_snapshots`: how many sampler snapshots of one adapter a `snapshot` keeps."""
 
@@ -347,23 +284,22 @@ def op_from_body(adapter_id: str, body: OpBody, *, keep_snapshots: int = 4) -> A
             raise errors.InvalidInput(f"{body.op} needs {name}", field=name)
         return value
 
-    if body.op == "optim_step":
-        params = eng.AdamParams(**(body.adam_params or AdamParamsBody()).model_dump())
-        return ops.OptimStep(adapter_id, params)
-    if body.op == "save_state":
+    if body.op == OpKind.OPTIM_STEP:
+        return ops.OptimStep(adapter_id, adam_params(body.adam_params or params.AdamParams()))
+    if body.op == OpKind.SAVE_STATE:
         return ops.SaveState(adapter_id, need("dest"), optimizer=body.optimizer)
-    if body.op == "save_sampler":
+    if body.op == OpKind.SAVE_SAMPLER:
         return ops.SaveSampler(adapter_id, need("dest"))
-    if body.op == "save_external":
+    if body.op == OpKind.SAVE_EXTERNAL:
         if body.age_recipients:
             age.parse_recipients(body.age_recipients, field="age_recipients")
         return ops.SaveExternal(adapter_id, need("dest"), tuple(body.age_recipients or ()))
-    if body.op == "snapshot":
+    if body.op == OpKind.SNAPSHOT:
         return ops.Snapshot(adapter_id, need("sampler_id"), keep=keep_snapshots)
     return ops.LoadState(adapter_id, need("source"), optimizer=body.optimizer)
 
 
-def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
+def sample_from_body(body: runtime_ops.SampleBody, vocab_size: int) -> ops.Sample:
     """The executor payload of `POST /v1/sample`; token ids are checked against the vocabulary."""
     for i, tok in enumerate(body.prompt_tokens):
         if not 0 <= tok < vocab_size:
@@ -377,12 +313,12 @@ def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
             field="record_sequence_ids",
         )
     sp = body.sampling_params
-    params = eng.SamplingParams(
-        max_tokens=sp.max_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
+    sampling = eng.SamplingParams(
+        max_tokens=sp.new_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
         stop=sp.stop, seed=sp.seed,
     )
     target = None if body.target_prompt_logprobs is None else target_ids(body.target_prompt_logprobs)
-    return ops.Sample(body.adapter_id, list(body.prompt_tokens), body.num_samples, params,
+    return ops.Sample(body.adapter_id, list(body.prompt_tokens), body.num_samples, sampling,
                       prompt_logprobs=body.prompt_logprobs or body.prompt_logprobs_last_n is not None,
                       prompt_logprobs_last_n=body.prompt_logprobs_last_n,
                       topk_prompt_logprobs=body.topk_prompt_logprobs, topk_sample_logprobs=body.topk_sample_logprobs,
@@ -392,7 +328,7 @@ def sample_from_body(body: SampleBody, vocab_size: int) -> ops.Sample:
                       record_url=body.record_url)
 
 
-def target_ids(body: TensorDataBody) -> prompt_scoring.TargetIds:
+def target_ids(body: runtime_ops.TensorDataBody) -> prompt_scoring.TargetIds:
     """The ids of `target_prompt_logprobs` as a dense [rows, K] tensor, -1 where nothing is asked.
 
     A sparse body keeps its layout for the answer. Raises InvalidInput naming the field when the

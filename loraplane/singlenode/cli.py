@@ -73,7 +73,6 @@ def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None)
     env = os.environ if environ is None else environ
     settings = Settings()
     gateway = settings.gateway.model_copy(update={
-        "control_plane": "single-node",
         "host": args.host or env.get("LORAPLANE_GATEWAY__HOST") or "127.0.0.1",
         "port": args.port if args.port is not None else settings.gateway.port,
     } | ({"session_expiry_s": args.session_expiry_s} if getattr(args, "session_expiry_s", None) is not None else {}))

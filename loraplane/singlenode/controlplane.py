@@ -38,7 +38,7 @@ from loraplane.control.runtime_calls import RuntimeCalls
 from loraplane.core import errors, phases
 from loraplane.core.manifests import validated
 from loraplane.core.models.v1alpha1 import LoRAJob, Phase, RuntimeRef
-from loraplane.core.models.v1alpha1.lorajob import adapter_id
+from loraplane.core.runtime_ops import job_adapter_id
 from loraplane.core.settings import OperatorSettings
 from loraplane.singlenode.jobstore import SqliteJobStore
 
@@ -257,7 +257,8 @@ class EmbeddedControlPlane:
                     await asyncio.wait_for(self._changed.wait(), left)
 
     def adapter_id(self, name: str) -> str:
-        return adapter_id(NAMESPACE, name)
+        """The shared loop creates a job's adapter under `<namespace>.<name>`, as the operator does."""
+        return job_adapter_id(NAMESPACE, name)
 
     def runtime_for(self, name: str) -> RuntimeRef | None:
         daemon = self._daemons.get(name)

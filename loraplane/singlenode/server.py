@@ -96,7 +96,7 @@ class ServeConfig:
     store_url: str = field(default_factory=artifacts.default_store_url)
     #: where the job store lives (`jobs.sqlite`); None: beside a file:// store, else the default data dir
     data_dir: Path | None = None
-    gateway: GatewaySettings = field(default_factory=lambda: GatewaySettings(control_plane="single-node"))
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
     #: template for every runtime (device, dtype, threads, budgets); base_model/model_path are filled in
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     #: the job life cycle's intervals (health polls, progress writes), as for the operator
@@ -200,7 +200,7 @@ def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], A
         runtimes=Runtimes(transport, timeout_s=config.gateway.long_poll_s + 60),
         store=store,
         models=list(config.models),
-        long_poll_s=config.gateway.long_poll_s,
+        long_poll_s=config.gateway.long_poll_s, job_start_timeout_s=config.gateway.job_start_timeout_s,
         max_request_bytes=config.gateway.max_request_bytes,
         sample_caps=limits.caps_from(config.gateway),
         quotas=quotas.QuotaTable(config.gateway.tenant_defaults, config.keys.overrides),

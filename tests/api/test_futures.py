@@ -12,6 +12,7 @@ from loraplane.api import futures, ids
 from loraplane.api.dataplane import Result, Runtimes
 from loraplane.api.gateway import Gateway
 from loraplane.core import artifacts, errors
+from loraplane.core.runtime_ops import OpKind
 from loraplane.singlenode.controlplane import EmbeddedControlPlane
 from loraplane.singlenode.jobstore import SqliteJobStore
 
@@ -26,19 +27,19 @@ def gw(tmp_path: Path) -> Gateway:
 
 
 def ref(op: str) -> ids.FutureRef:
-    return ids.FutureRef("s-0123456789ab-train-0", "runtime-0", op, "r1")
+    return ids.FutureRef("s-0123456789ab-train-0", "runtime-0", OpKind(op), "r1")
 
 
 @pytest.mark.parametrize(
     ("op", "result", "expected"),
     [
-        ("fwdbwd", Result("pending"), {"type": "try_again", "request_id": ref("fwdbwd").encode(), "queue_state": "active"}),
-        ("optim", Result("failed", error="nan loss", category="user"), {"error": "nan loss", "category": "user"}),
-        ("optim", Result("failed", error="x", category="weird"), {"error": "x", "category": "unknown"}),
-        ("optim", Result("done", result={"grad_norm": 1.5, "lr": 1, "note": "x"}), {"metrics": {"grad_norm": 1.5, "lr": 1.0}}),
-        ("optim", Result("done", result={"metrics": {"a": 2}}), {"metrics": {"a": 2.0}}),
-        ("optim", Result("proto", payload=b"x"), {"error": "runtime returned protobuf for a optim op", "category": "server"}),
-        ("fwdbwd", Result("done", result={}), {"error": "runtime returned JSON for a fwdbwd op", "category": "server"}),
+        ("forward_backward", Result("pending"), {"type": "try_again", "request_id": ref("forward_backward").encode(), "queue_state": "active"}),
+        ("optim_step", Result("failed", error="nan loss", category="user"), {"error": "nan loss", "category": "user"}),
+        ("optim_step", Result("failed", error="x", category="weird"), {"error": "x", "category": "unknown"}),
+        ("optim_step", Result("done", result={"grad_norm": 1.5, "lr": 1, "note": "x"}), {"metrics": {"grad_norm": 1.5, "lr": 1.0}}),
+        ("optim_step", Result("done", result={"metrics": {"a": 2}}), {"metrics": {"a": 2.0}}),
+        ("optim_step", Result("proto", payload=b"x"), {"error": "runtime returned protobuf for a optim_step op", "category": "server"}),
+        ("forward_backward", Result("done", result={}), {"error": "runtime returned JSON for a forward_backward op", "category": "server"}),
         ("snapshot", Result("done", result={"sampler_id": "s-0123456789ab-sample-2"}),
          {"sampling_session_id": "s-0123456789ab:sample:2", "type": "save_weights_for_sampler"}),
     ],
@@ -47,7 +48,7 @@ def test_runtime_results_become_tinker_answers(gw: Gateway, op: str, result: Res
     assert futures.translate(gw, ref(op), result) == expected
 
 
-@pytest.mark.parametrize("op", ["fwdbwd", "sample"])
+@pytest.mark.parametrize("op", ["forward_backward", "sample"])
 def test_protobuf_results_pass_through_unchanged(gw: Gateway, op: str) -> None:
     response = futures.translate(gw, ref(op), Result("proto", payload=b"\x01\x02"))
     assert response.body == b"\x01\x02" and response.media_type == "application/x-protobuf"
@@ -58,7 +59,7 @@ def test_a_finished_save_writes_its_checkpoint_record_once(gw: Gateway) -> None:
     gw.store.write_json(gw.records.pending_url(path), {"user_metadata": {"k": "v"}, "ttl_seconds": None})
     done = Result("done", result={"dest": artifacts.checkpoint_url(gw.store.url, path), "step": 3, "size_bytes": 10})
     for _ in range(2):
-        assert futures.translate(gw, ref("save"), done) == {"path": str(path), "type": "save_weights"}
+        assert futures.translate(gw, ref("save_state"), done) == {"path": str(path), "type": "save_weights"}
     record = gw.store.read_json(artifacts.checkpoint_record_url(gw.store.url, path))
     assert record == {"checkpoint_id": "weights/step-3", "checkpoint_type": "training", "time": "2026-01-01T00:00:00Z",
                       "size_bytes": 10, "step": 3, "user_metadata": {"k": "v"}, "expires_at": None}
@@ -66,7 +67,7 @@ def test_a_finished_save_writes_its_checkpoint_record_once(gw: Gateway) -> None:
 
 
 def test_a_save_outside_the_store_is_a_server_failure(gw: Gateway) -> None:
-    out = futures.translate(gw, ref("save"), Result("done", result={"dest": "file:///elsewhere/x"}))
+    out = futures.translate(gw, ref("save_state"), Result("done", result={"dest": "file:///elsewhere/x"}))
     assert out["category"] == "server"
 
 
@@ -80,7 +81,7 @@ def test_a_save_outside_the_store_is_a_server_failure(gw: Gateway) -> None:
     ],
 )
 def test_validation_errors_name_the_field(raw: list, field: str) -> None:
-    err = api_errors.validation_error(RequestValidationError(raw))
+    err = errors.invalid_input(RequestValidationError(raw).errors())
     assert isinstance(err, errors.InvalidInput) and err.field == field
 
 
@@ -108,3 +109,61 @@ def test_checkpoints_past_their_ttl_disappear_and_ttls_can_be_changed(tmp_path: 
     assert gw.records.checkpoint("alice", brief)["expires_at"] is None
     with pytest.raises(errors.NotFound):
         gw.records.checkpoint("bob", brief)
+
+
+@pytest.mark.parametrize(
+    ("created", "now", "overdue"),
+    [
+        ("2026-01-01T00:00:00Z", "2026-01-01T00:04:59Z", False),
+        ("2026-01-01T00:00:00Z", "2026-01-01T00:05:01Z", True),
+        ("2026-01-01T00:00:00+00:00", "2026-01-01T01:00:00Z", True),
+        (None, "2026-01-01T01:00:00Z", False),
+    ],
+)
+def test_a_job_that_has_not_started_is_overdue_past_the_timeout(created: str | None, now: str, overdue: bool) -> None:
+    assert futures.start_overdue(created, now, 300.0) is overdue
+
+
+class _PendingJobs:
+    """A control plane whose jobs never start (no runtime has room)."""
+
+    def __init__(self, job: object) -> None:
+        self.job: object | None = job
+        self.deleted: list[str] = []
+
+    async def get_job(self, name: str) -> object | None:
+        return self.job
+
+    async def wait_running(self, name: str, timeout: float) -> object:
+        raise errors.CapacityError("not running yet")
+
+    async def delete_job(self, name: str) -> None:
+        self.deleted.append(name)
+        self.job = None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("now", "overdue"), [("2026-01-01T00:04:00Z", False), ("2026-01-01T00:06:00Z", True)])
+async def test_a_training_client_that_cannot_start_in_time_fails_and_its_job_is_deleted(
+    tmp_path: Path, now: str, overdue: bool
+) -> None:
+    from loraplane.api import jobs
+    from loraplane.api.records import SessionRecord
+    from loraplane.core.params import LoraConfig
+
+    job = jobs.build_job(tenant="alice", session_id="s-0123456789ab", model_seq_id=0, base_model="org/m",
+                         lora=LoraConfig())
+    job.metadata.creationTimestamp = "2026-01-01T00:00:00Z"
+    job.status.message = "no ready runtime serves 'org/m'"
+    store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
+    cp = _PendingJobs(job)
+    gw = Gateway(control_plane=cp, runtimes=Runtimes(), store=store, clock=lambda: now,  # type: ignore[arg-type]
+                 long_poll_s=0.01, job_start_timeout_s=300)
+    gw.records.put_session(SessionRecord(session_id="s-0123456789ab", tenant="alice", created="2026-01-01T00:00:00Z"))
+    ref = ids.FutureRef("s-0123456789ab-train-0", "cp", OpKind.CREATE_MODEL, "0")
+    answer = await futures.retrieve(gw, "alice", ref.encode())
+    if not overdue:
+        assert answer["type"] == "try_again" and cp.deleted == []
+    else:
+        assert cp.deleted == [job.metadata.name] and answer["category"] == "server"
+        assert "did not start within 300 s (no ready runtime serves 'org/m')" in answer["error"]

@@ -77,7 +77,7 @@ async def test_another_tenants_session_is_not_found(client: httpx.AsyncClient) -
         ({"session_id": "SID", "model_seq_id": 0, "base_model": MODEL, "lora_config": {"rank": 0}}, 400,
          "lora_config.rank"),
         ({"session_id": "SID", "model_seq_id": 0, "base_model": MODEL,
-          "lora_config": {"rank": 8, "train_mlp": False, "train_attn": False, "train_unembed": False}}, 400, "lora_config"),
+          "lora_config": {"rank": 8, "train_mlp": False, "train_attn": False, "train_unembed": False}}, 400, "lora_config.train_unembed"),
         ({"session_id": "SID", "model_seq_id": 0, "base_model": MODEL, "optimizer_config": {"type": "dimuon"}}, 400,
          "optimizer_config.type"),
         ({"session_id": "s-000000000000", "model_seq_id": 0, "base_model": MODEL}, 404, "session_id"),

@@ -10,6 +10,7 @@ from tinker.proto import tinker_public_pb2 as pb
 
 from loraplane.api import auth, codecs, ids
 from loraplane.core import artifacts, errors
+from loraplane.core.runtime_ops import OpKind
 
 STORE = "file:///srv/store"
 
@@ -42,14 +43,24 @@ def test_new_session_ids_are_lowercase_dns_safe() -> None:
 @pytest.mark.parametrize(
     "ref",
     [
-        ids.FutureRef("s-0123456789ab-train-0", "runtime-0", "fwdbwd", "r-12.a"),
-        ids.FutureRef("s-0123456789ab-sample-4", "pod-a", "sample", "abc"),
-        ids.FutureRef("s-0123456789ab-train-2", "cp", "create", "0"),
+        ids.FutureRef("s-0123456789ab-train-0", "runtime-0", OpKind.FORWARD_BACKWARD, "r-12.a"),
+        ids.FutureRef("s-0123456789ab-sample-4", "pod-a", OpKind.SAMPLE, "abc"),
+        ids.FutureRef("s-0123456789ab-train-2", "cp", OpKind.CREATE_MODEL, "0"),
     ],
 )
 def test_request_ids_round_trip_and_name_their_owner(ref: ids.FutureRef) -> None:
     assert ids.parse_request_id(ref.encode()) == ref
     assert ref.session_id == "s-0123456789ab"
+
+
+@pytest.mark.parametrize(
+    ("legacy", "op"),
+    [("fwdbwd", OpKind.FORWARD_BACKWARD), ("optim", OpKind.OPTIM_STEP), ("save", OpKind.SAVE_STATE),
+     ("load", OpKind.LOAD_STATE), ("create", OpKind.CREATE_MODEL), ("load_create", OpKind.CREATE_FROM_STATE),
+     ("unload", OpKind.UNLOAD_MODEL), ("snapshot", OpKind.SNAPSHOT)],
+)
+def test_request_ids_of_earlier_releases_still_name_their_op(legacy: str, op: OpKind) -> None:
+    assert ids.parse_request_id(f"s-0123456789ab-train-0.pod.{legacy}.1").op is op
 
 
 @pytest.mark.parametrize("value", ["", "req-1", "a.b.c.d", "s-0123456789ab-train-0.pod.nope.1",
@@ -209,3 +220,14 @@ def test_checkpoint_expiry(record: dict, now: str, expired: bool) -> None:
 @pytest.mark.parametrize(("ttl", "expected"), [(None, None), (0, None), (90, "2026-01-01T00:01:30Z")])
 def test_expiry_time_counts_from_the_save(ttl: int | None, expected: str | None) -> None:
     assert artifacts.expiry_time("2026-01-01T00:00:00Z", ttl) == expected
+
+
+@pytest.mark.parametrize(
+    ("stored", "rank", "alpha"),
+    [({}, 32, 32), ({"rank": 8, "alpha": None, "seed": None}, 8, 32), ({"rank": 4, "alpha": 8.0, "dropout": 0.1}, 4, 8.0)],
+)
+def test_a_run_records_lora_config_of_any_release_rebuilds_the_adapter(stored: dict, rank: int, alpha: float) -> None:
+    from loraplane.api import jobs
+
+    lora = jobs.lora_of(stored)
+    assert (lora.rank, lora.alpha) == (rank, alpha)

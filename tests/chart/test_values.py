@@ -151,3 +151,27 @@ def test_every_runtime_field_the_templates_read_is_declared_in_the_schema() -> N
     used = sorted(set(re.findall(r"\$rt\.([A-Za-z][\w.]*[\w])", text)))
     assert "model.pvc.claimName" in used
     assert [u for u in used if not _schema_has(runtime, u.split("."))] == []
+
+
+def _setting_exists(env_name: str) -> bool:
+    """Whether `LORAPLANE_<SECTION>__<NAME>` (or `LORAPLANE_<NAME>`) names a field of `Settings`."""
+    from loraplane.core.settings import Settings
+
+    parts = env_name.removeprefix("LORAPLANE_").lower().split("__")
+    model: Any = Settings
+    for part in parts:
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        model = field.annotation
+    return True
+
+
+def test_every_setting_the_chart_sets_is_one_the_components_read() -> None:
+    values = {"runtimes": [{**RUNTIME, "maxPassTokens": 2048, "maxLoraRank": 64}]}
+    env = [e["name"] for doc in render(values) if doc["kind"] in ("Deployment", "StatefulSet")
+           for c in doc["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])]
+    settings = sorted({name for name in env if name.startswith("LORAPLANE_")})
+    assert "LORAPLANE_RUNTIME__MAX_LORA_RANK" in settings and "LORAPLANE_RUNTIME__MAX_PASS_TOKENS" in settings
+    assert "LORAPLANE_GATEWAY__JOB_START_TIMEOUT_S" in settings
+    assert [name for name in settings if not _setting_exists(name)] == []

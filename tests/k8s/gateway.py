@@ -1,7 +1,7 @@
 """The gateway in Kubernetes mode, served by uvicorn in a thread on 127.0.0.1, for end-to-end tests.
 
-It is wired as `loraplane gateway` wires it (`loraplane.api.cli.run`): settings with
-`gateway.control_plane = "kubernetes"`, a `KubeControlPlane` built from those settings (it
+It is wired as `loraplane gateway` wires it (`loraplane.api.cli.run`): gateway settings, a
+`KubeControlPlane` built from those settings (it
 finds the API server through $KUBECONFIG), API keys from inline `tenant=key` entries, and the
 artifact store that the runtimes and the operator share. Only the listening socket differs: a
 free loopback port, bound before uvicorn starts, so the test knows the URL without parsing logs.
@@ -31,7 +31,7 @@ from loraplane.core.settings import GatewaySettings, Settings
 def kubernetes_settings(*, namespace: str = "default", long_poll_s: float = 5.0,
                         session_expiry_s: float = 180.0) -> Settings:
     """Settings of a gateway in Kubernetes mode; a short long poll keeps retries of a pending job quick."""
-    gateway = GatewaySettings(host="127.0.0.1", port=0, control_plane="kubernetes", namespace=namespace,
+    gateway = GatewaySettings(host="127.0.0.1", port=0, namespace=namespace,
                               long_poll_s=long_poll_s, session_expiry_s=session_expiry_s)
     return Settings(gateway=gateway)
 
@@ -46,7 +46,6 @@ class GatewayServer:
 
     def __init__(self, settings: Settings, store_url: str, keys: dict[str, str], *, kubeconfig: Path,
                  from_environment: bool = True) -> None:
-        assert settings.gateway.control_plane == "kubernetes", settings.gateway.control_plane
         if from_environment:
             # As the CLI builds it: the cluster is found through $KUBECONFIG, which the
             # kubeconfig_path fixture set after kubernetes_asyncio was imported.
@@ -61,7 +60,7 @@ class GatewayServer:
             control_plane=self.control_plane,
             runtimes=Runtimes(timeout_s=settings.gateway.long_poll_s + 60),
             store=artifacts.ArtifactStore(store_url),
-            long_poll_s=settings.gateway.long_poll_s,
+            long_poll_s=settings.gateway.long_poll_s, job_start_timeout_s=settings.gateway.job_start_timeout_s,
             max_request_bytes=settings.gateway.max_request_bytes,
         )
         table = load_keys(inline=[f"{tenant}={key}" for tenant, key in keys.items()])

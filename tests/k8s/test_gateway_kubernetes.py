@@ -32,8 +32,8 @@ from loraplane.core.models.v1alpha1.lorajob import (
     PLURAL,
     SESSION_LABEL,
     TENANT_LABEL,
-    adapter_id,
 )
+from loraplane.core.runtime_ops import job_adapter_id
 from tests.acceptance.helpers import ce_batch, close, train
 from tests.k8s.cluster import Cluster
 from tests.k8s.gateway import GatewayServer, kubernetes_settings
@@ -107,7 +107,7 @@ def test_sdk_session_runs_as_a_lorajob_placed_by_the_operator_and_is_unloaded_on
     assert running["phase"] == "Running"
     assert running["runtime"]["pod"] == "rt-0" and running["runtime"]["address"] == rt.url
     assert cluster.job(name)["metadata"].get("finalizers"), "the operator guards the job with a finalizer"
-    assert adapter_ids(rt) == [adapter_id("default", name)]  # the operator created it
+    assert adapter_ids(rt) == [job_adapter_id("default", name)]  # the operator created it
 
     # Per-step calls find the runtime in the gateway's watch-fed cache, never by reading the job.
     reads = cluster.api.request_count("get", LORAJOB_PATHS)

@@ -43,10 +43,10 @@ def test_kubectl_apply_of_the_examples_folder_is_accepted(
 @pytest.mark.parametrize(("spec", "message"), [
     ({"mode": "training"}, "mode training needs training"),
     ({"mode": "training", "training": {"dataset": "d", "steps": 1, "epochs": 1}}, "set steps or epochs, not both"),
-    ({"lora": {"rank": 1000}}, "spec.lora.rank: Invalid value: 1000: spec.lora.rank in body should be less than or equal to"),
+    ({"lora": {"rank": 0}}, "spec.lora.rank: Invalid value: 0: spec.lora.rank in body should be greater than or equal to 1"),
     ({"lora": {"rank": "thirty-two"}}, 'spec.lora.rank: Invalid value: "string": spec.lora.rank in body must be of type integer'),
     ({"baseModle": "m"}, 'unknown field "spec.baseModle"'),
-], ids=["training-without-training", "steps-and-epochs", "rank-too-large", "rank-not-integer", "misspelt-field"])
+], ids=["training-without-training", "steps-and-epochs", "rank-too-small", "rank-not-integer", "misspelt-field"])
 def test_invalid_lorajobs_are_refused_by_the_server_with_the_intended_message(
     control_plane: ControlPlane, system_release: str, namespace: str, spec: dict[str, Any], message: str
 ) -> None:

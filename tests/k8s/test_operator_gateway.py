@@ -22,7 +22,7 @@ from loraplane.api.gateway import utcnow
 from loraplane.api.records import Records
 from loraplane.control import metrics as operator_metrics
 from loraplane.core import artifacts, errors
-from loraplane.core.models.v1alpha1.lorajob import adapter_id
+from loraplane.core.runtime_ops import job_adapter_id
 from tests.acceptance.helpers import train
 from tests.k8s.controlplane import ROOT, ControlPlane
 from tests.k8s.stack import LoraplaneStack, wait_gone
@@ -75,7 +75,7 @@ def test_sdk_session_trains_samples_saves_and_closes(stack: LoraplaneStack) -> N
         status = stack.status(name)
         assert status["phase"] == "Running" and status["runtime"]["pod"] == pod
         assert status["runtime"]["address"] == stack.kubelet.runtimes[pod].url
-        assert adapters(stack, pod) == [adapter_id(stack.namespace, name)]
+        assert adapters(stack, pod) == [job_adapter_id(stack.namespace, name)]
         losses = train(client, 4)
         assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
         sampler = client.save_weights_and_get_sampling_client().result()
@@ -149,4 +149,4 @@ def test_restarted_operator_dispatches_nothing_twice(stack: LoraplaneStack, data
         stack.wait_phase("support-bot-sft", "Succeeded", timeout=120)
         assert stack.status("alice-chat-1")["phase"] == "Running"
     assert dispatches() - before == 2  # one per job, none again after the restart
-    assert sorted(adapters(stack, pod)) == [adapter_id(stack.namespace, "alice-chat-1")]
+    assert sorted(adapters(stack, pod)) == [job_adapter_id(stack.namespace, "alice-chat-1")]

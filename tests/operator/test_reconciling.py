@@ -51,17 +51,18 @@ def test_run_id(spec: dict[str, Any], run: str) -> None:
 @pytest.mark.parametrize(
     ("training", "expected"),
     [
-        ({"dataset": "file:///d.jsonl", "steps": 10}, {"steps": 10}),
-        ({"dataset": "file:///d.jsonl", "epochs": 1.5, "outputName": "v2"}, {"epochs": 1.5}),
+        ({"dataset": "file:///d.jsonl", "steps": 10}, {"steps": 10, "epochs": None, "loss": "cross_entropy"}),
+        ({"dataset": "file:///d.jsonl", "epochs": 1.5, "outputName": "v2"}, {"epochs": 1.5, "steps": None}),
+        ({"dataset": "file:///d.jsonl", "loss": "importance_sampling", "maxSeqLen": 4096, "batchSize": 2},
+         {"loss": "importance_sampling", "max_seq_len": 4096, "batch_size": 2}),
     ],
 )
-def test_train_request(training: dict[str, Any], expected: dict[str, Any]) -> None:
+def test_train_request_carries_the_whole_training_spec(training: dict[str, Any], expected: dict[str, Any]) -> None:
     body = runs.train_request(job(mode="training", training=training), STORE, start_step=4)
-    assert body["checkpoint_prefix"] == "file:///store/runs/ns.j/weights"
-    assert body["output"] == f"file:///store/runs/ns.j/weights/{training.get('outputName', 'final')}"
-    assert body["start_step"] == 4 and body["dataset"] == "file:///d.jsonl"
-    assert {k: body[k] for k in expected} == expected
-    assert not ({"steps", "epochs"} - expected.keys()) & body.keys()
+    assert body.checkpoint_prefix == "file:///store/runs/ns.j/weights"
+    assert body.output == f"file:///store/runs/ns.j/weights/{training.get('outputName', 'final')}"
+    assert body.start_step == 4 and body.dataset == "file:///d.jsonl"
+    assert {k: getattr(body, k) for k in expected} == expected
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from tinker import types as tt
 from tinker.proto import request_conv, response_conv
 from tinker.proto import tinker_public_pb2 as pb
 
-from loraplane.core import errors
+from loraplane.core import errors, runtime_ops
 from loraplane.runtime import engine as eng
 from loraplane.runtime import executor as ex
 from loraplane.runtime import sampling, wire
@@ -152,10 +152,10 @@ def test_sample_response_reads_back_through_the_sdk_with_nan_where_unscored():
 )
 def test_json_ops_parse_or_name_the_bad_field(body, payload_type, field):
     if payload_type is not None:
-        assert isinstance(wire.op_from_body("a", wire.parse_body(wire.OpBody, body)), payload_type)
+        assert isinstance(wire.op_from_body("a", wire.parse_body(runtime_ops.OpBody, body)), payload_type)
         return
     with pytest.raises(errors.InvalidInput) as info:
-        wire.op_from_body("a", wire.parse_body(wire.OpBody, body))
+        wire.op_from_body("a", wire.parse_body(runtime_ops.OpBody, body))
     assert info.value.field == field
 
 
@@ -170,5 +170,5 @@ def test_json_ops_parse_or_name_the_bad_field(body, payload_type, field):
 )
 def test_sample_bodies_name_the_bad_field(body, field):
     with pytest.raises(errors.InvalidInput) as info:
-        wire.sample_from_body(wire.parse_body(wire.SampleBody, body), vocab_size=259)
+        wire.sample_from_body(wire.parse_body(runtime_ops.SampleBody, body), vocab_size=259)
     assert info.value.field == field

@@ -16,7 +16,9 @@ from tinker import types as tt
 from tinker.proto import request_conv, response_conv
 
 from loraplane.core import errors
+from loraplane.core.params import AdamParams, LoraConfig, SamplingParams
 from loraplane.core.runtime_client import RuntimeClient, RuntimeUnavailable, error_for
+from loraplane.core.runtime_ops import OpBody, OpKind, SampleBody
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime.api import RuntimeState, create_app
 from loraplane.runtime.engine import Engine
@@ -81,24 +83,25 @@ async def _session(client: RuntimeClient) -> dict:
     """Every endpoint once, the way the gateway and control plane use them."""
     out: dict = {}
     out["health"] = await client.health()
-    out["created"] = await client.create_adapter("c1", rank=4, seed=2)
+    out["created"] = await client.create_adapter("c1", LoraConfig(rank=4, seed=2))
     with pytest.raises(errors.Conflict):
-        await client.create_adapter("c1", rank=8)
+        await client.create_adapter("c1", LoraConfig(rank=8))
     rid = await client.submit_forward_backward("c1", _fb([5, 6, 7], seq_id=1))
     ctype, body = await client.result(rid, wait=10)
     out["fb"] = (ctype, response_conv.deserialize_forward_backward_output(body).metrics)
-    opt = await client.submit_op("c1", {"seq_id": 2, "op": "optim_step", "adam_params": {"learning_rate": 0.01}})
+    opt = await client.submit_op("c1", OpBody(seq_id=2, op=OpKind.OPTIM_STEP, adam_params=AdamParams(learning_rate=0.01)))
     out["opt"] = await client.result(opt, wait=10)
-    sample = await client.submit_sample({"adapter_id": "c1", "prompt_tokens": [1, 2], "sampling_params": {
-        "max_tokens": 3, "stop": []}})
+    sample = await client.submit_sample(SampleBody(adapter_id="c1", prompt_tokens=[1, 2],
+                                                   sampling_params=SamplingParams(max_tokens=3, stop=[])))
     out["sample"] = await client.result(sample, wait=10)
     out["listed"] = [a["adapter_id"] for a in await client.list_adapters()]
     out["offloaded"] = await client.offload_adapter("c1")
     out["got"] = await client.get_adapter("c1")
     out["ready"] = await client.readiness()
     out["metrics"] = await client.metrics()
-    with pytest.raises(errors.InvalidInput) as bad:
-        await client.submit_op("c1", {"op": "optim_step", "adam_params": {"eps": -1}})
+    with pytest.raises(errors.InvalidInput) as bad:  # a body the client did not check: the runtime does
+        unchecked = OpBody.model_construct(op=OpKind.OPTIM_STEP, adam_params=AdamParams.model_construct(eps=-1.0))
+        await client.submit_op("c1", unchecked)
     out["bad_field"] = bad.value.field
     with pytest.raises(errors.NotFound):
         await client.training_status("c1")

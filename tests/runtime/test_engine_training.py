@@ -137,11 +137,10 @@ def test_bad_work_fails_alone_naming_the_field_and_the_engine_keeps_working(engi
     ("kwargs", "field"),
     [
         ({"rank": 0}, "rank"),
-        ({"rank": 513}, "rank"),
         ({"rank": 2.5}, "rank"),
         ({"alpha": 0.0}, "alpha"),
         ({"seed": "x"}, "seed"),
-        ({"train_attn": False, "train_mlp": False, "train_unembed": False}, "train_attn"),
+        ({"train_attn": False, "train_mlp": False, "train_unembed": False}, "train_unembed"),
     ],
 )
 def test_bad_lora_spec_is_rejected_naming_the_field(kwargs, field):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraplane.core import errors
+from loraplane.core import errors, runtime_ops
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import training
 from loraplane.runtime.api import RuntimeState, create_app
@@ -159,7 +159,7 @@ def test_training_run_lowers_the_loss_writes_checkpoints_and_resumes_exactly(run
 
     # resume from step 4 on another adapter: the same final weights as the uninterrupted run
     runtime.executor.load_adapter("resumed", str(tmp_path / "ckpt" / "step-4"), True, None).result(30)
-    resumed = training.TrainBody(**{**body, "start_step": 4, "output": str(tmp_path / "resumed"),
+    resumed = runtime_ops.TrainBody(**{**body, "start_step": 4, "output": str(tmp_path / "resumed"),
                                    "checkpoint_prefix": str(tmp_path / "ckpt2")})
     runtime.trainings.start("resumed", resumed)
     status = runtime.trainings.join("resumed", timeout=120)
@@ -185,7 +185,7 @@ def test_bad_dataset_row_fails_the_run_naming_the_line(runtime, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(f'{PC}\n{{"prompt": "x"}}\n')
     runtime.executor.create_adapter("bad-data", LoraSpec(rank=2)).result(30)
-    runtime.trainings.start("bad-data", training.TrainBody(dataset=str(path), steps=2, batch_size=1))
+    runtime.trainings.start("bad-data", runtime_ops.TrainBody(dataset=str(path), steps=2, batch_size=1))
     status = runtime.trainings.join("bad-data", timeout=30)
     assert status.state == "failed" and "line 2" in status.error
 
@@ -193,11 +193,35 @@ def test_bad_dataset_row_fails_the_run_naming_the_line(runtime, tmp_path):
 def test_missing_dataset_fails_the_run_with_its_path(runtime, tmp_path):
     runtime.executor.create_adapter("no-data", LoraSpec(rank=2)).result(30)
     missing = str(tmp_path / "absent.jsonl")
-    runtime.trainings.start("no-data", training.TrainBody(dataset=missing, steps=1, batch_size=1))
+    runtime.trainings.start("no-data", runtime_ops.TrainBody(dataset=missing, steps=1, batch_size=1))
     status = runtime.trainings.join("no-data", timeout=30)
     assert status.state == "failed" and "absent.jsonl" in status.error
 
 
 def test_training_an_unknown_adapter_is_404(runtime):
     with pytest.raises(errors.NotFound):
-        runtime.trainings.start("nobody", training.TrainBody(dataset="x", steps=1))
+        runtime.trainings.start("nobody", runtime_ops.TrainBody(dataset="x", steps=1))
+
+
+def test_a_row_advantage_must_be_a_finite_number():
+    with pytest.raises(errors.InvalidInput, match="line 1: advantage") as info:
+        training.parse_rows('{"prompt": "a", "completion": "b", "advantage": "high"}', "auto")
+    assert info.value.field == "dataset"
+
+
+def test_importance_sampling_is_honoured_negative_advantages_unlearn_the_rows(runtime, tmp_path):
+    rows = [{"prompt": f"Q{i}:", "completion": " yes", "advantage": -1.0} for i in range(4)]
+    path = tmp_path / "scored.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    body = {"dataset": str(path), "steps": 3, "batch_size": 4, "learning_rate": 0.02, "max_seq_len": 64}
+    losses = {}
+    for loss in ("cross_entropy", "importance_sampling"):
+        adapter = f"scored-{loss}"
+        runtime.executor.create_adapter(adapter, LoraSpec(rank=4, seed=7)).result(30)
+        before = _batch_loss(runtime, adapter, str(path))
+        runtime.trainings.start(adapter, runtime_ops.TrainBody(**body, loss=loss))
+        status = runtime.trainings.join(adapter, timeout=60)
+        assert status.state == "succeeded", status.error
+        losses[loss] = (before, _batch_loss(runtime, adapter, str(path)))
+    assert losses["cross_entropy"][1] < losses["cross_entropy"][0]  # cross_entropy ignores advantages
+    assert losses["importance_sampling"][1] > losses["importance_sampling"][0]  # the advantage -1 pushed away

@@ -14,7 +14,8 @@ import pytest
 
 from loraplane.api import jobs
 from loraplane.core import errors
-from loraplane.core.models.v1alpha1 import LoRAConfig, Phase, ResumeFrom
+from loraplane.core.models.v1alpha1 import Phase, ResumeFrom
+from loraplane.core.params import LoraConfig
 from loraplane.core.settings import OperatorSettings
 from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntime
 from loraplane.singlenode.jobstore import SqliteJobStore
@@ -52,7 +53,7 @@ async def cp(tmp_path: Path, runtime: FakeRuntime) -> AsyncIterator[EmbeddedCont
 
 def _job(seq: int = 0, *, base_model: str = MODEL, resume: ResumeFrom | None = None):  # type: ignore[no-untyped-def]
     return jobs.build_job(tenant="alice", session_id="s-0123456789ab", model_seq_id=seq, base_model=base_model,
-                          lora=LoRAConfig(rank=8, seed=3), resume_from=resume)
+                          lora=LoraConfig(rank=8, seed=3), resume_from=resume)
 
 
 async def test_a_created_job_runs_on_its_runtime_with_a_fresh_adapter(cp: EmbeddedControlPlane,

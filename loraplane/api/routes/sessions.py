@@ -50,9 +50,9 @@ async def session_heartbeat(
     body: protocol.SessionRefBody, request: Request, gw: GatewayDep, tenant: TenantDep
 ) -> dict[str, Any]:
     record = gw.records.session(tenant, ids.check_session_id(body.session_id))
-    if not record.get("finished"):
+    if record.finished is None:
         record = sessions_expiry.touch(gw, record, float(request.app.state.session_expiry_s or 0) or 60.0)
-    if record.get("finished"):
+    if record.finished is not None:
         raise SessionFinished(f"session {body.session_id!r} is finished")
     return {"type": "session_heartbeat"}
 
@@ -86,8 +86,8 @@ def get_session(session_id: str, session: SessionDep, gw: GatewayDep) -> dict[st
     out: dict[str, Any] = {
         "training_run_ids": runs,
         "sampler_ids": gw.records.samplers_of_session(session_id),
-        "user_metadata": session.get("user_metadata") or {},
+        "user_metadata": session.user_metadata,
     }
-    if session.get("display_name"):
-        out["display_name"] = session["display_name"]
+    if session.display_name:
+        out["display_name"] = session.display_name
     return out

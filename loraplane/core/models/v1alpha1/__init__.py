@@ -7,7 +7,6 @@ from loraplane.core.models.v1alpha1.lorajob import (  # noqa: F401
     VERSION,
     Checkpoint,
     Condition,
-    LoRAConfig,
     LoRAJob,
     LoRAJobSpec,
     LoRAJobStatus,

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from loraplane.core.params import LoraConfig, TrainingSpec
+
 GROUP = "loraplane.dev"
 VERSION = "v1alpha1"
 KIND = "LoRAJob"
@@ -31,19 +33,9 @@ RUNTIME_POD_LABEL = f"{GROUP}/component"  # value "runtime" on runtime pods
 #: Finalizer the operator puts on jobs so that their adapters are unloaded before they go.
 FINALIZER = f"{GROUP}/adapter"
 
-MIN_RANK, MAX_RANK = 1, 512
-
-
 def _immutable(field: str) -> dict[str, Any]:
     """A CEL transition rule for the CRD: the field cannot change once the job exists."""
     return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": f"{field} is immutable"}]}
-
-
-def adapter_id(namespace: str | None, name: str) -> str:
-    """The runtime adapter id of a job: `<namespace>.<name>`, unique across namespaces that share
-    a runtime pod; the bare name for jobs outside Kubernetes (single-node mode has no namespace).
-    The operator creates adapters under this id, so every caller of a runtime must use it too."""
-    return f"{namespace}.{name}" if namespace else name
 
 
 class _Model(BaseModel):
@@ -66,58 +58,12 @@ class Phase(StrEnum):
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 
 
-class LoRAConfig(_Model):
-    """Which adapter to build: Tinker's `lora_config` plus alpha."""
-
-    model_config = ConfigDict(json_schema_extra=_immutable("lora"))  # merged with _Model's
-
-    rank: int = Field(32, ge=MIN_RANK, le=MAX_RANK, description="LoRA rank r.")
-    alpha: float | None = Field(
-        None, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha/rank. Default: 32 (Tinker's)."
-    )
-    seed: int | None = Field(None, ge=0, description="Seed of the adapter's initialisation.")
-    train_attn: bool = Field(True, description="Adapt the attention projections (q, k, v, o).")
-    train_mlp: bool = Field(True, description="Adapt the MLP projections (gate, up, down).")
-    train_unembed: bool = Field(True, description="Adapt the unembedding (lm_head).")
-
-
 class SessionRef(_Model):
     """The Tinker identity of an interactive job."""
 
     session_id: str = Field(description="Tinker session id.")
     model_seq_id: int = Field(0, ge=0, description="Per-session model counter; model_id is `<session>:train:<seq>`.")
     model_id: str = Field(description="Tinker model id (= training run id).")
-
-
-class TrainingSpec(_Model):
-    """A declarative fine-tuning run."""
-
-    model_config = ConfigDict(  # merged with _Model's
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "!(has(self.steps) && has(self.epochs))", "message": "set steps or epochs, not both"}
-            ]
-        },
-    )
-
-    dataset: str = Field(description="Artifact-store URL of a JSONL file: prompt/completion pairs or chat messages.")
-    format: Literal["auto", "prompt_completion", "chat"] = Field("auto", description="Row format of the dataset.")
-    steps: int | None = Field(None, ge=1, description="Optimizer steps to run (exclusive with epochs).")
-    epochs: float | None = Field(None, gt=0, description="Passes over the dataset (exclusive with steps).")
-    batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step.")
-    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate.")
-    max_seq_len: int = Field(1024, ge=8, le=131072, description="Examples are truncated to this many tokens.")
-    loss: Literal["cross_entropy"] = Field("cross_entropy", description="Training loss.")
-    checkpoint_every: int = Field(0, ge=0, description="Save a training state every N steps (0 = only at the end).")
-    output_name: str = Field(
-        "final", pattern=r"^[A-Za-z0-9._-]{1,128}$", description="Name of the final checkpoint (no '/')."
-    )
-
-    @model_validator(mode="after")
-    def _steps_or_epochs(self) -> TrainingSpec:
-        if self.steps is not None and self.epochs is not None:
-            raise ValueError("training: set steps or epochs, not both")
-        return self
 
 
 class ResumeFrom(_Model):
@@ -153,7 +99,9 @@ class LoRAJobSpec(_Model):
     mode: Literal["interactive", "training"] = Field(
         "interactive", description="A Tinker session or a declarative run.", json_schema_extra=_immutable("mode")
     )
-    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="The adapter's shape; immutable.")
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="The adapter's shape; immutable.", json_schema_extra=_immutable("lora")
+    )
     session: SessionRef | None = Field(None, description="Tinker identity (interactive jobs).")
     training: TrainingSpec | None = Field(None, description="The run (training jobs).")
     resume_from: ResumeFrom | None = Field(None, description="Start from this checkpoint instead of a fresh adapter.")
