@@ -3,7 +3,8 @@
 core imports no component, no framework and no client library; clients (Kubernetes, runtime, store)
 import core; control (the job life cycle) imports core and clients, no framework; runtime imports
 core and clients; api imports core and clients; operator adds control and Kopf; jobsctl (the
-`loraplane jobs` client) imports core only; only singlenode wires components together.
+`loraplane jobs` client) imports core only; asgi (the fast lane and the request frame that gateway
+and runtime share) imports core and starlette; only singlenode wires components together.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
             "loraplane.jobsctl", "torch"),
     "operator": ("loraplane.api", "loraplane.runtime", "loraplane.singlenode", "loraplane.jobsctl", "torch",
                  "fastapi"),
+    "asgi": ("loraplane.api", "loraplane.operator", "loraplane.runtime", "loraplane.singlenode", "loraplane.control",
+             "loraplane.clients", "loraplane.jobsctl", "kopf", "fastapi", "torch"),
     "jobsctl": ("loraplane.api", "loraplane.operator", "loraplane.runtime", "loraplane.singlenode",
                 "loraplane.control", "loraplane.clients", "kopf", "fastapi", "torch"),
 }

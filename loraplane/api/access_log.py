@@ -25,6 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from loraplane.api import codecs, ids
 from loraplane.api.guards import TENANT_KEY
+from loraplane.asgi.request_scope import RequestScoped, ResponseWatch
 from loraplane.core import errors, logs
 
 log = logging.getLogger("loraplane.access")
@@ -83,13 +84,13 @@ def text_of(fields: dict[str, Any]) -> str:
     return "access " + " ".join(parts)
 
 
-class AccessLog(logs.RequestScoped):
+class AccessLog(RequestScoped):
     """Pure ASGI middleware; see the module notes."""
 
     error_bytes = _ERROR_BYTES
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, rid: str | None,
-                    answer: logs.ResponseWatch) -> None:
+                    answer: ResponseWatch) -> None:
         assert rid is not None  # the gateway mints one for every call
         peek = bytearray()
         scope["loraplane.peek"] = peek  # the start of the body, for the model id of the log line
@@ -115,7 +116,7 @@ class AccessLog(logs.RequestScoped):
                 answer.status = CANCELLED
             raise
 
-    def done(self, scope: Scope, headers: dict[bytes, bytes], rid: str | None, answer: logs.ResponseWatch,
+    def done(self, scope: Scope, headers: dict[bytes, bytes], rid: str | None, answer: ResponseWatch,
              elapsed_s: float) -> None:
         if not log.isEnabledFor(logging.INFO):
             return

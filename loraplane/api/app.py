@@ -14,7 +14,7 @@ Design notes
 * Metrics are one counter and one histogram per route template, labelled by status class, kept by
   a pure ASGI middleware that costs a few microseconds per request.
 * The per-step calls (forward_backward, optim_step, retrieve_future: two requests per training
-  step) take `StepLane`, a pure ASGI middleware that hands them straight to their endpoints. They
+  step) take the fast lane (`asgi.fastlane.FastLane`), a pure ASGI middleware that hands them straight to their endpoints. They
   are still FastAPI routes (the lane calls the same functions), but they skip FastAPI's route
   matching, exit stacks and dependency solving, which cost more than the gateway's own work on
   them. Errors become the same JSON answers as everywhere else (`api.errors`).
@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,13 +39,13 @@ from loraplane.api import errors as api_errors
 from loraplane.api.auth import KeyTable
 from loraplane.api.gateway import Gateway
 from loraplane.api.routes import checkpoints, exports, futures, jobs, sampling, sessions, training
-from loraplane.core import errors
+from loraplane.asgi.fastlane import FastLane, Handler
 from loraplane.core.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
-#: the per-step endpoints `StepLane` serves (POST, exact path under API_PREFIX)
+#: the per-step endpoints the fast lane (`asgi.fastlane.FastLane`) serves (POST, exact path under API_PREFIX)
 STEP_PATHS = ("/forward_backward", "/optim_step", "/retrieve_future")
 
 
@@ -85,37 +85,23 @@ class Metrics:
             self.latency.labels(route).observe(time.perf_counter() - start)
 
 
-class StepLane:
-    """Pure ASGI middleware: POSTs to the per-step paths go straight to their route's endpoint.
+def step_lane(routes: dict[str, APIRoute]) -> Callable[[dict[str, Any]], Handler | None]:
+    """`FastLane`'s choice at the gateway: POSTs to the per-step paths go to their route's endpoint
+    (which takes only the `Request`), with the route put in the scope as the router would, so that
+    `Metrics` and the access log label it alike."""
 
-    `routes` maps a path to its APIRoute, whose endpoint takes only the `Request` and returns a
-    `Response`. The route is put in the scope as the router would, so `Metrics` labels it alike.
-    """
-
-    def __init__(self, app: ASGIApp, routes: dict[str, APIRoute]) -> None:
-        self.app = app
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+    def pick(scope: dict[str, Any]) -> Handler | None:
+        route = routes.get(scope["path"]) if scope["method"] == "POST" else None
         if route is None:
-            await self.app(scope, receive, send)
-            return
+            return None
         scope["route"] = route
-        try:
-            response = await route.endpoint(Request(scope, receive))
-        except errors.LoraplaneError as exc:
-            if exc.status_code >= 500:
-                log.warning("%s: %s", type(exc).__name__, exc.message)
-            response = api_errors.response_for(exc)
-        except Exception as exc:  # the same last resort as api_errors' handler: a JSON 500
-            log.exception("unhandled error")
-            response = api_errors.response_for(errors.ServerError(f"internal error: {type(exc).__name__}: {exc}"))
-        await response(scope, receive, send)
+        return route.endpoint
+
+    return pick
 
 
 def step_routes() -> dict[str, APIRoute]:
-    """The APIRoutes `StepLane` serves, by full path (the route modules' own route objects, which
+    """The APIRoutes the fast lane (`asgi.fastlane.FastLane`) serves, by full path (the route modules' own route objects, which
     is also what the router puts in the scope). Called by `create_app` once."""
     found = {API_PREFIX + r.path: r for module in (training, futures) for r in module.router.routes
              if isinstance(r, APIRoute) and r.path in STEP_PATHS and "POST" in r.methods}
@@ -181,7 +167,7 @@ def _stack_front_door(app: FastAPI, gateway: Gateway, keys: KeyTable, settings: 
                       registry: CollectorRegistry) -> None:
     """The pure-ASGI layers around the routes, outermost last: access log, SDK version gate,
     metrics, the key, body limits, per-tenant rates, the per-step lane."""
-    app.add_middleware(StepLane, routes=step_routes())
+    app.add_middleware(FastLane, pick=step_lane(step_routes()), error_response=api_errors.response_for)
     app.add_middleware(guards.RateLimit, rate_per_s=settings.rate_per_s, burst=settings.rate_burst,
                        exempt=frozenset({API_PREFIX + "/retrieve_future"}))
 

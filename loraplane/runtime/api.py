@@ -5,7 +5,7 @@ process behind `loraplane.core.runtime_client.RuntimeClient`. Routes parse the b
 call the executor or the training runs, and encode the answer; every `LoraplaneError` becomes its
 status code with a JSON body in one handler, so a bad field is a 4xx naming it and never a crash.
 
-Submitting an op and reading its result (twice per training step) take `StepLane`, which calls
+Submitting an op and reading its result (twice per training step) take the fast lane (`asgi.fastlane.FastLane`), which calls
 `submit_step` / `read_result` directly; the FastAPI routes for them call the same functions.
 
 The app can be built before the model is loaded (`RuntimeState.executor` is None): `/healthz`
@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from loraplane.asgi.fastlane import FastLane, Handler
 from loraplane.core import errors, runtime_ops
 from loraplane.core.runtime_client import SEQUENCES_HEADER, TENANT_HEADER
 from loraplane.core.settings import RuntimeSettings
@@ -163,13 +165,13 @@ def create_app(state: RuntimeState) -> FastAPI:
         assert state.trainings is not None
         return state.trainings.status(adapter_id).to_dict()
 
-    app.add_middleware(StepLane, state=state)
+    app.add_middleware(FastLane, pick=step_lane(state), error_response=error_response)
     app.add_middleware(RequestLog)
     return app
 
 
 # ---- the per-step calls ----------------------------------------------------------------------
-# Submitting an op and reading its result happen once each per training step. `StepLane` hands
+# Submitting an op and reading its result happen once each per training step. the fast lane (`asgi.fastlane.FastLane`) hands
 # them to `submit_step` / `read_result` without FastAPI's routing and dependency solving, which
 # cost more than the calls themselves; the routes above call the same two functions.
 
@@ -229,7 +231,7 @@ async def read_result(executor: ex.Executor, request_id: str, wait: float, owner
 
 def step_call(method: str, path: str) -> tuple[str, str] | None:
     """("submit", adapter id) or ("result", request id) for a per-step call, else None. Pure; called
-    by `StepLane` on every request. Ids match as FastAPI's `{param}` does: one non-empty segment."""
+    by the fast lane (`asgi.fastlane.FastLane`) on every request. Ids match as FastAPI's `{param}` does: one non-empty segment."""
     if method == "POST" and path.startswith("/v1/adapters/") and path.endswith("/ops"):
         ident = path[len("/v1/adapters/"):-len("/ops")]
         return ("submit", ident) if ident and "/" not in ident else None
@@ -252,30 +254,30 @@ def wait_of(query: str | None) -> float:
     return wait
 
 
-class StepLane:
-    """Pure ASGI middleware: per-step calls (`step_call`) go straight to their functions; errors
-    get the same JSON answers as the app's handler gives. Everything else goes to the app."""
+def step_lane(state: RuntimeState) -> Callable[[dict[str, Any]], Handler | None]:
+    """`FastLane`'s choice at the runtime: an op's submission and its result (`step_call`) go straight
+    to `submit_step` and `read_result`; everything else goes to the app."""
 
-    def __init__(self, app: Any, state: RuntimeState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        call = step_call(scope["method"], scope["path"]) if scope["type"] == "http" else None
+    def pick(scope: dict[str, Any]) -> Handler | None:
+        call = step_call(scope["method"], scope["path"])
         if call is None:
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope, receive)
-        try:
+            return None
+        kind, target = call
+
+        async def handle(request: Request) -> Response:
             executor = await _executor(request)
-            if call[0] == "submit":
-                response = await submit_step(self.state, executor, call[1], request)
-            else:
-                response = await read_result(executor, call[1], wait_of(request.query_params.get("wait")),
-                                             request.query_params.get("owner"))
-        except errors.LoraplaneError as exc:
-            response = JSONResponse(exc.to_dict(), status_code=exc.status_code)
-        await response(scope, receive, send)
+            if kind == "submit":
+                return await submit_step(state, executor, target, request)
+            return await read_result(executor, target, wait_of(request.query_params.get("wait")),
+                                     request.query_params.get("owner"))
+
+        return handle
+
+    return pick
+
+
+def error_response(exc: errors.LoraplaneError) -> Response:
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code)
 
 
 # ---- helpers (pure unless noted) -------------------------------------------------------------

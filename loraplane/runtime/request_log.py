@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from loraplane.core import logs
+from loraplane.asgi.request_scope import RequestScoped, ResponseWatch
 
 log = logging.getLogger("loraplane.runtime.requests")
 
 
-class RequestLog(logs.RequestScoped):
+class RequestLog(RequestScoped):
     mint = False  # ids start at the gateway; a call without one (a probe, a test) has none
 
     def done(self, scope: dict[str, Any], headers: dict[bytes, bytes], rid: str | None,
-             answer: logs.ResponseWatch, elapsed_s: float) -> None:
+             answer: ResponseWatch, elapsed_s: float) -> None:
         ms = elapsed_s * 1000
         if answer.status >= 400:
             log.info("runtime answered %d to %s %s in %.1f ms: %s", answer.status, scope.get("method"),

@@ -1,4 +1,4 @@
-"""The per-step calls take the gateway's short lane (`app.StepLane`) and still answer like any route:
+"""The per-step calls take the gateway's short lane (`asgi.fastlane.FastLane`) and still answer like any route:
 errors are JSON naming the field, metrics label them by route, other methods fall through."""
 
 from __future__ import annotations
