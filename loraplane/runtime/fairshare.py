@@ -1,6 +1,6 @@
 """Fair share of a runtime's training passes between tenants: which ready work goes in the next pass.
 
-Callers: `Executor._take_batch` on the model thread, once per training pass. Everything here is
+Callers: `loraplane.runtime.turns.plan_turn` on the model thread, once per turn. Everything here is
 a plain function of plain data (no engine, no clock), so table tests pin the policy.
 
 Policy
@@ -47,7 +47,7 @@ class Plan:
 
 def plan_pass(work: Sequence[ReadyWork], *, budget: int, weights: Mapping[str, float] | None = None,
               credit: Mapping[str, float] | None = None, quantum: int | None = None) -> Plan:
-    """Choose the ops of the next training pass. No side effects; called by `Executor._take_batch`.
+    """Choose the ops of the next training pass. No side effects; called by `turns.plan_turn`.
 
     Args:
         work: every adapter with ready forward/backward ops, in the executor's rotating order
@@ -114,7 +114,7 @@ def _spend(queues: list[ReadyWork], taken: dict[str, int], turn: dict[str, int],
 def admission_order(waiting: Sequence[tuple[str, int]], running_rows: Mapping[str, int],
                     weights: Mapping[str, float] | None = None) -> list[int]:
     """The order in which waiting sample requests may join the decode batch. No side effects;
-    called by `Executor._take_samples` every turn.
+    called by `turns.plan_turn` every turn.
 
     `waiting` holds (tenant, rows) of each waiting request in arrival order, `running_rows` the rows
     each tenant decodes now. Each next request comes from the tenant whose rows, counted with those
