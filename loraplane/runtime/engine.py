@@ -92,19 +92,7 @@ class Engine:
         self.max_lora_rank = max_lora_rank
         if max_pass_tokens is None:
             max_pass_tokens = 1 << 62 if self.device.type == "cuda" else 1024
-        self._router = lora.LoraRouter()
-        self._layers = lora.wrap_linears(self.model, self._router)
-        #: Whether rows of different lengths run attention unpadded (see model_host).
-        self._packed_attention = model_host.install_packed_attention(self.model, self._router)
-        #: every adapter, its optimizer state and where it lives
-        self.store = adapters.AdapterStore(self._layers, device=self.device, base_model=self.base_model,
-                                           max_lora_rank=max_lora_rank)
-        self._adapters = self.store.records  # the same dict, by the name the engine's tests read
-        self._limits = passes.TokenLimits(max_positions=self.max_positions, vocab_size=self.vocab_size)
-        #: the batched forward/backward passes over the store's adapters
-        self.passes = passes.PassRunner(self.model, self._router, self.store, self.sequences, self._limits,
-                                        device=self.device, packed_attention=self._packed_attention,
-                                        max_pass_tokens=max_pass_tokens)
+        self._wrap(max_pass_tokens)
         self.prefill_chunk_tokens = prefill_chunk_tokens
         #: (layers, kv heads, head dim) of the KV cache
         self.kv_geometry = model_host.kv_geometry(self.model.config)
@@ -113,6 +101,22 @@ class Engine:
         self.kv_bytes_per_token = 2 * self.kv_geometry[0] * self.kv_geometry[1] * self.kv_geometry[2] * element
         #: the decode batch the executor's model thread drives
         self.decoder = self.new_decoder()
+
+    def _wrap(self, max_pass_tokens: int) -> None:
+        """Wrap the base model's linears for many adapters, and build the parts that use them."""
+        self._router = lora.LoraRouter()
+        self._layers = lora.wrap_linears(self.model, self._router)
+        #: Whether rows of different lengths run attention unpadded (see model_host).
+        self._packed_attention = model_host.install_packed_attention(self.model, self._router)
+        #: every adapter, its optimizer state and where it lives
+        self.store = adapters.AdapterStore(self._layers, device=self.device, base_model=self.base_model,
+                                           max_lora_rank=self.max_lora_rank)
+        self._adapters = self.store.records  # the same dict, by the name the engine's tests read
+        self._limits = passes.TokenLimits(max_positions=self.max_positions, vocab_size=self.vocab_size)
+        #: the batched forward/backward passes over the store's adapters
+        self.passes = passes.PassRunner(self.model, self._router, self.store, self.sequences, self._limits,
+                                        device=self.device, packed_attention=self._packed_attention,
+                                        max_pass_tokens=max_pass_tokens)
 
     @property
     def max_pass_tokens(self) -> int:

@@ -9,9 +9,9 @@ threads and no per-adapter locks exist.
 ## Parts
 - `loraplane.runtime.queues`: each adapter's ops, released in the SDK's seq order;
 - `loraplane.runtime.turns`: what one turn runs (a pure policy, fair share between tenants included);
-- `loraplane.runtime.running`: running those ops on the engine, each failure kept to its requests;
-- `loraplane.runtime.results`: accepted ops by request id, and how each finishes;
-- `loraplane.runtime.residency`: which adapters to offload, applied here by `_make_resident`.
+- `loraplane.runtime.running`: running those ops on the engine, each failure kept to its requests,
+  with their adapters on the device (`loraplane.runtime.residency` chooses what to offload);
+- `loraplane.runtime.results`: accepted ops by request id, and how each finishes.
 
 ## A turn
 Every turn of the model thread runs the control calls (create/delete/offload/load adapters), then
@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from typing import Any
@@ -103,7 +103,7 @@ class Executor:
         self._thread: threading.Thread | None = None
         self._decoder = engine.decoder
         self._decoder.chunk_tokens = settings.prefill_chunk_tokens
-        self._runner = OpRunner(engine, self.metrics, self._results, self._make_resident)
+        self._runner = OpRunner(engine, settings, self.metrics, self._results, self._usage)
         self.metrics.on_scrape(self._refresh_gauges)
         if start:
             self.start()
@@ -154,26 +154,31 @@ class Executor:
 
     def create_adapter(self, adapter_id: str, spec: Any, expect_seq: int | None = 1) -> Future:
         """Create an adapter and its queue; fails with CapacityError when `max_adapters` are held."""
-
-        def create(engine: Any) -> None:
-            self._check_slot(adapter_id)
-            engine.create_adapter(adapter_id, spec)
-            self._register(adapter_id, expect_seq)
-            self._make_resident({adapter_id})
-
-        return self.call(create, "create_adapter")
+        return self._adapter_call(adapter_id, expect_seq, "create_adapter",
+                                  lambda engine: engine.create_adapter(adapter_id, spec))
 
     def load_adapter(self, adapter_id: str, source: str, optimizer: bool, expect_seq: int | None) -> Future:
         """Load a saved state into an adapter, creating it (and its queue) when missing."""
+        return self._adapter_call(adapter_id, expect_seq, "load_adapter",
+                                  lambda engine: engine.load_state(adapter_id, source, optimizer=optimizer))
 
-        def load(engine: Any) -> Any:
-            self._check_slot(adapter_id)
-            spec = engine.load_state(adapter_id, source, optimizer=optimizer)
+    def _adapter_call(self, adapter_id: str, expect_seq: int | None, name: str,
+                      make: Callable[[Any], Any]) -> Future:
+        """A control call that makes an adapter with `make(engine)`, within `max_adapters`, gives it a
+        queue and brings it onto the device; its future gets what `make` returns."""
+
+        def run(engine: Any) -> Any:
+            if not engine.has_adapter(adapter_id):
+                if residency.free_slots(engine.training_adapter_count(), self.settings.max_adapters) == 0:
+                    raise errors.CapacityError(
+                        f"this runtime holds its maximum of {self.settings.max_adapters} adapters"
+                    )
+            made = make(engine)
             self._register(adapter_id, expect_seq)
-            self._make_resident({adapter_id})
-            return spec
+            self._runner.make_resident({adapter_id})
+            return made
 
-        return self.call(load, "load_adapter")
+        return self.call(run, name)
 
     def delete_adapter(self, adapter_id: str) -> Future:
         """Delete an adapter; its queued ops fail with NotFound."""
@@ -204,10 +209,7 @@ class Executor:
     def adapter_progress(self, adapter_id: str) -> tuple[int | None, float]:
         """(next seq the adapter waits for, unix time it was last used); for AdapterInfo."""
         with self._cond:
-            entry = self._queues.get(adapter_id)
-            if entry is None:
-                return None, 0.0
-            return entry.queue.next_seq, entry.last_used_wall
+            return self._queues.progress(adapter_id)
 
     # ---- ops -------------------------------------------------------------------------------
 
@@ -228,22 +230,18 @@ class Executor:
         with self._cond:
             self._check_open()
             entry = self._queues.get(adapter_id)
-            if entry is None:
-                raise errors.NotFound(f"unknown adapter {adapter_id!r}", field="adapter_id")
             existing = entry.queue.duplicate_of(seq_id)
             if existing is not None:
                 return existing.request_id, existing.future
             entry.queue.check_window(seq_id)
             if tenant:
                 entry.tenant = tenant
+            tokens = work_tokens(payload) if kind in FORWARD_KINDS else 0
             if kind in FORWARD_KINDS:
-                self._queues.check_room(entry.tenant, work_tokens(payload),
-                                        per_tenant=self.settings.max_queued_tokens_per_tenant,
+                self._queues.check_room(entry.tenant, tokens, per_tenant=self.settings.max_queued_tokens_per_tenant,
                                         total=self.settings.max_queued_tokens)
-            op = Op(
-                request_id=_new_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
-                tokens=work_tokens(payload) if kind in FORWARD_KINDS else 0,
-            )
+            op = Op(request_id=_new_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
+                    tokens=tokens)
             entry.queue.push(op, self._clock())
             self._results.remember(op)
             self._cond.notify_all()
@@ -285,8 +283,7 @@ class Executor:
     def queue_depth(self) -> int:
         """Ops accepted and not finished yet (queued, waiting for a seq, or running)."""
         with self._cond:
-            queued = self._queues.queued()
-            return queued + len(self._samples) + len(self._control) + self._running + self._sampling
+            return self._queues.queued() + len(self._samples) + len(self._control) + self._running + self._sampling
 
     def sample_queue(self) -> int:
         """Sample requests waiting to join the decode batch."""
@@ -329,7 +326,7 @@ class Executor:
             if batch:
                 self._runner.run_batch(batch)
             for op in singles:
-                self._runner.run_single(op, self._apply_single)
+                self._runner.run_single(op, lambda payload: payload.apply(self.engine))
             if turn.decode and not self._decoder.idle:
                 finished += self._runner.decode_step()
         finally:
@@ -340,10 +337,9 @@ class Executor:
 
     def _queued(self, decoding: set[str]) -> turns.Queued:
         """What waits now, as `turns.plan_turn` reads it (under the lock)."""
-        running: dict[str, int] = {}
+        running: Counter[str] = Counter()
         for req in self._decoder.requests():
-            tenant = queues.tenant_of(req.job.tag)
-            running[tenant] = running.get(tenant, 0) + max(req.live, 1)
+            running[queues.tenant_of(req.job.tag)] += max(req.live, 1)
         return turns.Queued(
             adapters=self._queues.describe(), samples=self._samples.describe(), decoding=tuple(self._decoder.needs()),
             decoding_rows=running, decoding_adapters=frozenset(decoding), credit=self._credit,
@@ -375,32 +371,10 @@ class Executor:
             return 1.0
         return max(0.001, min(1.0, deadline - self._clock()))
 
-    def _apply_single(self, payload: Any) -> Any:
-        return payload.apply(self.engine)
-
-    def _make_resident(self, needed: Collection[Any]) -> None:
-        """Bring `needed` adapters onto the device, offloading LRU idle ones beyond the budget."""
-        needed = {a for a in needed if a is not None} | self._decoder.adapters()
+    def _usage(self, needed: Collection[str]) -> tuple[dict[str, float], set[str]]:
+        """Mark `needed` adapters as used now; every adapter's last use and the busy ones (`AdapterQueues.used`)."""
         with self._cond:
-            self._queues.touch(needed, self._clock(), time.time())
-            last_used = self._queues.last_used()
-            busy = self._queues.busy()
-        resident = {a: last_used.get(a, 0.0) for a in self.engine.adapter_ids() if self.engine.is_resident(a)}
-        for adapter_id in residency.choose_evictions(resident, needed, busy, self.settings.max_resident_adapters):
-            self.engine.offload(adapter_id, to=self.settings.offload_to)
-        for adapter_id in needed:
-            if not self.engine.is_resident(adapter_id):
-                self.engine.ensure_resident(adapter_id)
-
-    # ---- helpers ---------------------------------------------------------------------------
-
-    def _check_slot(self, adapter_id: str) -> None:
-        """CapacityError when a new adapter would pass `max_adapters` (model thread)."""
-        if not self.engine.has_adapter(adapter_id):
-            if residency.free_slots(self.engine.training_adapter_count(), self.settings.max_adapters) == 0:
-                raise errors.CapacityError(
-                    f"this runtime holds its maximum of {self.settings.max_adapters} adapters"
-                )
+            return self._queues.used(needed, self._clock(), time.time())
 
     def _register(self, adapter_id: str, expect_seq: int | None) -> None:
         with self._cond:

@@ -148,8 +148,12 @@ class AdapterQueues:
         if adapter_id not in self.entries:
             self.entries[adapter_id] = AdapterEntry(queue=SeqQueue(expect_seq), last_used=now)
 
-    def get(self, adapter_id: str) -> AdapterEntry | None:
-        return self.entries.get(adapter_id)
+    def get(self, adapter_id: str) -> AdapterEntry:
+        """The adapter's entry; NotFound naming `adapter_id` when it has no queue."""
+        entry = self.entries.get(adapter_id)
+        if entry is None:
+            raise errors.NotFound(f"unknown adapter {adapter_id!r}", field="adapter_id")
+        return entry
 
     def remove(self, adapter_id: str) -> AdapterEntry | None:
         return self.entries.pop(adapter_id, None)
@@ -207,20 +211,21 @@ class AdapterQueues:
         ready = self.entries[adapter_id].queue.ready
         return [ready.popleft() for _ in range(count)]
 
-    def touch(self, adapter_ids: Collection[str], now: float, wall: float) -> None:
-        """Mark adapters as used now (executor clock and unix time)."""
+    def used(self, adapter_ids: Collection[str], now: float, wall: float) -> tuple[dict[str, float], set[str]]:
+        """Mark adapters as used now (executor clock and unix time); returns every adapter's last use
+        and the adapters with queued ops, for `residency.choose_evictions`."""
         for adapter_id in adapter_ids:
             entry = self.entries.get(adapter_id)
             if entry is not None:
                 entry.last_used = now
                 entry.last_used_wall = wall
+        last_used = {a: e.last_used for a, e in self.entries.items()}
+        return last_used, {a for a, e in self.entries.items() if len(e.queue)}
 
-    def last_used(self) -> dict[str, float]:
-        return {a: e.last_used for a, e in self.entries.items()}
-
-    def busy(self) -> set[str]:
-        """Adapters with queued ops."""
-        return {a for a, e in self.entries.items() if len(e.queue)}
+    def progress(self, adapter_id: str) -> tuple[int | None, float]:
+        """(next seq the adapter waits for, unix time it was last used); (None, 0.0) when it has no queue."""
+        entry = self.entries.get(adapter_id)
+        return (None, 0.0) if entry is None else (entry.queue.next_seq, entry.last_used_wall)
 
 
 class SampleQueue:

@@ -4,6 +4,11 @@ Callers: `loraplane.runtime.executor`'s model thread, which takes the ops a turn
 (`loraplane.runtime.turns`) and hands each kind here: a batched forward/backward, a single op, a
 sample request joining the decode batch, one decode step. Used from the model thread only.
 
+## Residency
+Before an op runs, the adapters it needs (and those with rows decoding) are brought onto the
+device, and the least recently used idle ones beyond `max_resident_adapters` are offloaded, as
+`residency.choose_evictions` decides.
+
 ## Failures
 - A batched forward/backward that raises is retried work by work, so that only the culprit's
   future fails; the engine already fails a bad work alone in its own result slot.
@@ -22,7 +27,8 @@ from typing import Any
 import torch
 
 from loraplane.core import errors
-from loraplane.runtime import scheduling
+from loraplane.core.settings import RuntimeSettings
+from loraplane.runtime import residency, scheduling
 from loraplane.runtime.metrics import RuntimeMetrics
 from loraplane.runtime.ops import Op
 from loraplane.runtime.results import Results
@@ -35,18 +41,21 @@ class OpRunner:
 
     Args:
         engine: the `loraplane.runtime.engine.Engine` (or anything with its interface).
+        settings: runtime settings (`max_resident_adapters`, `offload_to`).
         metrics: where batches and decode steps are counted.
         results: where each op finishes.
-        make_resident: brings the adapters an op needs onto the device (`Executor._make_resident`).
+        usage: marks adapters as used now and returns every adapter's last use and the adapters
+            with queued ops (`Executor._usage`, which takes the executor's lock).
     """
 
-    def __init__(self, engine: Any, metrics: RuntimeMetrics, results: Results,
-                 make_resident: Callable[[Collection[Any]], None]) -> None:
+    def __init__(self, engine: Any, settings: RuntimeSettings, metrics: RuntimeMetrics, results: Results,
+                 usage: Callable[[Collection[str]], tuple[dict[str, float], set[str]]]) -> None:
         self.engine = engine
+        self.settings = settings
         self.decoder = engine.decoder
         self.metrics = metrics
         self.results = results
-        self._make_resident = make_resident
+        self._usage = usage
         #: KV bytes the running sample requests may reach (`scheduling.kv_bound`), for /readyz
         self.kv_bytes_reserved = 0
 
@@ -54,7 +63,7 @@ class OpRunner:
         """One `engine.forward_backward` over the batch's works; each op finishes with its own slot."""
         adapters = {op.adapter_id for op in batch}
         try:
-            self._make_resident(adapters)
+            self.make_resident(adapters)
         except Exception as exc:
             for op in batch:
                 self.results.finish(op, exc=exc)
@@ -84,7 +93,7 @@ class OpRunner:
         started = time.perf_counter()
         try:
             if op.adapter_id is not None:
-                self._make_resident({op.adapter_id})
+                self.make_resident({op.adapter_id})
             result = apply(op.payload)
         except Exception as exc:
             self.results.finish(op, exc=exc)
@@ -98,7 +107,7 @@ class OpRunner:
         self.metrics.sample_admitted(time.perf_counter() - op.queued_at)
         try:
             if op.adapter_id is not None:
-                self._make_resident({op.adapter_id})
+                self.make_resident({op.adapter_id})
             self.decoder.add(op.job)
         except Exception as exc:
             self.results.finish(op, exc=exc)
@@ -134,3 +143,14 @@ class OpRunner:
             self.results.finish(op, exc=outcome)
         else:
             self.results.finish(op, result=outcome, seconds=time.perf_counter() - op.queued_at)
+
+    def make_resident(self, needed: Collection[Any]) -> None:
+        """Bring `needed` adapters onto the device, offloading LRU idle ones beyond the budget."""
+        needed = {a for a in needed if a is not None} | self.decoder.adapters()
+        last_used, busy = self._usage(needed)
+        resident = {a: last_used.get(a, 0.0) for a in self.engine.adapter_ids() if self.engine.is_resident(a)}
+        for adapter_id in residency.choose_evictions(resident, needed, busy, self.settings.max_resident_adapters):
+            self.engine.offload(adapter_id, to=self.settings.offload_to)
+        for adapter_id in needed:
+            if not self.engine.is_resident(adapter_id):
+                self.engine.ensure_resident(adapter_id)
