@@ -1,8 +1,8 @@
 """Tinker's built-in losses, as token-level sums over one datum.
 
 Callers: the batched passes (`loraplane.runtime.passes.PassRunner`) validate each work with
-`check_loss_name`, `resolve_config` and `check_inputs` before the forward pass, then call `compute_loss` per datum on the
-learner's log-probabilities.
+`check_loss_name`, `resolve_config` and `check_inputs` before the forward pass, then call
+`compute_loss` per datum on the learner's log-probabilities.
 
 Every loss takes `lp`, the learner's log p(target_tokens[i] | tokens[:i+1]) of shape (N,), and the
 datum's per-token inputs of shape (N,); it returns a scalar SUM over tokens (Tinker does not
