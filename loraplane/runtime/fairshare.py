@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 #: rounds after which the planner stops even if credit could still grow (a guard, never reached
-#: with positive weights: credit grows every round until the largest op fits)
+#: with positive weights: credit grows every round until an op that fits is paid for, and the
+#: rounds end once no ready op fits what is left of the budget)
 MAX_ROUNDS = 100_000
 
 
@@ -71,7 +72,7 @@ def plan_pass(work: Sequence[ReadyWork], *, budget: int, weights: Mapping[str, f
     used = 0
     for _ in range(MAX_ROUNDS):
         pending = [t for t in by_tenant if _has_more(by_tenant[t], taken)]
-        if not pending or used >= budget:
+        if not pending or used >= budget or not _any_fits(work, taken, used, budget):
             break
         for tenant in pending:  # every backlogged tenant earns its round's credit, served or not
             left[tenant] += quantum * max(weights.get(tenant, 1.0), 1e-9)
@@ -85,6 +86,13 @@ def plan_pass(work: Sequence[ReadyWork], *, budget: int, weights: Mapping[str, f
 
 def _has_more(queues: list[ReadyWork], taken: Mapping[str, int]) -> bool:
     return any(taken[w.adapter_id] < len(w.tokens) for w in queues)
+
+
+def _any_fits(work: list[ReadyWork], taken: Mapping[str, int], used: int, budget: int) -> bool:
+    """Whether some adapter's next op still fits the pass (any op fits an empty one): once none
+    does, more rounds would only pile up credit that no op of this pass can spend."""
+    return any(taken[w.adapter_id] < len(w.tokens) and (used == 0 or used + w.tokens[taken[w.adapter_id]] <= budget)
+               for w in work)
 
 
 def _spend(queues: list[ReadyWork], taken: dict[str, int], turn: dict[str, int], tenant: str,
