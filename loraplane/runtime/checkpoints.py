@@ -1,7 +1,7 @@
 """Where adapter tensors go when they leave the device: saved states (PEFT format) and offloads.
 
-Callers: `loraplane.runtime.engine.Engine` (`save_state`, `save_sampler`, `load_state`, `offload`,
-`ensure_resident`, `delete_adapter`).
+Callers: the adapter store, `loraplane.runtime.adapters.AdapterStore` (`save`, `export`, `load`,
+`offload`, `ensure_resident`, `delete`).
 
 ## Saved state layout (docs/runtime-api.md, "Saved states on disk")
 - `adapter_config.json`: PEFT's `LoraConfig` (r, lora_alpha, target_modules, task_type CAUSAL_LM,

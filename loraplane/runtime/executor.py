@@ -1,4 +1,4 @@
-"""The executor: per-adapter queues and the one model thread that runs every engine call.
+"""The executor: the door every op comes in by, and the one model thread that runs every engine call.
 
 Callers (the runtime API, declarative training, the benchmark) submit ops from any thread or from
 the asyncio loop and get a `concurrent.futures.Future` back. One thread, the model thread, owns the
@@ -6,25 +6,19 @@ engine: it is the only one that calls into it (apart from `engine.validate`, a r
 run at submit time so that bad input fails at once), so no engine state is ever shared between
 threads and no per-adapter locks exist.
 
-Ordering
---------
-Each adapter has a `SeqQueue` (`loraplane.runtime.ops`, with the op payloads). Ops carrying the SDK's `seq_id` run in seq order, whatever order
-they arrive in (the SDK sends the chunks of one forward_backward as 2, 3, then 1); a repeated
-`(adapter, seq_id)` returns the first submit's request id. When the next seq never arrives, the
-gap is skipped after `seq_gap_timeout_s` (the SDK skips the seq of a submit that failed for good).
-`expect_seq=None` learns the first seq from the lowest one seen within `reorder_window_s`.
-Ops without a seq run in arrival order.
+## Parts
+- `loraplane.runtime.queues`: each adapter's ops, released in the SDK's seq order;
+- `loraplane.runtime.turns`: what one turn runs (a pure policy, fair share between tenants included);
+- `loraplane.runtime.running`: running those ops on the engine, each failure kept to its requests,
+  with their adapters on the device (`loraplane.runtime.residency` chooses what to offload);
+- `loraplane.runtime.results`: accepted ops by request id, and how each finishes.
 
-Scheduling
-----------
-Every turn of the model thread: (1) control calls (create/delete/offload/load adapters), (2) the
-waiting sample requests that fit the KV budget join the decode batch (`scheduling.admit_count`),
-(3) one batched `engine.forward_backward` over the ready forward/backward heads of all adapters,
-bounded by `max_batch_tokens`, (4) the ready non-batchable head (optim_step, save, load, snapshot)
-of each adapter, (5) one step of the decode batch (`loraplane.runtime.decoding`): a prefill chunk
-and one token for every decoding row. Nothing of one adapter can overtake its own earlier ops;
-training waits at most one decode step, never a whole sample; an op that would change the weights
-of an adapter with rows decoding waits until they finish (`scheduling.op_must_wait`).
+## A turn
+Every turn of the model thread runs the control calls (create/delete/offload/load adapters), then
+what `turns.plan_turn` chose: the waiting sample requests that join the decode batch, one batched
+`engine.forward_backward` over ready forward/backward heads (bounded by `max_batch_tokens`), the
+ready single ops (optim_step, save, load, snapshot), and one step of the decode batch
+(`loraplane.runtime.decoding`). Nothing of one adapter can overtake its own earlier ops.
 
 Sampling limits: `max_queued_samples` requests wait to join (then 503, retry); `max_decode_rows`
 rows and `kv_cache_bytes` of KV cache are decoded at once (then requests wait their turn); a
@@ -37,17 +31,14 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from loraplane.core import errors, logs
+from loraplane.core import errors
 from loraplane.core.settings import RuntimeSettings
-from loraplane.runtime import admission, fairshare, residency, scheduling
+from loraplane.runtime import queues, residency, scheduling, turns
 from loraplane.runtime.metrics import RuntimeMetrics
 from loraplane.runtime.ops import (
     FORWARD_KINDS,
@@ -57,27 +48,18 @@ from loraplane.runtime.ops import (
     Sample,
     SaveSampler,
     SaveState,
-    SeqQueue,
     Snapshot,
     op_kind,
     work_tokens,
 )
+from loraplane.runtime.queues import AdapterQueues, SampleQueue
+from loraplane.runtime.results import Results, settle
+from loraplane.runtime.running import OpRunner
 
 __all__ = ["FORWARD_KINDS", "Executor", "LoadState", "Op", "OptimStep", "Sample", "SaveSampler", "SaveState",
            "Snapshot"]
 
 log = logging.getLogger(__name__)
-
-#: how many finished results stay retrievable by request id
-MAX_RESULTS = 50_000
-
-
-@dataclass
-class _AdapterState:
-    queue: SeqQueue
-    tenant: str = ""              # whose adapter (from the gateway's submits), for fair share
-    last_used: float = 0.0        # executor clock, for eviction order
-    last_used_wall: float = field(default_factory=time.time)  # unix time, for AdapterInfo
 
 
 class Executor:
@@ -108,10 +90,10 @@ class Executor:
         self._clock = clock
         self._reorder_window_s = reorder_window_s
         self._cond = threading.Condition()
-        self._adapters: dict[str, _AdapterState] = {}
+        self._queues = AdapterQueues()
         self._control: deque[Op] = deque()
-        self._samples: deque[Op] = deque()
-        self._results: OrderedDict[str, Op] = OrderedDict()
+        self._samples = SampleQueue()
+        self._results = Results(self.metrics)
         self._rotation = 0
         #: fair-share credit of each backlogged tenant, carried between training passes
         self._credit: dict[str, float] = {}
@@ -121,11 +103,15 @@ class Executor:
         self._thread: threading.Thread | None = None
         self._decoder = engine.decoder
         self._decoder.chunk_tokens = settings.prefill_chunk_tokens
-        #: KV bytes the running sample requests may reach (`scheduling.kv_bound`), for /readyz
-        self.kv_bytes_reserved = 0
+        self._runner = OpRunner(engine, settings, self.metrics, self._results, self._usage)
         self.metrics.on_scrape(self._refresh_gauges)
         if start:
             self.start()
+
+    @property
+    def kv_bytes_reserved(self) -> int:
+        """KV bytes the running sample requests may reach (`scheduling.kv_bound`), for /readyz."""
+        return self._runner.kv_bytes_reserved
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -142,10 +128,8 @@ class Executor:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
-        with self._cond:
-            pending = [op for op in self._results.values() if not op.future.done()]
-        for op in pending:
-            _settle(op.future, exc=errors.ServerError("the runtime is shutting down; retry on another runtime"))
+        for op in self._results.pending():
+            settle(op.future, exc=errors.ServerError("the runtime is shutting down; retry on another runtime"))
 
     @property
     def alive(self) -> bool:
@@ -170,47 +154,44 @@ class Executor:
 
     def create_adapter(self, adapter_id: str, spec: Any, expect_seq: int | None = 1) -> Future:
         """Create an adapter and its queue; fails with CapacityError when `max_adapters` are held."""
-
-        def create(engine: Any) -> None:
-            if not engine.has_adapter(adapter_id):
-                if residency.free_slots(engine.training_adapter_count(), self.settings.max_adapters) == 0:
-                    raise errors.CapacityError(
-                        f"this runtime holds its maximum of {self.settings.max_adapters} adapters"
-                    )
-            engine.create_adapter(adapter_id, spec)
-            self._register(adapter_id, expect_seq)
-            self._make_resident({adapter_id})
-
-        return self.call(create, "create_adapter")
+        return self._adapter_call(adapter_id, expect_seq, "create_adapter",
+                                  lambda engine: engine.create_adapter(adapter_id, spec))
 
     def load_adapter(self, adapter_id: str, source: str, optimizer: bool, expect_seq: int | None) -> Future:
         """Load a saved state into an adapter, creating it (and its queue) when missing."""
+        return self._adapter_call(adapter_id, expect_seq, "load_adapter",
+                                  lambda engine: engine.load_state(adapter_id, source, optimizer=optimizer))
 
-        def load(engine: Any) -> Any:
+    def _adapter_call(self, adapter_id: str, expect_seq: int | None, name: str,
+                      make: Callable[[Any], Any]) -> Future:
+        """A control call that makes an adapter with `make(engine)`, within `max_adapters`, gives it a
+        queue and brings it onto the device; its future gets what `make` returns."""
+
+        def run(engine: Any) -> Any:
             if not engine.has_adapter(adapter_id):
                 if residency.free_slots(engine.training_adapter_count(), self.settings.max_adapters) == 0:
                     raise errors.CapacityError(
                         f"this runtime holds its maximum of {self.settings.max_adapters} adapters"
                     )
-            spec = engine.load_state(adapter_id, source, optimizer=optimizer)
+            made = make(engine)
             self._register(adapter_id, expect_seq)
-            self._make_resident({adapter_id})
-            return spec
+            self._runner.make_resident({adapter_id})
+            return made
 
-        return self.call(load, "load_adapter")
+        return self.call(run, name)
 
     def delete_adapter(self, adapter_id: str) -> Future:
         """Delete an adapter; its queued ops fail with NotFound."""
 
         def delete(engine: Any) -> None:
             for job, exc in self._decoder.drop(adapter_id, errors.NotFound(f"adapter {adapter_id!r} was deleted")):
-                self._finish(job.tag, exc=exc)
+                self._results.finish(job.tag, exc=exc)
             engine.delete_adapter(adapter_id)
             with self._cond:
-                state = self._adapters.pop(adapter_id, None)
-            if state is not None:
-                for op in state.queue.drain():
-                    _settle(op.future, exc=errors.NotFound(f"adapter {adapter_id!r} was deleted"))
+                entry = self._queues.remove(adapter_id)
+            if entry is not None:
+                for op in entry.queue.drain():
+                    settle(op.future, exc=errors.NotFound(f"adapter {adapter_id!r} was deleted"))
 
         return self.call(delete, "delete_adapter")
 
@@ -228,10 +209,7 @@ class Executor:
     def adapter_progress(self, adapter_id: str) -> tuple[int | None, float]:
         """(next seq the adapter waits for, unix time it was last used); for AdapterInfo."""
         with self._cond:
-            state = self._adapters.get(adapter_id)
-            if state is None:
-                return None, 0.0
-            return state.queue.next_seq, state.last_used_wall
+            return self._queues.progress(adapter_id)
 
     # ---- ops -------------------------------------------------------------------------------
 
@@ -251,23 +229,21 @@ class Executor:
             self.engine.validate(payload)
         with self._cond:
             self._check_open()
-            state = self._adapters.get(adapter_id)
-            if state is None:
-                raise errors.NotFound(f"unknown adapter {adapter_id!r}", field="adapter_id")
-            existing = state.queue.duplicate_of(seq_id)
+            entry = self._queues.get(adapter_id)
+            existing = entry.queue.duplicate_of(seq_id)
             if existing is not None:
                 return existing.request_id, existing.future
-            state.queue.check_window(seq_id)
+            entry.queue.check_window(seq_id)
             if tenant:
-                state.tenant = tenant
+                entry.tenant = tenant
+            tokens = work_tokens(payload) if kind in FORWARD_KINDS else 0
             if kind in FORWARD_KINDS:
-                self._check_queue_room(state.tenant, work_tokens(payload))
-            op = Op(
-                request_id=_new_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
-                tokens=work_tokens(payload) if kind in FORWARD_KINDS else 0,
-            )
-            state.queue.push(op, self._clock())
-            self._remember(op)
+                self._queues.check_room(entry.tenant, tokens, per_tenant=self.settings.max_queued_tokens_per_tenant,
+                                        total=self.settings.max_queued_tokens)
+            op = Op(request_id=_new_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
+                    tokens=tokens)
+            entry.queue.push(op, self._clock())
+            self._results.remember(op)
             self._cond.notify_all()
         return op.request_id, op.future
 
@@ -291,32 +267,23 @@ class Executor:
             raise errors.InvalidInput(reason, field=field)
         with self._cond:
             self._check_open()
-            if len(self._samples) >= self.settings.max_queued_samples:
-                raise errors.CapacityError(
-                    f"{len(self._samples)} sample requests already wait on this runtime (max_queued_samples); "
-                    "retry shortly")
             op = Op(request_id=_new_id(), adapter_id=adapter_id, seq_id=None, kind="sample", payload=payload)
             job.tag = op
             op.job = job
             op.queued_at = time.perf_counter()
-            self._samples.append(op)
-            self._remember(op)
+            self._samples.push(op, self.settings.max_queued_samples)
+            self._results.remember(op)
             self._cond.notify_all()
         return op.request_id, op.future
 
     def lookup(self, request_id: str) -> Op:
         """The op of a request id (its `future` holds the result); NotFound when unknown or expired."""
-        with self._cond:
-            op = self._results.get(request_id)
-        if op is None:
-            raise errors.NotFound(f"unknown or expired request id {request_id!r}", field="request_id")
-        return op
+        return self._results.lookup(request_id)
 
     def queue_depth(self) -> int:
         """Ops accepted and not finished yet (queued, waiting for a seq, or running)."""
         with self._cond:
-            queued = sum(len(s.queue) for s in self._adapters.values())
-            return queued + len(self._samples) + len(self._control) + self._running + self._sampling
+            return self._queues.queued() + len(self._samples) + len(self._control) + self._running + self._sampling
 
     def sample_queue(self) -> int:
         """Sample requests waiting to join the decode batch."""
@@ -344,279 +311,74 @@ class Executor:
         """
         decoding = self._decoder.adapters()
         with self._cond:
-            now = self._clock()
             control = list(self._control)
             self._control.clear()
-            for state in self._adapters.values():
-                state.queue.promote(now, self.settings.seq_gap_timeout_s, self._reorder_window_s)
-            admitted = self._take_samples()
-            batch = self._take_batch()
-            singles = self._take_singles(decoding)
+            self._queues.promote(self._clock(), self.settings.seq_gap_timeout_s, self._reorder_window_s)
+            turn = turns.plan_turn(self._queued(decoding), turns.Limits.of(self.settings, self.engine.kv_bytes_per_token))
+            admitted, batch, singles = self._take(turn)
             self._running = len(control) + len(batch) + len(singles)
         finished = 0
         try:
             for op in control:
-                self._run_single(op, lambda fn: fn(self.engine))
+                self._runner.run_single(op, lambda fn: fn(self.engine))
             for op in admitted:
-                self._admit(op)
+                self._runner.admit(op)
             if batch:
-                self._run_batch(batch)
+                self._runner.run_batch(batch)
             for op in singles:
-                self._run_single(op, self._apply_single)
-            if not self._decoder.idle:
-                finished += self._decode_step()
+                self._runner.run_single(op, lambda payload: payload.apply(self.engine))
+            if turn.decode and not self._decoder.idle:
+                finished += self._runner.decode_step()
         finally:
             with self._cond:
                 finished, self._running = finished + self._running, 0
                 self._sampling = len(self._decoder.requests())
         return finished
 
-    def _take_samples(self) -> list[Op]:
-        """The waiting sample requests that join the decode batch this turn (under the lock), the
-        tenants with the smallest share of the batch first (`fairshare.admission_order`)."""
-        if not self._samples:
-            return []
-        if self.settings.fair_share and len(self._samples) > 1:
-            running: dict[str, int] = {}
-            for req in self._decoder.requests():
-                tenant = _tenant_of(req.job.tag)
-                running[tenant] = running.get(tenant, 0) + max(req.live, 1)
-            waiting = [(_tenant_of(op), op.job.need(prefilling=True).rows) for op in self._samples]
-            order = fairshare.admission_order(waiting, running, self.settings.tenant_weights)
-            self._samples = deque(self._samples[i] for i in order)
-        count = scheduling.admit_count(
-            self._decoder.needs(), [op.job.need(prefilling=True) for op in self._samples],
-            self.engine.kv_bytes_per_token, self.settings.kv_cache_bytes, self.settings.max_decode_rows)
-        return [self._samples.popleft() for _ in range(count)]
+    def _queued(self, decoding: set[str]) -> turns.Queued:
+        """What waits now, as `turns.plan_turn` reads it (under the lock)."""
+        running: Counter[str] = Counter()
+        for req in self._decoder.requests():
+            running[queues.tenant_of(req.job.tag)] += max(req.live, 1)
+        return turns.Queued(
+            adapters=self._queues.describe(), samples=self._samples.describe(), decoding=tuple(self._decoder.needs()),
+            decoding_rows=running, decoding_adapters=frozenset(decoding), credit=self._credit,
+            rotation=self._rotation)
 
-    def _admit(self, op: Op) -> None:
-        if op.future.done():  # cancelled while it waited
-            return
-        self.metrics.sample_admitted(time.perf_counter() - op.queued_at)
-        try:
-            if op.adapter_id is not None:
-                self._make_resident({op.adapter_id})
-            self._decoder.add(op.job)
-        except Exception as exc:
-            self._finish(op, exc=exc)
-
-    def _decode_step(self) -> int:
-        started = time.perf_counter()
-        try:
-            with torch.no_grad():
-                report = self._decoder.step()
-        except Exception as exc:  # a fault outside any one pass: no request may hang on it
-            log.exception("decode step failed; failing the requests in the batch")
-            failure = errors.ServerError(f"sampling failed: {type(exc).__name__}: {exc}")
-            for job, error in self._decoder.fail_all(failure):
-                self._finish(job.tag, exc=error)
-            return 0
-        seconds = time.perf_counter() - started
-        self.kv_bytes_reserved = scheduling.kv_bound(self._decoder.needs(), self.engine.kv_bytes_per_token)
-        self.metrics.decode_step(report.decode_rows, report.new_tokens, report.prefill_tokens, seconds,
-                                 report.ttft_s, self._decoder.kv_bytes())
-        for job, outcome in report.finished:
-            op = job.tag
-            if not isinstance(outcome, Exception):
-                try:
-                    op.payload.record(self.engine, outcome)
-                except Exception as exc:  # a record that cannot be kept fails its own request only
-                    outcome = exc if isinstance(exc, errors.LoraplaneError) else errors.ServerError(
-                        f"could not record the samples for stable_reinforce: {type(exc).__name__}: {exc}")
-            if isinstance(outcome, Exception):
-                self._finish(op, exc=outcome)
-            else:
-                self._finish(op, result=outcome, seconds=time.perf_counter() - op.queued_at)
-        return len(report.finished)
+    def _take(self, turn: turns.Turn) -> tuple[list[Op], list[Op], list[Op]]:
+        """Pop the ops the turn runs from the queues (under the lock): (admitted samples, batch, singles)."""
+        self._credit, self._rotation = turn.credit, turn.rotation
+        admitted = self._samples.take(turn.sample_order, turn.admit)
+        batch: list[Op] = []
+        for adapter_id, count in turn.batch:
+            taken = self._queues.take(adapter_id, count)
+            if self.settings.fair_share:
+                tenant = self._queues.entries[adapter_id].tenant
+                for op in taken:
+                    self.metrics.tenant_tokens(tenant, op.tokens)
+            batch += taken
+        singles = [op for adapter_id in turn.singles for op in self._queues.take(adapter_id, 1)]
+        return admitted, batch, singles
 
     def _has_work(self) -> bool:
         if self._control or self._samples or not self._decoder.idle:
             return True
-        now = self._clock()
-        for state in self._adapters.values():
-            state.queue.promote(now, self.settings.seq_gap_timeout_s, self._reorder_window_s)
-            if state.queue.ready:
-                return True
-        return False
+        return self._queues.any_ready(self._clock(), self.settings.seq_gap_timeout_s, self._reorder_window_s)
 
     def _wait_timeout(self) -> float:
-        deadline = min(
-            (d for s in self._adapters.values()
-             if (d := s.queue.deadline(self.settings.seq_gap_timeout_s, self._reorder_window_s)) is not None),
-            default=None,
-        )
+        deadline = self._queues.deadline(self.settings.seq_gap_timeout_s, self._reorder_window_s)
         if deadline is None:
             return 1.0
         return max(0.001, min(1.0, deadline - self._clock()))
 
-    def _ordered_states(self) -> list[tuple[str, _AdapterState]]:
-        """Adapters in a rotating order, so no adapter always goes first in a full batch."""
-        items = list(self._adapters.items())
-        if not items:
-            return items
-        start = self._rotation % len(items)
-        self._rotation += 1
-        return items[start:] + items[:start]
-
-    def _take_batch(self) -> list[Op]:
-        if self.settings.fair_share:
-            return self._take_fair_batch()
-        budget = self.settings.max_batch_tokens
-        batch: list[Op] = []
-        tokens = 0
-        for _adapter_id, state in self._ordered_states():
-            ready = state.queue.ready
-            while ready and ready[0].kind in FORWARD_KINDS:
-                if batch and tokens + ready[0].tokens > budget:
-                    return batch
-                op = ready.popleft()
-                batch.append(op)
-                tokens += op.tokens
-        return batch
-
-    def _check_queue_room(self, tenant: str, tokens: int) -> None:
-        """Refuse (429) work past the tenant's or the runtime's queued-token limit (under the lock):
-        a tenant that floods gets told to wait instead of growing the queue without bound."""
-        queued = admission.queued_tokens(
-            (s.tenant, op.tokens) for s in self._adapters.values()
-            for op in (*s.queue.ready, *s.queue.waiting.values()) if op.kind in FORWARD_KINDS)
-        admission.check_room(queued, tenant, tokens, per_tenant=self.settings.max_queued_tokens_per_tenant,
-                             total=self.settings.max_queued_tokens)
-
-    def _take_fair_batch(self) -> list[Op]:
-        """The next pass as `fairshare.plan_pass` shares it between tenants (under the lock)."""
-        states = self._ordered_states()
-        work = []
-        for adapter_id, state in states:
-            heads = []
-            for op in state.queue.ready:
-                if op.kind not in FORWARD_KINDS:
-                    break
-                heads.append(op.tokens)
-            if heads:
-                work.append(fairshare.ReadyWork(adapter_id, state.tenant, tuple(heads)))
-        plan = fairshare.plan_pass(work, budget=self.settings.max_batch_tokens,
-                                   weights=self.settings.tenant_weights, credit=self._credit)
-        self._credit = plan.credit
-        batch: list[Op] = []
-        for adapter_id, state in states:
-            for _ in range(plan.take.get(adapter_id, 0)):
-                op = state.queue.ready.popleft()
-                batch.append(op)
-                self.metrics.tenant_tokens(state.tenant, op.tokens)
-        return batch
-
-    def _take_singles(self, decoding: set[str]) -> list[Op]:
-        singles = []
-        for state in self._adapters.values():
-            ready = state.queue.ready
-            if ready and ready[0].kind not in FORWARD_KINDS:
-                head = ready[0]
-                if scheduling.op_must_wait(head.kind, head.adapter_id, decoding):
-                    continue
-                if head.kind == "snapshot" and head.payload.sampler_id in decoding:
-                    continue  # replacing a sampler's weights waits for its running samples
-                singles.append(ready.popleft())
-        return singles
-
-    def _run_batch(self, batch: list[Op]) -> None:
-        adapters = {op.adapter_id for op in batch}
-        try:
-            self._make_resident(adapters)
-        except Exception as exc:
-            for op in batch:
-                self._finish(op, exc=exc)
-            return
-        started = time.perf_counter()
-        try:
-            results = self.engine.forward_backward([op.payload for op in batch])
-        except Exception as exc:
-            if len(batch) > 1:
-                # isolate the culprit: one work at a time, so only its own future fails
-                log.warning("batched forward_backward failed (%r); retrying its %d requests one by one",
-                            exc, len(batch))
-                for op in batch:
-                    self._run_batch([op])
-                return
-            results = [exc]
-        seconds = time.perf_counter() - started
-        self.metrics.batch_ran(len(batch), len(adapters), sum(op.tokens for op in batch), seconds)
-        for op, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):
-                self._finish(op, exc=result)
-            else:
-                self._finish(op, result=result, seconds=seconds)
-
-    def _run_single(self, op: Op, apply: Callable[[Any], Any]) -> None:
-        started = time.perf_counter()
-        try:
-            if op.adapter_id is not None:
-                self._make_resident({op.adapter_id})
-            result = apply(op.payload)
-        except Exception as exc:
-            self._finish(op, exc=exc)
-        else:
-            self._finish(op, result=result, seconds=time.perf_counter() - started)
-
-    def _apply_single(self, payload: Any) -> Any:
-        return payload.apply(self.engine)
-
-    def _finish(self, op: Op, *, result: Any = None, exc: BaseException | None = None,
-                seconds: float | None = None) -> None:
-        token = logs.request_id.set(op.origin)
-        try:
-            self._settle_op(op, result=result, exc=exc, seconds=seconds)
-        finally:
-            logs.request_id.reset(token)
-
-    def _settle_op(self, op: Op, *, result: Any, exc: BaseException | None, seconds: float | None) -> None:
-        if op.kind in FORWARD_KINDS:
-            op.payload = None  # the input tensors are not needed once done; results are kept for a while
-        if exc is not None:
-            outcome = "user_error" if isinstance(exc, errors.UserError) else "server_error"
-            if not isinstance(exc, errors.LoraplaneError):
-                log.error("%s of %s failed: %r", op.kind, op.adapter_id, exc, exc_info=exc)
-            else:
-                log.info("%s of %s failed: %s", op.kind, op.adapter_id, exc.message)
-            self.metrics.op_finished(op.kind, outcome)
-            _settle(op.future, exc=exc)
-        else:
-            self.metrics.op_finished(op.kind, "ok", seconds)
-            log.debug("%s of %s done in %.1f ms", op.kind, op.adapter_id, (seconds or 0.0) * 1000)
-            _settle(op.future, result=result)
-
-    def _make_resident(self, needed: set[Any]) -> None:
-        """Bring `needed` adapters onto the device, offloading LRU idle ones beyond the budget."""
-        needed = {a for a in needed if a is not None} | self._decoder.adapters()
-        now, wall = self._clock(), time.time()
+    def _usage(self, needed: Collection[str]) -> tuple[dict[str, float], set[str]]:
+        """Mark `needed` adapters as used now; every adapter's last use and the busy ones (`AdapterQueues.used`)."""
         with self._cond:
-            for a in needed:
-                if a in self._adapters:
-                    self._adapters[a].last_used = now
-                    self._adapters[a].last_used_wall = wall
-            last_used = {a: s.last_used for a, s in self._adapters.items()}
-            busy = {a for a, s in self._adapters.items() if len(s.queue)}
-        resident = {a: last_used.get(a, 0.0) for a in self.engine.adapter_ids() if self.engine.is_resident(a)}
-        for adapter_id in residency.choose_evictions(resident, needed, busy, self.settings.max_resident_adapters):
-            self.engine.offload(adapter_id, to=self.settings.offload_to)
-        for adapter_id in needed:
-            if not self.engine.is_resident(adapter_id):
-                self.engine.ensure_resident(adapter_id)
-
-    # ---- helpers ---------------------------------------------------------------------------
+            return self._queues.used(needed, self._clock(), time.time())
 
     def _register(self, adapter_id: str, expect_seq: int | None) -> None:
         with self._cond:
-            if adapter_id not in self._adapters:
-                self._adapters[adapter_id] = _AdapterState(queue=SeqQueue(expect_seq), last_used=self._clock())
-
-    def _remember(self, op: Op) -> None:
-        self._results[op.request_id] = op
-        while len(self._results) > MAX_RESULTS:
-            oldest_id, oldest = next(iter(self._results.items()))
-            if not oldest.future.done():
-                break
-            del self._results[oldest_id]
+            self._queues.register(adapter_id, expect_seq, self._clock())
 
     def _check_open(self) -> None:
         if self._stopped:
@@ -635,21 +397,3 @@ class Executor:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
-
-
-def _tenant_of(op: Any) -> str:
-    """Whose sample request an op is ("" when the caller did not say)."""
-    return getattr(getattr(op, "payload", None), "tenant", None) or ""
-
-
-def _settle(future: Future, *, result: Any = None, exc: BaseException | None = None) -> None:
-    """Complete a future unless a caller already cancelled it."""
-    if future.done():
-        return
-    try:
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-    except Exception:  # cancelled between the check and the set
-        pass

@@ -1,6 +1,6 @@
 """Fair share of a runtime's training passes between tenants: which ready work goes in the next pass.
 
-Callers: `Executor._take_batch` on the model thread, once per training pass. Everything here is
+Callers: `loraplane.runtime.turns.plan_turn` on the model thread, once per turn. Everything here is
 a plain function of plain data (no engine, no clock), so table tests pin the policy.
 
 Policy
@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 #: rounds after which the planner stops even if credit could still grow (a guard, never reached
-#: with positive weights: credit grows every round until the largest op fits)
+#: with positive weights: credit grows every round until an op that fits is paid for, and the
+#: rounds end once no ready op fits what is left of the budget)
 MAX_ROUNDS = 100_000
 
 
@@ -47,7 +48,7 @@ class Plan:
 
 def plan_pass(work: Sequence[ReadyWork], *, budget: int, weights: Mapping[str, float] | None = None,
               credit: Mapping[str, float] | None = None, quantum: int | None = None) -> Plan:
-    """Choose the ops of the next training pass. No side effects; called by `Executor._take_batch`.
+    """Choose the ops of the next training pass. No side effects; called by `turns.plan_turn`.
 
     Args:
         work: every adapter with ready forward/backward ops, in the executor's rotating order
@@ -71,7 +72,7 @@ def plan_pass(work: Sequence[ReadyWork], *, budget: int, weights: Mapping[str, f
     used = 0
     for _ in range(MAX_ROUNDS):
         pending = [t for t in by_tenant if _has_more(by_tenant[t], taken)]
-        if not pending or used >= budget:
+        if not pending or used >= budget or not _any_fits(work, taken, used, budget):
             break
         for tenant in pending:  # every backlogged tenant earns its round's credit, served or not
             left[tenant] += quantum * max(weights.get(tenant, 1.0), 1e-9)
@@ -85,6 +86,13 @@ def plan_pass(work: Sequence[ReadyWork], *, budget: int, weights: Mapping[str, f
 
 def _has_more(queues: list[ReadyWork], taken: Mapping[str, int]) -> bool:
     return any(taken[w.adapter_id] < len(w.tokens) for w in queues)
+
+
+def _any_fits(work: list[ReadyWork], taken: Mapping[str, int], used: int, budget: int) -> bool:
+    """Whether some adapter's next op still fits the pass (any op fits an empty one): once none
+    does, more rounds would only pile up credit that no op of this pass can spend."""
+    return any(taken[w.adapter_id] < len(w.tokens) and (used == 0 or used + w.tokens[taken[w.adapter_id]] <= budget)
+               for w in work)
 
 
 def _spend(queues: list[ReadyWork], taken: dict[str, int], turn: dict[str, int], tenant: str,
@@ -114,7 +122,7 @@ def _spend(queues: list[ReadyWork], taken: dict[str, int], turn: dict[str, int],
 def admission_order(waiting: Sequence[tuple[str, int]], running_rows: Mapping[str, int],
                     weights: Mapping[str, float] | None = None) -> list[int]:
     """The order in which waiting sample requests may join the decode batch. No side effects;
-    called by `Executor._take_samples` every turn.
+    called by `turns.plan_turn` every turn.
 
     `waiting` holds (tenant, rows) of each waiting request in arrival order, `running_rows` the rows
     each tenant decodes now. Each next request comes from the tenant whose rows, counted with those

@@ -430,7 +430,7 @@ def layers_for(layers: dict[str, MultiLoraLinear], suffixes: tuple[str, ...]) ->
 def segments_for(adapter_of_row: list[str], lengths: list[int]) -> list[Segment]:
     """Contiguous runs of equal adapter ids as routing segments, each with its rows' longest length.
 
-    Pure; called by `Engine._run_batch` on rows already ordered by adapter.
+    Pure; called by `passes.PassRunner` on rows already ordered by adapter.
     """
     out: list[Segment] = []
     start = 0

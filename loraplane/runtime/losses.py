@@ -1,7 +1,8 @@
 """Tinker's built-in losses, as token-level sums over one datum.
 
-Callers: `loraplane.runtime.engine.Engine` validates each work with `check_inputs` / `check_config`
-before the forward pass, then calls `compute_loss` per datum on the learner's log-probabilities.
+Callers: the batched passes (`loraplane.runtime.passes.PassRunner`) validate each work with
+`check_loss_name`, `resolve_config` and `check_inputs` before the forward pass, then call
+`compute_loss` per datum on the learner's log-probabilities.
 
 Every loss takes `lp`, the learner's log p(target_tokens[i] | tokens[:i+1]) of shape (N,), and the
 datum's per-token inputs of shape (N,); it returns a scalar SUM over tokens (Tinker does not
@@ -76,7 +77,7 @@ def check_loss_name(loss_fn: str) -> None:
 def check_inputs(loss_fn: str, inputs: Mapping[str, torch.Tensor], n_tokens: int, prefix: str) -> None:
     """Check that the datum carries every input the loss needs, each of shape (n_tokens,).
 
-    Pure; called by `Engine.validate` for every datum. `prefix` is the datum's field path
+    Pure; called by `PassRunner.validate` for every datum. `prefix` is the datum's field path
     (e.g. `data[3].loss_fn_inputs`) so that the error names the exact field.
     """
     check_loss_name(loss_fn)

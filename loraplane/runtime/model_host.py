@@ -1,6 +1,6 @@
 """Loading the frozen base model and its tokenizer, from local files only; packed attention.
 
-Callers: `loraplane.runtime.engine.Engine.__init__`. The runtime never downloads: a model is a local
+Callers: `loraplane.runtime.engine.Engine` when it loads the base model. The runtime never downloads: a model is a local
 directory or an id already present in the local Hugging Face cache (`local_files_only=True`).
 
 ## Packed attention

@@ -1,30 +1,21 @@
-"""Executor ops and the per-adapter order they run in.
+"""Executor ops: the payloads callers submit and the record of one accepted request.
 
 Callers: `loraplane.runtime.executor` (queues and runs them), `loraplane.runtime.wire` and
 `loraplane.runtime.training` (build the payloads). A payload is either the engine's `FwdBwdWork`
 (batched with other adapters' work) or one of the dataclasses below, each of which knows the one
-engine call it makes. `SeqQueue` holds one adapter's ops and releases them in the SDK's seq_id
-order; it is plain data driven by the executor under its lock, with time passed in.
+engine call it makes. The per-adapter queues they wait in are `loraplane.runtime.queues`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
-from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraplane.core import artifacts, errors, logs
+from loraplane.core import artifacts, logs
 from loraplane.core.runtime_ops import FORWARD_KINDS, OpKind  # noqa: F401 (FORWARD_KINDS: the executor's)
 from loraplane.runtime import prompt_scoring
-
-log = logging.getLogger(__name__)
-
-#: How far a seq_id may run ahead of the next one to run, and how many seqs are remembered for
-#: deduplication: the SDK keeps far fewer calls in flight than this.
-MAX_SEQ_AHEAD = 4096
 
 
 @dataclass(frozen=True)
@@ -193,93 +184,3 @@ class Op:
     #: sample requests: the checked request the decode batch runs, and when it was queued
     job: Any = None
     queued_at: float = 0.0
-
-
-class SeqQueue:
-    """One adapter's ops, released in seq_id order; all methods run under the executor's lock.
-
-    `waiting` holds ops whose seq is ahead of `next_seq`; `ready` holds releasable ops in order.
-    """
-
-    def __init__(self, expect_seq: int | None) -> None:
-        self.next_seq: int | None = expect_seq   # the seq released next; None = learn it
-        self.waiting: dict[int, Op] = {}          # seq -> op not releasable yet
-        self.ready: deque[Op] = deque()           # releasable, in order
-        self.seen: dict[int, Op] = {}             # seq -> first op submitted with it (dedup)
-        self.blocked_since: float | None = None   # when the head-of-line gap was first seen
-        self.first_arrival: float | None = None   # first seq'd arrival while next_seq is None
-
-    def __len__(self) -> int:
-        return len(self.waiting) + len(self.ready)
-
-    def duplicate_of(self, seq_id: int | None) -> Op | None:
-        """The op first submitted with this seq, if any (a retry must not run twice)."""
-        return None if seq_id is None else self.seen.get(seq_id)
-
-    def check_window(self, seq_id: int | None) -> None:
-        """Refuse a seq too far ahead of the next one to run: it could only wait out the gap
-        timeout and stall this adapter's queue. Raises InvalidInput naming `seq_id`."""
-        if seq_id is None or self.next_seq is None:
-            return
-        if seq_id - self.next_seq > MAX_SEQ_AHEAD:
-            raise errors.InvalidInput(
-                f"seq_id {seq_id} is {seq_id - self.next_seq} ahead of the next one this model runs "
-                f"({self.next_seq}); at most {MAX_SEQ_AHEAD} calls may be ahead in flight", field="seq_id")
-
-    def push(self, op: Op, now: float) -> None:
-        """Accept an op: in arrival order without a seq, else held until its turn."""
-        if op.seq_id is None:
-            self.ready.append(op)
-            return
-        self.seen[op.seq_id] = op
-        if len(self.seen) > MAX_SEQ_AHEAD:
-            for seq in sorted(self.seen)[: len(self.seen) - MAX_SEQ_AHEAD]:
-                del self.seen[seq]
-        if self.next_seq is not None and op.seq_id < self.next_seq:
-            # its turn was skipped as a gap; running it late beats losing it
-            log.warning("seq %d arrived after its gap was skipped; running it now", op.seq_id)
-            self.ready.append(op)
-            return
-        self.waiting[op.seq_id] = op
-        if self.next_seq is None and self.first_arrival is None:
-            self.first_arrival = now
-        self.promote(now, float("inf"), float("inf"))
-
-    def promote(self, now: float, gap_timeout_s: float, reorder_window_s: float) -> None:
-        """Move every op whose turn has come to `ready`, skipping gaps older than the timeout."""
-        if self.next_seq is None:
-            if not self.waiting or self.first_arrival is None or now - self.first_arrival < reorder_window_s:
-                return
-            self.next_seq = min(self.waiting)
-        while True:
-            while self.next_seq in self.waiting:
-                self.ready.append(self.waiting.pop(self.next_seq))
-                self.next_seq += 1
-            if not self.waiting:
-                self.blocked_since = None
-                return
-            if self.blocked_since is None:
-                self.blocked_since = now
-                return
-            if now - self.blocked_since < gap_timeout_s:
-                return
-            skipped_to = min(self.waiting)
-            log.warning("seq %d..%d never arrived within %.1fs; skipping the gap",
-                        self.next_seq, skipped_to - 1, gap_timeout_s)
-            self.next_seq = skipped_to
-            self.blocked_since = None
-
-    def deadline(self, gap_timeout_s: float, reorder_window_s: float) -> float | None:
-        """When `promote` will next release something on its own (gap skip or learned baseline)."""
-        if self.next_seq is None and self.first_arrival is not None and self.waiting:
-            return self.first_arrival + reorder_window_s
-        if self.waiting and self.blocked_since is not None:
-            return self.blocked_since + gap_timeout_s
-        return None
-
-    def drain(self) -> list[Op]:
-        """Remove and return every queued op (the adapter is going away)."""
-        ops = list(self.ready) + [self.waiting[s] for s in sorted(self.waiting)]
-        self.ready.clear()
-        self.waiting.clear()
-        return ops

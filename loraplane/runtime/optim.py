@@ -1,6 +1,6 @@
 """AdamW over one adapter's own tensors, with clipping by that adapter's own global grad norm.
 
-Callers: `loraplane.runtime.engine.Engine.optim_step` (one `AdamState` per adapter) and
+Callers: `loraplane.runtime.adapters.AdapterStore.optim_step` (one `AdamState` per adapter) and
 `loraplane.runtime.checkpoints` (which saves and restores `AdamState.state_dict()`).
 
 ## Why not torch.optim

@@ -28,7 +28,7 @@ def choose_evictions(
 ) -> list[str]:
     """Return the resident adapters to offload so that at most `budget` stay on the device.
 
-    No side effects; called by `Executor._make_resident` on the model thread.
+    No side effects; called by `OpRunner.make_resident` (`loraplane.runtime.running`) on the model thread.
 
     Args:
         resident: adapter id -> last-used time (any monotonic unit) of every adapter on the device,

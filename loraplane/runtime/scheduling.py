@@ -1,14 +1,14 @@
 """What the model thread runs next for sampling: admission under the KV budget, prefill chunks, op holds.
 
-Callers: `loraplane.runtime.executor` (admission and holds, every turn of the model thread) and
-`loraplane.runtime.decoding` (prefill chunks and the KV arithmetic). Everything here is a plain
+Callers: `loraplane.runtime.turns` (admission and holds, every turn of the model thread), the
+executor (a request's size at submit) and `loraplane.runtime.decoding` (prefill chunks and the KV
+arithmetic). Everything here is a plain
 function of plain data, with no side effects, so that table tests pin the policy without a model.
 
 ## The turn
-Each turn of the model thread runs, in order: control calls, newly admitted sample requests, one
-batched forward/backward, the ready single ops (optim_step, saves, loads), then one sampling step
-(one prefill chunk and one decode step over every decoding row). Training therefore waits at most
-one sampling step, never a whole sample, and a long sample never waits behind training either.
+`loraplane.runtime.turns` orders a turn of the model thread: control calls, newly admitted sample
+requests, one batched forward/backward, the ready single ops, then one sampling step (one prefill
+chunk and one decode step over every decoding row).
 
 ## KV memory
 The decode cache is one tensor per layer of `rows x width` token slots (see `decoding`): rows of
@@ -85,7 +85,7 @@ def admit_count(
 ) -> int:
     """How many of `waiting` (in arrival order) join the running requests now. Pure.
 
-    Called by the executor every turn. Admission stops at the first request that would push the
+    Called by `turns.plan_turn` every turn. Admission stops at the first request that would push the
     cache bound over `budget_bytes` or the decode rows over `max_rows`.
     """
     held = list(active)
@@ -128,7 +128,7 @@ def prefill_chunks(remaining: Sequence[int], chunk_tokens: int) -> list[int]:
 def op_must_wait(kind: str, adapter_id: str | None, decoding_adapters: set[str]) -> bool:
     """Whether an adapter's next single op waits for that adapter's decoding rows to finish. Pure.
 
-    Called by the executor when it takes single ops. A sample reads its adapter's weights at every
+    Called by `turns.plan_turn` when it picks single ops. A sample reads its adapter's weights at every
     decode step, so an op that changes them (an optimizer step, a load) would switch weights in the
     middle of a sequence; it waits instead. Ops of other adapters and reading ops never wait.
     """

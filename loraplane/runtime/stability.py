@@ -1,7 +1,7 @@
 """Sequences recorded at sampling time for `stable_reinforce`, and the provenance that names them.
 
 Callers: `ops.Sample` records every sequence of a sampling request made with
-`record_stability_info=True`; `Engine.validate` resolves a `stable_reinforce` datum's provenance
+`record_stability_info=True`; `PassRunner.validate` (`loraplane.runtime.passes`) resolves a `stable_reinforce` datum's provenance
 spans against the records into the two per-token inputs the loss reads (the sampler's own
 log-probabilities and the mask of sampled positions).
 

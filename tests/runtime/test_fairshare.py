@@ -64,6 +64,20 @@ def test_credit_carries_over_while_backlogged_and_is_dropped_when_idle() -> None
     assert "b" not in alone.credit
 
 
+@pytest.mark.parametrize(("weights", "quantum", "credit"), [
+    # a takes 6 of 8 tokens in the third round; b's 6 cannot fit the 2 left, so the pass ends
+    # there, b owed the rounds it waited
+    ({}, 2, {"a": 0.0, "b": 6.0}),
+    ({"a": 2.0}, 1, {"a": 0.0, "b": 3.0}),
+])
+def test_a_pass_ends_once_no_ready_op_fits_what_is_left_of_the_budget(
+        weights: dict[str, float], quantum: int, credit: dict[str, float]) -> None:
+    work = [w("a1", "a", 6, 6), w("b1", "b", 6, 6)]
+    plan = plan_pass(work, budget=8, quantum=quantum, weights=weights)
+    assert plan.take == {"a1": 1}
+    assert plan.credit == credit
+
+
 def test_over_many_passes_each_tenant_gets_its_weighted_share() -> None:
     credit: dict[str, float] = {}
     totals = {"a": 0, "b": 0}
