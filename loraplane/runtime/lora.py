@@ -80,8 +80,8 @@ class LoraRouter:
         self.length_groups: tuple[tuple[int, slice | torch.Tensor], ...] | None = None
         #: the pass's rows all start at one position, so causal attention needs no mask (sampling)
         self.mask_free = False
-        #: a decode step's rows grouped by key length, as (keys, rows); attention runs per group
-        self.kv_groups: tuple[tuple[int, slice], ...] | None = None
+        #: a decode step's (rows, 1, 1, keys) additive mask: each row sees its own positions only
+        self.decode_bias: torch.Tensor | None = None
 
     @contextlib.contextmanager
     def route(
@@ -89,19 +89,19 @@ class LoraRouter:
         segments: list[Segment] | tuple[Segment, ...],
         length_groups: tuple[tuple[int, slice | torch.Tensor], ...] | None = None,
         mask_free: bool = False,
-        kv_groups: tuple[tuple[int, slice], ...] | None = None,
+        decode_bias: torch.Tensor | None = None,
     ) -> Iterator[None]:
-        previous = self.segments, self.length_groups, self.mask_free, self.kv_groups
+        previous = self.segments, self.length_groups, self.mask_free, self.decode_bias
         if not (isinstance(segments, tuple) and all(s.adapter_id is not None and s.end > s.start for s in segments)):
             segments = tuple(s for s in segments if s.adapter_id is not None and s.end > s.start)
         self.segments = segments  # the same tuple across decode steps lets layers reuse their layout
         self.length_groups = length_groups
         self.mask_free = mask_free
-        self.kv_groups = kv_groups
+        self.decode_bias = decode_bias
         try:
             yield
         finally:
-            self.segments, self.length_groups, self.mask_free, self.kv_groups = previous
+            self.segments, self.length_groups, self.mask_free, self.decode_bias = previous
 
 
 class MultiLoraLinear(nn.Module):
