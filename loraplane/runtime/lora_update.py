@@ -198,8 +198,8 @@ def shape_groups(
 
 @dataclass(frozen=True)
 class StackedWeights:
-    """Adapters `ids`' A's transposed and stacked (k, in, rank) and B's (k, rank, out), for `bmm`,
-    with their scalings as a (k, 1, 1) tensor. An adapter of a smaller rank is padded with zeros."""
+    """Adapters `ids`' A's stacked (k, rank, in), B's transposed and stacked (k, rank, out), and
+    their scalings as a (k, 1, 1) tensor. An adapter of a smaller rank is padded with zeros."""
 
     ids: tuple[str, ...]
     a: torch.Tensor
@@ -212,16 +212,20 @@ def stack_weights(
     scaling: dict[str, float],
 ) -> StackedWeights:
     """Copy the adapters' weights into one stack (see `StackedWeights`). Called when the set of
-    adapters in the decode batch changes, or their weights do."""
-    rank = max(lora_a[i].shape[0] for i in ids)
-    first, out_features = lora_a[ids[0]], lora_b[ids[0]].shape[0]
-    a_all = first.new_zeros(len(ids), first.shape[1], rank)
-    b_all = first.new_zeros(len(ids), rank, out_features)
+    adapters in the decode batch changes, or their weights do: two copies for adapters of one rank."""
+    first = lora_a[ids[0]]
+    scale = torch.tensor([scaling[i] for i in ids], dtype=first.dtype, device=first.device).view(-1, 1, 1)
+    ranks = {lora_a[i].shape[0] for i in ids}
+    if len(ranks) == 1:
+        a_all = torch.stack([lora_a[i].detach() for i in ids])
+        return StackedWeights(ids, a_all, torch.stack([lora_b[i].detach().t() for i in ids]), scale)
+    rank = max(ranks)
+    a_all = first.new_zeros(len(ids), rank, first.shape[1])
+    b_all = first.new_zeros(len(ids), rank, lora_b[ids[0]].shape[0])
     for j, adapter_id in enumerate(ids):
         r = lora_a[adapter_id].shape[0]
-        a_all[j, :, :r] = lora_a[adapter_id].detach().t()
+        a_all[j, :r] = lora_a[adapter_id].detach()
         b_all[j, :r] = lora_b[adapter_id].detach().t()
-    scale = torch.tensor([scaling[i] for i in ids], dtype=first.dtype, device=first.device).view(-1, 1, 1)
     return StackedWeights(ids, a_all, b_all, scale)
 
 
@@ -245,7 +249,7 @@ class StepUpdate:
         w = self.weights
         k = len(w.ids)
         rows = x[self.rows].view(k, self.per, x.shape[-1]) if isinstance(self.rows, slice) else x[self.rows]
-        hidden = torch.bmm(rows.to(w.a.dtype), w.a).mul_(w.scale)
+        hidden = torch.bmm(rows.to(w.a.dtype), w.a.transpose(1, 2)).mul_(w.scale)
         if isinstance(self.rows, slice):
             target = out[self.rows]
             if target.dtype == hidden.dtype:
