@@ -16,8 +16,8 @@ against autograd of the plain formula.
 ## The decode step
 A decode step has one position per row and a handful of rows per adapter, for many adapters. Its
 update (`StepUpdate`) runs every adapter present at once: the rows as a (adapters, rows each, in)
-batch times the adapters' stacked A's, scaled per adapter, times their stacked B's, added into the
-base output. When every adapter has the same row count (the usual case: requests of equal
+batch times the adapters' stacked A's, times their stacked B's (each scaled by its adapter's
+scaling when stacked), added into the base output. When every adapter has the same row count (the usual case: requests of equal
 `num_samples`, no row stopped early) the rows are a view; otherwise they are gathered into a
 padded batch and only the real rows are added back. A row's update is the same product of its
 own adapter's weights as when its request runs alone; no work is spent on other adapters' weights.
@@ -198,13 +198,12 @@ def shape_groups(
 
 @dataclass(frozen=True)
 class StackedWeights:
-    """Adapters `ids`' A's stacked (k, rank, in), B's transposed and stacked (k, rank, out), and
-    their scalings as a (k, 1, 1) tensor. An adapter of a smaller rank is padded with zeros."""
+    """Adapters `ids`' A's stacked (k, rank, in), and their B's transposed, times their scalings,
+    stacked (k, rank, out). An adapter of a smaller rank is padded with zeros."""
 
     ids: tuple[str, ...]
     a: torch.Tensor
     b: torch.Tensor
-    scale: torch.Tensor
 
 
 def stack_weights(
@@ -212,13 +211,13 @@ def stack_weights(
     scaling: dict[str, float],
 ) -> StackedWeights:
     """Copy the adapters' weights into one stack (see `StackedWeights`). Called when the set of
-    adapters in the decode batch changes, or their weights do: two copies for adapters of one rank."""
+    adapters in the decode batch changes, or their weights do: a few copies per layer."""
     first = lora_a[ids[0]]
     scale = torch.tensor([scaling[i] for i in ids], dtype=first.dtype, device=first.device).view(-1, 1, 1)
     ranks = {lora_a[i].shape[0] for i in ids}
     if len(ranks) == 1:
         a_all = torch.stack([lora_a[i].detach() for i in ids])
-        return StackedWeights(ids, a_all, torch.stack([lora_b[i].detach().t() for i in ids]), scale)
+        return StackedWeights(ids, a_all, torch.stack([lora_b[i].detach().t() for i in ids]).mul_(scale))
     rank = max(ranks)
     a_all = first.new_zeros(len(ids), rank, first.shape[1])
     b_all = first.new_zeros(len(ids), rank, lora_b[ids[0]].shape[0])
@@ -226,7 +225,7 @@ def stack_weights(
         r = lora_a[adapter_id].shape[0]
         a_all[j, :r] = lora_a[adapter_id].detach()
         b_all[j, :r] = lora_b[adapter_id].detach().t()
-    return StackedWeights(ids, a_all, b_all, scale)
+    return StackedWeights(ids, a_all, b_all.mul_(scale))
 
 
 @dataclass(frozen=True)
@@ -245,20 +244,24 @@ class StepUpdate:
     dest: torch.Tensor | None = None
 
     def add_to(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        """`out[r] += scale_a * (x[r] @ A_a^T) @ B_a^T` for every routed row r; x and out are 2-D."""
-        w = self.weights
-        k = len(w.ids)
-        rows = x[self.rows].view(k, self.per, x.shape[-1]) if isinstance(self.rows, slice) else x[self.rows]
-        hidden = torch.bmm(rows.to(w.a.dtype), w.a.transpose(1, 2)).mul_(w.scale)
+        """`out[r] += (x[r] @ A_a^T) @ (scale_a * B_a^T)` for every routed row r; x and out are 2-D."""
+        a, b = self.weights.a, self.weights.b
+        if isinstance(self.rows, slice):
+            rows = x[self.rows].view(a.shape[0], self.per, x.shape[-1])
+        else:
+            rows = x[self.rows]
+        if rows.dtype != a.dtype:
+            rows = rows.to(a.dtype)
+        hidden = torch.bmm(rows, a.transpose(1, 2))
         if isinstance(self.rows, slice):
             target = out[self.rows]
             if target.dtype == hidden.dtype:
-                target.view(k, self.per, target.shape[-1]).baddbmm_(hidden, w.b)
+                target.view(a.shape[0], self.per, target.shape[-1]).baddbmm_(hidden, b)
             else:
-                target.add_(torch.bmm(hidden, w.b).view(target.shape).to(target.dtype))
+                target.add_(torch.bmm(hidden, b).view(target.shape).to(target.dtype))
             return
         assert self.valid is not None and self.dest is not None
-        update = torch.bmm(hidden, w.b).view(-1, w.b.shape[-1]).index_select(0, self.valid)
+        update = torch.bmm(hidden, b).view(-1, b.shape[-1]).index_select(0, self.valid)
         out.index_add_(0, self.dest, update.to(out.dtype))
 
 
