@@ -139,12 +139,18 @@ class KvStore:
             if src is not None and src.capacity:
                 sources.setdefault(id(src), (src, [], []))[1].append(i)
                 sources[id(src)][2].append(r)
+        copies = [(src, torch.tensor(dst, dtype=torch.long, device=self.device),
+                   torch.tensor(idx, dtype=torch.long, device=self.device)) for src, dst, idx in sources.values()]
+        # Every row from one store (rows leaving, or a batch's first rows): one gather per tensor.
+        whole = len(copies) == 1 and len(sources[id(copies[0][0])][1]) == len(plan)
         for layer in range(self.num_layers):
-            new_keys, new_values = self._zeros(len(plan), capacity), self._zeros(len(plan), capacity)
-            for src, dst_rows, src_rows in sources.values():
+            if whole:
+                src, _, idx = copies[0]
+                new_keys, new_values = src.keys[layer][idx, :, :capacity], src.values[layer][idx, :, :capacity]
+            else:
+                new_keys, new_values = self._zeros(len(plan), capacity), self._zeros(len(plan), capacity)
+            for src, dst, idx in copies if not whole else ():
                 width = min(src.capacity, capacity)
-                dst = torch.tensor(dst_rows, dtype=torch.long, device=self.device)
-                idx = torch.tensor(src_rows, dtype=torch.long, device=self.device)
                 new_keys[dst, :, :width] = src.keys[layer][idx, :, :width]
                 new_values[dst, :, :width] = src.values[layer][idx, :, :width]
             if layer < len(self.keys):

@@ -125,8 +125,10 @@ class MultiLoraLinear(nn.Module):
         self.scaling: dict[str, float] = {}
         #: the last no-grad layout: (segments, input shape, layout); see `_forward_no_grad`
         self._decode_cache: tuple[Any, ...] | None = None
-        #: the decode step's stacked weights, kept while the same adapters decode
+        #: the decode step's stacked weights, kept while the same adapters decode, and each
+        #: adapter's share of them (`lora_update.step_weights`), kept while its weights hold
         self._stacked: lora_update.StackedWeights | None = None
+        self._pieces: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def weight(self) -> torch.Tensor:
@@ -201,7 +203,10 @@ class MultiLoraLinear(nn.Module):
         if x.dim() == 3 and x.shape[1] == 1:
             ids = tuple(dict.fromkeys(s.adapter_id for s in segments))
             if self._stacked is None or self._stacked.ids != ids:
-                self._stacked = lora_update.stack_weights(ids, self.lora_A, self.lora_B, self.scaling)  # type: ignore[arg-type]
+                for i in ids:
+                    if i not in self._pieces:
+                        self._pieces[i] = lora_update.step_weights(self.lora_A[i], self.lora_B[i], self.scaling[i])  # type: ignore[index]
+                self._stacked = lora_update.stack_weights(ids, self._pieces)  # type: ignore[arg-type]
             return lora_update.step_update(segments, self._stacked)
         plan, params = self._plan(segments, x)
         return plan, lora_update.stack_groups(plan, params)
@@ -210,6 +215,7 @@ class MultiLoraLinear(nn.Module):
         """Drop the kept no-grad layout and stacked weights (weights changed, or moved)."""
         self._decode_cache = None
         self._stacked = None
+        self._pieces = {}
 
 
 def target_suffixes(train_attn: bool, train_mlp: bool, train_unembed: bool) -> tuple[str, ...]:

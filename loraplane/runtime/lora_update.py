@@ -206,26 +206,26 @@ class StackedWeights:
     b: torch.Tensor
 
 
-def stack_weights(
-    ids: tuple[str, ...], lora_a: dict[str, nn.Parameter], lora_b: dict[str, nn.Parameter],
-    scaling: dict[str, float],
-) -> StackedWeights:
-    """Copy the adapters' weights into one stack (see `StackedWeights`). Called when the set of
-    adapters in the decode batch changes, or their weights do: a few copies per layer."""
-    first = lora_a[ids[0]]
-    scale = torch.tensor([scaling[i] for i in ids], dtype=first.dtype, device=first.device).view(-1, 1, 1)
-    ranks = {lora_a[i].shape[0] for i in ids}
+def step_weights(a: torch.Tensor, b: torch.Tensor, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One adapter's (A, scaling * B^T) as `stack_weights` stacks them; `MultiLoraLinear` keeps
+    them per adapter, so that a change of the batch's adapters only copies memory."""
+    return a.detach(), (b.detach().t() * scaling).contiguous()
+
+
+def stack_weights(ids: tuple[str, ...], pieces: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> StackedWeights:
+    """Stack the adapters' `step_weights` (see `StackedWeights`). Called when the set of adapters
+    in the decode batch changes, or their weights do."""
+    ranks = {pieces[i][0].shape[0] for i in ids}
     if len(ranks) == 1:
-        a_all = torch.stack([lora_a[i].detach() for i in ids])
-        return StackedWeights(ids, a_all, torch.stack([lora_b[i].detach().t() for i in ids]).mul_(scale))
-    rank = max(ranks)
-    a_all = first.new_zeros(len(ids), rank, first.shape[1])
-    b_all = first.new_zeros(len(ids), rank, lora_b[ids[0]].shape[0])
+        return StackedWeights(ids, torch.stack([pieces[i][0] for i in ids]), torch.stack([pieces[i][1] for i in ids]))
+    first_a, first_b = pieces[ids[0]]
+    a_all = first_a.new_zeros(len(ids), max(ranks), first_a.shape[1])
+    b_all = first_b.new_zeros(len(ids), max(ranks), first_b.shape[1])
     for j, adapter_id in enumerate(ids):
-        r = lora_a[adapter_id].shape[0]
-        a_all[j, :r] = lora_a[adapter_id].detach()
-        b_all[j, :r] = lora_b[adapter_id].detach().t()
-    return StackedWeights(ids, a_all, b_all.mul_(scale))
+        a, b = pieces[adapter_id]
+        a_all[j, : a.shape[0]] = a
+        b_all[j, : b.shape[0]] = b
+    return StackedWeights(ids, a_all, b_all)
 
 
 @dataclass(frozen=True)
