@@ -15,7 +15,9 @@ its own positions only, and the store plugs into the model through transformers'
 per-step work free of host syncs and the layout open to CUDA graphs and to a paged pool later.
 
 Positions past a row's length hold zeros or stale values; the mask hides them from that row's
-queries, and they are overwritten as the row grows.
+queries, and they are overwritten as the row grows. A decode step's attention (`decode_attention`)
+is one SDPA call over all rows with an additive mask, whatever their lengths: its cost does not
+grow with the number of requests in the batch.
 """
 
 from __future__ import annotations
