@@ -142,19 +142,19 @@ class KvStore:
                 sources.setdefault(id(src), (src, [], []))[1].append(i)
                 sources[id(src)][2].append(r)
         copies = [(src, torch.tensor(dst, dtype=torch.long, device=self.device),
-                   torch.tensor(idx, dtype=torch.long, device=self.device)) for src, dst, idx in sources.values()]
+                   torch.tensor(idx, dtype=torch.long, device=self.device),
+                   max(src.lengths[r] for r in idx)) for src, dst, idx in sources.values()]
         # Every row from one store (rows leaving, or a batch's first rows): one gather per tensor.
         whole = len(copies) == 1 and len(sources[id(copies[0][0])][1]) == len(plan)
         for layer in range(self.num_layers):
             if whole:
-                src, _, idx = copies[0]
+                src, _, idx, _ = copies[0]
                 new_keys, new_values = src.keys[layer][idx, :, :capacity], src.values[layer][idx, :, :capacity]
             else:
                 new_keys, new_values = self._zeros(len(plan), capacity), self._zeros(len(plan), capacity)
-            for src, dst, idx in copies if not whole else ():
-                width = min(src.capacity, capacity)
-                new_keys[dst, :, :width] = src.keys[layer][idx, :, :width]
-                new_values[dst, :, :width] = src.values[layer][idx, :, :width]
+            for src, dst, idx, held in copies if not whole else ():  # the positions the rows hold
+                new_keys[dst, :, :held] = src.keys[layer][idx, :, :held]
+                new_values[dst, :, :held] = src.values[layer][idx, :, :held]
             if layer < len(self.keys):
                 self.keys[layer], self.values[layer] = new_keys, new_values
             else:
