@@ -125,8 +125,8 @@ class MultiLoraLinear(nn.Module):
         self.scaling: dict[str, float] = {}
         #: the last no-grad layout: (segments, input shape, layout); see `_forward_no_grad`
         self._decode_cache: tuple[Any, ...] | None = None
-        #: the decode step's stacked weights, kept while the same adapters decode, and each
-        #: adapter's share of them (`lora_update.step_weights`), kept while its weights hold
+        #: the decode step's stacked weights, kept while the same adapters decode, and each of
+        #: those adapters' share of them (`lora_update.step_weights`), kept while its weights hold
         self._stacked: lora_update.StackedWeights | None = None
         self._pieces: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -203,9 +203,9 @@ class MultiLoraLinear(nn.Module):
         if x.dim() == 3 and x.shape[1] == 1:
             ids = tuple(dict.fromkeys(s.adapter_id for s in segments))
             if self._stacked is None or self._stacked.ids != ids:
-                for i in ids:
-                    if i not in self._pieces:
-                        self._pieces[i] = lora_update.step_weights(self.lora_A[i], self.lora_B[i], self.scaling[i])  # type: ignore[index]
+                pieces = self._pieces  # kept for the adapters still decoding; copied for those that join
+                self._pieces = {i: pieces.get(i) or lora_update.step_weights(
+                    self.lora_A[i], self.lora_B[i], self.scaling[i]) for i in ids}  # type: ignore[index]
                 self._stacked = lora_update.stack_weights(ids, self._pieces)  # type: ignore[arg-type]
             return lora_update.step_update(segments, self._stacked)
         plan, params = self._plan(segments, x)
