@@ -107,6 +107,8 @@ class Decoder:
         self._row_params: sampling.RowParams | None = None
         self._segments: tuple[lora.Segment, ...] = ()
         self._draws: list[tuple[_Request, torch.Tensor | None, int]] = []
+        #: the last step's chosen tokens, as the next step's input ids, while the rows stay the same
+        self._next_ids: torch.Tensor | None = None
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -194,6 +196,7 @@ class Decoder:
             sampling.row_params([r.request.job.params for r in self._rows], self.device) if self._rows else None
         )
         self._draws = []
+        self._next_ids = None
         i = 0
         while i < len(self._rows):
             req = self._rows[i].request
@@ -286,10 +289,12 @@ class Decoder:
 
     def _decode_step(self, report: StepReport) -> None:
         rows = list(self._rows)
-        ids = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long, device=self.device)
+        ids = self._next_ids
+        if ids is None:
+            ids = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long, device=self.device)
         try:
             positions, mask = self.decode.prepare(1)
-            with self.router.route(self._segments, mask_free=self.decode.mask_free, kv_groups=self.decode.kv_groups):
+            with self.router.route(self._segments, mask_free=self.decode.mask_free, decode_bias=self.decode.decode_bias):
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                     cache=self.decode.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         except Exception as exc:
@@ -299,7 +304,8 @@ class Decoder:
         report.decode_rows = len(rows)
         assert self._row_params is not None
         noise = self._noise(self._draws, logits.shape[-1])
-        complete = self._record(rows, logits, self._row_params, noise, report)
+        complete, tokens = self._record(rows, logits, self._row_params, noise, report)
+        self._next_ids = tokens[:, None]
         if any(r.reason is not None for r in rows):
             keep = [i for i, r in enumerate(rows) if r.reason is None]
             self._reassemble([(self.decode, i) for i in keep], [rows[i] for i in keep])
@@ -319,8 +325,9 @@ class Decoder:
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def _record(self, rows: list[_Row], logits: torch.Tensor, params: sampling.RowParams,
-                noise: torch.Tensor | None, report: StepReport) -> list[_Request]:
-        """Choose each row's token and append it; returns the requests whose last live row stopped."""
+                noise: torch.Tensor | None, report: StepReport) -> tuple[list[_Request], torch.Tensor]:
+        """Choose each row's token and append it; returns the requests whose last live row stopped,
+        and the chosen tokens (on the device: the next step's input)."""
         tokens, chosen_lp, logprobs = sampling.choose_rows(logits, params, noise)
         widths = [r.request.job.options.topk_sample for r in rows]
         top_ids: list[list[int]] | None = None
@@ -360,7 +367,7 @@ class Decoder:
                 req.live -= 1
                 if req.live == 0:
                     complete.append(req)
-        return complete
+        return complete, tokens
 
 
 def _outcome(req: _Request) -> Any:

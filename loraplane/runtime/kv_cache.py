@@ -15,7 +15,9 @@ its own positions only, and the store plugs into the model through transformers'
 per-step work free of host syncs and the layout open to CUDA graphs and to a paged pool later.
 
 Positions past a row's length hold zeros or stale values; the mask hides them from that row's
-queries, and they are overwritten as the row grows.
+queries, and they are overwritten as the row grows. A decode step's attention (`decode_attention`)
+is one SDPA call over all rows with an additive mask, whatever their lengths: its cost does not
+grow with the number of requests in the batch.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ class KvStore:
         self._index: torch.Tensor | None = None
         self.aligned = False
         self.mask_free = False
-        #: one new token per row, rows of several lengths: (key length, rows) per run of equal lengths
-        self.kv_groups: tuple[tuple[int, slice], ...] | None = None
+        #: a decode step's (rows, 1, 1, keys) additive mask for `decode_attention`; None otherwise
+        self.decode_bias: torch.Tensor | None = None
         self._write: torch.Tensor | None = None
         self._width = 0
         self.cache = Cache(layers=[_StoreLayer(self, i) for i in range(num_layers)])
@@ -86,13 +88,12 @@ class KvStore:
         #: a first chunk) the causal attention needs no mask
         self.aligned = len(set(lengths)) == 1 and rows is None
         self.mask_free = len(set(lengths)) == 1 and (width == 1 or lengths[0] == 0)
-        self.kv_groups = None if self.mask_free or width != 1 or rows is not None else _runs(lengths)
         allowed = torch.arange(self._width, device=self.device)[None, None, :] <= write[:, :, None]
-        if self.additive_mask:
-            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-            mask = mask.masked_fill(~allowed, torch.finfo(self.dtype).min)
-        else:
-            mask = allowed
+        decoding = width == 1 and rows is None
+        if decoding or self.additive_mask:
+            bias = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(~allowed, -torch.inf)
+        self.decode_bias = bias[:, None] if decoding else None
+        mask = bias.clamp(min=torch.finfo(self.dtype).min) if self.additive_mask else allowed
         return write, mask[:, None]
 
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,14 +141,20 @@ class KvStore:
             if src is not None and src.capacity:
                 sources.setdefault(id(src), (src, [], []))[1].append(i)
                 sources[id(src)][2].append(r)
+        copies = [(src, torch.tensor(dst, dtype=torch.long, device=self.device),
+                   torch.tensor(idx, dtype=torch.long, device=self.device),
+                   max(src.lengths[r] for r in idx)) for src, dst, idx in sources.values()]
+        # Every row from one store (rows leaving, or a batch's first rows): one gather per tensor.
+        whole = len(copies) == 1 and len(sources[id(copies[0][0])][1]) == len(plan)
         for layer in range(self.num_layers):
-            new_keys, new_values = self._zeros(len(plan), capacity), self._zeros(len(plan), capacity)
-            for src, dst_rows, src_rows in sources.values():
-                width = min(src.capacity, capacity)
-                dst = torch.tensor(dst_rows, dtype=torch.long, device=self.device)
-                idx = torch.tensor(src_rows, dtype=torch.long, device=self.device)
-                new_keys[dst, :, :width] = src.keys[layer][idx, :, :width]
-                new_values[dst, :, :width] = src.values[layer][idx, :, :width]
+            if whole:
+                src, _, idx, _ = copies[0]
+                new_keys, new_values = src.keys[layer][idx, :, :capacity], src.values[layer][idx, :, :capacity]
+            else:
+                new_keys, new_values = self._zeros(len(plan), capacity), self._zeros(len(plan), capacity)
+            for src, dst, idx, held in copies if not whole else ():  # the positions the rows hold
+                new_keys[dst, :, :held] = src.keys[layer][idx, :, :held]
+                new_values[dst, :, :held] = src.values[layer][idx, :, :held]
             if layer < len(self.keys):
                 self.keys[layer], self.values[layer] = new_keys, new_values
             else:
@@ -160,15 +167,23 @@ class KvStore:
         return torch.zeros(rows, self.kv_heads, capacity, self.head_dim, dtype=self.dtype, device=self.device)
 
 
-def _runs(lengths: list[int]) -> tuple[tuple[int, slice], ...]:
-    """Runs of adjacent rows of one length, as (keys each attends to, rows). Pure."""
-    runs: list[tuple[int, slice]] = []
-    start = 0
-    for i in range(1, len(lengths) + 1):
-        if i == len(lengths) or lengths[i] != lengths[start]:
-            runs.append((lengths[start] + 1, slice(start, i)))
-            start = i
-    return tuple(runs)
+def decode_attention(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
+    scaling: float | None = None, **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention of a decode step (one query per row) over rows of any lengths, in one SDPA call.
+
+    Called by `loraplane.runtime.model_host.packed_attention` with the store's `decode_bias`. The
+    query heads that share a key head are packed as that head's queries (no copies of the keys),
+    and the additive mask hides every position beyond a row's own. Every decode step runs this one
+    call, whether its rows have one length or many, so a row's numbers are computed alike alone
+    and in a batch, and the step's work does not grow with the number of requests in it.
+    """
+    rows, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    packed = query.view(rows, kv_heads, heads // kv_heads, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=bias, scale=scaling)
+    return out.reshape(rows, 1, heads, value.shape[-1]), None
 
 
 class _StoreLayer(CacheLayerMixin):

@@ -13,14 +13,10 @@ adapter `a`. The base matmul runs once for the whole batch; each adapter's low-r
 its own contiguous slice of rows, so the per-layer cost is one Python iteration per adapter present
 in the batch, never per row.
 
-## Why a hand-written backward
-Adapters of equal rank, scaling and row layout run as one group: two batched matmuls forward and
-four backward, whatever the group's size. The layer is one `torch.autograd.Function`
-(`_LoraLinear`) so that the updates are added into the base output, and their input gradients into
-the base input gradient, inside those matmuls, and each adapter's gradients come out as slices of
-one tensor; through autograd every layer paid for a stack node, separate update and gradient
-tensors and the adds that join them. `tests/runtime/test_engine_lora_backward.py` checks it
-against autograd of the plain formula.
+## The arithmetic
+`loraplane.runtime.lora_update` holds it: adapters of equal rank, scaling and row layout run as one
+group of batched matmuls with a hand-written backward pass (training), and a decode step runs every
+adapter's update in two batched matmuls over stacked weights (sampling).
 
 ## State
 Per-adapter state lives in dicts keyed by adapter id, named in `ADAPTER_TENSORS` (trainable
@@ -39,6 +35,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from loraplane.runtime import lora_update
 
 #: Names of the per-adapter tensor dicts of a `MultiLoraLinear` (PEFT's names for the same weights).
 ADAPTER_TENSORS: tuple[str, ...] = ("lora_A", "lora_B")
@@ -82,8 +80,8 @@ class LoraRouter:
         self.length_groups: tuple[tuple[int, slice | torch.Tensor], ...] | None = None
         #: the pass's rows all start at one position, so causal attention needs no mask (sampling)
         self.mask_free = False
-        #: a decode step's rows grouped by key length, as (keys, rows); attention runs per group
-        self.kv_groups: tuple[tuple[int, slice], ...] | None = None
+        #: a decode step's (rows, 1, 1, keys) additive mask: each row sees its own positions only
+        self.decode_bias: torch.Tensor | None = None
 
     @contextlib.contextmanager
     def route(
@@ -91,19 +89,19 @@ class LoraRouter:
         segments: list[Segment] | tuple[Segment, ...],
         length_groups: tuple[tuple[int, slice | torch.Tensor], ...] | None = None,
         mask_free: bool = False,
-        kv_groups: tuple[tuple[int, slice], ...] | None = None,
+        decode_bias: torch.Tensor | None = None,
     ) -> Iterator[None]:
-        previous = self.segments, self.length_groups, self.mask_free, self.kv_groups
+        previous = self.segments, self.length_groups, self.mask_free, self.decode_bias
         if not (isinstance(segments, tuple) and all(s.adapter_id is not None and s.end > s.start for s in segments)):
             segments = tuple(s for s in segments if s.adapter_id is not None and s.end > s.start)
         self.segments = segments  # the same tuple across decode steps lets layers reuse their layout
         self.length_groups = length_groups
         self.mask_free = mask_free
-        self.kv_groups = kv_groups
+        self.decode_bias = decode_bias
         try:
             yield
         finally:
-            self.segments, self.length_groups, self.mask_free, self.kv_groups = previous
+            self.segments, self.length_groups, self.mask_free, self.decode_bias = previous
 
 
 class MultiLoraLinear(nn.Module):
@@ -125,8 +123,12 @@ class MultiLoraLinear(nn.Module):
         self.lora_B: dict[str, nn.Parameter] = {}
         #: adapter id -> alpha / rank.
         self.scaling: dict[str, float] = {}
-        #: the last no-grad layout: (segments, shape, kind, its tensors); see `_forward_no_grad`
+        #: the last no-grad layout: (segments, input shape, layout); see `_forward_no_grad`
         self._decode_cache: tuple[Any, ...] | None = None
+        #: the decode step's stacked weights, kept while the same adapters decode, and each of
+        #: those adapters' share of them (`lora_update.step_weights`), kept while its weights hold
+        self._stacked: lora_update.StackedWeights | None = None
+        self._pieces: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def weight(self) -> torch.Tensor:
@@ -160,232 +162,60 @@ class MultiLoraLinear(nn.Module):
         if self.base_layer.weight.requires_grad:
             raise RuntimeError("MultiLoraLinear trains adapters over a frozen base layer only")
         plan, params = self._plan(segments, x)
-        return _LoraLinear.apply(x, self.base_layer, plan, *params)
+        return lora_update.LoraLinearFn.apply(x, self.base_layer, plan, *params)
 
-    def _plan(self, segments: list[Segment], x: torch.Tensor) -> tuple[tuple[_Group, ...], list[torch.Tensor]]:
-        plan: list[_Group] = []
+    def _plan(
+        self, segments: list[Segment], x: torch.Tensor
+    ) -> tuple[tuple[lora_update.Group, ...], list[torch.Tensor]]:
+        plan: list[lora_update.Group] = []
         params: list[torch.Tensor] = []
-        for group in _shape_groups(segments, self.lora_A, self.scaling):
+        for group in lora_update.shape_groups(segments, self.lora_A, self.scaling):
             ids = [seg.adapter_id for seg in group]
-            width = _cut_width(group[0], x)
-            plan.append(_Group(group[0].start, group[-1].end, width, len(ids), self.scaling[ids[0]]))  # type: ignore[index]
+            width = lora_update.cut_width(group[0], x)
+            plan.append(lora_update.Group(group[0].start, group[-1].end, width, len(ids),
+                                          self.scaling[ids[0]]))  # type: ignore[index]
             params.extend(self.lora_A[i] for i in ids)  # type: ignore[index]
             params.extend(self.lora_B[i] for i in ids)  # type: ignore[index]
         return tuple(plan), params
 
     def _forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """Sampling's path: the same update without the autograd node. The layout and the
-        gathered weights are kept while the batch's segments stay the same object (decode steps);
-        the engine drops them (`forget_layout`) whenever it changes weights.
-
-        A decode step (one position per row) runs every adapter in two matmuls: the rows times all
-        adapters' A's side by side, masked to each row's own block and scaling, times all B's.
-        Each row's update has the same terms as alone (the other blocks are exact zeros), and a
-        handful of rows per adapter no longer pay a batched matmul per adapter group.
-        """
+        """Sampling's path: the same update without the autograd node. The layout is kept while
+        the router's segments stay the same object (decode steps) and the input's shape holds;
+        the engine drops it (`forget_layout`) whenever it changes weights."""
         routed = self._router.segments
         cached = self._decode_cache
         if cached is None or cached[0] is not routed or cached[1] != x.shape[:-1]:
-            segments = [s for s in routed if s.adapter_id in self.lora_A]
-            if not segments:
-                return self.base_layer(x)
-            if x.dim() == 3 and x.shape[1] == 1:
-                cached = (routed, x.shape[:-1], "block", *self._block_layout(segments, x.shape[0]))
-            else:
-                plan, params = self._plan(segments, x)
-                cached = (routed, x.shape[:-1], "groups", plan, _stack_groups(plan, params))
-            self._decode_cache = cached
-        if cached[2] == "groups":
-            return _forward(x, self.base_layer, cached[3], cached[4])[0]
-        a_all, b_all, mask = cached[3], cached[4], cached[5]
-        out = self.base_layer(x)
-        flat = out.view(out.shape[0], out.shape[-1])
-        hidden = (x.reshape(x.shape[0], x.shape[-1]).to(a_all.dtype) @ a_all.t()).mul_(mask)
-        if flat.dtype == hidden.dtype:
-            flat.addmm_(hidden, b_all.t())
-        else:
-            flat.add_((hidden @ b_all.t()).to(flat.dtype))
-        return out
+            cached = self._decode_cache = (routed, x.shape[:-1], self._no_grad_layout(routed, x))
+        layout = cached[2]
+        if layout is None:
+            return self.base_layer(x)
+        if isinstance(layout, lora_update.StepUpdate):
+            out = self.base_layer(x)
+            layout.add_to(x.reshape(-1, x.shape[-1]), out.view(-1, out.shape[-1]))
+            return out
+        return lora_update.grouped_forward(x, self.base_layer, layout[0], layout[1])[0]
 
-    def _block_layout(self, segments: list[Segment], rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All segments' adapters' A's stacked by rank (K, in), their B's side by side (out, K),
-        and the (rows, K) mask holding each row's scaling over its own adapter's block."""
-        ids = list(dict.fromkeys(s.adapter_id for s in segments))
-        offsets, total = {}, 0
-        for adapter_id in ids:
-            offsets[adapter_id] = total
-            total += self.lora_A[adapter_id].shape[0]  # type: ignore[index]
-        a_all = torch.cat([self.lora_A[i] for i in ids])  # type: ignore[index]
-        b_all = torch.cat([self.lora_B[i] for i in ids], dim=1)  # type: ignore[index]
-        mask = torch.zeros(rows, total, dtype=a_all.dtype, device=a_all.device)
-        for seg in segments:
-            start = offsets[seg.adapter_id]
-            rank = self.lora_A[seg.adapter_id].shape[0]  # type: ignore[index]
-            mask[seg.start: seg.end, start: start + rank] = self.scaling[seg.adapter_id]  # type: ignore[index]
-        return a_all, b_all, mask
+    def _no_grad_layout(self, routed: tuple[Segment, ...], x: torch.Tensor) -> Any:
+        """None (no routed rows here), a decode step's `StepUpdate`, or a (plan, stacks) pair."""
+        segments = [s for s in routed if s.adapter_id in self.lora_A]
+        if not segments:
+            return None
+        if x.dim() == 3 and x.shape[1] == 1:
+            ids = tuple(dict.fromkeys(s.adapter_id for s in segments))
+            if self._stacked is None or self._stacked.ids != ids:
+                pieces = self._pieces  # kept for the adapters still decoding; copied for those that join
+                self._pieces = {i: pieces.get(i) or lora_update.step_weights(
+                    self.lora_A[i], self.lora_B[i], self.scaling[i]) for i in ids}  # type: ignore[index]
+                self._stacked = lora_update.stack_weights(ids, self._pieces)  # type: ignore[arg-type]
+            return lora_update.step_update(segments, self._stacked)
+        plan, params = self._plan(segments, x)
+        return plan, lora_update.stack_groups(plan, params)
 
     def forget_layout(self) -> None:
         """Drop the kept no-grad layout and stacked weights (weights changed, or moved)."""
         self._decode_cache = None
-
-
-@dataclass(frozen=True)
-class _Group:
-    """Rows `[start, end)` (cut to `width` positions) of `k` equal-shape adapters of one scaling."""
-
-    start: int
-    end: int
-    width: int | None
-    k: int
-    scale: float
-
-
-class _LoraLinear(torch.autograd.Function):
-    """`base(x)` plus each group's scaled low-rank update, with a hand-written backward pass.
-
-    Called by `MultiLoraLinear.forward` with the layer's groups and their adapters' A and B
-    tensors (for each group, its k A's then its k B's). Each group costs two batched matmuls
-    forward and four backward, whatever k is, and both the update and the update's share of the
-    input gradient are added in place into the base output and the base input gradient, inside
-    the matmuls (`baddbmm_`). Autograd would instead stack the adapters' tensors into a graph
-    node, build the update and the input gradient as separate tensors and add them. A lone
-    adapter runs the same code as a group, so its numbers do not depend on its batch neighbours.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, base: nn.Linear, plan: tuple[_Group, ...], *params: torch.Tensor
-    ) -> torch.Tensor:
-        stacks = _stack_groups(plan, params)
-        out, hiddens = _forward(x, base, plan, stacks)
-        ctx.base, ctx.plan = base, plan
-        ctx.save_for_backward(x, *stacks, *hiddens)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, *saved = ctx.saved_tensors
-        plan: tuple[_Group, ...] = ctx.plan
-        stacks, hiddens = saved[: 2 * len(plan)], saved[2 * len(plan) :]
-        needs = ctx.needs_input_grad
-        grad_x = grad_out.matmul(ctx.base.weight) if needs[0] else None
-        grads: list[torch.Tensor | None] = []
-        n = 3
-        for g, group in enumerate(plan):
-            a, b, hidden = stacks[2 * g], stacks[2 * g + 1], hiddens[g]
-            rows_grad = _block(grad_out, group).to(a.dtype).reshape(group.k, -1, b.shape[1])
-            grad_hidden = torch.bmm(rows_grad, b).mul_(group.scale)
-            if any(needs[n : n + 2 * group.k]):
-                # Contiguous per-adapter slices, which autograd adopts as `.grad` without a copy.
-                rows = _block(x, group).to(a.dtype).reshape(group.k, -1, a.shape[2])
-                grads.extend(torch.bmm(grad_hidden.transpose(1, 2), rows).unbind(0))
-                grads.extend(
-                    torch.bmm(hidden.transpose(1, 2), rows_grad)
-                    .mul_(group.scale)
-                    .transpose(1, 2)
-                    .contiguous()
-                    .unbind(0)
-                )
-            else:
-                grads.extend([None] * (2 * group.k))
-            n += 2 * group.k
-            if grad_x is not None:
-                _add_product(_block(grad_x, group), grad_hidden, a, group, scale=1.0)
-        return (grad_x, None, None, *grads)
-
-
-def _stack_groups(plan: tuple[_Group, ...], params: Any) -> list[torch.Tensor]:
-    """Each group's A's then B's stacked on a new first dimension: [A_0, B_0, A_1, B_1, ...]."""
-    stacks: list[torch.Tensor] = []
-    n = 0
-    for group in plan:
-        stacks.append(_stacked(tuple(params[n : n + group.k])))
-        stacks.append(_stacked(tuple(params[n + group.k : n + 2 * group.k])))
-        n += 2 * group.k
-    return stacks
-
-
-def _forward(
-    x: torch.Tensor, base: nn.Linear, plan: tuple[_Group, ...], stacks: list[torch.Tensor]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """`base(x)` plus each group's update; also the low-rank hiddens (for backward)."""
-    out = base(x)
-    hiddens: list[torch.Tensor] = []
-    for g, group in enumerate(plan):
-        a, b = stacks[2 * g], stacks[2 * g + 1]
-        rows = _block(x, group).to(a.dtype).reshape(group.k, -1, a.shape[2])
-        hidden = torch.bmm(rows, a.transpose(1, 2))
-        _add_product(_block(out, group), hidden, b.transpose(1, 2), group)
-        hiddens.append(hidden)
-    return out, hiddens
-
-
-def _stacked(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The tensors stacked on a new first dimension (a view for one). Pure; for `_LoraLinear`."""
-    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
-
-
-def _block(t: torch.Tensor, group: _Group) -> torch.Tensor:
-    """The view of `t` (input, output or a gradient of either) that `group` covers. Pure."""
-    if group.start == 0 and group.end == t.shape[0]:
-        block = t
-    else:
-        block = t[group.start : group.end]
-    return block if group.width is None else block[:, : group.width]
-
-
-def _add_product(
-    target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, group: _Group, scale: float | None = None
-) -> None:
-    """`target += scale * (left @ right)`, batched over the group's k adapters, in place.
-
-    Called by `_LoraLinear` for the update (into the base output) and for the update's input
-    gradient (into the base input gradient). The product is added inside the matmul; a target
-    that is not one contiguous block of the product's dtype is gathered, summed and written back,
-    so that every row gets the same arithmetic however it is laid out.
-    """
-    alpha = group.scale if scale is None else scale
-    if target.dtype == left.dtype and target.is_contiguous():
-        target.view(group.k, -1, target.shape[-1]).baddbmm_(left, right, alpha=alpha)
-        return
-    summed = (
-        target.to(left.dtype, memory_format=torch.contiguous_format, copy=True)
-        .reshape(group.k, -1, target.shape[-1])
-        .baddbmm_(left, right, alpha=alpha)
-    )
-    target.copy_(summed.view(target.shape))
-
-
-def _cut_width(seg: Segment, x: torch.Tensor) -> int | None:
-    """The width to cut a 3-D input to for this segment, or None to use all of it. Pure."""
-    if seg.width is not None and x.dim() == 3 and seg.width < x.shape[1]:
-        return seg.width
-    return None
-
-
-def _shape_groups(
-    segments: list[Segment], lora_a: dict[str, nn.Parameter], scaling: dict[str, float]
-) -> list[list[Segment]]:
-    """Runs of adjacent segments with equal row count, width, rank and scaling, batched together.
-
-    Pure; called by `MultiLoraLinear.forward` for the segments of adapters this layer holds. One
-    scaling per group lets `_LoraLinear` apply it as the `alpha` of its second matmul.
-    """
-    groups: list[list[Segment]] = []
-    for seg in segments:
-        if groups:
-            last = groups[-1][-1]
-            if (
-                last.end == seg.start
-                and last.end - last.start == seg.end - seg.start
-                and last.width == seg.width
-                and lora_a[last.adapter_id].shape == lora_a[seg.adapter_id].shape  # type: ignore[index]
-                and scaling[last.adapter_id] == scaling[seg.adapter_id]  # type: ignore[index]
-            ):
-                groups[-1].append(seg)
-                continue
-        groups.append([seg])
-    return groups
+        self._stacked = None
+        self._pieces = {}
 
 
 def target_suffixes(train_attn: bool, train_mlp: bool, train_unembed: bool) -> tuple[str, ...]:

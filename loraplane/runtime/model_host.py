@@ -9,9 +9,9 @@ reduces over the padded key length, so a row's numbers depend (at the 1e-7 level
 row it was batched with, and batched training would not reproduce an adapter trained alone. The
 attention registered here (`PACKED_ATTENTION`) runs SDPA once per distinct row length on the rows
 of that length, cut to it, with the causal flag and no mask: a row's result no longer depends on
-its neighbours, and no attention is spent on padding. A decode step of the sampling batch
-(`loraplane.runtime.kv_cache`) likewise runs one unmasked call per run of rows of one key length
-(`kv_groups`). Without a layout (equal-length batches) it is plain SDPA.
+its neighbours, and no attention is spent on padding. A decode step of the sampling batch runs
+`loraplane.runtime.kv_cache.decode_attention` (one call, each row masked to its own keys).
+Without a layout (equal-length batches) it is plain SDPA.
 """
 
 from __future__ import annotations
@@ -143,18 +143,11 @@ def packed_attention(
     groups = layout.length_groups if layout is not None else None
     if layout is not None and layout.mask_free:
         attention_mask = None  # every row starts at one position: the causal flag is the mask
-    kv_groups = layout.kv_groups if layout is not None else None
-    if kv_groups is not None:
-        # A decode step over rows of several lengths: each run of rows attends to exactly its
-        # own keys, unmasked, as it would alone (a masked call is several times slower on CPU).
-        batch, heads, width, _ = query.shape
-        out = query.new_empty(batch, width, heads, value.shape[-1])
-        for length, rows in kv_groups:
-            part, _ = sdpa_attention_forward(
-                module, query[rows], key[rows, :, :length], value[rows, :, :length], None, **kwargs
-            )
-            out[rows] = part
-        return out, None
+    decode_bias = layout.decode_bias if layout is not None else None
+    if decode_bias is not None:  # a decode step, rows of any lengths: one masked call (kv_cache)
+        from loraplane.runtime.kv_cache import decode_attention
+
+        return decode_attention(module, query, key, value, decode_bias, **kwargs)
     if groups is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     batch, heads, width, _ = query.shape
