@@ -6,7 +6,10 @@ Nested sections use `__`: `LORAPLANE_RUNTIME__MAX_RESIDENT_ADAPTERS=16`. Command
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -68,6 +71,8 @@ class RuntimeSettings(BaseModel):
 class TenantQuota(BaseModel):
     """What one tenant may hold; a tenant's line of the keys file can override each field."""
 
+    model_config = ConfigDict(extra="forbid")
+
     #: Training clients (LoRAJobs not yet finished) at once; None = no limit.
     max_training_clients: int | None = Field(None, ge=0)
     #: Largest LoRA rank of a training client.
@@ -76,6 +81,21 @@ class TenantQuota(BaseModel):
     max_sampling_clients: int | None = Field(None, ge=0)
     #: Bytes of checkpoints kept in the store; a save past it is refused.
     max_storage_bytes: int | None = Field(None, ge=0)
+
+
+def _json_object(value: Any) -> Any:
+    """A table given as one JSON text (an environment variable) -> its object."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'not JSON ({exc.msg} at character {exc.pos}); expected {{"tenant": {{"max_lora_rank": 64}}}}') from None
+
+
+#: Tenant -> the quotas it has other than the defaults: '{"alice": {"max_training_clients": 16}}'.
+#: Gateway and operator read the same table (the chart sets both from `tenants.quotas`).
+TenantQuotas = Annotated[dict[str, TenantQuota], BeforeValidator(_json_object)]
 
 
 class GatewaySettings(BaseModel):
@@ -105,8 +125,10 @@ class GatewaySettings(BaseModel):
     metrics_token: str | None = None
     #: Serve the OpenAPI description at /openapi.json (behind the API key). Off in production.
     openapi: bool = False
-    #: Quotas of tenants whose keys-file line sets none (LORAPLANE_GATEWAY__TENANT_DEFAULTS__MAX_LORA_RANK=64).
+    #: Quotas of tenants that set none of their own (LORAPLANE_GATEWAY__TENANT_DEFAULTS__MAX_LORA_RANK=64).
     tenant_defaults: TenantQuota = Field(default_factory=TenantQuota)
+    #: Tenants' own quotas over the defaults; a keys-file line's settings win over both.
+    tenant_quotas: TenantQuotas = Field(default_factory=dict)
     #: How long retrieve_future holds a request before answering try_again.
     long_poll_s: float = Field(30.0, gt=0, le=40)
     #: How long create_model waits for its job to be Running.
@@ -138,6 +160,10 @@ class OperatorSettings(BaseModel):
     liveness_port: int = Field(8080, ge=1, le=65535)
     #: Port of the Prometheus `/metrics` endpoint (0 = off).
     metrics_port: int = Field(9090, ge=0, le=65535)
+    #: The gateway's tenant quotas, for LoRAJobs applied directly: their rank and training-client
+    #: limits are checked before they are placed (LORAPLANE_OPERATOR__TENANT_DEFAULTS__MAX_LORA_RANK=64).
+    tenant_defaults: TenantQuota = Field(default_factory=TenantQuota)
+    tenant_quotas: TenantQuotas = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):

@@ -43,8 +43,9 @@ from loraplane.core.models.v1alpha1.lorajob import (
 )
 from loraplane.core.models.v1alpha1.lorajob import adapter_id as make_adapter_id
 from loraplane.core.phases import Action
+from loraplane.core.quotas import QUOTA_EXCEEDED
 from loraplane.core.settings import OperatorSettings
-from loraplane.operator import kubeapi, metrics, runs
+from loraplane.operator import kubeapi, metrics, quotas, runs
 from loraplane.operator.runtime_calls import RuntimeCalls, RuntimeRejected, RuntimeUnreachable
 from loraplane.operator.runtimes import RuntimePool
 
@@ -208,6 +209,10 @@ class JobLoop:
         return self.written
 
     async def schedule(self, job: LoRAJob, now: datetime) -> float | None:
+        if (over := await quotas.breach(self.ctx.settings, self.ctx.jobs, job)) is not None:
+            await self.write(job, phases.finished(job.status, Phase.FAILED, QUOTA_EXCEEDED, over.message, now),
+                             QUOTA_EXCEEDED, over.message, warning=True)
+            return None
         current = job.status.runtime.pod if job.status.runtime else None
         placement = scheduling.place(job.spec.base_model, self.ctx.pool.candidates(), current=current,
                                      tenant_jobs=self.ctx.pool.tenant_jobs(job.spec.tenant, besides=self.key))

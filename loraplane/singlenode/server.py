@@ -24,12 +24,12 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client.metrics_core import Metric
 
-from loraplane.api import limits, quotas
+from loraplane.api import limits
 from loraplane.api.app import create_app
 from loraplane.api.auth import KeyTable
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.gateway import Gateway
-from loraplane.core import artifacts, errors
+from loraplane.core import artifacts, errors, quotas
 from loraplane.core.settings import GatewaySettings, RuntimeSettings
 from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntime
 
@@ -189,7 +189,8 @@ def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], A
         long_poll_s=config.gateway.long_poll_s,
         max_request_bytes=config.gateway.max_request_bytes,
         sample_caps=limits.caps_from(config.gateway),
-        quotas=quotas.QuotaTable(config.gateway.tenant_defaults, config.keys.overrides),
+        quotas=quotas.QuotaTable.build(config.gateway.tenant_defaults, config.gateway.tenant_quotas,
+                                      config.keys.overrides),
     )
     app = create_app(gateway, config.keys, settings=config.gateway)
     states = {name: getattr(getattr(runtime, "state", None), "runtime_state", None)
