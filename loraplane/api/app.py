@@ -34,7 +34,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loraplane.api import access_log, guards, sdk_versions, sessions_expiry
+from loraplane.api import access_log, guards, sdk_versions, sessions_expiry, tenant_metrics
 from loraplane.api import errors as api_errors
 from loraplane.api.auth import KeyTable
 from loraplane.api.gateway import Gateway
@@ -174,13 +174,14 @@ def create_app(gateway: Gateway, keys: KeyTable, *, settings: GatewaySettings | 
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_middleware(StepLane, routes=step_routes())
     app.add_middleware(guards.RateLimit, rate_per_s=settings.rate_per_s, burst=settings.rate_burst,
-                       exempt=frozenset({API_PREFIX + "/retrieve_future"}))
+                       exempt=frozenset({API_PREFIX + "/retrieve_future"}), concurrency=settings.tenant_concurrency)
 
     def body_limit(path: str) -> int:
         return gateway.max_request_bytes if path == API_PREFIX + "/forward_backward" else settings.max_json_bytes
 
     app.add_middleware(guards.BodyLimit, limit_for=body_limit, timeout_s=settings.body_timeout_s)
     app.add_middleware(guards.Authenticate, keys=keys, metrics_token=settings.metrics_token)
+    app.add_middleware(tenant_metrics.TenantMetrics, registry=registry)
     app.add_middleware(Metrics, registry=registry)
     app.add_middleware(sdk_versions.SdkVersionGate)
     app.add_middleware(access_log.AccessLog)

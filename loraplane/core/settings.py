@@ -62,6 +62,9 @@ class RuntimeSettings(BaseModel):
     max_decode_rows: int = Field(256, ge=1)
     #: Sample requests waiting to join the batch; beyond it a submit gets 503 (retry later).
     max_queued_samples: int = Field(1024, ge=1)
+    #: Sample requests of one tenant waiting to join the batch; beyond it that tenant gets 429 (retry
+    #: later), before its requests can fill the runtime's whole queue and refuse everyone else's.
+    max_queued_samples_per_tenant: int = Field(256, ge=1)
     #: Padded prompt tokens per prefill pass; a longer prompt is prefilled over several steps.
     prefill_chunk_tokens: int = Field(512, ge=1)
     host: str = "0.0.0.0"
@@ -117,6 +120,9 @@ class GatewaySettings(BaseModel):
     rate_per_s: float = Field(200.0, gt=0)
     #: Requests a tenant may make at once before the rate applies (429 with Retry-After after).
     rate_burst: int = Field(1000, ge=1)
+    #: Requests of one tenant the gateway works on at once (retrieve_future not counted); more wait
+    #: their turn, so that however many connections one tenant opens, others are not slowed by it.
+    tenant_concurrency: int = Field(8, ge=1)
     #: Tokens of one sampling prompt.
     max_prompt_tokens: int = Field(32768, ge=1)
     #: num_samples x max_tokens of one sample request.

@@ -261,7 +261,11 @@ class Executor:
             if tenant:
                 state.tenant = tenant
             if kind in FORWARD_KINDS:
-                self._check_queue_room(state.tenant, work_tokens(payload))
+                try:
+                    self._check_queue_room(state.tenant, work_tokens(payload))
+                except errors.TooManyRequests as exc:
+                    self.metrics.rejected(state.tenant, exc.field or "max_queued_tokens")
+                    raise
             op = Op(
                 request_id=_new_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
                 tokens=work_tokens(payload) if kind in FORWARD_KINDS else 0,
@@ -291,7 +295,15 @@ class Executor:
             raise errors.InvalidInput(reason, field=field)
         with self._cond:
             self._check_open()
+            tenant = getattr(payload, "tenant", None) or ""
+            try:
+                admission.check_sample_room(admission.queued_tokens((_tenant_of(o), 1) for o in self._samples), tenant,
+                                            per_tenant=self.settings.max_queued_samples_per_tenant)
+            except errors.TooManyRequests:
+                self.metrics.rejected(tenant, "max_queued_samples_per_tenant")
+                raise
             if len(self._samples) >= self.settings.max_queued_samples:
+                self.metrics.rejected(tenant, "max_queued_samples")
                 raise errors.CapacityError(
                     f"{len(self._samples)} sample requests already wait on this runtime (max_queued_samples); "
                     "retry shortly")
@@ -401,6 +413,7 @@ class Executor:
             self._finish(op, exc=exc)
 
     def _decode_step(self) -> int:
+        rows = self._tenant_rows()
         started = time.perf_counter()
         try:
             with torch.no_grad():
@@ -412,6 +425,7 @@ class Executor:
                 self._finish(job.tag, exc=error)
             return 0
         seconds = time.perf_counter() - started
+        self.metrics.model_time(rows, seconds)
         self.kv_bytes_reserved = scheduling.kv_bound(self._decoder.needs(), self.engine.kv_bytes_per_token)
         self.metrics.decode_step(report.decode_rows, report.new_tokens, report.prefill_tokens, seconds,
                                  report.ttft_s, self._decoder.kv_bytes())
@@ -426,6 +440,7 @@ class Executor:
             if isinstance(outcome, Exception):
                 self._finish(op, exc=outcome)
             else:
+                self.metrics.sampled(_tenant_of(op), sum(len(seq.tokens) for seq in getattr(outcome, "sequences", ())))
                 self._finish(op, result=outcome, seconds=time.perf_counter() - op.queued_at)
         return len(report.finished)
 
@@ -541,6 +556,7 @@ class Executor:
             results = [exc]
         seconds = time.perf_counter() - started
         self.metrics.batch_ran(len(batch), len(adapters), sum(op.tokens for op in batch), seconds)
+        self.metrics.model_time(self._tenant_tokens(batch), seconds)
         for op, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
                 self._finish(op, exc=result)
@@ -554,8 +570,10 @@ class Executor:
                 self._make_resident({op.adapter_id})
             result = apply(op.payload)
         except Exception as exc:
+            self.metrics.model_time({self._op_tenant(op): 1}, time.perf_counter() - started)
             self._finish(op, exc=exc)
         else:
+            self.metrics.model_time({self._op_tenant(op): 1}, time.perf_counter() - started)
             self._finish(op, result=result, seconds=time.perf_counter() - started)
 
     def _apply_single(self, payload: Any) -> Any:
@@ -570,6 +588,7 @@ class Executor:
             logs.request_id.reset(token)
 
     def _settle_op(self, op: Op, *, result: Any, exc: BaseException | None, seconds: float | None) -> None:
+        tenant = self._op_tenant(op)
         if op.kind in FORWARD_KINDS:
             op.payload = None  # the input tensors are not needed once done; results are kept for a while
         if exc is not None:
@@ -578,10 +597,10 @@ class Executor:
                 log.error("%s of %s failed: %r", op.kind, op.adapter_id, exc, exc_info=exc)
             else:
                 log.info("%s of %s failed: %s", op.kind, op.adapter_id, exc.message)
-            self.metrics.op_finished(op.kind, outcome)
+            self.metrics.op_finished(op.kind, outcome, tenant=tenant)
             _settle(op.future, exc=exc)
         else:
-            self.metrics.op_finished(op.kind, "ok", seconds)
+            self.metrics.op_finished(op.kind, "ok", seconds, tenant=tenant)
             log.debug("%s of %s done in %.1f ms", op.kind, op.adapter_id, (seconds or 0.0) * 1000)
             _settle(op.future, result=result)
 
@@ -631,6 +650,40 @@ class Executor:
         metrics.sample_queue.set(self.sample_queue())
         metrics.kv_reserved_bytes.set(self.kv_bytes_reserved)
         metrics.kv_budget_bytes.set(self.settings.kv_cache_bytes)
+        metrics.tenant_queues(self._tenant_queued())
+
+    # ---- whose work it is, for the per-tenant metrics ----------------------------------------
+
+    def _op_tenant(self, op: Op) -> str:
+        """The tenant an op works for: a sample request says so, other ops are their adapter's."""
+        state = self._adapters.get(op.adapter_id) if op.adapter_id is not None else None
+        return _tenant_of(op) or (state.tenant if state is not None else "")
+
+    def _tenant_tokens(self, batch: list[Op]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for op in batch:
+            tenant = self._op_tenant(op)
+            out[tenant] = out.get(tenant, 0) + max(op.tokens, 1)
+        return out
+
+    def _tenant_rows(self) -> dict[str, int]:
+        """Rows of each tenant in the decode batch (model thread only)."""
+        out: dict[str, int] = {}
+        for req in self._decoder.requests():
+            tenant = _tenant_of(req.job.tag)
+            out[tenant] = out.get(tenant, 0) + max(req.live, 1)
+        return out
+
+    def _tenant_queued(self) -> dict[str, int]:
+        """Ops of each tenant accepted and not yet running."""
+        out: dict[str, int] = {}
+        with self._cond:
+            for state in self._adapters.values():
+                if len(state.queue):
+                    out[state.tenant] = out.get(state.tenant, 0) + len(state.queue)
+            for op in self._samples:
+                out[_tenant_of(op)] = out.get(_tenant_of(op), 0) + 1
+        return out
 
 
 def _new_id() -> str:
