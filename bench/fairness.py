@@ -13,6 +13,12 @@ side by side:
 with the fair-share policy on (equal weights, and 3:1) and off (passes rotate over adapters, the
 behaviour before tenants were known).
 
+Then the same with sampling: every adapter samples as fast as it can (two requests in flight, each
+`--samples` sequences of `--sample-tokens` tokens, never stopping early) on a decode batch that
+holds about two adapters' requests (`max_decode_rows`). Printed side by side with the policy on and
+off (first come, first in): B's share of the tokens decoded while both were backlogged (target
+>= 45%) and B's sample latency alone and with A (target <= 2x).
+
     python bench/fairness.py                 # 8 s per phase
     python bench/fairness.py --seconds 20
 """
@@ -20,11 +26,13 @@ behaviour before tenants were known).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime.engine import AdamParams, Datum, Engine, FwdBwdWork, LoraSpec
-from loraplane.runtime.executor import Executor, OptimStep
+from loraplane.runtime.executor import Executor, OptimStep, Sample
+from loraplane.runtime.sampling import SamplingParams
 from tests.utils.tiny_models import build_tiny_llama
 
 A_ADAPTERS = 8
@@ -74,11 +83,36 @@ class Trainer(threading.Thread):
             self.steps.append((time.perf_counter(), time.perf_counter() - started))
 
 
+class Sampler(threading.Thread):
+    """One adapter sampling as fast as it can until `stop`; records each request's latency and tokens."""
+
+    def __init__(self, executor: Executor, adapter: str, tenant: str, tokens: int, stop: threading.Event,
+                 samples: int = 4) -> None:
+        super().__init__(daemon=True)
+        self.executor, self.adapter, self.tenant, self.stop = executor, adapter, tenant, stop
+        self.samples, self.params = samples, SamplingParams(max_tokens=tokens, stop=[], seed=0)
+        self.steps: list[tuple[float, float, int]] = []  #: (finished at, latency, tokens) per request
+
+    def run(self) -> None:
+        in_flight: list[tuple[float, Any]] = []
+        prompt = list(range(3, 19))
+        while not self.stop.is_set():
+            while len(in_flight) < PIPELINE:
+                request = Sample(self.adapter, prompt, self.samples, self.params, tenant=self.tenant)
+                in_flight.append((time.perf_counter(), self.executor.submit_sample(request)[1]))
+            started, future = in_flight.pop(0)
+            result = future.result()
+            now = time.perf_counter()
+            self.steps.append((now, now - started, sum(len(seq.tokens) for seq in result.sequences)))
+        for _, future in in_flight:  # none left in the decode batch when the executor closes
+            future.result()
+
+
 def phase(executor: Executor, trainers_of: dict[str, list[str]], tokens: int, seconds: float,
-          warmup: float) -> dict[str, list[tuple[float, float]]]:
-    """Run the tenants' trainers for `seconds` after `warmup`; their steps inside the window."""
+          warmup: float, kind: Callable[..., Trainer | Sampler] = Trainer) -> dict[str, list[tuple[float, ...]]]:
+    """Run the tenants' trainers (or samplers) for `seconds` after `warmup`; their steps inside the window."""
     stop = threading.Event()
-    trainers = [Trainer(executor, a, t, tokens, stop) for t, adapters in trainers_of.items() for a in adapters]
+    trainers = [kind(executor, a, t, tokens, stop) for t, adapters in trainers_of.items() for a in adapters]
     for tr in trainers:
         tr.start()
     start = time.perf_counter() + warmup
@@ -87,7 +121,7 @@ def phase(executor: Executor, trainers_of: dict[str, list[str]], tokens: int, se
     stop.set()
     for tr in trainers:
         tr.join()
-    out: dict[str, list[tuple[float, float]]] = {}
+    out: dict[str, list[tuple[float, ...]]] = {}
     for tr in trainers:
         out.setdefault(tr.tenant, []).extend(s for s in tr.steps if start <= s[0] <= end)
     return out
@@ -103,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--tokens", type=int, default=64, help="tokens per training step")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--samples", type=int, default=4, help="sequences per sample request")
+    parser.add_argument("--sample-tokens", type=int, default=16, help="tokens per sampled sequence")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     adapters = {"a": [f"a{i}" for i in range(A_ADAPTERS)], "b": ["b0"]}
@@ -141,7 +177,44 @@ def main(argv: list[str] | None = None) -> int:
                 for adapter in tenant_adapters:
                     if engine.has_adapter(adapter):
                         engine.delete_adapter(adapter)
+    print()
+    sampling(engine, adapters, args)
     return 0
+
+
+def sampling(engine: Engine, adapters: dict[str, list[str]], args: argparse.Namespace) -> None:
+    """The sampling table: B's share of decoded tokens and its sample latency, policy on and off."""
+    rows = 2 * args.samples
+    print(f"sampling: {args.samples} x {args.sample_tokens} tokens per request, two in flight per adapter; "
+          f"the decode batch holds {rows} rows (two requests)")
+    header = (f"{'policy':<22} {'b share':>8} {'a share':>8} {'b p50 alone':>12} {'b p50 with a':>13} "
+              f"{'b p99 alone':>12} {'b p99 with a':>13} {'p50 ratio':>10}")
+    print(header)
+    print("-" * len(header))
+    for label, fair in (("fair share 1:1", True), ("off (first come)", False)):
+        settings = RuntimeSettings(max_decode_rows=rows, max_resident_adapters=16, fair_share=fair)
+        executor = Executor(engine, settings)
+        try:
+            for tenant_adapters in adapters.values():
+                for i, adapter in enumerate(tenant_adapters):
+                    executor.create_adapter(adapter, LoraSpec(rank=8, alpha=16.0, seed=i)).result()
+            make = functools.partial(Sampler, samples=args.samples)
+            alone = phase(executor, {"b": adapters["b"]}, args.sample_tokens, args.seconds, args.warmup, make)["b"]
+            both = phase(executor, adapters, args.sample_tokens, args.seconds, args.warmup, make)
+            done = {t: sum(int(s[2]) for s in steps) for t, steps in both.items()}
+            total = sum(done.values()) or 1
+            b_alone = [s[1] * 1000 for s in alone]
+            b_both = [s[1] * 1000 for s in both.get("b", [])]
+            ratio = pct(b_both, 50) / pct(b_alone, 50)
+            print(f"{label:<22} {done.get('b', 0) / total:>8.1%} {done.get('a', 0) / total:>8.1%} "
+                  f"{pct(b_alone, 50):>10.1f}ms {pct(b_both, 50):>11.1f}ms {pct(b_alone, 99):>10.1f}ms "
+                  f"{pct(b_both, 99):>11.1f}ms {ratio:>9.2f}x")
+        finally:
+            executor.close()
+            for tenant_adapters in adapters.values():
+                for adapter in tenant_adapters:
+                    if engine.has_adapter(adapter):
+                        engine.delete_adapter(adapter)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,18 @@
 """Flood: a well-behaved tenant's step latency, alone and while another tenant floods the server.
 
-    python bench/flood.py [--steps 50] [--flood-requests 3000] [--seconds 30] [--concurrency 32]
-                          [--sample-num 4] [--sample-tokens 32] [--heavy-every 0]
+    python bench/flood.py [--steps 50] [--flood-requests 10000] [--seconds 120] [--concurrency 64]
+                          [--sample-num 4] [--sample-tokens 16]
 
 Starts `loraplane serve` on 127.0.0.1 (a free port) over the tiny test model, built in a temp dir,
 with two tenants and the server's default limits. Then:
 
 1. alone: alice trains through the official SDK, one forward_backward + optim_step at a time,
    `--steps` steps, each step's wall time recorded;
-2. under flood: bob, from a separate process, sends forward_backward (on his own model) and
-   asample requests (`--sample-num` x `--sample-tokens` each) in turn, as fast as
-   `--concurrency` connections allow, never waiting for a result (with `--heavy-every N`, every
-   Nth request is a 128 x 1024-token asample instead),
-   until `--flood-requests` were sent or `--seconds` passed; meanwhile alice keeps training and
-   every step she starts before the flood stops is recorded.
+2. under flood: bob, from a separate process (tests/utils/flooding.py), sends forward_backward
+   (on his own model) and asample requests (`--sample-num` x `--sample-tokens` each) in turn, as
+   fast as `--concurrency` connections allow, never waiting for a result, until
+   `--flood-requests` were sent or `--seconds` passed; meanwhile alice keeps training and every
+   step she starts before the flood stops is recorded.
 
 Prints p50/p99 of alice's step latency in both phases and their ratio, the flood's request count
 and rate, its answers by HTTP status (200 accepted, 429 rate-limited, 413 over a cap, ...), and the
@@ -24,11 +23,10 @@ when the flood phase ends, whatever is still queued.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
+import json
 import logging
-import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,19 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TINKER_TELEMETRY", "0")
 
-import httpx
 import tinker
 
 from tests.fuzz import served
-from tests.fuzz.tinker_http import PROTOBUF, TinkerHttp, forward_backward_request, tokens_of
+from tests.fuzz.tinker_http import TinkerHttp, tokens_of
 from tests.utils.tiny_models import build_tiny_llama
 
+ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["the cat sat on the mat", "a quick brown fox", "loraplane trains"]
 #: how long alice's step in flight may still run once the flood stopped
 GRACE_S = 30.0
-#: (num_samples, max_tokens) of `--heavy-every`'s requests: one such request is legal for the
-#: protocol but holds a model thread for minutes unless the server caps it
-HEAVY_SAMPLE = (128, 1024)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -76,51 +71,16 @@ def timed_step(client: tinker.TrainingClient, data: list[tinker.Datum]) -> float
     return time.perf_counter() - start
 
 
-# ---- the flooding tenant (its own process) -------------------------------------------------------
+# ---- the flooding tenant: tests/utils/flooding.py, in a process of its own ----------------------
 
-async def _flood(url: str, key: str, model_id: str, sampler_id: str, max_requests: int, seconds: float,
-                 concurrency: int, sample_shape: tuple[int, int], heavy_every: int) -> dict[str, object]:
-    fb_body = forward_backward_request(model_id, 0).SerializeToString()
-    num_samples, max_tokens = sample_shape
-    prompt = {"chunks": [{"type": "encoded_text", "tokens": tokens_of("flood")}]}
-    sample = {"sampling_session_id": sampler_id, "num_samples": num_samples, "sampling_params": {"max_tokens": max_tokens},
-              "prompt": prompt}
-    heavy = {"sampling_session_id": sampler_id, "num_samples": HEAVY_SAMPLE[0],
-             "sampling_params": {"max_tokens": HEAVY_SAMPLE[1]}, "prompt": prompt}
-    statuses: collections.Counter[str] = collections.Counter()
-    sent = 0
-    deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, headers={"x-api-key": key}, timeout=30, limits=limits) as http:
-
-        async def worker() -> None:
-            nonlocal sent
-            while sent < max_requests and time.monotonic() < deadline:
-                n = sent
-                sent += 1
-                try:
-                    if heavy_every and n % heavy_every == heavy_every - 1:
-                        r = await http.post("/api/v1/asample", json=heavy)
-                    elif n % 2:
-                        r = await http.post("/api/v1/asample", json=sample)
-                    else:
-                        r = await http.post("/api/v1/forward_backward", content=fb_body,
-                                            headers={"content-type": PROTOBUF})
-                    statuses[str(r.status_code)] += 1
-                except httpx.HTTPError as exc:
-                    statuses[type(exc).__name__] += 1
-
-        start = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.monotonic() - start
-    return {"sent": sent, "seconds": elapsed, "statuses": dict(statuses)}
-
-
-def flood_process(url: str, key: str, model_id: str, sampler_id: str, max_requests: int, seconds: float,
-                  concurrency: int, sample_shape: tuple[int, int], heavy_every: int,
-                  out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    out.put(asyncio.run(_flood(url, key, model_id, sampler_id, max_requests, seconds, concurrency, sample_shape,
-                               heavy_every)))
+def start_flood(url: str, key: str, model_id: str, sampler_id: str, args: argparse.Namespace) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "tests.utils.flooding", url, key, model_id, sampler_id,
+           "--requests", str(args.flood_requests), "--concurrency", str(args.concurrency),
+           "--seconds", str(args.seconds), "--sample-num", str(args.sample_num),
+           "--sample-tokens", str(args.sample_tokens)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "flooding"
+    return proc
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -154,13 +114,7 @@ def measure(server: served.ServedGateway, args: argparse.Namespace) -> int:
                                                       "base_model": server.model})["sampling_session_id"]
     bob.close()
 
-    ctx = multiprocessing.get_context("spawn")
-    results: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
-    flood = ctx.Process(target=flood_process, args=(server.url, served.KEYS["bob"], bob_model, sampler,
-                                                    args.flood_requests, args.seconds, args.concurrency,
-                                                    (args.sample_num, args.sample_tokens), args.heavy_every,
-                                                    results))
-    flood.start()
+    flood = start_flood(server.url, served.KEYS["bob"], bob_model, sampler, args)
     flooded: list[float] = []
     running: list[float] = []  # start time of alice's step in progress
     stop = threading.Event()
@@ -178,13 +132,16 @@ def measure(server: served.ServedGateway, args: argparse.Namespace) -> int:
 
     stepper = threading.Thread(target=alice_loop, name="alice", daemon=True)
     stepper.start()
-    flood.join(timeout=args.seconds + 60)
-    if flood.is_alive():
+    try:
+        assert flood.stdout is not None
+        line = flood.stdout.readline()
+        flood.wait(timeout=60)
+    finally:
         flood.kill()
     stop.set()
     stepper.join(timeout=GRACE_S)  # let the step in flight finish, within bounds
     unfinished = time.perf_counter() - running[0] if running else None
-    report = results.get(timeout=10) if flood.exitcode == 0 else None
+    report = json.loads(line) if line.strip() else None
     peak = server.peak_rss_bytes()
     if unfinished is not None:  # counted at its time so far: the flood's row is then a lower bound
         flooded.append(unfinished)
@@ -222,13 +179,11 @@ def print_table(alone: list[float], flooded: list[float], report: dict | None, p
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=50, help="alice's steps in the alone phase")
-    parser.add_argument("--flood-requests", type=int, default=3000, help="most requests the flooder sends")
-    parser.add_argument("--seconds", type=float, default=30.0, help="most seconds the flood lasts")
-    parser.add_argument("--concurrency", type=int, default=32, help="the flooder's parallel connections")
+    parser.add_argument("--flood-requests", type=int, default=10_000, help="most requests the flooder sends")
+    parser.add_argument("--seconds", type=float, default=120.0, help="most seconds the flood lasts")
+    parser.add_argument("--concurrency", type=int, default=64, help="the flooder's parallel connections")
     parser.add_argument("--sample-num", type=int, default=4, help="num_samples of each flooding asample")
-    parser.add_argument("--sample-tokens", type=int, default=32, help="max_tokens of each flooding asample")
-    parser.add_argument("--heavy-every", type=int, default=0,
-                        help=f"make every Nth flood request a {HEAVY_SAMPLE[0]} x {HEAVY_SAMPLE[1]}-token asample (0: none)")
+    parser.add_argument("--sample-tokens", type=int, default=16, help="max_tokens of each flooding asample")
     parser.add_argument("--rss-ceiling-mib", type=int, default=6144,
                         help="kill the server past this resident size (protects the machine)")
     return run(parser.parse_args(argv))

@@ -34,7 +34,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loraplane.api import access_log, guards, sdk_versions, sessions_expiry
+from loraplane.api import access_log, guards, sdk_versions, sessions_expiry, tenant_metrics
 from loraplane.api import errors as api_errors
 from loraplane.api.auth import KeyTable
 from loraplane.api.gateway import Gateway
@@ -169,13 +169,14 @@ def _stack_front_door(app: FastAPI, gateway: Gateway, keys: KeyTable, settings: 
     metrics, the key, body limits, per-tenant rates, the per-step lane."""
     app.add_middleware(FastLane, pick=step_lane(step_routes()), error_response=api_errors.response_for)
     app.add_middleware(guards.RateLimit, rate_per_s=settings.rate_per_s, burst=settings.rate_burst,
-                       exempt=frozenset({API_PREFIX + "/retrieve_future"}))
+                       exempt=frozenset({API_PREFIX + "/retrieve_future"}), concurrency=settings.tenant_concurrency)
 
     def body_limit(path: str) -> int:
         return gateway.max_request_bytes if path == API_PREFIX + "/forward_backward" else settings.max_json_bytes
 
     app.add_middleware(guards.BodyLimit, limit_for=body_limit, timeout_s=settings.body_timeout_s)
     app.add_middleware(guards.Authenticate, keys=keys, metrics_token=settings.metrics_token)
+    app.add_middleware(tenant_metrics.TenantMetrics, registry=registry)
     app.add_middleware(Metrics, registry=registry)
     app.add_middleware(sdk_versions.SdkVersionGate)
     app.add_middleware(access_log.AccessLog)

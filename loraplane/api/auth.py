@@ -20,8 +20,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from loraplane.api import quotas
-from loraplane.core import errors
+from loraplane.core import errors, quotas
 from loraplane.core.settings import TenantQuota
 
 log = logging.getLogger(__name__)

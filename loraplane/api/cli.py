@@ -21,7 +21,7 @@ from typing import Any
 
 from loraplane.api.auth import load_keys, split_inline
 from loraplane.cli import port
-from loraplane.core import artifacts, errors, logs
+from loraplane.core import artifacts, errors, logs, quotas
 from loraplane.core.settings import GatewaySettings, Settings
 
 log = logging.getLogger("loraplane")
@@ -46,7 +46,7 @@ def _control_plane(settings: Settings) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loraplane.api import limits, quotas
+    from loraplane.api import limits
     from loraplane.api.app import create_app
     from loraplane.api.dataplane import Runtimes
     from loraplane.api.gateway import Gateway
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         store=store, models=list(args.model), long_poll_s=gw_settings.long_poll_s,
         job_start_timeout_s=gw_settings.job_start_timeout_s,
         max_request_bytes=gw_settings.max_request_bytes, sample_caps=limits.caps_from(gw_settings),
-        quotas=quotas.QuotaTable(gw_settings.tenant_defaults, keys.overrides),
+        quotas=quotas.QuotaTable.build(gw_settings.tenant_defaults, gw_settings.tenant_quotas, keys.overrides),
     )
     return listen(create_app(gateway, keys, settings=gw_settings), gw_settings,
                   ready="loraplane gateway at http://{host}:{port}")

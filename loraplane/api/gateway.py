@@ -26,10 +26,10 @@ from typing import Any, TypeVar
 import pydantic
 
 from loraplane.api import codecs, ids, jobs, limits, protocol
-from loraplane.api import quotas as quotas_mod
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.records import Records, SamplerRecord, SessionEnd, SessionRecord
 from loraplane.core import artifacts, errors
+from loraplane.core import quotas as quotas_mod
 from loraplane.core.controlplane import ControlPlane
 from loraplane.core.models.v1alpha1 import LoRAJob, ResumeFrom, RuntimeRef
 from loraplane.core.models.v1alpha1.lorajob import TERMINAL_PHASES

@@ -18,6 +18,10 @@ Design notes
   (`serving.py`).
 * Rate limits are per tenant, a token bucket (`limits.TokenBucket`); `retrieve_future` is not
   counted (a long poll is one request per pending future, bounded by the futures themselves).
+* A tenant's requests are worked on a few at a time (`tenant_concurrency`) and a refusal keeps its
+  turn until a token is due: one tenant's flood then costs the event loop, which every tenant
+  shares (and, in `serve`, the model thread's interpreter too), about what its rate allows, not
+  whatever its connections can send. Measured with tests/acceptance/test_flood.py.
 """
 
 from __future__ import annotations
@@ -157,24 +161,42 @@ class RequestTimeout(errors.UserError):
 
 
 class RateLimit:
-    """Per-tenant token bucket: 429 with `Retry-After` once a tenant's burst is spent."""
+    """Per-tenant turns and token bucket: a tenant's requests are worked on `concurrency` at a time
+    (the others wait their turn, costing nothing), and past its burst get 429 with `Retry-After`.
+
+    The turns are what keeps one tenant's flood from slowing the others: the gateway serves every
+    request on one event loop, so each request in progress delays every other tenant's next step
+    by its share of the loop. However many connections a tenant opens, only `concurrency` of its
+    requests are in progress at once, and a well-behaved tenant's request waits behind a few of
+    them, not behind all.
+    """
 
     def __init__(self, app: ASGIApp, rate_per_s: float, burst: int, exempt: frozenset[str],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, concurrency: int = 8) -> None:
         self.app = app
         self.exempt = exempt
         self.clock = clock
         self.buckets = limits.TenantBuckets(rate_per_s, burst)
+        self.concurrency = concurrency
+        self.turns: dict[str, asyncio.Semaphore] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         tenant = scope.get(TENANT_KEY) if scope["type"] == "http" else None
         if tenant is None or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        wait_s = self.buckets.take(tenant, self.clock())
-        if wait_s > 0:
-            await reject(send, errors.TooManyRequests(
-                f"tenant {tenant!r} is over its request rate of {self.buckets.rate_per_s:g}/s "
-                f"(burst {self.buckets.burst}); retry in {wait_s:.2f} s", retry_after_s=wait_s))
-            return
-        await self.app(scope, receive, send)
+        turn = self.turns.get(tenant)
+        if turn is None:
+            turn = self.turns[tenant] = asyncio.Semaphore(self.concurrency)
+        async with turn:
+            wait_s = self.buckets.take(tenant, self.clock())
+            if wait_s > 0:
+                await reject(send, errors.TooManyRequests(
+                    f"tenant {tenant!r} is over its request rate of {self.buckets.rate_per_s:g}/s "
+                    f"(burst {self.buckets.burst}); retry in {wait_s:.2f} s", retry_after_s=wait_s,
+                    field="rate_per_s"))
+                # The turn stays taken until a token is due: a tenant's refusals come at most
+                # `concurrency` times its rate, so refusing a flood costs the loop little too.
+                await asyncio.sleep(min(wait_s, 1.0))
+                return
+            await self.app(scope, receive, send)

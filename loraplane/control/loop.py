@@ -32,7 +32,7 @@ from typing import Any
 
 import pydantic
 
-from loraplane.control import following, metrics, runs
+from loraplane.control import following, metrics, quotas, runs
 from loraplane.control.pool import RuntimePool
 from loraplane.control.runtime_calls import RuntimeCalls, RuntimeRejected, RuntimeUnreachable
 from loraplane.control.store import JobGone, JobStore, RetryLater
@@ -45,6 +45,7 @@ from loraplane.core.models.v1alpha1.lorajob import (
     RuntimeRef,
 )
 from loraplane.core.phases import Action
+from loraplane.core.quotas import QUOTA_EXCEEDED, QuotaTable
 from loraplane.core.runtime_ops import job_adapter_id as make_adapter_id
 from loraplane.core.settings import OperatorSettings
 
@@ -60,6 +61,8 @@ class ControlContext:
     runtime: RuntimeCalls
     jobs: JobStore
     clock: Callable[[], datetime]  #: aware wall-clock time
+    #: tenants' quotas, for jobs that reach the loop without the gateway (`kubectl apply`, `loraplane jobs`)
+    quotas: QuotaTable = field(default_factory=QuotaTable)
     backoff_base_s: float = phases.BACKOFF_BASE_S  #: first retry delay after a failed attempt
     phase_counts: metrics.PhaseCounts = field(default_factory=metrics.PhaseCounts)
     wakers: dict[str, asyncio.Event] = field(default_factory=dict)  #: job uid -> wake-up event
@@ -205,6 +208,10 @@ class JobLoop:
         return self.written
 
     async def schedule(self, job: LoRAJob, now: datetime) -> float | None:
+        if (over := await quotas.breach(self.ctx.quotas, self.ctx.jobs, self.ctx.settings.namespace, job)) is not None:
+            await self.write(job, transitions.finished(job.status, Phase.FAILED, QUOTA_EXCEEDED, over.message, now),
+                             QUOTA_EXCEEDED, over.message, warning=True)
+            return None
         current = job.status.runtime.pod if job.status.runtime else None
         placement = scheduling.place(job.spec.base_model, self.ctx.pool.candidates(), current=current,
                                      tenant_jobs=self.ctx.pool.tenant_jobs(job.spec.tenant, besides=self.key))

@@ -34,6 +34,10 @@ class JobStore(Protocol):
         """
         ...
 
+    async def list(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Every job in `namespace` (all namespaces when None), as stored."""
+        ...
+
     async def delete(self, namespace: str, name: str) -> None:
         """Delete the job (its TTL expired); a job already gone is not an error."""
         ...

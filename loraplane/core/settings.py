@@ -6,7 +6,10 @@ Nested sections use `__`: `LORAPLANE_RUNTIME__MAX_RESIDENT_ADAPTERS=16`. Command
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,6 +69,9 @@ class RuntimeSettings(BaseModel):
     max_decode_rows: int = Field(256, ge=1)
     #: Sample requests waiting to join the batch; beyond it a submit gets 503 (retry later).
     max_queued_samples: int = Field(1024, ge=1)
+    #: Sample requests of one tenant waiting to join the batch; beyond it that tenant gets 429 (retry
+    #: later), before its requests can fill the runtime's whole queue and refuse everyone else's.
+    max_queued_samples_per_tenant: int = Field(256, ge=1)
     #: Padded prompt tokens per prefill pass; a longer prompt is prefilled over several steps.
     prefill_chunk_tokens: int = Field(512, ge=1)
     host: str = "0.0.0.0"
@@ -75,6 +81,8 @@ class RuntimeSettings(BaseModel):
 class TenantQuota(BaseModel):
     """What one tenant may hold; a tenant's line of the keys file can override each field."""
 
+    model_config = ConfigDict(extra="forbid")
+
     #: Training clients (LoRAJobs not yet finished) at once; None = no limit.
     max_training_clients: int | None = Field(None, ge=0)
     #: Largest LoRA rank of a training client.
@@ -83,6 +91,21 @@ class TenantQuota(BaseModel):
     max_sampling_clients: int | None = Field(None, ge=0)
     #: Bytes of checkpoints kept in the store; a save past it is refused.
     max_storage_bytes: int | None = Field(None, ge=0)
+
+
+def _json_object(value: Any) -> Any:
+    """A table given as one JSON text (an environment variable) -> its object."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'not JSON ({exc.msg} at character {exc.pos}); expected {{"tenant": {{"max_lora_rank": 64}}}}') from None
+
+
+#: Tenant -> the quotas it has other than the defaults: '{"alice": {"max_training_clients": 16}}'.
+#: Gateway and operator read the same table (the chart sets both from `tenants.quotas`).
+TenantQuotas = Annotated[dict[str, TenantQuota], BeforeValidator(_json_object)]
 
 
 class GatewaySettings(BaseModel):
@@ -104,6 +127,9 @@ class GatewaySettings(BaseModel):
     rate_per_s: float = Field(200.0, gt=0)
     #: Requests a tenant may make at once before the rate applies (429 with Retry-After after).
     rate_burst: int = Field(1000, ge=1)
+    #: Requests of one tenant the gateway works on at once (retrieve_future not counted); more wait
+    #: their turn, so that however many connections one tenant opens, others are not slowed by it.
+    tenant_concurrency: int = Field(8, ge=1)
     #: Tokens of one sampling prompt.
     max_prompt_tokens: int = Field(32768, ge=1)
     #: num_samples x max_tokens of one sample request.
@@ -112,8 +138,10 @@ class GatewaySettings(BaseModel):
     metrics_token: str | None = None
     #: Serve the OpenAPI description at /openapi.json (behind the API key). Off in production.
     openapi: bool = False
-    #: Quotas of tenants whose keys-file line sets none (LORAPLANE_GATEWAY__TENANT_DEFAULTS__MAX_LORA_RANK=64).
+    #: Quotas of tenants that set none of their own (LORAPLANE_GATEWAY__TENANT_DEFAULTS__MAX_LORA_RANK=64).
     tenant_defaults: TenantQuota = Field(default_factory=TenantQuota)
+    #: Tenants' own quotas over the defaults; a keys-file line's settings win over both.
+    tenant_quotas: TenantQuotas = Field(default_factory=dict)
     #: How long retrieve_future holds a request before answering try_again.
     long_poll_s: float = Field(30.0, gt=0, le=40)
     #: Seconds a new training client's job may take to start running (no runtime of its base model
@@ -145,6 +173,10 @@ class OperatorSettings(BaseModel):
     #: Port of the operator's own Prometheus `/metrics` endpoint (0 = off); the gateway's and the
     #: runtimes' /metrics are served on their API ports.
     metrics_port: int = Field(9090, ge=0, le=65535)
+    #: The gateway's tenant quotas, for LoRAJobs applied directly: their rank and training-client
+    #: limits are checked before they are placed (LORAPLANE_OPERATOR__TENANT_DEFAULTS__MAX_LORA_RANK=64).
+    tenant_defaults: TenantQuota = Field(default_factory=TenantQuota)
+    tenant_quotas: TenantQuotas = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):

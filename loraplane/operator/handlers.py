@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 
 from loraplane.clients.kubernetes import api_client
-from loraplane.control import loop, pool
+from loraplane.control import loop, pool, quotas
 from loraplane.control.runtime_calls import RuntimeCalls
 from loraplane.core import scheduling
 from loraplane.core.models.v1alpha1.lorajob import FINALIZER, GROUP, PLURAL, VERSION, LoRAJob
@@ -69,7 +69,8 @@ class OperatorRun:
         runtimes = pool.RuntimePool(port=self.settings.runtime_port, client=calls)
         self._jobs = kubeapi.KubeJobStore(await api_client(self.kubeconfig))
         self.ctx = loop.ControlContext(settings=self.settings, store_url=self.store_url, pool=runtimes,
-                                       runtime=calls, jobs=self._jobs, clock=self.clock)
+                                       runtime=calls, jobs=self._jobs, clock=self.clock,
+                                       quotas=quotas.table(self.settings))
         if self.backoff_base_s is not None:
             self.ctx.backoff_base_s = self.backoff_base_s
         runtimes.on_change(self.ctx.wake_all)

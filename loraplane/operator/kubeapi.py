@@ -62,6 +62,17 @@ class KubeJobStore:
         except ApiException as exc:
             raise _translate(exc, f"get {namespace}/{name}") from exc
 
+    async def list(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Every LoRAJob in `namespace` (in all namespaces when None)."""
+        try:
+            if namespace is None:
+                found = await self._api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            else:
+                found = await self._api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        except ApiException as exc:
+            raise _translate(exc, f"list LoRAJobs in {namespace or 'all namespaces'}") from exc
+        return list(found.get("items") or [])
+
     async def delete(self, namespace: str, name: str) -> None:
         try:
             await self._api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)

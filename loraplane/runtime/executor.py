@@ -38,7 +38,7 @@ from typing import Any
 
 from loraplane.core import errors
 from loraplane.core.settings import RuntimeSettings
-from loraplane.runtime import queues, residency, scheduling, turns
+from loraplane.runtime import admission, queues, residency, scheduling, turns
 from loraplane.runtime.metrics import RuntimeMetrics
 from loraplane.runtime.ops import (
     FORWARD_KINDS,
@@ -238,10 +238,11 @@ class Executor:
                 entry.tenant = tenant
             tokens = work_tokens(payload) if kind in FORWARD_KINDS else 0
             if kind in FORWARD_KINDS:
-                self._queues.check_room(entry.tenant, tokens, per_tenant=self.settings.max_queued_tokens_per_tenant,
-                                        total=self.settings.max_queued_tokens)
+                with self.metrics.counting_refusals(entry.tenant, "max_queued_tokens"):
+                    self._queues.check_room(entry.tenant, tokens, total=self.settings.max_queued_tokens,
+                                            per_tenant=self.settings.max_queued_tokens_per_tenant)
             op = Op(request_id=_new_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
-                    tokens=tokens)
+                    tokens=tokens, tenant=entry.tenant)
             entry.queue.push(op, self._clock())
             self._results.remember(op)
             self._cond.notify_all()
@@ -267,11 +268,13 @@ class Executor:
             raise errors.InvalidInput(reason, field=field)
         with self._cond:
             self._check_open()
-            op = Op(request_id=_new_id(), adapter_id=adapter_id, seq_id=None, kind="sample", payload=payload)
-            job.tag = op
-            op.job = job
-            op.queued_at = time.perf_counter()
-            self._samples.push(op, self.settings.max_queued_samples)
+            tenant = getattr(payload, "tenant", None) or ""
+            with self.metrics.counting_refusals(tenant, "max_queued_samples"):
+                self._samples.check_room(tenant, self.settings.max_queued_samples_per_tenant)
+                op = Op(request_id=_new_id(), adapter_id=adapter_id, seq_id=None, kind="sample", payload=payload,
+                        tenant=tenant, job=job, queued_at=time.perf_counter())
+                job.tag = op
+                self._samples.push(op, self.settings.max_queued_samples)
             self._results.remember(op)
             self._cond.notify_all()
         return op.request_id, op.future
@@ -393,6 +396,10 @@ class Executor:
         metrics.sample_queue.set(self.sample_queue())
         metrics.kv_reserved_bytes.set(self.kv_bytes_reserved)
         metrics.kv_budget_bytes.set(self.settings.kv_cache_bytes)
+        with self._cond:
+            metrics.tenant_queues(admission.queued_tokens(
+                [(e.tenant, len(e.queue)) for e in self._queues.entries.values()]
+                + [(op.tenant, 1) for op in self._samples.ops]))
 
 
 def _new_id() -> str:

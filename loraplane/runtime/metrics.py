@@ -3,14 +3,22 @@
 The executor reports what it ran (`op_finished`, `batch_ran`) and the API reads `render()`. Each
 `RuntimeMetrics` owns its registry instead of using the process-global one, so tests and the
 single-node mode can build several runtimes in one process without duplicate-series errors.
+
+Per tenant (label `tenant`, "-" when the caller named none): ops by kind and outcome, tokens
+trained and sampled, queued ops, work refused by back-pressure, and the seconds of model-thread
+time spent on its work. A pass shared by several tenants is split between them by their tokens
+(training) or rows (decoding), the measure the fair share divides the model by.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from loraplane.core import errors
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "RuntimeMetrics"]
 
@@ -52,6 +60,27 @@ class RuntimeMetrics:
         self.tenant_tokens_total = Counter(
             "loraplane_runtime_tenant_tokens", "Tokens of each tenant's forward/backward work run in passes.",
             ["tenant"], registry=self.registry,
+        )
+        #: per tenant: ops finished, tokens sampled, ops queued, work refused, model-thread seconds
+        self.tenant_ops = Counter(
+            "loraplane_runtime_tenant_ops", "Operations finished, by tenant, type and outcome.",
+            ["tenant", "op", "outcome"], registry=self.registry,
+        )
+        self.tenant_sampled_tokens = Counter(
+            "loraplane_runtime_tenant_sampled_tokens", "Tokens sampled for each tenant's requests.",
+            ["tenant"], registry=self.registry,
+        )
+        self.tenant_queue_depth = Gauge(
+            "loraplane_runtime_tenant_queue_depth", "Operations of each tenant queued or running.",
+            ["tenant"], registry=self.registry,
+        )
+        self.tenant_rejections = Counter(
+            "loraplane_runtime_tenant_rejections", "Work refused (429) because a queue limit was reached, "
+            "by tenant and limit.", ["tenant", "limit"], registry=self.registry,
+        )
+        self.tenant_model_seconds = Counter(
+            "loraplane_runtime_tenant_model_seconds", "Seconds of the model thread spent on each tenant's work "
+            "(a shared pass split by tokens or rows).", ["tenant"], registry=self.registry,
         )
         #: tokens/s of the last forward/backward pass
         self.tokens_per_second = Gauge(
@@ -109,6 +138,7 @@ class RuntimeMetrics:
             "loraplane_runtime_kv_cache_budget_bytes", "The kv_cache_bytes setting.", registry=self.registry,
         )
         self._refresh: Callable[[RuntimeMetrics], None] | None = None
+        self._queued_tenants: set[str] = set()  #: tenants whose queue-depth gauge exists
 
     def on_scrape(self, refresh: Callable[[RuntimeMetrics], None]) -> None:
         """Register a callback that sets the point-in-time gauges just before each scrape."""
@@ -118,11 +148,50 @@ class RuntimeMetrics:
         """A tenant's op of `tokens` tokens went into a training pass."""
         self.tenant_tokens_total.labels(tenant or "-").inc(tokens)
 
-    def op_finished(self, op: str, outcome: str, seconds: float | None = None) -> None:
+    def op_finished(self, op: str, outcome: str, seconds: float | None = None, tenant: str | None = None) -> None:
         """Count one finished op; `outcome` is "ok", "user_error" or "server_error"."""
         self.ops.labels(op=op, outcome=outcome).inc()
+        if tenant is not None:
+            self.tenant_ops.labels(tenant or "-", op, outcome).inc()
         if seconds is not None:
             self.step_latency.labels(op=op).observe(seconds)
+
+    def model_time(self, shares: Mapping[str, float], seconds: float) -> None:
+        """`seconds` of the model thread went to work of these tenants, split by `shares` (tokens,
+        rows or 1 each)."""
+        total = sum(shares.values())
+        if total <= 0 or seconds <= 0:
+            return
+        for tenant, share in shares.items():
+            if share > 0:
+                self.tenant_model_seconds.labels(tenant or "-").inc(seconds * share / total)
+
+    def sampled(self, tenant: str, tokens: int) -> None:
+        """A tenant's sample request finished with `tokens` tokens sampled."""
+        if tokens > 0:
+            self.tenant_sampled_tokens.labels(tenant or "-").inc(tokens)
+
+    def rejected(self, tenant: str, limit: str) -> None:
+        """A tenant's work was refused at the queue limit `limit` (the setting's name)."""
+        self.tenant_rejections.labels(tenant or "-", limit).inc()
+
+    @contextmanager
+    def counting_refusals(self, tenant: str, limit: str) -> Iterator[None]:
+        """Count a refusal of the block (a LoraplaneError) under the limit it names, else `limit`."""
+        try:
+            yield
+        except errors.LoraplaneError as exc:
+            self.rejected(tenant, exc.field or limit)
+            raise
+
+    def tenant_queues(self, depth: Mapping[str, int]) -> None:
+        """Set each tenant's queued ops (scrape time); tenants gone since the last scrape read 0."""
+        now = {tenant or "-": count for tenant, count in depth.items()}
+        for tenant in self._queued_tenants - now.keys():
+            self.tenant_queue_depth.labels(tenant).set(0)
+        for tenant, count in now.items():
+            self.tenant_queue_depth.labels(tenant).set(count)
+        self._queued_tenants |= now.keys()
 
     def batch_ran(self, works: int, adapters: int, tokens: int, seconds: float) -> None:
         """Record one batched forward/backward engine call."""

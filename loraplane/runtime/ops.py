@@ -178,6 +178,8 @@ class Op:
     kind: str
     payload: Any
     tokens: int = 0
+    #: whose work it is (the gateway says so), for fair share and the per-tenant metrics
+    tenant: str = ""
     future: Future = field(default_factory=Future)
     #: the gateway's request id of the call that submitted it (`core.logs`), for the op's log lines
     origin: str | None = field(default_factory=logs.request_id.get)

@@ -245,6 +245,11 @@ class SampleQueue:
                 "retry shortly")
         self.ops.append(op)
 
+    def check_room(self, tenant: str, per_tenant: int) -> None:
+        """TooManyRequests (429) when `tenant` already has `per_tenant` requests waiting here."""
+        admission.check_sample_room(admission.queued_tokens((op.tenant, 1) for op in self.ops), tenant,
+                                    per_tenant=per_tenant)
+
     def describe(self) -> tuple[turns.WaitingSample, ...]:
         """Whose each waiting request is and what it holds while it prefills, as `turns.plan_turn` reads it."""
         return tuple(turns.WaitingSample(tenant_of(op), op.job.need(prefilling=True)) for op in self.ops)

@@ -76,10 +76,10 @@ class Results:
                 log.error("%s of %s failed: %r", op.kind, op.adapter_id, exc, exc_info=exc)
             else:
                 log.info("%s of %s failed: %s", op.kind, op.adapter_id, exc.message)
-            self.metrics.op_finished(op.kind, outcome)
+            self.metrics.op_finished(op.kind, outcome, tenant=op.tenant)
             settle(op.future, exc=exc)
         else:
-            self.metrics.op_finished(op.kind, "ok", seconds)
+            self.metrics.op_finished(op.kind, "ok", seconds, tenant=op.tenant)
             log.debug("%s of %s done in %.1f ms", op.kind, op.adapter_id, (seconds or 0.0) * 1000)
             settle(op.future, result=result)
 

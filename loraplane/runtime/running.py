@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import torch
@@ -82,6 +82,7 @@ class OpRunner:
             results = [exc]
         seconds = time.perf_counter() - started
         self.metrics.batch_ran(len(batch), len(adapters), sum(op.tokens for op in batch), seconds)
+        self.metrics.model_time(_shares((op.tenant, max(op.tokens, 1)) for op in batch), seconds)
         for op, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
                 self.results.finish(op, exc=result)
@@ -96,9 +97,12 @@ class OpRunner:
                 self.make_resident({op.adapter_id})
             result = apply(op.payload)
         except Exception as exc:
-            self.results.finish(op, exc=exc)
+            result, error = None, exc
         else:
-            self.results.finish(op, result=result, seconds=time.perf_counter() - started)
+            error = None
+        seconds = time.perf_counter() - started
+        self.metrics.model_time({op.tenant: 1}, seconds)
+        self.results.finish(op, result=result, exc=error, seconds=None if error else seconds)
 
     def admit(self, op: Op) -> None:
         """Add a sample request to the decode batch (unless it was cancelled while it waited)."""
@@ -114,6 +118,7 @@ class OpRunner:
 
     def decode_step(self) -> int:
         """One step of the decode batch; finishes the requests it completes and returns their count."""
+        rows = _shares((req.job.tag.tenant, max(req.live, 1)) for req in self.decoder.requests())
         started = time.perf_counter()
         try:
             with torch.no_grad():
@@ -125,6 +130,7 @@ class OpRunner:
                 self.results.finish(job.tag, exc=error)
             return 0
         seconds = time.perf_counter() - started
+        self.metrics.model_time(rows, seconds)
         self.kv_bytes_reserved = scheduling.kv_bound(self.decoder.needs(), self.engine.kv_bytes_per_token)
         self.metrics.decode_step(report.decode_rows, report.new_tokens, report.prefill_tokens, seconds,
                                  report.ttft_s, self.decoder.kv_bytes())
@@ -142,6 +148,7 @@ class OpRunner:
         if isinstance(outcome, Exception):
             self.results.finish(op, exc=outcome)
         else:
+            self.metrics.sampled(op.tenant, sum(len(seq.tokens) for seq in getattr(outcome, "sequences", ())))
             self.results.finish(op, result=outcome, seconds=time.perf_counter() - op.queued_at)
 
     def make_resident(self, needed: Collection[Any]) -> None:
@@ -154,3 +161,11 @@ class OpRunner:
         for adapter_id in needed:
             if not self.engine.is_resident(adapter_id):
                 self.engine.ensure_resident(adapter_id)
+
+
+def _shares(pairs: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """tenant -> its share of a pass or a decode step (tokens or rows), for the model-time metric. Pure."""
+    out: dict[str, int] = {}
+    for tenant, share in pairs:
+        out[tenant] = out.get(tenant, 0) + share
+    return out

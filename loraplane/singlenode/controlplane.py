@@ -38,6 +38,7 @@ from loraplane.control.runtime_calls import RuntimeCalls
 from loraplane.core import errors, phases
 from loraplane.core.manifests import validated
 from loraplane.core.models.v1alpha1 import LoRAJob, Phase, RuntimeRef
+from loraplane.core.quotas import QuotaTable
 from loraplane.core.runtime_ops import job_adapter_id
 from loraplane.core.settings import OperatorSettings
 from loraplane.singlenode.jobstore import SqliteJobStore
@@ -90,6 +91,7 @@ class EmbeddedControlPlane:
         *,
         store_url: str,
         settings: OperatorSettings | None = None,
+        quotas: QuotaTable | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -99,8 +101,9 @@ class EmbeddedControlPlane:
         # Loading a model's adapter state can take a while; the loop waits for it.
         self.calls = RuntimeCalls(transport=transport, timeout=600.0)
         self.pool = RuntimePool(port=0, client=self.calls)
-        self.ctx = loop.ControlContext(settings=self.settings, store_url=store_url, pool=self.pool,
-                                       runtime=self.calls, jobs=jobs, clock=clock)
+        self.ctx = loop.ControlContext(settings=self.settings.model_copy(update={"namespace": NAMESPACE}),
+                                       store_url=store_url, pool=self.pool, runtime=self.calls, jobs=jobs,
+                                       clock=clock, quotas=quotas or QuotaTable())
         self._daemons: dict[str, _Daemon] = {}  #: job name -> its loop
         self._changed = asyncio.Condition()
         self._started = False
@@ -118,7 +121,7 @@ class EmbeddedControlPlane:
         self.pool.on_change(self.ctx.wake_all)
         self._poll = asyncio.create_task(self.pool.poll_forever(self.settings.health_interval_s, self._stop_poll))
         self._started = True
-        for body in self.jobs.list(NAMESPACE):
+        for body in self.jobs.bodies(NAMESPACE):
             self._start_loop(body)
 
     async def close(self) -> None:
@@ -221,7 +224,7 @@ class EmbeddedControlPlane:
         return LoRAJob.from_body(body) if body is not None else None
 
     async def list_jobs(self, *, tenant: str | None = None) -> list[LoRAJob]:
-        return [LoRAJob.from_body(b) for b in self.jobs.list(NAMESPACE, tenant=tenant)]
+        return [LoRAJob.from_body(b) for b in self.jobs.bodies(NAMESPACE, tenant=tenant)]
 
     async def job_events(self, name: str) -> list[dict[str, Any]]:
         return self.jobs.events(NAMESPACE, name)

@@ -98,7 +98,11 @@ class SqliteJobStore:
         row = self._db.execute("SELECT body FROM jobs WHERE namespace = ? AND name = ?", (namespace, name)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def list(self, namespace: str | None = None, *, tenant: str | None = None) -> list[dict[str, Any]]:
+    async def list(self, namespace: str | None) -> list[dict[str, Any]]:
+        return self.bodies(namespace)
+
+    def bodies(self, namespace: str | None = None, *, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The stored jobs, of one namespace and one tenant when given."""
         rows = self._db.execute("SELECT body FROM jobs WHERE ? IS NULL OR namespace = ? ORDER BY namespace, name",
                                 (namespace, namespace)).fetchall()
         bodies = [json.loads(r[0]) for r in rows]

@@ -25,12 +25,12 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client.metrics_core import Metric
 
-from loraplane.api import limits, quotas
+from loraplane.api import limits
 from loraplane.api.app import create_app
 from loraplane.api.auth import KeyTable
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.gateway import Gateway
-from loraplane.core import artifacts, errors
+from loraplane.core import artifacts, errors, quotas
 from loraplane.core.settings import GatewaySettings, OperatorSettings, RuntimeSettings
 from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntime
 from loraplane.singlenode.jobstore import SqliteJobStore
@@ -193,8 +193,10 @@ def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], A
         apps[host] = runtime_app(settings)
         served.append(ServedRuntime(pod=host, address=f"http://{host}", base_model=name))
     transport = RuntimeTransport(apps)
+    quota_table = quotas.QuotaTable.build(config.gateway.tenant_defaults, config.gateway.tenant_quotas,
+                                          config.keys.overrides)
     control_plane = EmbeddedControlPlane(SqliteJobStore(config.jobs_path()), served, store_url=store.url,
-                                         settings=config.control, transport=transport)
+                                         settings=config.control, quotas=quota_table, transport=transport)
     gateway = Gateway(
         control_plane=control_plane,
         runtimes=Runtimes(transport, timeout_s=config.gateway.long_poll_s + 60),
@@ -203,7 +205,7 @@ def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], A
         long_poll_s=config.gateway.long_poll_s, job_start_timeout_s=config.gateway.job_start_timeout_s,
         max_request_bytes=config.gateway.max_request_bytes,
         sample_caps=limits.caps_from(config.gateway),
-        quotas=quotas.QuotaTable(config.gateway.tenant_defaults, config.keys.overrides),
+        quotas=quota_table,
     )
     app = create_app(gateway, config.keys, settings=config.gateway)
     states = {name: getattr(getattr(runtime, "state", None), "runtime_state", None)

@@ -68,6 +68,7 @@ CHECKED: dict[tuple[str, str], str] = {
     ("docs/install.md", "# edit spec.baseModel"): "test_cluster_commands_name_what_the_chart_and_crd_have",
     ("docs/install.md", "helm uninstall"): "test_cluster_commands_name_what_the_chart_and_crd_have",
     ("docs/limits.md", "alice=tml-alice-key max_training_clients"): "test_limits_keys_file_example_loads_with_its_quotas",
+    ("docs/limits.md", "tenants:"): "test_limits_chart_quotas_reach_gateway_and_operator",
     ("docs/losses.md", "loss = -sum_t m_t"): "test_losses_objective_names_the_config_keys_of_the_loss",
 }
 
@@ -406,9 +407,22 @@ def test_notes_commands_work_as_printed(readme_server: Server) -> None:
     assert "Qwen/Qwen3-0.6B" in printed
 
 
+def test_limits_chart_quotas_reach_gateway_and_operator() -> None:
+    """docs/limits.md's chart values render into the same quota settings for gateway and operator."""
+    docs, _ = render(yaml.safe_load(snippet("docs/limits.md", "tenants:").text))
+    for component in ("gateway", "operator"):
+        (container,) = find(docs, "Deployment", f"loraplane-{component}")["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        prefix = f"LORAPLANE_{component.upper()}__"
+        assert env[prefix + "TENANT_DEFAULTS__MAX_TRAINING_CLIENTS"] == "8"
+        assert env[prefix + "TENANT_DEFAULTS__MAX_LORA_RANK"] == "64"
+        assert json.loads(env[prefix + "TENANT_QUOTAS"]) == {"alice": {"max_training_clients": 32}}
+
+
 def test_limits_keys_file_example_loads_with_its_quotas(tmp_path: Path) -> None:
     """docs/limits.md's keys-file lines load as written, each quota where the table says."""
-    from loraplane.api import auth, quotas
+    from loraplane.api import auth
+    from loraplane.core import quotas
     from loraplane.core.settings import TenantQuota
 
     keys = tmp_path / "keys"

@@ -25,6 +25,7 @@ from loraplane.api.dataplane import Runtimes
 from loraplane.api.gateway import Gateway
 from loraplane.api.kube import KubeControlPlane
 from loraplane.core import artifacts
+from loraplane.core.quotas import QuotaTable
 from loraplane.core.settings import GatewaySettings, Settings
 
 
@@ -56,14 +57,15 @@ class GatewayServer:
             self.control_plane = KubeControlPlane(
                 settings.gateway.namespace, runtime_selector=settings.operator.runtime_selector,
                 runtime_port=settings.operator.runtime_port, kubeconfig=str(kubeconfig))
+        table = load_keys(inline=[f"{tenant}={key}" for tenant, key in keys.items()])
         gateway = Gateway(
             control_plane=self.control_plane,
             runtimes=Runtimes(timeout_s=settings.gateway.long_poll_s + 60),
             store=artifacts.ArtifactStore(store_url),
             long_poll_s=settings.gateway.long_poll_s, job_start_timeout_s=settings.gateway.job_start_timeout_s,
             max_request_bytes=settings.gateway.max_request_bytes,
+            quotas=QuotaTable.build(settings.gateway.tenant_defaults, settings.gateway.tenant_quotas, table.overrides),
         )
-        table = load_keys(inline=[f"{tenant}={key}" for tenant, key in keys.items()])
         self._sock = socket.socket()
         self._sock.bind((settings.gateway.host, 0))
         self.port = self._sock.getsockname()[1]

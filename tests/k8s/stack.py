@@ -57,13 +57,14 @@ def settings_from_env(env: list[dict[str, Any]], namespace: str) -> Settings:
 class LoraplaneStack:
     """A release of the chart in `namespace` and the means to run its components against it."""
 
-    def __init__(self, plane: ControlPlane, namespace: str, model_dir: Path, work: Path) -> None:
+    def __init__(self, plane: ControlPlane, namespace: str, model_dir: Path, work: Path,
+                 values: dict[str, Any] | None = None) -> None:
         self.plane = plane
         self.namespace = namespace
         self.work = work
         self.store_url = f"file://{work / 'store'}"
         plane.helm("install", RELEASE, str(CHART), "-n", namespace,
-                   "-f", str(write_values(work / "values.yaml", tiny_values())))
+                   "-f", str(write_values(work / "values.yaml", tiny_values(**(values or {})))))
         self.kubelet = Kubelet(plane, namespace, model_dir)
         (self.runtime_set,) = self._names("statefulsets", "runtime")
         self.operator_settings = self._settings("operator").operator.model_copy(

@@ -28,3 +28,17 @@ def test_room_for_queued_work(queued: dict[str, int], tenant: str, tokens: int, 
     with pytest.raises(errors.TooManyRequests, match=refused) as err:
         check()
     assert err.value.status_code == 429 and err.value.retry_after_s > 0
+
+
+@pytest.mark.parametrize(("waiting", "tenant", "refused"), [
+    ({}, "bob", False), ({"bob": 2}, "bob", False), ({"bob": 3}, "bob", True), ({"bob": 3}, "alice", False),
+    ({"alice": 2, "bob": 9}, "alice", False),
+])
+def test_a_tenant_with_its_limit_of_samples_waiting_is_told_to_retry_others_are_not(
+        waiting: dict[str, int], tenant: str, refused: bool) -> None:
+    if not refused:
+        admission.check_sample_room(waiting, tenant, per_tenant=3)
+        return
+    with pytest.raises(errors.TooManyRequests, match="has 3 sample requests waiting") as err:
+        admission.check_sample_room(waiting, tenant, per_tenant=3)
+    assert err.value.field == "max_queued_samples_per_tenant"

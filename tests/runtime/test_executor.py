@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
@@ -50,7 +51,7 @@ class RecordingDecoder:
     decode_rows = 0
 
     def requests(self):
-        return list(self.jobs)
+        return [SimpleNamespace(job=job, live=job.num_samples) for job in self.jobs]
 
     def needs(self):
         return [job.need(prefilling=True) for job in self.jobs]

@@ -91,6 +91,30 @@ file://{{ .Values.store.pvc.mountPath }}
 {{- end }}
 {{- end -}}
 
+{{- /* Tenants' quotas as the settings of one component ("gateway" or "operator"): each default a
+variable of its own, the tenants' table one JSON object with the settings' snake_case names. */ -}}
+{{- define "loraplane.tenantQuotaEnv" -}}
+{{- $prefix := printf "LORAPLANE_%s__" (upper .section) }}
+{{- range $name, $value := .ctx.Values.tenants.defaults }}
+{{- if not (kindIs "invalid" $value) }}
+- name: {{ $prefix }}TENANT_DEFAULTS__{{ snakecase $name | upper }}
+  value: {{ $value | int64 | quote }}
+{{- end }}
+{{- end }}
+{{- with .ctx.Values.tenants.quotas }}
+{{- $table := dict }}
+{{- range $tenant, $quota := . }}
+{{- $fields := dict }}
+{{- range $name, $value := $quota }}
+{{- $_ := set $fields (snakecase $name) (ternary nil ($value | int64) (kindIs "invalid" $value)) }}
+{{- end }}
+{{- $_ := set $table $tenant $fields }}
+{{- end }}
+- name: {{ $prefix }}TENANT_QUOTAS
+  value: {{ toJson $table | quote }}
+{{- end }}
+{{- end -}}
+
 {{- define "loraplane.storeEnvFrom" -}}
 {{- if and (eq .Values.store.type "s3") .Values.store.s3.credentialsSecret }}
 envFrom:

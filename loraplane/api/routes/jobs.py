@@ -12,9 +12,8 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Response
 
-from loraplane.api import quotas
 from loraplane.api.deps import GatewayDep, TenantDep
-from loraplane.core import errors
+from loraplane.core import errors, quotas
 from loraplane.core.models.v1alpha1 import LoRAJob, Phase
 
 #: The prefix of loraplane's own API (the Tinker API is under /api/v1).
