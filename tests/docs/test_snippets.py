@@ -323,7 +323,11 @@ def run_python(code: str, *, env: dict[str, str] | None = None, cwd: Path | None
     # a deprecated call the snippet itself makes (the SDK's start "DEPRECATED") fails it
     warnings = ["-W", "error::FutureWarning:__main__", "-W", "error::DeprecationWarning:__main__",
                 "-W", "error:DEPRECATED"]
-    out = subprocess.run([sys.executable, *warnings, "-c", code],
+    # The SDK's clients live on a daemon thread whose HTTP client may abort the process (SIGABRT,
+    # nothing on stderr) when the interpreter finalizes while a background call (a heartbeat) is in
+    # flight. The snippet has done all it does by then, so it ends without finalizing.
+    ending = "\nimport os as _os, sys as _sys\n_sys.stdout.flush(); _sys.stderr.flush(); _os._exit(0)\n"
+    out = subprocess.run([sys.executable, *warnings, "-c", code + ending],
                          capture_output=True, text=True, env=full_env, cwd=cwd, timeout=240)
     assert out.returncode == 0, f"snippet failed:\n{code}\n--- stderr:\n{out.stderr[-3000:]}"
     assert "DEPRECATED" not in out.stderr, out.stderr
