@@ -183,7 +183,7 @@ class RuntimeHttpPath:
     third adapter of the same runtime, in this process like the other clients."""
 
     def __init__(self, url: str, rows: list[list[int]], adam: dict[str, Any]) -> None:
-        from loraplane.core.runtime_client import RuntimeClient
+        from loraplane.clients.runtime import RuntimeClient
 
         self.loop = asyncio.new_event_loop()
         self.client = RuntimeClient(url, timeout=60)

@@ -19,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "loraplane"
 #: layer -> module prefixes it must not import
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "core": ("loraplane.api", "loraplane.operator", "loraplane.runtime", "loraplane.singlenode", "loraplane.control",
-             "loraplane.clients", "loraplane.jobsctl", "kopf", "fastapi", "kubernetes_asyncio", "torch"),
+             "loraplane.clients", "loraplane.jobsctl", "loraplane.asgi", "kopf", "fastapi", "kubernetes_asyncio",
+             "torch", "httpx", "fsspec", "starlette"),
     "clients": ("loraplane.api", "loraplane.operator", "loraplane.runtime", "loraplane.singlenode",
                 "loraplane.control", "loraplane.jobsctl", "kopf", "fastapi", "torch"),
     "control": ("loraplane.api", "loraplane.operator", "loraplane.runtime", "loraplane.singlenode",

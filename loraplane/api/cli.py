@@ -21,6 +21,7 @@ from typing import Any
 
 from loraplane.api.auth import load_keys, split_inline
 from loraplane.cli import port
+from loraplane.clients import artifact_store
 from loraplane.core import artifacts, errors, logs, quotas
 from loraplane.core.settings import GatewaySettings, Settings
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if len(keys) == 0:
         raise errors.InvalidInput("no API key configured; set LORAPLANE_GATEWAY__API_KEYS_FILE "
                                   "(tenant=key or tenant=sha256:<hex> lines) or pass --api-keys-file.")
-    store = artifacts.open_store(args.store or settings.store.url or artifacts.default_store_url())
+    store = artifact_store.open_store(args.store or settings.store.url or artifacts.default_store_url())
     gateway = Gateway(
         control_plane=_control_plane(settings), runtimes=Runtimes(timeout_s=gw_settings.long_poll_s + 60),
         store=store, models=list(args.model), long_poll_s=gw_settings.long_poll_s,

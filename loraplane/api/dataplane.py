@@ -2,7 +2,7 @@
 
 Callers: `gateway.Gateway` and `futures`. One pooled `httpx.AsyncClient` per runtime address;
 `transport` lets single-node mode route these calls into the in-process runtime apps without a
-socket. Calls go through `loraplane.core.runtime_client.RuntimeClient`, which turns non-2xx answers
+socket. Calls go through `loraplane.clients.runtime.RuntimeClient`, which turns non-2xx answers
 into `loraplane.core.errors`, so a runtime's 400 reaches the SDK as a 400 with its message.
 
 Design notes
@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
+from loraplane.clients.runtime import RuntimeClients
 from loraplane.core import errors
-from loraplane.core.runtime_client import RuntimeClient
 from loraplane.core.runtime_ops import OpBody, SampleBody
 
 PROTOBUF = "application/x-protobuf"
@@ -40,18 +40,9 @@ class Runtimes:
     """`RuntimeClient`s of the runtimes, one per address, created on first use."""
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, *, timeout_s: float = 30.0) -> None:
-        self._transport = transport
-        self._timeout = timeout_s
-        self._clients: dict[str, RuntimeClient] = {}
+        self.client = RuntimeClients(transport, timeout=timeout_s)
         #: address -> /readyz body, for tokenizer ids and model paths
         self._health: dict[str, dict[str, Any]] = {}
-
-    def client(self, address: str) -> RuntimeClient:
-        c = self._clients.get(address)
-        if c is None:
-            c = RuntimeClient(address, transport=self._transport, timeout=self._timeout)
-            self._clients[address] = c
-        return c
 
     async def submit_forward_backward(self, address: str, adapter_id: str, body: bytes, *,
                                       sequences_url: str | None = None, tenant: str | None = None) -> str:
@@ -94,6 +85,4 @@ class Runtimes:
         return self._health[address]
 
     async def close(self) -> None:
-        for c in self._clients.values():
-            await c.aclose()
-        self._clients.clear()
+        await self.client.close()

@@ -1,7 +1,7 @@
 """The one place where errors become HTTP answers.
 
 Callers: `app.create_app` installs `install(app)`. Runtime answers arrive as the same classes
-(`loraplane.core.runtime_client` maps them), so a runtime's 400 leaves the gateway as a 400.
+(`loraplane.clients.runtime` maps them), so a runtime's 400 leaves the gateway as a 400.
 
 Every error answer has a JSON body `{"detail", "error", "category", "field"?}`: the SDK treats a
 400 with an empty body as a proxy glitch and retries it forever (tinker-protocol surprise 10), and a

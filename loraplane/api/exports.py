@@ -34,6 +34,7 @@ from pydantic import Field
 
 from loraplane.api import ids
 from loraplane.api.protocol import _Body
+from loraplane.clients import artifact_store
 from loraplane.core import age, artifacts, errors
 from loraplane.core.runtime_ops import OpBody, OpKind
 
@@ -72,7 +73,7 @@ def check_grant(key: bytes, tenant: str, path: artifacts.TinkerPath, file: str, 
         raise errors.Forbidden("the URL has expired; ask external_weights_urls for a new one")
 
 
-def signing_key(store: artifacts.ArtifactStore, configured: str | None) -> bytes:
+def signing_key(store: artifact_store.ArtifactStore, configured: str | None) -> bytes:
     """The URL signing key: the configured one, else the store's (created once, shared by replicas)."""
     if configured:
         return configured.encode()
@@ -101,7 +102,7 @@ async def save_weights_external(gw: Any, tenant: str, body: SaveWeightsExternal)
             "model_id": body.model_id}
 
 
-def export_files(store: artifacts.ArtifactStore, path: artifacts.TinkerPath) -> list[str]:
+def export_files(store: artifact_store.ArtifactStore, path: artifacts.TinkerPath) -> list[str]:
     """Names of the exported files (the checkpoint folder less its record)."""
     return [n for n in store.children(artifacts.checkpoint_url(store.url, path)) if n not in _RECORD_FILES]
 

@@ -28,6 +28,7 @@ import pydantic
 from loraplane.api import codecs, ids, jobs, limits, protocol
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.records import Records, SamplerRecord, SessionEnd, SessionRecord
+from loraplane.clients import artifact_store
 from loraplane.core import artifacts, errors
 from loraplane.core import quotas as quotas_mod
 from loraplane.core.controlplane import ControlPlane
@@ -64,7 +65,7 @@ class Gateway:
         *,
         control_plane: ControlPlane,
         runtimes: Runtimes,
-        store: artifacts.ArtifactStore,
+        store: artifact_store.ArtifactStore,
         models: list[str] | None = None,
         long_poll_s: float = 30.0,
         job_start_timeout_s: float = 300.0,

@@ -29,6 +29,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from loraplane.clients.kubernetes import api_client
+from loraplane.clients.runtime import RuntimeClients
 from loraplane.core import errors, manifests, phases, scheduling
 from loraplane.core.models.v1alpha1.lorajob import (
     GROUP,
@@ -41,7 +42,6 @@ from loraplane.core.models.v1alpha1.lorajob import (
     Phase,
     RuntimeRef,
 )
-from loraplane.core.runtime_client import RuntimeClient
 from loraplane.core.runtime_ops import job_adapter_id
 from loraplane.core.settings import Settings
 
@@ -99,6 +99,7 @@ class KubeControlPlane:
         self._watcher: asyncio.Task[None] | None = None
         self._runtimes: tuple[float, list[tuple[RuntimeRef, str | None]]] | None = None  #: (time, [(ref, model)])
         self._start_lock: asyncio.Lock | None = None
+        self._probes = RuntimeClients(timeout=5.0)  #: /readyz of runtime pods, for runtimes_for_model
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubeControlPlane:
@@ -133,6 +134,7 @@ class KubeControlPlane:
         if self._api_client is not None:
             await self._api_client.close()
             self._api_client = None
+        await self._probes.close()
 
     # -- the watch ------------------------------------------------------------------------------
 
@@ -335,11 +337,10 @@ class KubeControlPlane:
         for pod in self._api_client.sanitize_for_serialization(pods.items) if self._api_client else []:
             address = scheduling.pod_address(pod, self.runtime_port)
             if address and scheduling.pod_is_ready(pod):
-                async with RuntimeClient(address, timeout=5.0) as rc:
-                    try:
-                        health = await rc.readiness()
-                    except errors.LoraplaneError:
-                        continue
+                try:
+                    health = await self._probes(address).readiness()
+                except errors.LoraplaneError:
+                    continue
                 if health.get("ready"):
                     found.append((RuntimeRef(pod=pod["metadata"]["name"], address=address), health.get("base_model")))
         return found

@@ -18,8 +18,10 @@ from typing import Any, Literal, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraplane.clients import artifact_store
+from loraplane.clients.artifact_store import ArtifactStore
 from loraplane.core import artifacts, errors
-from loraplane.core.artifacts import ArtifactStore, TinkerPath
+from loraplane.core.artifacts import TinkerPath
 
 log = logging.getLogger(__name__)
 
@@ -323,5 +325,5 @@ class Records:
     def finish_save(self, path: TinkerPath, *, now: str, step: int | None, size_bytes: int | None) -> None:
         """Write checkpoint.json once the runtime has saved the files (idempotent: the runtime has
         usually written it already, when the files were complete)."""
-        artifacts.record_saved_checkpoint(artifacts.checkpoint_url(self.store.url, path), now=now, step=step,
+        artifact_store.record_saved_checkpoint(artifacts.checkpoint_url(self.store.url, path), now=now, step=step,
                                           size_bytes=size_bytes)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from loraplane.clients import artifact_store
 from loraplane.control import runs
 from loraplane.control.runtime_calls import RuntimeUnreachable
 from loraplane.core import artifacts, phases, transitions
@@ -98,7 +99,7 @@ async def record_run(loop: JobLoop, job: LoRAJob) -> None:
     """Write the declarative run's run.json once, so the Tinker API knows the run and its owner."""
     if loop.run_recorded:
         return
-    store = artifacts.ArtifactStore(loop.ctx.store_url)
+    store = artifact_store.ArtifactStore(loop.ctx.store_url)
     url = artifacts.run_record_url(store.url, runs.run_id(job))
     record = runs.run_record(job, phases.iso(loop.ctx.clock()))
 
@@ -115,7 +116,7 @@ async def record_run(loop: JobLoop, job: LoRAJob) -> None:
 async def record_states(loop: JobLoop, job: LoRAJob, *, last_step: int, final: tuple[str, int] | None) -> None:
     """Write checkpoint.json for the run's complete training states that have none yet."""
     await record_run(loop, job)
-    store = artifacts.ArtifactStore(loop.ctx.store_url)
+    store = artifact_store.ArtifactStore(loop.ctx.store_url)
     run = runs.run_id(job)
     now = phases.iso(loop.ctx.clock())
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import pydantic
 
+from loraplane.clients import artifact_store
 from loraplane.control import following, metrics, quotas, runs
 from loraplane.control.pool import RuntimePool
 from loraplane.control.runtime_calls import RuntimeCalls, RuntimeRejected, RuntimeUnreachable
@@ -297,7 +298,7 @@ class JobLoop:
         now = phases.iso(self.ctx.clock())
 
         def read() -> list[tuple[artifacts.TinkerPath, dict[str, Any] | None]]:
-            store = artifacts.ArtifactStore(self.ctx.store_url)
+            store = artifact_store.ArtifactStore(self.ctx.store_url)
             return [
                 (path, store.read_json(artifacts.checkpoint_record_url(store.url, path)))
                 for path in store.checkpoints(run)

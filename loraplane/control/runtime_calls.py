@@ -1,7 +1,7 @@
 """The runtime API calls the operator makes (docs/runtime-api.md): health, adapters, training.
 
 Callers: `runtimes` (health polls) and `reconciling` (dispatch, follow, suspend, delete). The HTTP
-is `loraplane.core.runtime_client.RuntimeClient`, one per runtime address, kept open.
+is `loraplane.clients.runtime.RuntimeClient`, one per runtime address, kept open.
 
 Design notes
 ============
@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 import httpx
 
+from loraplane.clients.runtime import RuntimeClients, RuntimeUnavailable
 from loraplane.core import errors
 from loraplane.core.params import LoraConfig
-from loraplane.core.runtime_client import RuntimeClient, RuntimeUnavailable
 from loraplane.core.runtime_ops import OpBody, OpKind, TrainBody
 
 T = TypeVar("T")
@@ -45,19 +45,10 @@ class RuntimeCalls:
     """The operator's view of every runtime: one `RuntimeClient` per address, errors sorted in two."""
 
     def __init__(self, *, timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._timeout = timeout
-        self._transport = transport
-        self._clients: dict[str, RuntimeClient] = {}  #: address -> open client
-
-    def client(self, address: str) -> RuntimeClient:
-        if address not in self._clients:
-            self._clients[address] = RuntimeClient(address, transport=self._transport, timeout=self._timeout)
-        return self._clients[address]
+        self.client = RuntimeClients(transport, timeout=timeout)
 
     async def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for c in clients:
-            await c.aclose()
+        await self.client.close()
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         try:

@@ -2,7 +2,7 @@
 and the JSON bodies of the runtime's internal API (docs/runtime-api.md).
 
 Callers: the runtime's API (`runtime/api.py`, `runtime/wire.py`) parses these bodies, its client
-(`core/runtime_client.py`) sends them, the gateway names its futures by `OpKind`, and every
+(`clients/runtime.py`) sends them, the gateway names its futures by `OpKind`, and every
 component that addresses an adapter on a runtime gets its id here.
 
 Design notes

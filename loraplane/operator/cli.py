@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from loraplane.cli import port
+from loraplane.clients import artifact_store
 from loraplane.core import artifacts, logs
 from loraplane.core.settings import OperatorSettings, Settings
 from loraplane.operator import handlers
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.namespace is not None:
         op = op.model_copy(update={"namespace": args.namespace})
     logs.configure(args.log_level or settings.log_level, settings.log_format)
-    store = artifacts.open_store(args.store or settings.store.url or artifacts.default_store_url())
+    store = artifact_store.open_store(args.store or settings.store.url or artifacts.default_store_url())
     metrics_port = op.metrics_port if args.metrics_port is None else args.metrics_port
     asyncio.run(
         run_operator(

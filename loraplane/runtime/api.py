@@ -1,7 +1,7 @@
 """The runtime's internal HTTP API (docs/runtime-api.md), a thin FastAPI adapter over the executor.
 
 Callers: `loraplane runtime` serves it with uvicorn; single-node mode mounts the same ASGI app in
-process behind `loraplane.core.runtime_client.RuntimeClient`. Routes parse the body (`wire`),
+process behind `loraplane.clients.runtime.RuntimeClient`. Routes parse the body (`wire`),
 call the executor or the training runs, and encode the answer; every `LoraplaneError` becomes its
 status code with a JSON body in one handler, so a bad field is a 4xx naming it and never a crash.
 
@@ -27,8 +27,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from loraplane.asgi.fastlane import FastLane, Handler
+from loraplane.clients.runtime import SEQUENCES_HEADER, TENANT_HEADER
 from loraplane.core import errors, runtime_ops
-from loraplane.core.runtime_client import SEQUENCES_HEADER, TENANT_HEADER
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import executor as ex
 from loraplane.runtime import ops, residency, training, wire

@@ -13,7 +13,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraplane.core import artifacts, logs
+from loraplane.clients import artifact_store
+from loraplane.core import logs
 from loraplane.core.runtime_ops import FORWARD_KINDS, OpKind  # noqa: F401 (FORWARD_KINDS: the executor's)
 from loraplane.runtime import prompt_scoring
 
@@ -33,7 +34,7 @@ def _recorded(dest: str, step: int, size: int) -> dict[str, Any]:
     """Record a finished save in the store at once (I/O), so that it is listed, loadable and
     deletable even if its result is never fetched; the save's result."""
     now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-    artifacts.record_saved_checkpoint(dest, now=now, step=step, size_bytes=size)
+    artifact_store.record_saved_checkpoint(dest, now=now, step=step, size_bytes=size)
     return {"dest": dest, "step": step, "size_bytes": size}
 
 

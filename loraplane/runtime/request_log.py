@@ -1,7 +1,7 @@
 """The runtime's side of the request id: taken from `X-Request-ID`, kept for the call and its op.
 
 Callers: `runtime.api.create_app` installs `RequestLog` outermost. The gateway sends its request
-id with every call (`core.runtime_client`); this middleware puts it in `core.logs.request_id`, so
+id with every call (`clients.runtime`); this middleware puts it in `core.logs.request_id`, so
 the executor records it on the op (`ops.Op.origin`) and the lines about that op, also those written
 on the model thread, carry it. Answers of 400 and above are logged at INFO with their reason,
 successful calls at DEBUG; headers and query strings are never logged.

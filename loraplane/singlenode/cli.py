@@ -22,6 +22,7 @@ from typing import Any
 from loraplane.api.auth import load_keys, split_inline
 from loraplane.api.cli import listen
 from loraplane.cli import port
+from loraplane.clients import artifact_store
 from loraplane.core import artifacts, errors, logs
 from loraplane.core.settings import Settings
 
@@ -120,7 +121,7 @@ def check_start(config: Any) -> None:
     """
     from loraplane.runtime import model_host
 
-    artifacts.open_store(config.store_url)
+    artifact_store.open_store(config.store_url)
     check_job_store(config.jobs_path())
     for name, path in config.models.items():
         problem = model_host.model_dir_problem(path)

@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from loraplane.clients import artifact_store
 from loraplane.core import artifacts
 
 MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -295,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     key = "tml-" + secrets.token_hex(16)
-    store = artifacts.open_store(args.store or artifacts.default_store_url()).url
+    store = artifact_store.open_store(args.store or artifacts.default_store_url()).url
     with serving(model_dir, name=MODEL_NAME, store=store, threads=args.threads, key=key) as url:
         print(f"server ready at {url}; training {MODEL_NAME} with LoRA rank {args.rank}", flush=True)
         result = train_and_show(base_url=url, api_key=key, base_model=MODEL_NAME, tokenizer=tokenizer,

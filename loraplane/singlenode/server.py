@@ -30,6 +30,7 @@ from loraplane.api.app import create_app
 from loraplane.api.auth import KeyTable
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.gateway import Gateway
+from loraplane.clients import artifact_store
 from loraplane.core import artifacts, errors, quotas
 from loraplane.core.settings import GatewaySettings, OperatorSettings, RuntimeSettings
 from loraplane.singlenode.controlplane import EmbeddedControlPlane, ServedRuntime
@@ -185,7 +186,7 @@ def build_app(config: ServeConfig, *, runtime_app: Callable[[RuntimeSettings], A
     """The whole single-node server as one ASGI app; runtimes start and stop with its lifespan."""
     if not config.models:
         raise ValueError("no model to serve: pass --model NAME=PATH (or LORAPLANE_MODELS)")
-    store = artifacts.ArtifactStore(config.store_url)
+    store = artifact_store.ArtifactStore(config.store_url)
     served, apps = [], {}
     for i, (name, path) in enumerate(config.models.items()):
         host = runtime_name(i)

@@ -12,7 +12,7 @@ from loraplane.api import auth
 from loraplane.api.app import create_app
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.gateway import Gateway
-from loraplane.core import artifacts
+from loraplane.clients import artifact_store
 from loraplane.core.settings import GatewaySettings
 from loraplane.singlenode.controlplane import EmbeddedControlPlane
 from loraplane.singlenode.jobstore import SqliteJobStore
@@ -30,7 +30,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Gateway:
-    store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
+    store = artifact_store.ArtifactStore(f"file://{tmp_path}/store")
     return Gateway(control_plane=EmbeddedControlPlane(SqliteJobStore(tmp_path / "jobs.sqlite"), [], store_url=store.url), runtimes=Runtimes(), store=store,
                    models=[MODEL], max_request_bytes=4096, long_poll_s=0.1)
 

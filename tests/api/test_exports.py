@@ -10,6 +10,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from loraplane.api import exports
+from loraplane.clients import artifact_store
 from loraplane.core import age, artifacts, errors
 
 KEY = b"k" * 32
@@ -41,9 +42,9 @@ def test_a_signed_grant_is_admitted_until_it_expires():
 
 
 def test_the_store_key_is_created_once_and_shared(tmp_path: Path):
-    store = artifacts.ArtifactStore(f"file://{tmp_path}")
+    store = artifact_store.ArtifactStore(f"file://{tmp_path}")
     first = exports.signing_key(store, None)
-    assert len(first) == 64 and exports.signing_key(artifacts.ArtifactStore(f"file://{tmp_path}"), None) == first
+    assert len(first) == 64 and exports.signing_key(artifact_store.ArtifactStore(f"file://{tmp_path}"), None) == first
     assert exports.signing_key(store, "configured") == b"configured"
 
 
@@ -62,7 +63,7 @@ class _SigningMemory(MemoryFileSystem):
 
 def test_object_stores_hand_out_their_own_presigned_urls():
     fsspec.register_implementation("signingmem", _SigningMemory, clobber=True)
-    store = artifacts.ArtifactStore("signingmem://bucket")
+    store = artifact_store.ArtifactStore("signingmem://bucket")
     folder = artifacts.checkpoint_url(store.url, PATH)
     for name in ("adapter_config.json", "adapter_model.safetensors", "checkpoint.json"):
         store.fs.pipe_file(store.fs_path(artifacts.join(folder, name)), b"x")

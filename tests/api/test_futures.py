@@ -11,6 +11,7 @@ from loraplane.api import errors as api_errors
 from loraplane.api import futures, ids
 from loraplane.api.dataplane import Result, Runtimes
 from loraplane.api.gateway import Gateway
+from loraplane.clients import artifact_store
 from loraplane.core import artifacts, errors
 from loraplane.core.runtime_ops import OpKind
 from loraplane.singlenode.controlplane import EmbeddedControlPlane
@@ -21,7 +22,7 @@ RUN = "s-0123456789ab:train:0"
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Gateway:
-    store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
+    store = artifact_store.ArtifactStore(f"file://{tmp_path}/store")
     return Gateway(control_plane=EmbeddedControlPlane(SqliteJobStore(tmp_path / "jobs.sqlite"), [], store_url=store.url), runtimes=Runtimes(), store=store,
                    clock=lambda: "2026-01-01T00:00:00Z")
 
@@ -92,7 +93,7 @@ def test_user_errors_tell_the_sdk_not_to_retry() -> None:
 
 def test_checkpoints_past_their_ttl_disappear_and_ttls_can_be_changed(tmp_path: Path) -> None:
     now = ["2026-01-01T00:00:00Z"]
-    store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
+    store = artifact_store.ArtifactStore(f"file://{tmp_path}/store")
     gw = Gateway(control_plane=EmbeddedControlPlane(SqliteJobStore(tmp_path / "jobs.sqlite"), [], store_url=store.url), runtimes=Runtimes(), store=store, clock=lambda: now[0])
     gw.records.put_run(artifacts.build_run_record(run_id=RUN, tenant="alice", base_model="m", lora={}, now=now[0]))
     keep, brief = artifacts.TinkerPath(RUN, "weights", "keep"), artifacts.TinkerPath(RUN, "weights", "brief")
@@ -155,7 +156,7 @@ async def test_a_training_client_that_cannot_start_in_time_fails_and_its_job_is_
                          lora=LoraConfig())
     job.metadata.creationTimestamp = "2026-01-01T00:00:00Z"
     job.status.message = "no ready runtime serves 'org/m'"
-    store = artifacts.ArtifactStore(f"file://{tmp_path}/store")
+    store = artifact_store.ArtifactStore(f"file://{tmp_path}/store")
     cp = _PendingJobs(job)
     gw = Gateway(control_plane=cp, runtimes=Runtimes(), store=store, clock=lambda: now,  # type: ignore[arg-type]
                  long_poll_s=0.01, job_start_timeout_s=300)

@@ -24,7 +24,7 @@ from loraplane.api.auth import load_keys
 from loraplane.api.dataplane import Runtimes
 from loraplane.api.gateway import Gateway
 from loraplane.api.kube import KubeControlPlane
-from loraplane.core import artifacts
+from loraplane.clients import artifact_store
 from loraplane.core.quotas import QuotaTable
 from loraplane.core.settings import GatewaySettings, Settings
 
@@ -61,7 +61,7 @@ class GatewayServer:
         gateway = Gateway(
             control_plane=self.control_plane,
             runtimes=Runtimes(timeout_s=settings.gateway.long_poll_s + 60),
-            store=artifacts.ArtifactStore(store_url),
+            store=artifact_store.ArtifactStore(store_url),
             long_poll_s=settings.gateway.long_poll_s, job_start_timeout_s=settings.gateway.job_start_timeout_s,
             max_request_bytes=settings.gateway.max_request_bytes,
             quotas=QuotaTable.build(settings.gateway.tenant_defaults, settings.gateway.tenant_quotas, table.overrides),

@@ -20,6 +20,7 @@ import yaml
 from loraplane.api import ids
 from loraplane.api.gateway import utcnow
 from loraplane.api.records import Records
+from loraplane.clients import artifact_store
 from loraplane.control import metrics as operator_metrics
 from loraplane.core import artifacts, errors
 from loraplane.core.runtime_ops import job_adapter_id
@@ -105,7 +106,7 @@ def test_declarative_example_trains_to_succeeded(stack: LoraplaneStack, dataset:
     assert float(row[4]) == pytest.approx(status["progress"]["loss"]), wide
     # The Tinker API sees the run as its tenant's: `tinker checkpoint list` and loads read these.
     run_id = f"{stack.namespace}.support-bot-sft"
-    records = Records(artifacts.ArtifactStore(f"file://{stack.work / 'store'}"), utcnow)
+    records = Records(artifact_store.ArtifactStore(f"file://{stack.work / 'store'}"), utcnow)
     assert records.run("support", run_id)["base_model"] == "tiny"
     listed = {c["checkpoint_id"]: c for c in records.checkpoints("support", run_id)}
     assert set(listed) == {"weights/step-2", "weights/step-4", "weights/final"}

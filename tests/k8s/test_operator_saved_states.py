@@ -16,6 +16,7 @@ import httpx
 
 from loraplane.api.gateway import utcnow
 from loraplane.api.records import Records
+from loraplane.clients import artifact_store
 from loraplane.core import artifacts
 from tests.k8s.cluster import Cluster
 from tests.operator.harness import lorajob, operator, runtime_pod, wait_for
@@ -45,7 +46,7 @@ def test_a_users_save_restores_an_interactive_job_on_another_runtime_at_its_step
     a = RealRuntime(tiny_model_dir).start()
     b: RealRuntime | None = None
     store_url = f"file://{tmp_path / 'store'}"
-    store = artifacts.ArtifactStore(store_url)
+    store = artifact_store.ArtifactStore(store_url)
     try:
         cluster.add_pod(runtime_pod("rt-a", a.url))
         with operator(kubeconfig_path, store_url):

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from loraplane.clients.runtime import RuntimeClient, RuntimeUnavailable
 from loraplane.core import errors
-from loraplane.core.runtime_client import RuntimeClient, RuntimeUnavailable
 from loraplane.singlenode.server import RuntimeTransport
 
 pytestmark = pytest.mark.anyio

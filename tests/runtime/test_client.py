@@ -1,4 +1,4 @@
-"""`loraplane.core.runtime_client.RuntimeClient`: error mapping, unreachable runtimes, and the real app."""
+"""`loraplane.clients.runtime.RuntimeClient`: error mapping, unreachable runtimes, and the real app."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 from tinker import types as tt
 from tinker.proto import request_conv, response_conv
 
+from loraplane.clients.runtime import RuntimeClient, RuntimeUnavailable, error_for
 from loraplane.core import errors
 from loraplane.core.params import AdamParams, LoraConfig, SamplingParams
-from loraplane.core.runtime_client import RuntimeClient, RuntimeUnavailable, error_for
 from loraplane.core.runtime_ops import OpBody, OpKind, SampleBody
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime.api import RuntimeState, create_app

@@ -209,3 +209,26 @@ class RuntimeClient:
         except ValueError:
             body = None
         raise error_for(response.status_code, body)
+
+
+class RuntimeClients:
+    """One open `RuntimeClient` per runtime address, made on first use: the one cache of them, which
+    the gateway's data plane (`api.dataplane.Runtimes`), the control plane's runtime calls
+    (`control.runtime_calls.RuntimeCalls`) and the gateway's runtime probe each hold one of."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, *, timeout: float = 30.0) -> None:
+        self._transport = transport
+        self._timeout = timeout
+        self._clients: dict[str, RuntimeClient] = {}
+
+    def __call__(self, address: str) -> RuntimeClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = RuntimeClient(address, transport=self._transport,
+                                                            timeout=self._timeout)
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
