@@ -222,7 +222,9 @@ class Executor:
 
         `payload` is a `FwdBwdWork` or one of the op dataclasses of `loraplane.runtime.ops`. A
         repeated `(adapter_id, seq_id)` returns the first submit's request id and future. Raises
-        InvalidInput at once when the engine rejects a forward/backward, NotFound for an unknown adapter.
+        InvalidInput at once when the engine rejects a forward/backward, NotFound for an unknown adapter,
+        TooManyRequests past the queued-token limits, except for the seq the adapter's queue waits
+        for: refusing it would hold the ops behind it (which fill the limit) until the gap timeout.
         """
         kind = op_kind(payload)
         if kind in FORWARD_KINDS:
@@ -237,7 +239,7 @@ class Executor:
             if tenant:
                 entry.tenant = tenant
             tokens = work_tokens(payload) if kind in FORWARD_KINDS else 0
-            if kind in FORWARD_KINDS:
+            if kind in FORWARD_KINDS and not entry.queue.unblocks(seq_id):
                 with self.metrics.counting_refusals(entry.tenant, "max_queued_tokens"):
                     self._queues.check_room(entry.tenant, tokens, total=self.settings.max_queued_tokens,
                                             per_tenant=self.settings.max_queued_tokens_per_tenant)
