@@ -17,8 +17,8 @@ threads and no per-adapter locks exist.
 Every turn of the model thread runs the control calls (create/delete/offload/load adapters), then
 what `turns.plan_turn` chose: the waiting sample requests that join the decode batch, one batched
 `engine.forward_backward` over ready forward/backward heads (bounded by `max_batch_tokens`), the
-ready single ops (optim_step, save, load, snapshot), and one step of the decode batch
-(`loraplane.runtime.decoding`). Nothing of one adapter can overtake its own earlier ops.
+ready single ops (optim_step, save, load, snapshot), those that became ready meanwhile, and one
+step of the decode batch (`loraplane.runtime.decoding`). Nothing of one adapter can overtake its own earlier ops.
 
 Sampling limits: `max_queued_samples` requests wait to join (then 503, retry); `max_decode_rows`
 rows and `kv_cache_bytes` of KV cache are decoded at once (then requests wait their turn); a
@@ -332,6 +332,9 @@ class Executor:
                 self._runner.run_batch(batch)
             for op in singles:
                 self._runner.run_single(op, lambda payload: payload.apply(self.engine))
+            late = self._take_late_singles() if batch or singles else []
+            for op in late:
+                self._runner.run_single(op, lambda payload: payload.apply(self.engine))
             if turn.decode and not self._decoder.idle:
                 finished += self._runner.decode_step()
         finally:
@@ -364,6 +367,16 @@ class Executor:
             batch += taken
         singles = [op for adapter_id in turn.singles for op in self._queues.take(adapter_id, 1)]
         return admitted, batch, singles
+
+    def _take_late_singles(self) -> list[Op]:
+        """Pop the single ops that became ready while the turn ran (`turns.ready_singles`), and count
+        them as running."""
+        decoding = frozenset(self._decoder.adapters())
+        with self._cond:
+            ready = turns.ready_singles(self._queues.describe(), decoding)
+            late = [op for adapter_id in ready for op in self._queues.take(adapter_id, 1)]
+            self._running += len(late)
+        return late
 
     def _has_work(self) -> bool:
         if self._control or self._samples or not self._decoder.idle:

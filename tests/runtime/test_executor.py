@@ -436,3 +436,19 @@ def test_the_seq_a_full_queue_waits_for_is_admitted_past_the_tenants_limit():
     ex.submit("a1", 1, FakeWork("a1", "s1"), tenant="a")  # the gap's resend releases the queue
     ex.run_once()
     assert fwd_order(ex.engine, "a1") == ["s1", "s2", "s3", "s4"]
+
+
+def test_an_optim_step_sent_while_its_forward_backward_runs_finishes_in_the_same_turn():
+    ex = make_executor()
+    late = {}
+    forward = ex.engine.forward_backward
+
+    def forward_then_optim_arrives(works):
+        late["optim"] = ex.submit("a", 2, OptimStep("a", "adam"))[1]  # sent by the SDK meanwhile
+        return forward(works)
+
+    ex.engine.forward_backward = forward_then_optim_arrives
+    ex.submit("a", 1, FakeWork("a", "s1"))
+    assert ex.run_once() == 2
+    assert ex.engine.log == [("fwd", "a", "s1"), ("optim", "a", "adam")]
+    assert late["optim"].result(0) == {"grad_norm:mean": 1.0}
