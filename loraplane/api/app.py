@@ -169,7 +169,8 @@ def _stack_front_door(app: FastAPI, gateway: Gateway, keys: KeyTable, settings: 
     metrics, the key, body limits, per-tenant rates, the per-step lane."""
     app.add_middleware(FastLane, pick=step_lane(step_routes()), error_response=api_errors.response_for)
     app.add_middleware(guards.RateLimit, rate_per_s=settings.rate_per_s, burst=settings.rate_burst,
-                       exempt=frozenset({API_PREFIX + "/retrieve_future"}), concurrency=settings.tenant_concurrency)
+                       exempt=frozenset({API_PREFIX + "/retrieve_future"}), concurrency=settings.tenant_concurrency,
+                       refusal_hold_s=settings.refusal_hold_s)
 
     def body_limit(path: str) -> int:
         return gateway.max_request_bytes if path == API_PREFIX + "/forward_backward" else settings.max_json_bytes

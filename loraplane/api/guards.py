@@ -19,7 +19,8 @@ Design notes
 * Rate limits are per tenant, a token bucket (`limits.TokenBucket`); `retrieve_future` is not
   counted (a long poll is one request per pending future, bounded by the futures themselves).
 * A tenant's requests are worked on a few at a time (`tenant_concurrency`) and a refusal keeps its
-  turn until a token is due: one tenant's flood then costs the event loop, which every tenant
+  turn until a token is due (a runtime's refusal, 429 from its queue limits, for
+  `refusal_hold_s`): one tenant's flood then costs the event loop, which every tenant
   shares (and, in `serve`, the model thread's interpreter too), about what its rate allows, not
   whatever its connections can send. Measured with tests/acceptance/test_flood.py.
 """
@@ -168,12 +169,15 @@ class RateLimit:
     request on one event loop, so each request in progress delays every other tenant's next step
     by its share of the loop. However many connections a tenant opens, only `concurrency` of its
     requests are in progress at once, and a well-behaved tenant's request waits behind a few of
-    them, not behind all.
+    them, not behind all. A refusal holds its turn a while (until a token is due; `refusal_hold_s`
+    when a runtime refused), so a flood's refusals are paced as well.
     """
 
     def __init__(self, app: ASGIApp, rate_per_s: float, burst: int, exempt: frozenset[str],
-                 clock: Callable[[], float] = time.monotonic, concurrency: int = 8) -> None:
+                 clock: Callable[[], float] = time.monotonic, concurrency: int = 8,
+                 refusal_hold_s: float = 0.1) -> None:
         self.app = app
+        self.refusal_hold_s = refusal_hold_s
         self.exempt = exempt
         self.clock = clock
         self.buckets = limits.TenantBuckets(rate_per_s, burst)
@@ -199,4 +203,17 @@ class RateLimit:
                 # `concurrency` times its rate, so refusing a flood costs the loop little too.
                 await asyncio.sleep(min(wait_s, 1.0))
                 return
-            await self.app(scope, receive, send)
+            refused = False
+
+            async def watched(message: Message) -> None:
+                nonlocal refused
+                if message["type"] == "http.response.start":
+                    refused = message["status"] == 429
+                await send(message)
+
+            await self.app(scope, receive, watched)
+            if refused:
+                # Refused behind the gateway (a runtime's queue of this tenant is full): the turn
+                # is held too, or a client that ignores Retry-After would spin its refusals
+                # through the gateway and the runtime as fast as the loop can answer them.
+                await asyncio.sleep(self.refusal_hold_s)

@@ -17,8 +17,8 @@ threads and no per-adapter locks exist.
 Every turn of the model thread runs the control calls (create/delete/offload/load adapters), then
 what `turns.plan_turn` chose: the waiting sample requests that join the decode batch, one batched
 `engine.forward_backward` over ready forward/backward heads (bounded by `max_batch_tokens`), the
-ready single ops (optim_step, save, load, snapshot), and one step of the decode batch
-(`loraplane.runtime.decoding`). Nothing of one adapter can overtake its own earlier ops.
+ready single ops (optim_step, save, load, snapshot), those that became ready meanwhile, and one
+step of the decode batch (`loraplane.runtime.decoding`). Nothing of one adapter can overtake its own earlier ops.
 
 Sampling limits: `max_queued_samples` requests wait to join (then 503, retry); `max_decode_rows`
 rows and `kv_cache_bytes` of KV cache are decoded at once (then requests wait their turn); a
@@ -222,7 +222,9 @@ class Executor:
 
         `payload` is a `FwdBwdWork` or one of the op dataclasses of `loraplane.runtime.ops`. A
         repeated `(adapter_id, seq_id)` returns the first submit's request id and future. Raises
-        InvalidInput at once when the engine rejects a forward/backward, NotFound for an unknown adapter.
+        InvalidInput at once when the engine rejects a forward/backward, NotFound for an unknown adapter,
+        TooManyRequests past the queued-token limits, except for the seq the adapter's queue waits
+        for: refusing it would hold the ops behind it (which fill the limit) until the gap timeout.
         """
         kind = op_kind(payload)
         if kind in FORWARD_KINDS:
@@ -237,7 +239,7 @@ class Executor:
             if tenant:
                 entry.tenant = tenant
             tokens = work_tokens(payload) if kind in FORWARD_KINDS else 0
-            if kind in FORWARD_KINDS:
+            if kind in FORWARD_KINDS and not entry.queue.unblocks(seq_id):
                 with self.metrics.counting_refusals(entry.tenant, "max_queued_tokens"):
                     self._queues.check_room(entry.tenant, tokens, total=self.settings.max_queued_tokens,
                                             per_tenant=self.settings.max_queued_tokens_per_tenant)
@@ -330,6 +332,9 @@ class Executor:
                 self._runner.run_batch(batch)
             for op in singles:
                 self._runner.run_single(op, lambda payload: payload.apply(self.engine))
+            late = self._take_late_singles() if batch or singles else []
+            for op in late:
+                self._runner.run_single(op, lambda payload: payload.apply(self.engine))
             if turn.decode and not self._decoder.idle:
                 finished += self._runner.decode_step()
         finally:
@@ -362,6 +367,16 @@ class Executor:
             batch += taken
         singles = [op for adapter_id in turn.singles for op in self._queues.take(adapter_id, 1)]
         return admitted, batch, singles
+
+    def _take_late_singles(self) -> list[Op]:
+        """Pop the single ops that became ready while the turn ran (`turns.ready_singles`), and count
+        them as running."""
+        decoding = frozenset(self._decoder.adapters())
+        with self._cond:
+            ready = turns.ready_singles(self._queues.describe(), decoding)
+            late = [op for adapter_id in ready for op in self._queues.take(adapter_id, 1)]
+            self._running += len(late)
+        return late
 
     def _has_work(self) -> bool:
         if self._control or self._samples or not self._decoder.idle:

@@ -62,6 +62,11 @@ class SeqQueue:
                 f"seq_id {seq_id} is {seq_id - self.next_seq} ahead of the next one this model runs "
                 f"({self.next_seq}); at most {MAX_SEQ_AHEAD} calls may be ahead in flight", field="seq_id")
 
+    def unblocks(self, seq_id: int | None) -> bool:
+        """Whether `seq_id` is the one this queue waits for while later ones wait behind it: such an
+        op is admitted past the queued-work limits, since the ops it releases are what fill them."""
+        return seq_id is not None and seq_id == self.next_seq and bool(self.waiting)
+
     def push(self, op: Op, now: float) -> None:
         """Accept an op: in arrival order without a seq, else held until its turn."""
         if op.seq_id is None:

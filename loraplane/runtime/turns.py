@@ -25,6 +25,9 @@ at most one decode step, never a whole sample, and a long sample never waits beh
 - Single ops: every adapter whose head, once the pass took its forward ops, is a single op runs
   it, unless it would change the weights of an adapter with rows decoding
   (`scheduling.op_must_wait`) or replace a sampler snapshot with rows decoding.
+- Late singles: once the pass and the planned singles ran, the single ops that became ready
+  meanwhile (`ready_singles`, same rules) run before the decode step: the SDK sends an optim_step
+  right after its forward_backward, and waiting for the next turn would add a whole pass to it.
 - Decode step: whenever the decode batch holds requests or requests join it.
 """
 
@@ -185,6 +188,13 @@ def _fair_batch(rotated: Sequence[AdapterQueue], credit: Mapping[str, float],
     plan = fairshare.plan_pass(work, budget=limits.max_batch_tokens, weights=limits.tenant_weights, credit=credit)
     batch = tuple((q.adapter_id, plan.take[q.adapter_id]) for q in rotated if plan.take.get(q.adapter_id, 0))
     return batch, plan.credit
+
+
+def ready_singles(adapters: Sequence[AdapterQueue], decoding: frozenset[str]) -> tuple[str, ...]:
+    """Adapters whose head op is a single op that may run now (with no pass before it). No side
+    effects; `Executor.run_once` asks again once the pass ran, so that an optim_step sent while its
+    forward_backward was in the pass runs in the same turn instead of after the next pass."""
+    return _singles(adapters, {}, decoding)
 
 
 def _singles(adapters: Sequence[AdapterQueue], taken: Mapping[str, int], decoding: frozenset[str]) -> tuple[str, ...]:

@@ -425,3 +425,30 @@ def test_a_tenant_flooding_the_queue_gets_429_and_another_tenant_gets_in():
     ex.submit("b1", 1, FakeWork("b1", "s1"), tenant="b")  # the other tenant is admitted
     ex.run_once()
     ex.submit("a1", 4, FakeWork("a1", "s4"), tenant="a")  # room again once the queue ran
+
+
+def test_the_seq_a_full_queue_waits_for_is_admitted_past_the_tenants_limit():
+    ex = make_executor(adapters=("a1",), max_queued_tokens_per_tenant=12, max_queued_tokens=16)
+    for seq in range(2, 5):  # seq 1 was refused elsewhere; 2..4 wait behind it and fill the limit
+        ex.submit("a1", seq, FakeWork("a1", f"s{seq}"), tenant="a")
+    with pytest.raises(errors.TooManyRequests):
+        ex.submit("a1", 5, FakeWork("a1", "s5"), tenant="a")
+    ex.submit("a1", 1, FakeWork("a1", "s1"), tenant="a")  # the gap's resend releases the queue
+    ex.run_once()
+    assert fwd_order(ex.engine, "a1") == ["s1", "s2", "s3", "s4"]
+
+
+def test_an_optim_step_sent_while_its_forward_backward_runs_finishes_in_the_same_turn():
+    ex = make_executor()
+    late = {}
+    forward = ex.engine.forward_backward
+
+    def forward_then_optim_arrives(works):
+        late["optim"] = ex.submit("a", 2, OptimStep("a", "adam"))[1]  # sent by the SDK meanwhile
+        return forward(works)
+
+    ex.engine.forward_backward = forward_then_optim_arrives
+    ex.submit("a", 1, FakeWork("a", "s1"))
+    assert ex.run_once() == 2
+    assert ex.engine.log == [("fwd", "a", "s1"), ("optim", "a", "adam")]
+    assert late["optim"].result(0) == {"grad_norm:mean": 1.0}
