@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,116 +28,58 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+#: The runtime's series, one a line: attribute, kind, name (after `loraplane_runtime_`), labels,
+#: buckets, then `|` and the help text. `RuntimeMetrics` has an attribute per line.
+SERIES = """
+ops                       counter    ops                          op,outcome         -       | Operations finished, by type and outcome.
+batch_works               histogram  batch_requests               -                  batch   | Forward/backward requests gathered into one engine pass.
+batch_adapters            histogram  batch_adapters               -                  batch   | Distinct adapters in one engine pass.
+step_latency              histogram  step_latency_seconds         op                 latency | Wall time of one engine call, by op type.
+tokens                    counter    tokens                       -                  -       | Tokens processed by forward/backward passes.
+tenant_tokens_total       counter    tenant_tokens                tenant             -       | Tokens of each tenant's forward/backward work run in passes.
+tenant_ops                counter    tenant_ops                   tenant,op,outcome  -       | Operations finished, by tenant, type and outcome.
+tenant_sampled_tokens     counter    tenant_sampled_tokens        tenant             -       | Tokens sampled for each tenant's requests.
+tenant_queue_depth        gauge      tenant_queue_depth           tenant             -       | Operations of each tenant queued or running.
+tenant_rejections         counter    tenant_rejections            tenant,limit       -       | Work refused (429) because a queue limit was reached, by tenant and limit.
+tenant_model_seconds      counter    tenant_model_seconds         tenant             -       | Seconds of the model thread spent on each tenant's work (a shared pass split by tokens or rows).
+tokens_per_second         gauge      tokens_per_second            -                  -       | Throughput of the last forward/backward pass.
+queue_depth               gauge      queue_depth                  -                  -       | Operations queued or running.
+adapters                  gauge      adapters                     state              -       | Adapters by residency.
+decode_rows               gauge      decode_rows                  -                  -       | Sequences in the decode batch at its last step.
+decode_rows_per_step      histogram  decode_rows_per_step         -                  row     | Sequences decoded together in one step.
+decode_tokens             counter    decode_tokens                -                  -       | Tokens sampled by the decode batch.
+prefill_tokens            counter    prefill_tokens               -                  -       | Prompt tokens prefilled by the decode batch.
+decode_tokens_per_second  gauge      decode_tokens_per_second     -                  -       | Tokens sampled per second in the last decode step.
+time_to_first_token       histogram  time_to_first_token_seconds  -                  latency | Seconds from joining the batch to the first token.
+sample_queue_wait         histogram  sample_queue_wait_seconds    -                  latency | Seconds a sample request waited to join the batch.
+sample_queue              gauge      sample_queue                 -                  -       | Sample requests waiting to join the batch.
+kv_bytes                  gauge      kv_cache_bytes               -                  -       | Bytes the sampling KV cache holds now.
+kv_reserved_bytes         gauge      kv_cache_reserved_bytes      -                  -       | Bytes the running sample requests' KV cache may reach.
+kv_budget_bytes           gauge      kv_cache_budget_bytes        -                  -       | The kv_cache_bytes setting.
+"""
+_KINDS: dict[str, Any] = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+_BUCKETS = {"batch": _BATCH_BUCKETS, "latency": _LATENCY_BUCKETS, "row": _ROW_BUCKETS}
+
+
+def _series(registry: CollectorRegistry) -> Iterator[tuple[str, Any]]:
+    """(attribute, metric) of every line of `SERIES`, registered in `registry`."""
+    for line in SERIES.strip().splitlines():
+        spec, doc = line.split(" | ", 1)
+        attr, kind, name, labels, buckets = spec.split()
+        options: dict[str, Any] = {"registry": registry}
+        if buckets != "-":
+            options["buckets"] = _BUCKETS[buckets]
+        yield attr, _KINDS[kind]("loraplane_runtime_" + name, doc, [] if labels == "-" else labels.split(","),
+                                 **options)
+
+
 class RuntimeMetrics:
     """The runtime's series; every method is cheap and safe to call from any thread."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        #: ops finished, by op type ("forward_backward", "optim_step", "sample", ...) and outcome
-        self.ops = Counter(
-            "loraplane_runtime_ops", "Operations finished, by type and outcome.", ["op", "outcome"],
-            registry=self.registry,
-        )
-        #: how many forward/backward requests (of any adapters) shared one engine pass
-        self.batch_works = Histogram(
-            "loraplane_runtime_batch_requests", "Forward/backward requests gathered into one engine pass.",
-            buckets=_BATCH_BUCKETS, registry=self.registry,
-        )
-        #: how many distinct adapters shared one engine pass
-        self.batch_adapters = Histogram(
-            "loraplane_runtime_batch_adapters", "Distinct adapters in one engine pass.",
-            buckets=_BATCH_BUCKETS, registry=self.registry,
-        )
-        #: wall time of one engine call, by op type
-        self.step_latency = Histogram(
-            "loraplane_runtime_step_latency_seconds", "Wall time of one engine call, by op type.", ["op"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )
-        #: tokens processed by forward/backward passes (rate() of it is tokens/s)
-        self.tokens = Counter(
-            "loraplane_runtime_tokens", "Tokens processed by forward/backward passes.", registry=self.registry,
-        )
-        #: tokens each tenant's work put through training passes (its share of the model's time)
-        self.tenant_tokens_total = Counter(
-            "loraplane_runtime_tenant_tokens", "Tokens of each tenant's forward/backward work run in passes.",
-            ["tenant"], registry=self.registry,
-        )
-        #: per tenant: ops finished, tokens sampled, ops queued, work refused, model-thread seconds
-        self.tenant_ops = Counter(
-            "loraplane_runtime_tenant_ops", "Operations finished, by tenant, type and outcome.",
-            ["tenant", "op", "outcome"], registry=self.registry,
-        )
-        self.tenant_sampled_tokens = Counter(
-            "loraplane_runtime_tenant_sampled_tokens", "Tokens sampled for each tenant's requests.",
-            ["tenant"], registry=self.registry,
-        )
-        self.tenant_queue_depth = Gauge(
-            "loraplane_runtime_tenant_queue_depth", "Operations of each tenant queued or running.",
-            ["tenant"], registry=self.registry,
-        )
-        self.tenant_rejections = Counter(
-            "loraplane_runtime_tenant_rejections", "Work refused (429) because a queue limit was reached, "
-            "by tenant and limit.", ["tenant", "limit"], registry=self.registry,
-        )
-        self.tenant_model_seconds = Counter(
-            "loraplane_runtime_tenant_model_seconds", "Seconds of the model thread spent on each tenant's work "
-            "(a shared pass split by tokens or rows).", ["tenant"], registry=self.registry,
-        )
-        #: tokens/s of the last forward/backward pass
-        self.tokens_per_second = Gauge(
-            "loraplane_runtime_tokens_per_second", "Throughput of the last forward/backward pass.",
-            registry=self.registry,
-        )
-        #: ops accepted but not finished (set from the executor at scrape time)
-        self.queue_depth = Gauge(
-            "loraplane_runtime_queue_depth", "Operations queued or running.", registry=self.registry,
-        )
-        #: adapters on the device / offloaded (set at scrape time)
-        self.adapters = Gauge(
-            "loraplane_runtime_adapters", "Adapters by residency.", ["state"], registry=self.registry,
-        )
-        #: sequences in the decode batch at its last step, and their distribution over steps
-        self.decode_rows = Gauge(
-            "loraplane_runtime_decode_rows", "Sequences in the decode batch at its last step.", registry=self.registry,
-        )
-        self.decode_rows_per_step = Histogram(
-            "loraplane_runtime_decode_rows_per_step", "Sequences decoded together in one step.",
-            buckets=_ROW_BUCKETS, registry=self.registry,
-        )
-        #: tokens sampled (rate() of it is the decode throughput) and the last step's tokens/s
-        self.decode_tokens = Counter(
-            "loraplane_runtime_decode_tokens", "Tokens sampled by the decode batch.", registry=self.registry,
-        )
-        self.prefill_tokens = Counter(
-            "loraplane_runtime_prefill_tokens", "Prompt tokens prefilled by the decode batch.", registry=self.registry,
-        )
-        self.decode_tokens_per_second = Gauge(
-            "loraplane_runtime_decode_tokens_per_second", "Tokens sampled per second in the last decode step.",
-            registry=self.registry,
-        )
-        #: time from a sample request's admission to its first token, and its wait before admission
-        self.time_to_first_token = Histogram(
-            "loraplane_runtime_time_to_first_token_seconds", "Seconds from joining the batch to the first token.",
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.sample_queue_wait = Histogram(
-            "loraplane_runtime_sample_queue_wait_seconds", "Seconds a sample request waited to join the batch.",
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.sample_queue = Gauge(
-            "loraplane_runtime_sample_queue", "Sample requests waiting to join the batch.", registry=self.registry,
-        )
-        #: KV cache bytes held now, the bound of the running requests, and the budget
-        self.kv_bytes = Gauge(
-            "loraplane_runtime_kv_cache_bytes", "Bytes the sampling KV cache holds now.", registry=self.registry,
-        )
-        self.kv_reserved_bytes = Gauge(
-            "loraplane_runtime_kv_cache_reserved_bytes", "Bytes the running sample requests' KV cache may reach.",
-            registry=self.registry,
-        )
-        self.kv_budget_bytes = Gauge(
-            "loraplane_runtime_kv_cache_budget_bytes", "The kv_cache_bytes setting.", registry=self.registry,
-        )
+        for attr, metric in _series(self.registry):
+            setattr(self, attr, metric)
         self._refresh: Callable[[RuntimeMetrics], None] | None = None
         self._queued_tenants: set[str] = set()  #: tenants whose queue-depth gauge exists
 

@@ -39,41 +39,46 @@ def _recorded(dest: str, step: int, size: int) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class SaveState:
-    """Save weights (and optimizer moments) to a store URL; result `{"dest", "step", "size_bytes"}`."""
+class _Save:
+    """A save of the adapter's files to a store URL, recorded once complete; result
+    `{"dest", "step", "size_bytes"}`. Each kind says what it writes (`write`, the bytes written)."""
 
     adapter_id: str
     dest: str
+
+    def apply(self, engine: Any) -> dict[str, Any]:
+        return _recorded(self.dest, engine.adapter_step(self.adapter_id), self.write(engine))
+
+    def write(self, engine: Any) -> int:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SaveState(_Save):
+    """Weights and, unless `optimizer` is false, the optimizer's moments: a training state."""
+
     optimizer: bool = True
 
-    def apply(self, engine: Any) -> dict[str, Any]:
-        size = engine.save_state(self.adapter_id, self.dest, optimizer=self.optimizer)
-        return _recorded(self.dest, engine.adapter_step(self.adapter_id), size)
+    def write(self, engine: Any) -> int:
+        return engine.save_state(self.adapter_id, self.dest, optimizer=self.optimizer)
 
 
 @dataclass(frozen=True)
-class SaveSampler:
-    """Save the PEFT adapter files only; result `{"dest", "step", "size_bytes"}`."""
+class SaveSampler(_Save):
+    """The PEFT adapter files only: a sampler's weights."""
 
-    adapter_id: str
-    dest: str
-
-    def apply(self, engine: Any) -> dict[str, Any]:
-        size = engine.save_sampler(self.adapter_id, self.dest)
-        return _recorded(self.dest, engine.adapter_step(self.adapter_id), size)
+    def write(self, engine: Any) -> int:
+        return engine.save_sampler(self.adapter_id, self.dest)
 
 
 @dataclass(frozen=True)
-class SaveExternal:
-    """Export the PEFT adapter folder, age-encrypted if recipients are given; result like SaveSampler."""
+class SaveExternal(_Save):
+    """The PEFT adapter folder for download, age-encrypted to `age_recipients` when given."""
 
-    adapter_id: str
-    dest: str
     age_recipients: tuple[str, ...] = ()
 
-    def apply(self, engine: Any) -> dict[str, Any]:
-        size = engine.save_external(self.adapter_id, self.dest, list(self.age_recipients) or None)
-        return _recorded(self.dest, engine.adapter_step(self.adapter_id), size)
+    def write(self, engine: Any) -> int:
+        return engine.save_external(self.adapter_id, self.dest, list(self.age_recipients) or None)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ retryable or a server error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 import torch
 
@@ -121,6 +121,7 @@ class _Packed:
     mask: torch.Tensor
 
 
+@dataclass
 class PassRunner:
     """Runs batched forward/backward passes of many adapters over one model; see the module docstring.
 
@@ -135,27 +136,16 @@ class PassRunner:
         max_pass_tokens: padded tokens per forward pass.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        router: lora.LoraRouter,
-        store: adapters.AdapterStore,
-        sequences: stability.SequenceRecords,
-        limits: TokenLimits,
-        *,
-        device: torch.device,
-        packed_attention: bool,
-        max_pass_tokens: int,
-    ) -> None:
-        self.model = model
-        self.router = router
-        self.store = store
-        self.sequences = sequences
-        self.limits = limits
-        self.device = device
-        self.packed_attention = packed_attention
-        #: padded tokens per forward pass (see `lora.plan_passes`)
-        self.max_pass_tokens = max_pass_tokens
+    model: torch.nn.Module
+    router: lora.LoraRouter
+    store: adapters.AdapterStore
+    sequences: stability.SequenceRecords
+    limits: TokenLimits
+    _: KW_ONLY
+    device: torch.device
+    packed_attention: bool
+    #: padded tokens per forward pass (see `lora.plan_passes`)
+    max_pass_tokens: int
 
     def validate(self, work: FwdBwdWork) -> None:
         """Cheap checks of one work; raises InvalidInput / NotFound naming the bad field."""
