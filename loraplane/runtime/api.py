@@ -5,7 +5,8 @@ process behind `loraplane.clients.runtime.RuntimeClient`. Routes parse the body 
 call the executor or the training runs, and encode the answer; every `LoraplaneError` becomes its
 status code with a JSON body in one handler, so a bad field is a 4xx naming it and never a crash.
 
-Submitting an op and reading its result (twice per training step) take the fast lane (`asgi.fastlane.FastLane`), which calls
+Submitting an op and reading its result (twice per training step) take the fast lane
+(`asgi.fastlane.FastLane`), which calls
 `submit_step` / `read_result` directly; the FastAPI routes for them call the same functions.
 
 The app can be built before the model is loaded (`RuntimeState.executor` is None): `/healthz`
@@ -17,12 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -31,7 +31,7 @@ from loraplane.clients.runtime import SEQUENCES_HEADER, TENANT_HEADER
 from loraplane.core import errors, runtime_ops
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import executor as ex
-from loraplane.runtime import ops, residency, training, wire
+from loraplane.runtime import ops, reports, training, wire
 from loraplane.runtime.engine import LoraSpec
 from loraplane.runtime.metrics import PROMETHEUS_CONTENT_TYPE, RuntimeMetrics
 from loraplane.runtime.request_log import RequestLog
@@ -88,91 +88,114 @@ def create_app(state: RuntimeState) -> FastAPI:
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(errors.invalid_input(exc.errors()).to_dict(), 400)
 
-    @app.get("/healthz")
+    for router in (_probe_routes(state), _adapter_routes(state), _op_routes(state)):
+        app.include_router(router)
+    app.add_middleware(FastLane, pick=step_lane(state), error_response=error_response)
+    app.add_middleware(RequestLog)
+    return app
+
+
+
+
+def _probe_routes(state: RuntimeState) -> APIRouter:
+    """Liveness, readiness (`health`) and Prometheus."""
+    router = APIRouter()
+
+    @router.get("/healthz")
     async def healthz() -> JSONResponse:
         alive = state.executor is None or state.executor.alive
         return JSONResponse({"status": "ok" if alive else "model thread stopped"}, 200 if alive else 503)
 
-    @app.get("/readyz")
+    @router.get("/readyz")
     async def readyz() -> JSONResponse:
-        body = health(state)
+        body = reports.health(state.settings, state.executor)
         return JSONResponse(body, 200 if body["ready"] else 503)
 
-    @app.get("/metrics")
+    @router.get("/metrics")
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+    return router
 
-    @app.get("/v1/adapters")
+
+def _adapter_routes(state: RuntimeState) -> APIRouter:
+    """An adapter's life: create, load a saved state, read, offload, delete."""
+    router = APIRouter()
+
+    @router.get("/v1/adapters")
     async def list_adapters(executor: Exec) -> dict[str, Any]:
-        return {"adapters": [adapter_info(executor, a) for a in sorted(executor.engine.adapter_ids())]}
+        return {"adapters": [reports.adapter_info(executor, a) for a in sorted(executor.engine.adapter_ids())]}
 
-    @app.post("/v1/adapters")
+    @router.post("/v1/adapters")
     async def create_adapter(request: Request, executor: Exec) -> JSONResponse:
         body = wire.parse_body(runtime_ops.CreateAdapterBody, await read_json(request, state.max_body_bytes))
         spec = LoraSpec(rank=body.rank, alpha=body.alpha, seed=body.seed, train_attn=body.train_attn, train_mlp=body.train_mlp,
                         train_unembed=body.train_unembed)
         existed = executor.engine.has_adapter(body.adapter_id)
         await _wait(executor.create_adapter(body.adapter_id, spec, expect_seq=body.expect_seq))
-        return JSONResponse(adapter_info(executor, body.adapter_id), 200 if existed else 201)
+        return JSONResponse(reports.adapter_info(executor, body.adapter_id), 200 if existed else 201)
 
-    @app.post("/v1/adapters/{adapter_id}/load")
+    @router.post("/v1/adapters/{adapter_id}/load")
     async def load_adapter(adapter_id: str, request: Request, executor: Exec) -> dict[str, Any]:
         body = wire.parse_body(runtime_ops.LoadAdapterBody, await read_json(request, state.max_body_bytes))
         _check_adapter_id(adapter_id)
         await _wait(executor.load_adapter(adapter_id, body.source, body.optimizer, body.expect_seq))
-        return adapter_info(executor, adapter_id)
+        return reports.adapter_info(executor, adapter_id)
 
-    @app.get("/v1/adapters/{adapter_id}")
+    @router.get("/v1/adapters/{adapter_id}")
     async def get_adapter(adapter_id: str, executor: Exec) -> dict[str, Any]:
-        return adapter_info(executor, adapter_id)
+        return reports.adapter_info(executor, adapter_id)
 
-    @app.post("/v1/adapters/{adapter_id}/offload")
+    @router.post("/v1/adapters/{adapter_id}/offload")
     async def offload_adapter(adapter_id: str, executor: Exec) -> dict[str, Any]:
         await _wait(executor.offload_adapter(adapter_id))
-        return adapter_info(executor, adapter_id)
+        return reports.adapter_info(executor, adapter_id)
 
-    @app.delete("/v1/adapters/{adapter_id}", status_code=204)
+    @router.delete("/v1/adapters/{adapter_id}", status_code=204)
     async def delete_adapter(adapter_id: str, executor: Exec) -> Response:
         await _wait(executor.delete_adapter(adapter_id))
         return Response(status_code=204)
+    return router
 
-    @app.post("/v1/adapters/{adapter_id}/ops", status_code=202)
+
+def _op_routes(state: RuntimeState) -> APIRouter:
+    """Ops of an adapter, sample requests, their results, declarative training runs."""
+    router = APIRouter()
+
+    @router.post("/v1/adapters/{adapter_id}/ops", status_code=202)
     async def submit_op(adapter_id: str, request: Request, executor: Exec) -> Response:
         return await submit_step(state, executor, adapter_id, request)
 
-    @app.post("/v1/sample", status_code=202)
+    @router.post("/v1/sample", status_code=202)
     async def submit_sample(request: Request, executor: Exec) -> dict[str, str]:
         body = wire.parse_body(runtime_ops.SampleBody, await read_json(request, state.max_body_bytes))
         request_id, _ = executor.submit_sample(wire.sample_from_body(body, executor.engine.vocab_size))
         return {"request_id": request_id}
 
-    @app.get("/v1/results/{request_id}")
+    @router.get("/v1/results/{request_id}")
     async def result(
         request_id: str, executor: Exec, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0,
         owner: Annotated[str | None, Query(max_length=253)] = None,
     ) -> Response:
         return await read_result(executor, request_id, wait, owner)
 
-    @app.post("/v1/adapters/{adapter_id}/train")
+    @router.post("/v1/adapters/{adapter_id}/train")
     async def start_training(adapter_id: str, request: Request, executor: Exec) -> JSONResponse:
         body = wire.parse_body(runtime_ops.TrainBody, await read_json(request, state.max_body_bytes))
         assert state.trainings is not None
         status, created = state.trainings.start(adapter_id, body)
         return JSONResponse(status.to_dict(), 202 if created else 200)
 
-    @app.get("/v1/adapters/{adapter_id}/train")
+    @router.get("/v1/adapters/{adapter_id}/train")
     async def training_status(adapter_id: str, executor: Exec) -> dict[str, Any]:
         assert state.trainings is not None
         return state.trainings.status(adapter_id).to_dict()
-
-    app.add_middleware(FastLane, pick=step_lane(state), error_response=error_response)
-    app.add_middleware(RequestLog)
-    return app
+    return router
 
 
 # ---- the per-step calls ----------------------------------------------------------------------
-# Submitting an op and reading its result happen once each per training step. the fast lane (`asgi.fastlane.FastLane`) hands
-# them to `submit_step` / `read_result` without FastAPI's routing and dependency solving, which
+# Submitting an op and reading its result happen once each per training step. The fast lane
+# (`asgi.fastlane.FastLane`) hands them to `submit_step` / `read_result` without FastAPI's routing
+# and dependency solving, which
 # cost more than the calls themselves; the routes above call the same two functions.
 
 async def submit_step(state: RuntimeState, executor: ex.Executor, adapter_id: str, request: Request) -> Response:
@@ -281,58 +304,6 @@ def error_response(exc: errors.LoraplaneError) -> Response:
 
 
 # ---- helpers (pure unless noted) -------------------------------------------------------------
-
-def health(state: RuntimeState) -> dict[str, Any]:
-    """The `RuntimeHealth` body of `/readyz`. Reads engine state; no side effects."""
-    s = state.settings
-    executor = state.executor
-    if executor is None:
-        return {"ready": False, "base_model": s.base_model or "", "model_path": s.model_path or "",
-                "device": s.device, "dtype": s.dtype, "adapters": {"resident": 0, "offloaded": 0, "total": 0},
-                "capacity": {"max_adapters": s.max_adapters, "free_slots": s.max_adapters}, "queue_depth": 0,
-                "sampling": sampling_health(s, None)}
-    engine = executor.engine
-    ids = list(engine.adapter_ids())
-    resident = sum(1 for a in ids if engine.is_resident(a))
-    return {
-        "ready": executor.alive, "base_model": engine.base_model, "model_path": engine.model_path,
-        "device": str(engine.device), "dtype": str(engine.dtype).removeprefix("torch."),
-        "adapters": {"resident": resident, "offloaded": len(ids) - resident, "total": len(ids)},
-        "capacity": {"max_adapters": s.max_adapters,
-                     "free_slots": residency.free_slots(engine.training_adapter_count(), s.max_adapters)},
-        "queue_depth": executor.queue_depth(),
-        "sampling": sampling_health(s, executor),
-    }
-
-
-def sampling_health(s: RuntimeSettings, executor: ex.Executor | None) -> dict[str, Any]:
-    """The `sampling` part of `/readyz`: the decode batch's limits and what it holds now."""
-    body: dict[str, Any] = {
-        "kv_cache_bytes": s.kv_cache_bytes, "kv_bytes_used": 0, "kv_bytes_reserved": 0, "decode_rows": 0,
-        "max_decode_rows": s.max_decode_rows, "queued": 0, "max_queued_samples": s.max_queued_samples,
-    }
-    if executor is not None:
-        decoder = executor.engine.decoder
-        body.update(kv_bytes_used=decoder.kv_bytes(), kv_bytes_reserved=executor.kv_bytes_reserved,
-                    decode_rows=decoder.decode_rows, queued=executor.sample_queue())
-    return body
-
-
-def adapter_info(executor: ex.Executor, adapter_id: str) -> dict[str, Any]:
-    """The `AdapterInfo` of an adapter; NotFound when unknown. No side effects."""
-    engine = executor.engine
-    if not engine.has_adapter(adapter_id):
-        raise errors.NotFound(f"unknown adapter {adapter_id!r}", field="adapter_id")
-    spec = engine.adapter_spec(adapter_id)
-    next_seq, last_used = executor.adapter_progress(adapter_id)
-    return {
-        "adapter_id": adapter_id, "kind": "sampler" if engine.is_sampler(adapter_id) else "train",
-        "rank": spec.rank, "alpha": spec.alpha, "seed": spec.seed, "train_attn": spec.train_attn,
-        "train_mlp": spec.train_mlp, "train_unembed": spec.train_unembed,
-        "step": engine.adapter_step(adapter_id), "loss": engine.adapter_loss(adapter_id), "resident": engine.is_resident(adapter_id),
-        "last_used": last_used or time.time(), "next_seq": next_seq,
-    }
-
 
 def encode_result(op: ex.Op) -> Response:
     """The answer of `GET /v1/results/{id}` for an op in any state. No side effects."""

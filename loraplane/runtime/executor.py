@@ -18,11 +18,10 @@ Every turn of the model thread runs the control calls (create/delete/offload/loa
 what `turns.plan_turn` chose: the waiting sample requests that join the decode batch, one batched
 `engine.forward_backward` over ready forward/backward heads (bounded by `max_batch_tokens`), the
 ready single ops (optim_step, save, load, snapshot), those that became ready meanwhile, and one
-step of the decode batch (`loraplane.runtime.decoding`). Nothing of one adapter can overtake its own earlier ops.
-
-Sampling limits: `max_queued_samples` requests wait to join (then 503, retry); `max_decode_rows`
-rows and `kv_cache_bytes` of KV cache are decoded at once (then requests wait their turn); a
-request over either limit alone is refused with a 400 naming it.
+step of the decode batch (`loraplane.runtime.decoding`). Nothing of one adapter can overtake its
+own earlier ops.
+The sampling limits (`max_queued_samples`, `max_decode_rows`, `kv_cache_bytes`) and their
+answers are in docs/limits.md.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from typing import Any
 
 from loraplane.core import errors
 from loraplane.core.settings import RuntimeSettings
-from loraplane.runtime import admission, queues, residency, scheduling, turns
+from loraplane.runtime import admission, queues, reports, residency, scheduling, turns
 from loraplane.runtime.metrics import RuntimeMetrics
 from loraplane.runtime.ops import (
     FORWARD_KINDS,
@@ -104,7 +103,7 @@ class Executor:
         self._decoder = engine.decoder
         self._decoder.chunk_tokens = settings.prefill_chunk_tokens
         self._runner = OpRunner(engine, settings, self.metrics, self._results, self._usage)
-        self.metrics.on_scrape(self._refresh_gauges)
+        self.metrics.on_scrape(lambda metrics: reports.set_gauges(metrics, self))
         if start:
             self.start()
 
@@ -402,20 +401,11 @@ class Executor:
         if self._stopped:
             raise errors.ServerError("the runtime is shutting down; retry on another runtime")
 
-    def _refresh_gauges(self, metrics: RuntimeMetrics) -> None:
-        metrics.queue_depth.set(self.queue_depth())
-        ids = list(self.engine.adapter_ids())
-        resident = sum(1 for a in ids if self.engine.is_resident(a))
-        metrics.adapters.labels(state="resident").set(resident)
-        metrics.adapters.labels(state="offloaded").set(len(ids) - resident)
-        metrics.sample_queue.set(self.sample_queue())
-        metrics.kv_reserved_bytes.set(self.kv_bytes_reserved)
-        metrics.kv_budget_bytes.set(self.settings.kv_cache_bytes)
+    def queued_by_tenant(self) -> dict[str, int]:
+        """Ops of each tenant accepted and not running yet (queued or waiting to join the decode batch)."""
         with self._cond:
-            metrics.tenant_queues(admission.queued_tokens(
-                [(e.tenant, len(e.queue)) for e in self._queues.entries.values()]
-                + [(op.tenant, 1) for op in self._samples.ops]))
-
+            return admission.queued_tokens([(e.tenant, len(e.queue)) for e in self._queues.entries.values()]
+                                           + [(op.tenant, 1) for op in self._samples.ops])
 
 def _new_id() -> str:
     return uuid.uuid4().hex
