@@ -13,12 +13,17 @@ grow with the batch. The runtime parses the full message (and rejects a malforme
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
+import pydantic
 import zstandard
 from fastapi.responses import JSONResponse
 
-from loraplane.core import errors
+from loraplane.api import ids, protocol
+from loraplane.api.records import SamplerRecord
+from loraplane.core import artifacts, errors
+from loraplane.core.params import SamplingParams
+from loraplane.core.runtime_ops import SampleBody
 
 PROTOBUF = "application/x-protobuf"
 _WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
@@ -146,3 +151,31 @@ def prompt_tokens(prompt: dict[str, Any]) -> list[int]:
     if not tokens:
         raise errors.InvalidInput("prompt has no tokens", field="prompt")
     return tokens
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def checked(model: type[M], values: dict[str, Any]) -> M:
+    """`values` as `model`, a body the gateway sends on from what a client sent: a value the
+    runtime would refuse is the client's 400 here, naming the field. No side effects."""
+    try:
+        return model.model_validate(values)
+    except pydantic.ValidationError as exc:
+        raise errors.invalid_input(exc.errors()) from None
+
+
+def sample_request(tenant: str, record: SamplerRecord, body: protocol.Sample, tokens: list[int],
+                   sequence_ids: list[str], *, store_url: str) -> SampleBody:
+    """The runtime's sample body of an `asample` call on `record`'s sampler. Pure."""
+    recording = bool(body.record_stability_info)
+    return checked(SampleBody, {
+        "adapter_id": record.adapter_id, "owner": ids.owner_key(record.sampler_id), "tenant": tenant,
+        "prompt_tokens": tokens, "num_samples": body.num_samples,
+        "sampling_params": SamplingParams.model_validate(body.sampling_params.model_dump()),
+        "prompt_logprobs": body.prompt_logprobs, "prompt_logprobs_last_n": body.prompt_logprobs_last_n,
+        "topk_prompt_logprobs": body.topk_prompt_logprobs, "topk_sample_logprobs": body.topk_sample_logprobs,
+        "prompt_alt_tokens_k": body.prompt_alt_tokens_k,
+        "target_prompt_logprobs": body.target_prompt_logprobs,  # the SDK's TensorData; the runtime checks it
+        "record_sequence_ids": sequence_ids if recording else None,
+        "record_url": artifacts.sequences_url(store_url, record.session_id) if recording else None,
+    })

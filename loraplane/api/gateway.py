@@ -34,8 +34,8 @@ from loraplane.core import quotas as quotas_mod
 from loraplane.core.controlplane import ControlPlane
 from loraplane.core.models.v1alpha1 import LoRAJob, ResumeFrom, RuntimeRef
 from loraplane.core.models.v1alpha1.lorajob import TERMINAL_PHASES
-from loraplane.core.params import AdamParams, SamplingParams
-from loraplane.core.runtime_ops import OpBody, OpKind, SampleBody, checkpoint_adapter_id, snapshot_adapter_id
+from loraplane.core.params import AdamParams
+from loraplane.core.runtime_ops import OpBody, OpKind, checkpoint_adapter_id, snapshot_adapter_id
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -46,15 +46,6 @@ CONTROL_PLANE_POD = "cp"
 
 def utcnow() -> str:
     return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def checked(model: type[M], values: dict[str, Any]) -> M:
-    """`values` as `model`, a body the gateway sends on from what a client sent: a value the
-    runtime would refuse is the client's 400 here, naming the field. No side effects."""
-    try:
-        return model.model_validate(values)
-    except pydantic.ValidationError as exc:
-        raise errors.invalid_input(exc.errors()) from None
 
 
 class Gateway:
@@ -372,18 +363,7 @@ class Gateway:
         ref = await self.sampler_runtime(record)
         seq = body.seq_id if body.seq_id is not None else 0
         sequence_ids = codecs.sequence_ids(record.sampler_id, seq, body.num_samples)
-        recording = bool(body.record_stability_info)
-        request = checked(SampleBody, {
-            "adapter_id": record.adapter_id, "owner": ids.owner_key(record.sampler_id), "tenant": tenant,
-            "prompt_tokens": tokens, "num_samples": body.num_samples,
-            "sampling_params": SamplingParams.model_validate(body.sampling_params.model_dump()),
-            "prompt_logprobs": body.prompt_logprobs, "prompt_logprobs_last_n": body.prompt_logprobs_last_n,
-            "topk_prompt_logprobs": body.topk_prompt_logprobs, "topk_sample_logprobs": body.topk_sample_logprobs,
-            "prompt_alt_tokens_k": body.prompt_alt_tokens_k,
-            "target_prompt_logprobs": body.target_prompt_logprobs,  # the SDK's TensorData; the runtime checks it
-            "record_sequence_ids": sequence_ids if recording else None,
-            "record_url": artifacts.sequences_url(self.store.url, record.session_id) if recording else None,
-        })
+        request = codecs.sample_request(tenant, record, body, tokens, sequence_ids, store_url=self.store.url)
         if record.kind == "checkpoint":
             await self._ensure_loaded(ref, record)
         try:
