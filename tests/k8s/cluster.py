@@ -17,7 +17,7 @@ import httpx
 from loraplane.core.models.v1alpha1.lorajob import API_VERSION, PLURAL
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.proxy import FaultProxy
-from tests.operator.harness import wait_for
+from tests.operator import harness
 
 NAMESPACE = "default"
 
@@ -112,10 +112,7 @@ class Cluster:
         return (self.job(name) or {}).get("status") or {}
 
     def wait_phase(self, name: str, phase: str, timeout: float = 15.0) -> dict[str, Any]:
-        try:
-            return wait_for(lambda: self.status(name).get("phase") == phase and self.status(name), timeout)
-        except AssertionError:
-            raise AssertionError(f"{name} not {phase} within {timeout}s; status: {self.status(name)}") from None
+        return harness.wait_phase(self.status, name, phase, timeout)
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         response = self.http.patch(

@@ -21,6 +21,7 @@ import yaml
 from tests.k8s.cluster import Cluster
 from tests.k8s.controlplane import ROOT, ControlPlane, find_binaries
 from tests.k8s.proxy import FaultProxy
+from tests.operator.fake_runtime import FakeRuntime
 
 CHART = ROOT / "helm" / "loraplane"
 #: The release the session installs first with the chart's default values; it brings the CRD.
@@ -123,3 +124,11 @@ def _one_thread() -> None:
     """Runtimes run in the test process beside the API server and etcd: one torch thread each
     keeps the two cores from fighting over a pass."""
     torch.set_num_threads(1)
+
+@pytest.fixture
+def runtimes() -> Iterator[list[FakeRuntime]]:
+    """Fake runtimes a test starts; stopped when it ends."""
+    started: list[FakeRuntime] = []
+    yield started
+    for rt in started:
+        rt.stop()

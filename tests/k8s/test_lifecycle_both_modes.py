@@ -10,7 +10,6 @@ deletion, TTL, backoff, idle offload.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +17,7 @@ from typing import Any, Protocol
 import pytest
 
 from tests.operator.fake_runtime import FakeRuntime
-from tests.operator.harness import lorajob, operator, runtime_pod, wait_for
+from tests.operator.harness import lorajob, operator, runtime_pod, training, wait_for
 from tests.singlenode.embedded import EmbeddedCluster
 
 
@@ -61,24 +60,12 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> World:
 
 
 @pytest.fixture
-def runtimes() -> Iterator[list[FakeRuntime]]:
-    started: list[FakeRuntime] = []
-    yield started
-    for rt in started:
-        rt.stop()
-
-
-@pytest.fixture
 def rt0(world: World, runtimes: list[FakeRuntime]) -> FakeRuntime:
     """One fake runtime of base model "tiny" behind a Ready pod rt-0."""
     rt = FakeRuntime("tiny").start()
     runtimes.append(rt)
     world.add_pod(runtime_pod("rt-0", rt.url))
     return rt
-
-
-def _training(steps: int = 6, every: int = 2) -> dict:
-    return {"dataset": "file:///data/train.jsonl", "steps": steps, "batchSize": 2, "checkpointEvery": every}
 
 
 def test_interactive_job_waits_for_a_runtime_then_runs_with_its_adapter_created(
@@ -110,7 +97,7 @@ def test_runtime_lost_mid_training_restores_on_another_runtime_from_the_last_che
     world.add_pod(runtime_pod("rt-a", a.url))
     store = f"file://{tmp_path}"
     with world.running(store):
-        world.create(lorajob("sft", mode="training", training=_training()))
+        world.create(lorajob("sft", mode="training", training=training()))
         wait_for(lambda: world.status("sft").get("progress", {}).get("step") == 3, what="step 3 on rt-a")
         assert world.status("sft")["latestCheckpoint"]["path"] == "tinker://default.sft/weights/step-2"
         world.add_pod(runtime_pod("rt-b", b.url))
@@ -164,7 +151,7 @@ def test_finished_job_is_deleted_after_its_ttl(
     world: World, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
     with world.running(f"file://{tmp_path}"):
-        world.create(lorajob("sft", mode="training", training=_training(steps=2), ttlSecondsAfterFinished=1))
+        world.create(lorajob("sft", mode="training", training=training(steps=2), ttlSecondsAfterFinished=1))
         wait_for(lambda: world.job("sft") is None, timeout=20, what="job deleted by TTL")
 
 
@@ -240,7 +227,7 @@ def test_a_suspended_training_job_saves_its_state_first_and_resumes_from_it_on_t
     runtimes.append(rt)
     world.add_pod(runtime_pod("rt-0", rt.url))
     with world.running(f"file://{tmp_path}"):
-        world.create(lorajob("sft", mode="training", training=_training(steps=8, every=2)))
+        world.create(lorajob("sft", mode="training", training=training(steps=8, every=2)))
         wait_for(lambda: world.status("sft").get("progress", {}).get("step") == 5, what="step 5")
         world.patch_spec("sft", {"suspend": True})
         suspended = world.wait_phase("sft", "Suspended")
@@ -264,11 +251,11 @@ def test_a_job_recreated_under_the_same_name_trains_anew_rather_than_taking_the_
     world: World, rt0: FakeRuntime, tmp_path: Path
 ) -> None:
     with world.running(f"file://{tmp_path}"):
-        world.create(lorajob("sft", mode="training", training=_training(steps=2, every=0)))
+        world.create(lorajob("sft", mode="training", training=training(steps=2, every=0)))
         assert world.wait_phase("sft", "Succeeded")["progress"]["step"] == 2
         world.delete_job("sft")
         wait_for(lambda: world.job("sft") is None, what="job deleted")
-        world.create(lorajob("sft", mode="training", training=_training(steps=4, every=0)))
+        world.create(lorajob("sft", mode="training", training=training(steps=4, every=0)))
         done = world.wait_phase("sft", "Succeeded")
     assert done["progress"]["step"] == 4
     assert rt0.calls["POST /v1/adapters/{id}/train"] == 2

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.k8s.cluster import Cluster
 from tests.operator.fake_runtime import FakeRuntime
-from tests.operator.harness import lorajob, operator, runtime_pod, wait_for
-
-
-@pytest.fixture
-def runtimes() -> Iterator[list[FakeRuntime]]:
-    started: list[FakeRuntime] = []
-    yield started
-    for rt in started:
-        rt.stop()
+from tests.operator.harness import lorajob, operator, runtime_pod, training, wait_for
 
 
 @pytest.fixture
@@ -29,10 +20,6 @@ def rt0(cluster: Cluster, runtimes: list[FakeRuntime]) -> FakeRuntime:
     return rt
 
 
-def _training(steps: int = 6, every: int = 2) -> dict:
-    return {"dataset": "file:///data/train.jsonl", "steps": steps, "batchSize": 2, "checkpointEvery": every}
-
-
 def test_restarted_operator_dispatches_nothing_twice(
     cluster: Cluster, kubeconfig_path: Path, runtimes: list[FakeRuntime], tmp_path: Path
 ) -> None:
@@ -42,7 +29,7 @@ def test_restarted_operator_dispatches_nothing_twice(
     store = f"file://{tmp_path}"
     with operator(kubeconfig_path, store):
         cluster.api.create(lorajob("chat"))
-        cluster.api.create(lorajob("sft", mode="training", training=_training(steps=4)))
+        cluster.api.create(lorajob("sft", mode="training", training=training(steps=4)))
         cluster.wait_phase("chat", "Running")
         wait_for(lambda: cluster.status("sft").get("progress", {}).get("step") == 2, what="step 2")
     with operator(kubeconfig_path, store):

@@ -35,6 +35,14 @@ def wait_for(predicate: Callable[[], T], timeout: float = 15.0, what: str = "con
         time.sleep(0.05)
 
 
+def wait_phase(status: Callable[[str], dict[str, Any]], name: str, phase: str, timeout: float) -> dict[str, Any]:
+    """Wait until `status(name)` (a job's status, read again each time) has `phase`; the status then."""
+    try:
+        return wait_for(lambda: status(name).get("phase") == phase and status(name), timeout)
+    except AssertionError:
+        raise AssertionError(f"{name} not {phase} within {timeout}s; status: {status(name)}") from None
+
+
 @contextmanager
 def operator(kubeconfig: Path, store_url: str, settings: OperatorSettings = FAST, **options: Any) -> Iterator[None]:
     """Run `loraplane operator` (through Kopf) in a thread until the block ends."""
@@ -90,3 +98,8 @@ def lorajob(name: str, *, base_model: str = "tiny", **spec: Any) -> dict[str, An
         "metadata": {"name": name, "namespace": "default", "labels": {"loraplane.dev/tenant": "t"}},
         "spec": {"baseModel": base_model, "tenant": "t", "lora": {"rank": 4}, **spec},
     }
+
+
+def training(steps: int = 6, every: int = 2) -> dict[str, Any]:
+    """`spec.training` of a declarative job over a dataset the fake runtimes never read."""
+    return {"dataset": "file:///data/train.jsonl", "steps": steps, "batchSize": 2, "checkpointEvery": every}

@@ -20,7 +20,8 @@ from loraplane.core.models.v1alpha1 import LoRAJob
 from loraplane.core.settings import OperatorSettings
 from loraplane.singlenode.controlplane import NAMESPACE, EmbeddedControlPlane
 from loraplane.singlenode.jobstore import SqliteJobStore, merge_patch
-from tests.operator.harness import FAST, wait_for
+from tests.operator import harness
+from tests.operator.harness import FAST
 
 T = TypeVar("T")
 
@@ -105,10 +106,7 @@ class EmbeddedCluster:
         return (self.job(name) or {}).get("status") or {}
 
     def wait_phase(self, name: str, phase: str, timeout: float = 15.0) -> dict[str, Any]:
-        try:
-            return wait_for(lambda: self.status(name).get("phase") == phase and self.status(name), timeout)
-        except AssertionError:
-            raise AssertionError(f"{name} not {phase} within {timeout}s; status: {self.status(name)}") from None
+        return harness.wait_phase(self.status, name, phase, timeout)
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         async def patch() -> None:
