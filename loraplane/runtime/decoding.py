@@ -240,7 +240,7 @@ class Decoder:
                                     cache=self.prefill.cache, use_cache=True,
                                     logits_to_keep=0 if keep_all else 1).logits
         except Exception as exc:  # a fault of the pass fails the requests in it, not the others
-            report.finished += self._remove({id(self._prefilling[i]) for i in chosen}, _pass_failure(exc))
+            report.finished += self._remove({id(self._prefilling[i]) for i in chosen}, sampling.pass_failure(exc))
             return
         self.prefill.advance([takes[i] for i in chosen], chosen)
         report.prefill_tokens += sum(takes[i] for i in chosen)
@@ -298,7 +298,7 @@ class Decoder:
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                     cache=self.decode.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         except Exception as exc:
-            report.finished += self._remove({id(r.request) for r in rows}, _pass_failure(exc))
+            report.finished += self._remove({id(r.request) for r in rows}, sampling.pass_failure(exc))
             return
         self.decode.advance([1] * len(rows))
         report.decode_rows = len(rows)
@@ -391,13 +391,3 @@ def _result(req: _Request) -> sampling.SampleResult:
         sequences=sequences, prompt_logprobs=scores.prompt_logprob_list() if scores is not None else None,
         prompt_scores=scores,
     )
-
-
-def _pass_failure(exc: Exception) -> Exception:
-    if isinstance(exc, torch.OutOfMemoryError):
-        failure: Exception = errors.CapacityError(
-            "out of device memory while sampling; retry, or lower num_samples or max_tokens")
-    else:
-        failure = errors.ServerError(f"sampling pass failed: {type(exc).__name__}: {exc}")
-    failure.__cause__ = exc
-    return failure

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Collection
 from concurrent.futures import Future
@@ -37,7 +36,8 @@ from typing import Any
 
 from loraplane.core import errors
 from loraplane.core.settings import RuntimeSettings
-from loraplane.runtime import admission, queues, reports, residency, scheduling, turns
+from loraplane.runtime import admission, queues, reports, scheduling, turns
+from loraplane.runtime.adapter_calls import AdapterCalls
 from loraplane.runtime.metrics import RuntimeMetrics
 from loraplane.runtime.ops import (
     FORWARD_KINDS,
@@ -48,6 +48,7 @@ from loraplane.runtime.ops import (
     SaveSampler,
     SaveState,
     Snapshot,
+    new_request_id,
     op_kind,
     work_tokens,
 )
@@ -61,7 +62,7 @@ __all__ = ["FORWARD_KINDS", "Executor", "LoadState", "Op", "OptimStep", "Sample"
 log = logging.getLogger(__name__)
 
 
-class Executor:
+class Executor(AdapterCalls):
     """Queues, orders and batches ops of many adapters onto one engine on one thread.
 
     Args:
@@ -140,71 +141,6 @@ class Executor:
         with self._cond:
             self._cond.notify_all()
 
-    # ---- adapters (control calls run on the model thread) ----------------------------------
-
-    def call(self, fn: Callable[[Any], Any], name: str = "call") -> Future:
-        """Run `fn(engine)` on the model thread between batches; its result or error goes to the future."""
-        op = Op(request_id=_new_id(), adapter_id=None, seq_id=None, kind=name, payload=fn)
-        with self._cond:
-            self._check_open()
-            self._control.append(op)
-            self._cond.notify_all()
-        return op.future
-
-    def create_adapter(self, adapter_id: str, spec: Any, expect_seq: int | None = 1) -> Future:
-        """Create an adapter and its queue; fails with CapacityError when `max_adapters` are held."""
-        return self._adapter_call(adapter_id, expect_seq, "create_adapter",
-                                  lambda engine: engine.create_adapter(adapter_id, spec))
-
-    def load_adapter(self, adapter_id: str, source: str, optimizer: bool, expect_seq: int | None) -> Future:
-        """Load a saved state into an adapter, creating it (and its queue) when missing."""
-        return self._adapter_call(adapter_id, expect_seq, "load_adapter",
-                                  lambda engine: engine.load_state(adapter_id, source, optimizer=optimizer))
-
-    def _adapter_call(self, adapter_id: str, expect_seq: int | None, name: str,
-                      make: Callable[[Any], Any]) -> Future:
-        """A control call that makes an adapter with `make(engine)`, within `max_adapters`, gives it a
-        queue and brings it onto the device; its future gets what `make` returns."""
-
-        def run(engine: Any) -> Any:
-            if not engine.has_adapter(adapter_id):
-                if residency.free_slots(engine.training_adapter_count(), self.settings.max_adapters) == 0:
-                    raise errors.CapacityError(
-                        f"this runtime holds its maximum of {self.settings.max_adapters} adapters"
-                    )
-            made = make(engine)
-            self._register(adapter_id, expect_seq)
-            self._runner.make_resident({adapter_id})
-            return made
-
-        return self.call(run, name)
-
-    def delete_adapter(self, adapter_id: str) -> Future:
-        """Delete an adapter; its queued ops fail with NotFound."""
-
-        def delete(engine: Any) -> None:
-            for job, exc in self._decoder.drop(adapter_id, errors.NotFound(f"adapter {adapter_id!r} was deleted")):
-                self._results.finish(job.tag, exc=exc)
-            engine.delete_adapter(adapter_id)
-            with self._cond:
-                entry = self._queues.remove(adapter_id)
-            if entry is not None:
-                for op in entry.queue.drain():
-                    settle(op.future, exc=errors.NotFound(f"adapter {adapter_id!r} was deleted"))
-
-        return self.call(delete, "delete_adapter")
-
-    def offload_adapter(self, adapter_id: str) -> Future:
-        """Move an adapter's weights and optimizer state off the device."""
-
-        def offload(engine: Any) -> None:
-            if not engine.has_adapter(adapter_id):
-                raise errors.NotFound(f"unknown adapter {adapter_id!r}")
-            if engine.is_resident(adapter_id):
-                engine.offload(adapter_id, to=self.settings.offload_to)
-
-        return self.call(offload, "offload_adapter")
-
     def adapter_progress(self, adapter_id: str) -> tuple[int | None, float]:
         """(next seq the adapter waits for, unix time it was last used); for AdapterInfo."""
         with self._cond:
@@ -242,7 +178,7 @@ class Executor:
                 with self.metrics.counting_refusals(entry.tenant, "max_queued_tokens"):
                     self._queues.check_room(entry.tenant, tokens, total=self.settings.max_queued_tokens,
                                             per_tenant=self.settings.max_queued_tokens_per_tenant)
-            op = Op(request_id=_new_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
+            op = Op(request_id=new_request_id(), adapter_id=adapter_id, seq_id=seq_id, kind=kind, payload=payload,
                     tokens=tokens, tenant=entry.tenant)
             entry.queue.push(op, self._clock())
             self._results.remember(op)
@@ -272,7 +208,7 @@ class Executor:
             tenant = getattr(payload, "tenant", None) or ""
             with self.metrics.counting_refusals(tenant, "max_queued_samples"):
                 self._samples.check_room(tenant, self.settings.max_queued_samples_per_tenant)
-                op = Op(request_id=_new_id(), adapter_id=adapter_id, seq_id=None, kind="sample", payload=payload,
+                op = Op(request_id=new_request_id(), adapter_id=adapter_id, seq_id=None, kind="sample", payload=payload,
                         tenant=tenant, job=job, queued_at=time.perf_counter())
                 job.tag = op
                 self._samples.push(op, self.settings.max_queued_samples)
@@ -406,6 +342,3 @@ class Executor:
         with self._cond:
             return admission.queued_tokens([(e.tenant, len(e.queue)) for e in self._queues.entries.values()]
                                            + [(op.tenant, 1) for op in self._samples.ops])
-
-def _new_id() -> str:
-    return uuid.uuid4().hex

@@ -9,6 +9,7 @@ engine call it makes. The per-adapter queues they wait in are `loraplane.runtime
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,3 +193,8 @@ class Op:
     #: sample requests: the checked request the decode batch runs, and when it was queued
     job: Any = None
     queued_at: float = 0.0
+
+
+def new_request_id() -> str:
+    """A new op's request id: random, so that ids cannot be guessed across tenants."""
+    return uuid.uuid4().hex

@@ -218,3 +218,15 @@ def stop_hit(tokens: list[int], stops: Stops, tokenizer: Any, window: int) -> bo
 def stop_window(stops: Stops) -> int:
     """How many trailing tokens `stop_hit` decodes: enough to hold the longest stop string. Pure."""
     return max((len(s) for s in stops.strings), default=0) + 8
+
+
+def pass_failure(exc: Exception) -> Exception:
+    """What the requests of a failed decode or prefill pass are told: out of memory is a retryable
+    503 that says what to lower; anything else a 500 naming the error. Pure."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        failure: Exception = errors.CapacityError(
+            "out of device memory while sampling; retry, or lower num_samples or max_tokens")
+    else:
+        failure = errors.ServerError(f"sampling pass failed: {type(exc).__name__}: {exc}")
+    failure.__cause__ = exc
+    return failure
