@@ -148,38 +148,54 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine(str(model_dir), base_model="bench-fairness", device="cpu", dtype="float32")
     print(f"tenant a: {A_ADAPTERS} adapters, tenant b: 1; {args.tokens} tokens per step; a pass holds "
           f"{2 * args.tokens} tokens (two steps); {args.seconds:g} s per phase; torch threads {args.threads}")
-    header = (f"{'policy':<22} {'b share':>8} {'a share':>8} {'b p50 alone':>12} {'b p50 with a':>13} "
-              f"{'b p99 alone':>12} {'b p99 with a':>13} {'p50 ratio':>10}")
-    print(header)
-    print("-" * len(header))
+    print_header()
     for label, fair, weights in (("fair share 1:1", True, {}), ("fair share 3:1 (a:b)", True, {"a": 3.0}),
                                  ("off (adapter rotation)", False, {})):
         settings = RuntimeSettings(max_batch_tokens=2 * args.tokens, max_resident_adapters=16, fair_share=fair,
                                    tenant_weights=weights)
         executor = Executor(engine, settings)
         try:
-            for tenant_adapters in adapters.values():
-                for i, adapter in enumerate(tenant_adapters):
-                    executor.create_adapter(adapter, LoraSpec(rank=8, alpha=16.0, seed=i)).result()
+            create_adapters(executor, adapters)
             alone = phase(executor, {"b": adapters["b"]}, args.tokens, args.seconds, args.warmup)["b"]
             both = phase(executor, adapters, args.tokens, args.seconds, args.warmup)
             done = {t: len(s) * args.tokens for t, s in both.items()}
-            total = sum(done.values()) or 1
-            b_alone = [lat * 1000 for _, lat in alone]
-            b_both = [lat * 1000 for _, lat in both.get("b", [])]
-            ratio = pct(b_both, 50) / pct(b_alone, 50)
-            print(f"{label:<22} {done.get('b', 0) / total:>8.1%} {done.get('a', 0) / total:>8.1%} "
-                  f"{pct(b_alone, 50):>10.1f}ms {pct(b_both, 50):>11.1f}ms {pct(b_alone, 99):>10.1f}ms "
-                  f"{pct(b_both, 99):>11.1f}ms {ratio:>9.2f}x")
+            print_row(label, done, [step[1] for step in alone], [step[1] for step in both.get("b", [])])
         finally:
             executor.close()
-            for tenant_adapters in adapters.values():
-                for adapter in tenant_adapters:
-                    if engine.has_adapter(adapter):
-                        engine.delete_adapter(adapter)
+            delete_adapters(engine, adapters)
     print()
     sampling(engine, adapters, args)
     return 0
+
+
+def create_adapters(executor: Executor, adapters: dict[str, list[str]]) -> None:
+    for tenant_adapters in adapters.values():
+        for i, adapter in enumerate(tenant_adapters):
+            executor.create_adapter(adapter, LoraSpec(rank=8, alpha=16.0, seed=i)).result()
+
+
+def delete_adapters(engine: Engine, adapters: dict[str, list[str]]) -> None:
+    for tenant_adapters in adapters.values():
+        for adapter in tenant_adapters:
+            if engine.has_adapter(adapter):
+                engine.delete_adapter(adapter)
+
+
+def print_header() -> None:
+    header = (f"{'policy':<22} {'b share':>8} {'a share':>8} {'b p50 alone':>12} {'b p50 with a':>13} "
+              f"{'b p99 alone':>12} {'b p99 with a':>13} {'p50 ratio':>10}")
+    print(header)
+    print("-" * len(header))
+
+
+def print_row(label: str, done: dict[str, int], alone_s: list[float], both_s: list[float]) -> None:
+    """One policy's row: each tenant's share of the work done, B's latencies alone and with A."""
+    total = sum(done.values()) or 1
+    b_alone, b_both = [x * 1000 for x in alone_s], [x * 1000 for x in both_s]
+    ratio = pct(b_both, 50) / pct(b_alone, 50)
+    print(f"{label:<22} {done.get('b', 0) / total:>8.1%} {done.get('a', 0) / total:>8.1%} "
+          f"{pct(b_alone, 50):>10.1f}ms {pct(b_both, 50):>11.1f}ms {pct(b_alone, 99):>10.1f}ms "
+          f"{pct(b_both, 99):>11.1f}ms {ratio:>9.2f}x")
 
 
 def sampling(engine: Engine, adapters: dict[str, list[str]], args: argparse.Namespace) -> None:
@@ -187,34 +203,20 @@ def sampling(engine: Engine, adapters: dict[str, list[str]], args: argparse.Name
     rows = 2 * args.samples
     print(f"sampling: {args.samples} x {args.sample_tokens} tokens per request, two in flight per adapter; "
           f"the decode batch holds {rows} rows (two requests)")
-    header = (f"{'policy':<22} {'b share':>8} {'a share':>8} {'b p50 alone':>12} {'b p50 with a':>13} "
-              f"{'b p99 alone':>12} {'b p99 with a':>13} {'p50 ratio':>10}")
-    print(header)
-    print("-" * len(header))
+    print_header()
     for label, fair in (("fair share 1:1", True), ("off (first come)", False)):
         settings = RuntimeSettings(max_decode_rows=rows, max_resident_adapters=16, fair_share=fair)
         executor = Executor(engine, settings)
         try:
-            for tenant_adapters in adapters.values():
-                for i, adapter in enumerate(tenant_adapters):
-                    executor.create_adapter(adapter, LoraSpec(rank=8, alpha=16.0, seed=i)).result()
+            create_adapters(executor, adapters)
             make = functools.partial(Sampler, samples=args.samples)
             alone = phase(executor, {"b": adapters["b"]}, args.sample_tokens, args.seconds, args.warmup, make)["b"]
             both = phase(executor, adapters, args.sample_tokens, args.seconds, args.warmup, make)
             done = {t: sum(int(s[2]) for s in steps) for t, steps in both.items()}
-            total = sum(done.values()) or 1
-            b_alone = [s[1] * 1000 for s in alone]
-            b_both = [s[1] * 1000 for s in both.get("b", [])]
-            ratio = pct(b_both, 50) / pct(b_alone, 50)
-            print(f"{label:<22} {done.get('b', 0) / total:>8.1%} {done.get('a', 0) / total:>8.1%} "
-                  f"{pct(b_alone, 50):>10.1f}ms {pct(b_both, 50):>11.1f}ms {pct(b_alone, 99):>10.1f}ms "
-                  f"{pct(b_both, 99):>11.1f}ms {ratio:>9.2f}x")
+            print_row(label, done, [step[1] for step in alone], [step[1] for step in both.get("b", [])])
         finally:
             executor.close()
-            for tenant_adapters in adapters.values():
-                for adapter in tenant_adapters:
-                    if engine.has_adapter(adapter):
-                        engine.delete_adapter(adapter)
+            delete_adapters(engine, adapters)
 
 
 if __name__ == "__main__":
