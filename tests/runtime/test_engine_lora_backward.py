@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from loraplane.runtime import lora
+from tests.runtime.lora_layers import ADAPTERS, build_layer
 
 #: adapter id -> (rank, alpha); a and b share rank and scaling (one group), d shares only the rank.
-ADAPTERS = {"a": (2, 4.0), "b": (2, 4.0), "c": (3, 3.0), "d": (2, 8.0)}
 
 LAYOUTS = {
     # rows [start, end) and width of each adapter in a (6 rows, 5 positions) batch; row 5 has none.
@@ -29,23 +29,6 @@ LAYOUTS = {
     "one-adapter-all-rows": [lora.Segment("a", 0, 6, 5)],
     "2d-rows": [lora.Segment("a", 0, 2), lora.Segment("b", 2, 4), lora.Segment("c", 4, 5)],
 }
-
-
-def _layer(
-    frozen: tuple[str, ...], dtype: torch.dtype = torch.float32
-) -> tuple[lora.MultiLoraLinear, lora.LoraRouter]:
-    torch.manual_seed(0)
-    base = nn.Linear(12, 10, bias=True).to(dtype).requires_grad_(False)
-    router = lora.LoraRouter()
-    layer = lora.MultiLoraLinear(base, router)
-    generator = torch.Generator().manual_seed(1)
-    for adapter_id, (rank, alpha) in ADAPTERS.items():
-        layer.add_adapter(adapter_id, rank, alpha, generator)
-        with torch.no_grad():
-            layer.lora_B[adapter_id].normal_(generator=generator)
-        layer.lora_A[adapter_id].requires_grad_(adapter_id not in frozen)
-        layer.lora_B[adapter_id].requires_grad_(adapter_id not in frozen)
-    return layer, router
 
 
 def _reference(layer: lora.MultiLoraLinear, x: torch.Tensor, segments: list[lora.Segment]):
@@ -70,7 +53,7 @@ def _reference(layer: lora.MultiLoraLinear, x: torch.Tensor, segments: list[lora
 @pytest.mark.parametrize("frozen", [(), ("b",)], ids=["all-trainable", "b-frozen"])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_layer_output_and_gradients_equal_autograd_of_the_plain_formula(layout, frozen):
-    layer, router = _layer(frozen)
+    layer, router = build_layer(frozen)
     segments = LAYOUTS[layout]
     shape = (6, 12) if layout.startswith("2d") else (6, 5, 12)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
@@ -100,7 +83,7 @@ def test_layer_output_and_gradients_equal_autograd_of_the_plain_formula(layout, 
 
 def test_low_precision_base_keeps_adapters_and_their_gradients_in_float32():
     """A bf16 base: the update is computed in fp32 and rounded once into the bf16 output."""
-    layer, router = _layer((), torch.bfloat16)
+    layer, router = build_layer((), torch.bfloat16)
     segments = LAYOUTS["mixed-3d"]
     x = torch.randn(6, 5, 12, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     upstream = torch.randn(6, 5, 10, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
@@ -123,7 +106,7 @@ def test_low_precision_base_keeps_adapters_and_their_gradients_in_float32():
 
 
 def test_layer_without_routed_adapters_is_the_base_layer():
-    layer, router = _layer(())
+    layer, router = build_layer(())
     x = torch.randn(3, 4, 12)
     with router.route([lora.Segment("unknown", 0, 3)]):
         assert torch.equal(layer(x), layer.base_layer(x))

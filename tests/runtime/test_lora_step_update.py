@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from loraplane.runtime import lora
+from tests.runtime.lora_layers import build_layer
 
 #: adapter id -> (rank, alpha): a and b share both, c has another rank, d another scaling
-ADAPTERS = {"a": (2, 4.0), "b": (2, 4.0), "c": (3, 3.0), "d": (2, 8.0)}
 
 LAYOUTS = {
     # rows [start, end) of each adapter in an 8-row decode batch; rows outside run the base only
@@ -29,16 +28,7 @@ LAYOUTS = {
 
 
 def _layer(dtype: torch.dtype = torch.float32) -> tuple[lora.MultiLoraLinear, lora.LoraRouter]:
-    torch.manual_seed(0)
-    base = nn.Linear(12, 10, bias=True).to(dtype).requires_grad_(False)
-    router = lora.LoraRouter()
-    layer = lora.MultiLoraLinear(base, router)
-    generator = torch.Generator().manual_seed(1)
-    for adapter_id, (rank, alpha) in ADAPTERS.items():
-        layer.add_adapter(adapter_id, rank, alpha, generator)
-        with torch.no_grad():
-            layer.lora_B[adapter_id].normal_(generator=generator)
-    return layer, router
+    return build_layer((), dtype)
 
 
 def _reference(layer: lora.MultiLoraLinear, x: torch.Tensor, segments: list[lora.Segment]) -> torch.Tensor:
