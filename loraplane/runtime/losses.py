@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from loraplane.core import errors
+from loraplane.runtime import host_checks
 
 #: Per-token inputs each loss requires (besides `target_tokens`, which every loss requires).
 REQUIRED_INPUTS: dict[str, tuple[str, ...]] = {
@@ -97,7 +98,7 @@ def check_inputs(loss_fn: str, inputs: Mapping[str, torch.Tensor], n_tokens: int
                 f"{key} has shape {list(value.shape)}, expected [{n_tokens}] (one per input token)",
                 field=f"{prefix}.{key}",
             )
-        if key != "target_tokens" and not bool(torch.isfinite(value).all()):
+        if key != "target_tokens" and not host_checks.all_finite(value):
             raise errors.InvalidInput(f"{key} holds NaN or infinite values", field=f"{prefix}.{key}")
 
 

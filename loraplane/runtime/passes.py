@@ -25,7 +25,7 @@ from dataclasses import KW_ONLY, dataclass, field
 import torch
 
 from loraplane.core import errors
-from loraplane.runtime import adapters, lora, losses, model_host, stability
+from loraplane.runtime import adapters, host_checks, lora, losses, model_host, stability
 
 
 @dataclass
@@ -90,10 +90,12 @@ class TokenLimits:
         """Check that every id is an integer in the vocabulary."""
         if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
             raise errors.InvalidInput(f"token ids must be integers, got {tokens.dtype}", field=field_name)
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+        if not tokens.numel():
+            return
+        low, high = host_checks.value_range(tokens)
+        if low < 0 or high >= self.vocab_size:
             raise errors.InvalidInput(
-                f"token ids must lie in 0..{self.vocab_size - 1} (the vocabulary); got "
-                f"{int(tokens.min())}..{int(tokens.max())}",
+                f"token ids must lie in 0..{self.vocab_size - 1} (the vocabulary); got {low}..{high}",
                 field=field_name,
             )
 

@@ -1,0 +1,47 @@
+"""Reductions that request checks run on the API's event loop, done without torch ops.
+
+Callers: `passes.TokenLimits` (token ids in the vocabulary) and `losses.check_inputs` (finite
+loss inputs), both reached from the runtime's API handlers, which run on the event loop while the
+model thread runs passes and decode steps in the same process.
+
+## Why not torch
+Every torch op releases the GIL for its kernel and takes it back afterwards. With the model thread
+busy, taking it back means waiting until that thread's Python yields it, up to the interpreter's
+switch interval (5 ms) per op, and the GIL handoffs slow the model thread's passes as well. Under
+a flood of requests this doubled the wall time of one in ten passes (measured with
+`tests/acceptance/test_flood.py`'s settings: 90th percentile of a two-step pass 28 ms, 10 ms
+after). NumPy reduces an array of request size without releasing the GIL, in microseconds, so a
+check costs the same whatever the model thread does. A tensor that is not a plain CPU tensor
+(on a device, or needing grad) is reduced by torch, as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _host(values: torch.Tensor) -> np.ndarray | None:
+    """A NumPy view of a CPU tensor's values (no copy), or None when there is none to take."""
+    if values.device.type != "cpu" or values.requires_grad or values.is_conj() or values.is_neg():
+        return None
+    try:
+        return values.numpy()
+    except (TypeError, RuntimeError):  # a dtype NumPy lacks (bfloat16, ...)
+        return None
+
+
+def value_range(values: torch.Tensor) -> tuple[int, int]:
+    """The least and greatest of a non-empty integer tensor, as Python ints."""
+    array = _host(values)
+    if array is not None:
+        return int(array.min()), int(array.max())
+    return int(values.min()), int(values.max())
+
+
+def all_finite(values: torch.Tensor) -> bool:
+    """Whether no value is NaN or infinite."""
+    array = _host(values)
+    if array is not None:
+        return bool(np.isfinite(array).all())
+    return bool(torch.isfinite(values).all())
