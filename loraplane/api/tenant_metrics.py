@@ -64,18 +64,30 @@ class TenantMetrics:
             await self.app(scope, receive, send)
             return
         answer = ResponseWatch(1024)
+        counted = False
 
         async def watched(message: Message) -> None:
+            nonlocal counted
             answer.observe(message)
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and not counted:
+                # counted when the client has its answer: a refusal keeps its tenant's turn (and
+                # this call) a while after that (`guards.RateLimit`), and a scrape in between
+                # must already see it
+                counted = True
+                self._count(scope, answer)
 
         try:
             await self.app(scope, receive, watched)
         finally:
-            tenant = scope.get(TENANT_KEY)
-            if tenant:
-                route = getattr(scope.get("route"), "path", None)
-                self.requests.labels(tenant, op_of(route), f"{answer.status // 100}xx").inc()
-                limit = refused_by(answer.status, bytes(answer.error_body))
-                if limit is not None:
-                    self.rejections.labels(tenant, limit).inc()
+            if not counted:
+                self._count(scope, answer)
+
+    def _count(self, scope: Scope, answer: ResponseWatch) -> None:
+        tenant = scope.get(TENANT_KEY)
+        if tenant:
+            route = getattr(scope.get("route"), "path", None)
+            self.requests.labels(tenant, op_of(route), f"{answer.status // 100}xx").inc()
+            limit = refused_by(answer.status, bytes(answer.error_body))
+            if limit is not None:
+                self.rejections.labels(tenant, limit).inc()

@@ -130,9 +130,10 @@ class GatewaySettings(BaseModel):
     #: Requests of one tenant the gateway works on at once (retrieve_future not counted); more wait
     #: their turn, so that however many connections one tenant opens, others are not slowed by it.
     tenant_concurrency: int = Field(8, ge=1)
-    #: Seconds a request refused by a runtime's queue limits (429) keeps its tenant's turn: a
-    #: client that retries at once instead of after Retry-After is slowed, not served faster.
-    refusal_hold_s: float = Field(0.1, ge=0, le=5)
+    #: Most seconds a request refused by a runtime's queue limits (429) keeps its tenant's turn
+    #: (it keeps it for the Retry-After the runtime gave): a client that retries at once instead
+    #: of after Retry-After is slowed, not served faster.
+    refusal_hold_s: float = Field(0.5, ge=0, le=5)
     #: Tokens of one sampling prompt.
     max_prompt_tokens: int = Field(32768, ge=1)
     #: num_samples x max_tokens of one sample request.
