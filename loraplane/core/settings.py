@@ -39,7 +39,8 @@ class RuntimeSettings(BaseModel):
     offload_to: str = "host"
     #: Seconds an op waits for a missing earlier seq_id before the gap is skipped.
     seq_gap_timeout_s: float = Field(30.0, gt=0)
-    #: Largest number of tokens gathered into one batched forward/backward.
+    #: Largest number of tokens gathered into one batched forward/backward: one turn of the model
+    #: thread, which holds at most one pass (`max_pass_tokens`), so the smaller of the two binds.
     max_batch_tokens: int = Field(16384, ge=1)
     #: Padded tokens of one forward pass: a batch (or one forward_backward) over more runs as several
     #: passes, split between adapters. Unset: one pass on CUDA, 1024 tokens on CPU (where larger

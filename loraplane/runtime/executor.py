@@ -254,7 +254,8 @@ class Executor(AdapterCalls):
             control = list(self._control)
             self._control.clear()
             self._queues.promote(self._clock(), self.settings.seq_gap_timeout_s, self._reorder_window_s)
-            turn = turns.plan_turn(self._queued(decoding), turns.Limits.of(self.settings, self.engine.kv_bytes_per_token))
+            turn = turns.plan_turn(self._queued(decoding), turns.Limits.of(self.settings, self.engine.kv_bytes_per_token,
+                                                                          self.engine.max_pass_tokens))
             admitted, batch, singles = self._take(turn)
             self._running = len(control) + len(batch) + len(singles)
         finished = 0

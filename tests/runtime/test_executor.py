@@ -16,6 +16,7 @@ import pytest
 
 from loraplane.core import errors
 from loraplane.core.settings import RuntimeSettings
+from loraplane.runtime import turns
 from loraplane.runtime.decoding import SampleJob, StepReport
 from loraplane.runtime.executor import Executor, OptimStep, Sample
 from loraplane.runtime.sampling import SamplingParams, Stops
@@ -82,6 +83,7 @@ class RecordingEngine:
     """The engine interface, recording calls; works tagged "explode" fail inside the batch."""
 
     kv_bytes_per_token = 1
+    max_pass_tokens = 1 << 62  # the engine runs any batch as one pass (as on a GPU)
 
     def __init__(self) -> None:
         self.adapters: dict[str, bool] = {}  # id -> resident
@@ -452,3 +454,21 @@ def test_an_optim_step_sent_while_its_forward_backward_runs_finishes_in_the_same
     assert ex.run_once() == 2
     assert ex.engine.log == [("fwd", "a", "s1"), ("optim", "a", "adam")]
     assert late["optim"].result(0) == {"grad_norm:mean": 1.0}
+
+
+def test_a_turn_holds_one_engine_pass_so_another_tenants_step_waits_for_one_pass_not_all():
+    engine = RecordingEngine()
+    engine.max_pass_tokens = 8  # two works of 4 tokens (the batch budget, 16384, would hold all six)
+    ex = make_executor(engine=engine, adapters=("b1", "a1"), fair_share=True)
+    for seq in range(1, 7):
+        ex.submit("b1", seq, FakeWork("b1", f"s{seq}"), tenant="b")
+    ex.run_once()
+    ex.submit("a1", 1, FakeWork("a1", "s1"), tenant="a")  # arrives while bob's first pass runs
+    ex.run_once()
+    assert [[item.split(":")[0] for item in call] for call in engine.fwd_calls[:2]] == [["b1", "b1"], ["a1", "b1"]]
+
+
+def test_a_turns_batch_budget_is_the_smaller_of_the_setting_and_one_engine_pass():
+    settings = RuntimeSettings(max_batch_tokens=4096)
+    assert turns.Limits.of(settings, 1, pass_tokens=1024).max_batch_tokens == 1024  # a CPU engine
+    assert turns.Limits.of(settings, 1, pass_tokens=1 << 62).max_batch_tokens == 4096  # a GPU engine
