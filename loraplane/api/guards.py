@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -225,11 +225,11 @@ class RateLimit:
                 await asyncio.sleep(hold_s)
 
 
-def refusal_hold(headers: object, most_s: float) -> float:
+def refusal_hold(headers: Iterable[tuple[bytes, bytes]], most_s: float) -> float:
     """Seconds a runtime's 429 keeps its tenant's turn: its `Retry-After` (seconds; the finer
     `retry-after-ms` when present), at most `most_s`, and `most_s` when it gave none. Pure."""
     found: dict[bytes, bytes] = {}
-    for name, value in headers:  # type: ignore[attr-defined]
+    for name, value in headers:
         found[bytes(name).lower()] = bytes(value)
     for name, scale in ((b"retry-after-ms", 1e-3), (b"retry-after", 1.0)):
         try:

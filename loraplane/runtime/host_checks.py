@@ -10,8 +10,9 @@ busy, taking it back means waiting until that thread's Python yields it, up to t
 switch interval (5 ms) per op, and the GIL handoffs slow the model thread's passes as well. Under
 a flood of requests this doubled the wall time of one in ten passes (measured with
 `tests/acceptance/test_flood.py`'s settings: 90th percentile of a two-step pass 28 ms, 10 ms
-after). NumPy reduces an array of request size without releasing the GIL, in microseconds, so a
-check costs the same whatever the model thread does. A tensor that is not a plain CPU tensor
+after). NumPy reduces a small array (a request's token ids and loss inputs, typically) without
+letting go of the GIL, in microseconds, so such a check costs the same whatever the model thread
+does. A tensor that is not a plain CPU tensor
 (on a device, or needing grad) is reduced by torch, as before.
 """
 
