@@ -122,3 +122,29 @@ def test_the_tiny_llama_runs_packed_attention(tiny_model_dir):
     engine = engine_mod.Engine(str(tiny_model_dir))
     assert engine._packed_attention
     assert engine.model.config._attn_implementation == model_host.PACKED_ATTENTION
+
+
+def test_cpu_weights_are_restored_transposed_with_the_same_values_and_tied_heads_left_alone():
+    embed = torch.nn.Embedding(11, 6)
+    head = torch.nn.Linear(6, 11, bias=False)
+    head.weight = embed.weight  # tied, as many small models are
+    proj = torch.nn.Linear(6, 4)
+    model = torch.nn.ModuleDict({"embed": embed, "proj": proj, "head": head})
+    before = proj.weight.detach().clone()
+    x = torch.randn(3, 6)
+    expected = proj(x)
+
+    assert model_host.store_weights_for_gemm(model) == 1
+
+    assert proj.weight.shape == (4, 6) and proj.weight.stride() == (1, 4)
+    assert torch.equal(proj.weight, before) and torch.allclose(proj(x), expected, atol=1e-6)
+    assert head.weight is embed.weight and embed.weight.is_contiguous()
+    assert model_host.store_weights_for_gemm(model) == 0  # a second call changes nothing
+
+
+def test_an_fp32_cpu_engine_keeps_its_linear_weights_row_major_by_input(tiny_model_dir):
+    engine = engine_mod.Engine(str(tiny_model_dir))
+    weight = engine.model.get_submodule("model.layers.0.mlp.up_proj").base_layer.weight
+    assert weight.t().is_contiguous() and not weight.requires_grad
+    bf16 = engine_mod.Engine(str(tiny_model_dir), dtype="bfloat16")
+    assert bf16.model.get_submodule("model.layers.0.mlp.up_proj").base_layer.weight.is_contiguous()

@@ -77,7 +77,10 @@ def test_gradients_accumulate_over_calls_until_optim_step(engine):
     acc, one = _grads(engine, "acc"), _grads(engine, "one")
     assert acc.keys() == one.keys() and acc
     for key in acc:
-        torch.testing.assert_close(acc[key], one[key], rtol=1e-5, atol=1e-7)
+        # Two passes and one pass sum the same terms in different orders: equal to fp32 rounding,
+        # measured against the tensor's own scale (a missed call would be off by a whole term).
+        scale = one[key].abs().max().item()
+        torch.testing.assert_close(acc[key], one[key], rtol=1e-5, atol=1e-5 * scale)
     engine.optim_step("acc", engine_mod.AdamParams())
     assert _grads(engine, "acc") == {}
     engine.delete_adapter("acc")
