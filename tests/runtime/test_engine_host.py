@@ -124,12 +124,14 @@ def test_the_tiny_llama_runs_packed_attention(tiny_model_dir):
     assert engine.model.config._attn_implementation == model_host.PACKED_ATTENTION
 
 
-def test_cpu_weights_are_restored_transposed_with_the_same_values_and_tied_heads_left_alone():
+def test_cpu_weights_are_restored_transposed_with_the_same_values_and_shared_weights_left_alone():
     embed = torch.nn.Embedding(11, 6)
     head = torch.nn.Linear(6, 11, bias=False)
     head.weight = embed.weight  # tied, as many small models are
     proj = torch.nn.Linear(6, 4)
-    model = torch.nn.ModuleDict({"embed": embed, "proj": proj, "head": head})
+    twin_a, twin_b = torch.nn.Linear(6, 6), torch.nn.Linear(6, 6)
+    twin_b.weight = twin_a.weight  # two linears sharing one weight
+    model = torch.nn.ModuleDict({"embed": embed, "proj": proj, "head": head, "a": twin_a, "b": twin_b})
     before = proj.weight.detach().clone()
     x = torch.randn(3, 6)
     expected = proj(x)
@@ -139,6 +141,7 @@ def test_cpu_weights_are_restored_transposed_with_the_same_values_and_tied_heads
     assert proj.weight.shape == (4, 6) and proj.weight.stride() == (1, 4)
     assert torch.equal(proj.weight, before) and torch.allclose(proj(x), expected, atol=1e-6)
     assert head.weight is embed.weight and embed.weight.is_contiguous()
+    assert twin_a.weight is twin_b.weight and twin_a.weight.is_contiguous()
     assert model_host.store_weights_for_gemm(model) == 0  # a second call changes nothing
 
 
