@@ -25,6 +25,20 @@ class Downstream:
         await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
 
 
+class GuardsAsyncio:
+    """`asyncio` as the guards module sees it, with `sleep` replaced.
+
+    Patching `asyncio.sleep` itself would also reach threads that other tests left running (an
+    SDK's heartbeat loop), which would then await this test's event from their own loops.
+    """
+
+    def __init__(self, sleep: object) -> None:
+        self.sleep = sleep
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(asyncio, name)
+
+
 class Yield:
     """One trip through the event loop (asyncio.sleep is replaced in these tests)."""
 
@@ -53,7 +67,7 @@ def test_a_runtime_refusal_keeps_the_tenants_turn_for_its_retry_after(
         slept.append(seconds)
         await release.wait()
 
-    monkeypatch.setattr(guards.asyncio, "sleep", held)
+    monkeypatch.setattr(guards, "asyncio", GuardsAsyncio(held))
     app = Downstream([first, 200, 200])
     limit = guards.RateLimit(app, rate_per_s=1000, burst=1000, exempt=frozenset(), concurrency=1,
                              refusal_hold_s=2.0)
@@ -99,7 +113,7 @@ def test_a_refusal_is_counted_when_its_answer_is_sent_not_when_its_turn_is_relea
         await send({"type": "http.response.start", "status": 429, "headers": [(b"retry-after", b"1")]})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": b'{"field": "max_queued_samples_per_tenant"}'})  # type: ignore[operator]
 
-    monkeypatch.setattr(guards.asyncio, "sleep", held)
+    monkeypatch.setattr(guards, "asyncio", GuardsAsyncio(held))
     registry = CollectorRegistry()
     app = TenantMetrics(guards.RateLimit(runtime_full, rate_per_s=1000, burst=1000, exempt=frozenset()), registry)
     answered: list[dict] = []
