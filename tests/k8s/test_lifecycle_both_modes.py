@@ -85,8 +85,8 @@ def test_interactive_job_waits_for_a_runtime_then_runs_with_its_adapter_created(
         assert status["runtime"] == {"pod": "rt-0", "address": rt.url}
         assert rt.adapters["default.chat"]["rank"] == 4
         assert rt.calls["POST /v1/adapters"] == 1
-        reasons = [e["reason"] for e in world.events("chat")]
-        assert "Scheduled" in reasons and "Running" in reasons
+        wait_for(lambda: {"Scheduled", "Running"} <= {e["reason"] for e in world.events("chat")},
+                 what="the Scheduled and Running Events")
 
 
 def test_runtime_lost_mid_training_restores_on_another_runtime_from_the_last_checkpoint(
@@ -111,8 +111,9 @@ def test_runtime_lost_mid_training_restores_on_another_runtime_from_the_last_che
         assert b.adapters == {}  # the finished adapter freed its slot
         conditions = {c["type"]: c for c in done["conditions"]}
         assert conditions["Restored"]["status"] == "True"
-        lost = [e for e in world.events("sft") if e["reason"] == "RuntimeLost"]
-        assert lost and "restoring from tinker://default.sft/weights/step-2 (step 2); 1 step(s) lost" in lost[0]["message"]
+        lost = wait_for(lambda: [e for e in world.events("sft") if e["reason"] == "RuntimeLost"],
+                        what="the RuntimeLost Event")
+        assert "restoring from tinker://default.sft/weights/step-2 (step 2); 1 step(s) lost" in lost[0]["message"]
         assert lost[0]["type"] == "Warning"
 
 
@@ -166,8 +167,8 @@ def test_refused_dispatches_back_off_then_fail_the_job_with_a_reason(
     ready = {c["type"]: c for c in status["conditions"]}["Ready"]
     assert ready["reason"] == "BackoffLimitExceeded" and "backoffLimit 2" in ready["message"]
     assert "completionTime" in status and "runtime" not in status
-    reasons = [e["reason"] for e in world.events("bad")]
-    assert "DispatchFailed" in reasons and "BackoffLimitExceeded" in reasons
+    wait_for(lambda: {"DispatchFailed", "BackoffLimitExceeded"} <= {e["reason"] for e in world.events("bad")},
+             what="the DispatchFailed and BackoffLimitExceeded Events")
 
 
 def test_a_resume_path_the_schema_cannot_judge_fails_the_job_naming_the_field(
@@ -216,7 +217,8 @@ def test_a_deleted_runtime_pod_moves_its_jobs_to_another_runtime(
         )
     assert status["attempts"] == 1
     assert "default.chat" in b.adapters
-    lost = next(e for e in world.events("chat") if e["reason"] == "RuntimeLost")
+    lost = wait_for(lambda: next((e for e in world.events("chat") if e["reason"] == "RuntimeLost"), None),
+                    what="the RuntimeLost Event")
     assert "runtime rt-a lost at step 0: no checkpoint, restarting from a fresh adapter" in lost["message"]
 
 

@@ -69,7 +69,8 @@ def test_a_users_save_restores_an_interactive_job_on_another_runtime_at_its_step
                 lambda: (s := cluster.status("chat")).get("phase") == "Running" and s["runtime"]["pod"] == "rt-b" and s,
                 timeout=30, what="job Running on rt-b",
             )
-            events = cluster.events("chat")
+            lost = wait_for(lambda: next((e for e in cluster.events("chat") if e["reason"] == "RuntimeLost"), None),
+                            what="the RuntimeLost Event")
             info = b.get(f"/v1/adapters/{ADAPTER}").json()
             # the client goes on with its next seq_id, which the restored executor takes
             after = op(b, {"seq_id": 7, "op": "optim_step", "adam_params": ADAM})
@@ -77,7 +78,6 @@ def test_a_users_save_restores_an_interactive_job_on_another_runtime_at_its_step
         assert step_of(b) == 4 and isinstance(after, dict)
         assert status["latestCheckpoint"]["path"] == "tinker://default.chat/weights/mine"
         assert status["progress"]["step"] == 3 and status["attempts"] == 1
-        lost = next(e for e in events if e["reason"] == "RuntimeLost")
         assert lost["message"] == (
             "runtime rt-a lost at step 5: restoring from tinker://default.chat/weights/mine (step 3); 2 step(s) lost"
         )
