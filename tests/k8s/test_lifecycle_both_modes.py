@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import pytest
 
 from tests.operator.fake_runtime import FakeRuntime
-from tests.operator.harness import lorajob, operator, runtime_pod, training, wait_for
+from tests.operator.harness import lorajob, operator, runtime_pod, training, wait_event, wait_for
 from tests.singlenode.embedded import EmbeddedCluster
 
 
@@ -111,10 +111,9 @@ def test_runtime_lost_mid_training_restores_on_another_runtime_from_the_last_che
         assert b.adapters == {}  # the finished adapter freed its slot
         conditions = {c["type"]: c for c in done["conditions"]}
         assert conditions["Restored"]["status"] == "True"
-        lost = wait_for(lambda: [e for e in world.events("sft") if e["reason"] == "RuntimeLost"],
-                        what="the RuntimeLost Event")
-        assert "restoring from tinker://default.sft/weights/step-2 (step 2); 1 step(s) lost" in lost[0]["message"]
-        assert lost[0]["type"] == "Warning"
+        lost = wait_event(world.events, "sft", "RuntimeLost")
+        assert "restoring from tinker://default.sft/weights/step-2 (step 2); 1 step(s) lost" in lost["message"]
+        assert lost["type"] == "Warning"
 
 
 def test_suspend_saves_and_frees_the_slot_and_resume_restores(
@@ -217,8 +216,7 @@ def test_a_deleted_runtime_pod_moves_its_jobs_to_another_runtime(
         )
     assert status["attempts"] == 1
     assert "default.chat" in b.adapters
-    lost = wait_for(lambda: next((e for e in world.events("chat") if e["reason"] == "RuntimeLost"), None),
-                    what="the RuntimeLost Event")
+    lost = wait_event(world.events, "chat", "RuntimeLost")
     assert "runtime rt-a lost at step 0: no checkpoint, restarting from a fresh adapter" in lost["message"]
 
 

@@ -19,7 +19,7 @@ from loraplane.api.records import Records
 from loraplane.clients import artifact_store
 from loraplane.core import artifacts
 from tests.k8s.cluster import Cluster
-from tests.operator.harness import lorajob, operator, runtime_pod, wait_for
+from tests.operator.harness import lorajob, operator, runtime_pod, wait_event, wait_for
 from tests.operator.real_runtime import RealRuntime
 
 ADAPTER = "default.chat"
@@ -69,8 +69,7 @@ def test_a_users_save_restores_an_interactive_job_on_another_runtime_at_its_step
                 lambda: (s := cluster.status("chat")).get("phase") == "Running" and s["runtime"]["pod"] == "rt-b" and s,
                 timeout=30, what="job Running on rt-b",
             )
-            lost = wait_for(lambda: next((e for e in cluster.events("chat") if e["reason"] == "RuntimeLost"), None),
-                            what="the RuntimeLost Event")
+            lost = wait_event(cluster.events, "chat", "RuntimeLost")
             info = b.get(f"/v1/adapters/{ADAPTER}").json()
             # the client goes on with its next seq_id, which the restored executor takes
             after = op(b, {"seq_id": 7, "op": "optim_step", "adam_params": ADAM})

@@ -16,7 +16,7 @@ import tinker
 
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.stack import LoraplaneStack
-from tests.operator.harness import wait_for
+from tests.operator.harness import wait_event
 
 QUOTAS = {"tenants": {"defaults": {"maxLoraRank": 64},
                       "quotas": {"default": {"maxTrainingClients": 1, "maxLoraRank": 8}}}}
@@ -43,10 +43,8 @@ def refused(stack: LoraplaneStack, name: str) -> str:
     ready = {c["type"]: c for c in status["conditions"]}["Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "QuotaExceeded"), status
     assert "runtime" not in status and "startTime" not in status
-    # The operator's Events are posted after its status patch, from a queue of their own.
-    events = wait_for(lambda: [e for e in stack.events(name) if e["reason"] == "QuotaExceeded"], 30,
-                      f"{name}'s QuotaExceeded Event")
-    assert events[0]["type"] == "Warning" and events[0]["message"] == status["message"]
+    event = wait_event(stack.events, name, "QuotaExceeded", 30)
+    assert event["type"] == "Warning" and event["message"] == status["message"]
     return status["message"]
 
 

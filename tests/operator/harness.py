@@ -35,6 +35,14 @@ def wait_for(predicate: Callable[[], T], timeout: float = 15.0, what: str = "con
         time.sleep(0.05)
 
 
+def wait_event(events: Callable[[str], list[dict[str, Any]]], name: str, reason: str,
+               timeout: float = 15.0) -> dict[str, Any]:
+    """The first Event of `reason` about `name`, waited for: the operator posts Events from Kopf's
+    queue after its status patch, so one can lag the status a test has just seen."""
+    return wait_for(lambda: next((e for e in events(name) if e["reason"] == reason), None), timeout,
+                    f"{name}'s {reason} Event")
+
+
 def wait_phase(status: Callable[[str], dict[str, Any]], name: str, phase: str, timeout: float) -> dict[str, Any]:
     """Wait until `status(name)` (a job's status, read again each time) has `phase`; the status then."""
     try:

@@ -124,7 +124,7 @@ def test_the_tiny_llama_runs_packed_attention(tiny_model_dir):
     assert engine.model.config._attn_implementation == model_host.PACKED_ATTENTION
 
 
-def test_cpu_weights_are_restored_transposed_with_the_same_values_and_shared_weights_left_alone():
+def test_cpu_weights_are_re_stored_transposed_with_the_same_values_and_shared_weights_left_alone():
     embed = torch.nn.Embedding(11, 6)
     head = torch.nn.Linear(6, 11, bias=False)
     head.weight = embed.weight  # tied, as many small models are
