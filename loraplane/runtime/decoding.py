@@ -320,7 +320,7 @@ class Decoder:
             if req.job.params.temperature == 0:
                 pieces.append(torch.ones(count, vocab, device=self.device))
                 continue
-            block = torch.empty(req.job.num_samples, vocab, device=self.device).exponential_(generator=req.generator)
+            block = sampling.exp_noise(req.job.num_samples, vocab, req.generator, self.device)
             pieces.append(block if pick is None else block[pick])
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
