@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from loraplane.runtime import lora_update
@@ -184,14 +185,15 @@ class MultiLoraLinear(nn.Module):
         the engine drops it (`forget_layout`) whenever it changes weights."""
         routed = self._router.segments
         cached = self._decode_cache
-        if cached is None or cached[0] is not routed or cached[1] != x.shape[:-1]:
-            cached = self._decode_cache = (routed, x.shape[:-1], self._no_grad_layout(routed, x))
+        if cached is None or cached[0] is not routed or cached[1] != x.shape:
+            cached = self._decode_cache = (routed, x.shape, self._no_grad_layout(routed, x))
         layout = cached[2]
         if layout is None:
             return self.base_layer(x)
         if isinstance(layout, lora_update.StepUpdate):
-            out = self.base_layer(x)
-            layout.add_to(x.reshape(-1, x.shape[-1]), out.view(-1, out.shape[-1]))
+            base = self.base_layer
+            out = F.linear(x, base.weight, base.bias)
+            layout.add_to(x, out)
             return out
         return lora_update.grouped_forward(x, self.base_layer, layout[0], layout[1])[0]
 
@@ -207,7 +209,7 @@ class MultiLoraLinear(nn.Module):
                 self._pieces = {i: pieces.get(i) or lora_update.step_weights(
                     self.lora_A[i], self.lora_B[i], self.scaling[i]) for i in ids}  # type: ignore[index]
                 self._stacked = lora_update.stack_weights(ids, self._pieces)  # type: ignore[arg-type]
-            return lora_update.step_update(segments, self._stacked)
+            return lora_update.step_update(segments, self._stacked, x.shape[0])
         plan, params = self._plan(segments, x)
         return plan, lora_update.stack_groups(plan, params)
 

@@ -27,7 +27,7 @@ leaving the batch only rebuild the small index tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -235,6 +235,9 @@ class StepUpdate:
     `rows` is a slice when the adapters' rows lie end to end, `per` rows each, in `weights.ids`
     order; otherwise a (k, per) index of the rows, padded by repeating an adapter's first row,
     with `valid` (the real entries of the flattened padded batch) and `dest` (their rows).
+    `whole` marks the usual case, a slice over every row of the batch: `add_to` then runs two
+    matmuls on views of the layer's own input and output and nothing else, since at a decode
+    step's few rows each further tensor op costs about as much as the arithmetic.
     """
 
     weights: StackedWeights
@@ -242,21 +245,29 @@ class StepUpdate:
     per: int
     valid: torch.Tensor | None = None
     dest: torch.Tensor | None = None
+    whole: bool = False
+    #: the stacked A's as (k, in, rank) views, for the first matmul
+    a_t: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "a_t", self.weights.a.transpose(1, 2))
 
     def add_to(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        """`out[r] += (x[r] @ A_a^T) @ (scale_a * B_a^T)` for every routed row r; x and out are 2-D."""
-        a, b = self.weights.a, self.weights.b
-        if isinstance(self.rows, slice):
-            rows = x[self.rows].view(a.shape[0], self.per, x.shape[-1])
-        else:
-            rows = x[self.rows]
-        if rows.dtype != a.dtype:
-            rows = rows.to(a.dtype)
-        hidden = torch.bmm(rows, a.transpose(1, 2))
+        """`out[r] += (x[r] @ A_a^T) @ (scale_a * B_a^T)` for every routed row r; rows are dim 0
+        of x and out, features their last dim."""
+        a_t, b = self.a_t, self.weights.b
+        k = a_t.shape[0]
+        if self.whole and x.dtype == a_t.dtype and out.dtype == a_t.dtype and out.is_contiguous():
+            hidden = torch.bmm(x.reshape(k, self.per, x.shape[-1]), a_t)
+            out.view(k, self.per, out.shape[-1]).baddbmm_(hidden, b)
+            return
+        x, out = x.reshape(-1, x.shape[-1]), out.view(-1, out.shape[-1])
+        rows = x[self.rows].view(k, self.per, x.shape[-1]) if isinstance(self.rows, slice) else x[self.rows]
+        hidden = torch.bmm(rows.to(a_t.dtype), a_t)
         if isinstance(self.rows, slice):
             target = out[self.rows]
             if target.dtype == hidden.dtype:
-                target.view(a.shape[0], self.per, target.shape[-1]).baddbmm_(hidden, b)
+                target.view(k, self.per, target.shape[-1]).baddbmm_(hidden, b)
             else:
                 target.add_(torch.bmm(hidden, b).view(target.shape).to(target.dtype))
             return
@@ -265,9 +276,10 @@ class StepUpdate:
         out.index_add_(0, self.dest, update.to(out.dtype))
 
 
-def step_update(segments: list[Segment], weights: StackedWeights) -> StepUpdate:
+def step_update(segments: list[Segment], weights: StackedWeights, batch_rows: int) -> StepUpdate:
     """The layout of a decode step's update over `segments` (adapters this layer holds, in row
-    order). Called once per batch composition; the tensors it makes are small index lists."""
+    order) in a batch of `batch_rows` rows. Called once per batch composition; the tensors it
+    makes are small index lists."""
     by_id: dict[str, list[int]] = {}
     for seg in segments:
         by_id.setdefault(seg.adapter_id, []).extend(range(seg.start, seg.end))  # type: ignore[arg-type]
@@ -275,7 +287,8 @@ def step_update(segments: list[Segment], weights: StackedWeights) -> StepUpdate:
     per = max(len(rows) for rows in lists)
     flat = [r for rows in lists for r in rows]
     if all(len(rows) == per for rows in lists) and flat == list(range(flat[0], flat[0] + len(flat))):
-        return StepUpdate(weights, slice(flat[0], flat[0] + len(flat)), per)
+        return StepUpdate(weights, slice(flat[0], flat[0] + len(flat)), per,
+                          whole=flat[0] == 0 and len(flat) == batch_rows)
     device = weights.a.device
     index = torch.tensor([rows + [rows[0]] * (per - len(rows)) for rows in lists], device=device)
     valid = torch.tensor([j * per + t for j, rows in enumerate(lists) for t in range(len(rows))], device=device)

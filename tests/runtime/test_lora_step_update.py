@@ -1,9 +1,10 @@
 """A decode step's LoRA update (one position per row, many adapters) equals the plain formula.
 
 `MultiLoraLinear` runs a decode step's rows of every adapter in two batched matmuls over stacked
-weights: as views when each adapter has the same row count laid end to end, else through a
-padded gather. Each layout here is compared, row by row, with `base(x) + scale * x @ A^T @ B^T`
-of the row's own adapter; the kept layout must follow the rows and weights that change.
+weights: as views when each adapter has the same row count laid end to end (of the layer's whole
+input and output when those runs cover every row), else through a padded gather. Each layout
+here is compared, row by row, with `base(x) + scale * x @ A^T @ B^T` of the row's own adapter;
+the kept layout must follow the rows and weights that change.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ LAYOUTS = {
     "mixed-ranks": [lora.Segment("a", 0, 2), lora.Segment("c", 2, 4), lora.Segment("d", 6, 8)],
     "one-adapter": [lora.Segment("c", 1, 8)],
     "gaps-between": [lora.Segment("a", 0, 2), lora.Segment("b", 4, 6)],
+    # every row routed, equal runs: the fast path on views of the layer's input and output
+    "whole-batch": [lora.Segment("a", 0, 2), lora.Segment("b", 2, 4), lora.Segment("c", 4, 6),
+                    lora.Segment("d", 6, 8)],
+    "whole-batch-one-adapter": [lora.Segment("b", 0, 8)],
 }
+WHOLE = {"whole-batch", "whole-batch-one-adapter"}
 
 
 def _layer(dtype: torch.dtype = torch.float32) -> tuple[lora.MultiLoraLinear, lora.LoraRouter]:
@@ -57,12 +63,13 @@ def test_each_rows_update_is_its_own_adapters_plain_formula(layout):
     with torch.no_grad():
         expected = _reference(layer, x, list(segments))
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    assert layer._decode_cache[2].whole == (layout in WHOLE)
 
 
 def test_a_bfloat16_base_adds_the_fp32_update_in_its_own_dtype():
     layer, router = _layer(torch.bfloat16)
     x = torch.randn(8, 1, 12, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
-    for layout in ("equal-runs", "uneven-runs"):
+    for layout in ("equal-runs", "uneven-runs", "whole-batch"):
         segments = tuple(LAYOUTS[layout])
         ours = _decode(layer, router, x, segments)
         with torch.no_grad():
