@@ -8,9 +8,10 @@ prompt of `--prompt` tokens (no stop, so every row runs to the end), three ways,
   (c) ceiling     a plain batched transformers decode of the same N x samples rows, no LoRA
 
 printed as tokens/s with the ratios (b)/(a) and (b)/(c); each cell is the best of `--repeats`
-interleaved runs (on a shared machine the best run is the one least disturbed by others). Then the latency of one training step (forward_backward + optim_step) of
-another adapter, alone and while 8 clients sample. The model is a random-weight Llama built in a
-temp dir (nothing is downloaded).
+interleaved runs (on a shared machine the best run is the one least disturbed by others: with
+three, one cell of a run could still be 15% off the same cell of the next). Then the latency of
+one training step (forward_backward + optim_step) of another adapter, alone and while 8 clients
+sample. The model is a random-weight Llama built in a temp dir (nothing is downloaded).
 
     python bench/sampling.py --threads 2                       # CPU: the small and hidden-512 shapes
     python bench/sampling.py --device cuda --dtype bfloat16 --shapes 0.5b
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = parser.parse_args(argv)
     if args.threads:
