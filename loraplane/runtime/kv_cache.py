@@ -30,6 +30,8 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 #: capacity grows in steps of this many positions
 _CAPACITY_STEP = 64
+#: a decode step writes rows of equal length by slices up to this many runs of them, else by index
+_MAX_RUNS = 4
 
 
 class KvStore:
@@ -50,7 +52,8 @@ class KvStore:
         self.capacity = 0
         self._rows: torch.Tensor | slice = slice(None)
         self._index: torch.Tensor | None = None
-        self.aligned = False
+        #: (first row, end row, position) of each run of rows that write at one position, or None
+        self._runs: list[tuple[int, int, int]] | None = None
         self.mask_free = False
         #: a decode step's (rows, 1, 1, keys) additive mask for `decode_attention`; None otherwise
         self.decode_bias: torch.Tensor | None = None
@@ -84,9 +87,12 @@ class KvStore:
             self._index = self._rows[:, None]
         self._write = write
         self._width = max(lengths) + width
-        #: every row starts at the same position: writes are one slice, and (for one new token, or
-        #: a first chunk) the causal attention needs no mask
-        self.aligned = len(set(lengths)) == 1 and rows is None
+        # Rows that joined the batch together hold one length: a few runs of them write by
+        # slices, which is cheaper than one indexed write, whose cost is per element.
+        runs = equal_runs(lengths) if rows is None else None
+        self._runs = runs if runs is not None and len(runs) <= _MAX_RUNS else None
+        #: every row starts at the same position: for one new token, or a first chunk, the causal
+        #: attention needs no mask
         self.mask_free = len(set(lengths)) == 1 and (width == 1 or lengths[0] == 0)
         allowed = torch.arange(self._width, device=self.device)[None, None, :] <= write[:, :, None]
         decoding = width == 1 and rows is None
@@ -100,10 +106,11 @@ class KvStore:
         """Write this pass's keys and values at each row's positions; return what its queries attend to."""
         assert self._write is not None, "prepare() must run before a forward pass"
         keys, values = self.keys[layer], self.values[layer]
-        if self.aligned:
-            start = self._width - key.shape[2]
-            keys[:, :, start: self._width] = key
-            values[:, :, start: self._width] = value
+        if self._runs is not None:
+            width = key.shape[2]
+            for first, end, at in self._runs:
+                keys[first:end, :, at: at + width] = key[first:end]
+                values[first:end, :, at: at + width] = value[first:end]
         else:
             keys[self._index, :, self._write] = key.transpose(1, 2).to(keys.dtype)
             values[self._index, :, self._write] = value.transpose(1, 2).to(values.dtype)
@@ -165,6 +172,17 @@ class KvStore:
 
     def _zeros(self, rows: int, capacity: int) -> torch.Tensor:
         return torch.zeros(rows, self.kv_heads, capacity, self.head_dim, dtype=self.dtype, device=self.device)
+
+
+def equal_runs(lengths: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Maximal runs of consecutive equal lengths as (first, end, length). Pure; for `prepare`."""
+    runs: list[tuple[int, int, int]] = []
+    for i, n in enumerate(lengths):
+        if runs and runs[-1][2] == n:
+            runs[-1] = (runs[-1][0], i + 1, n)
+        else:
+            runs.append((i, i + 1, n))
+    return runs
 
 
 def decode_attention(
