@@ -155,7 +155,8 @@ class Decoder:
         )
         if job.options.scores_prompt:
             request.scores = prompt_scoring.PromptScores(job.options, request.prompt)
-        self.prefill.assemble([(self.prefill, i) for i in range(self.prefill.rows)] + [(None, 0)])
+        # Its cache row is made with those of the other requests that join before the next step
+        # (`_prefill_plan`): one rebuild of the prefill store per turn, not one per request.
         self._prefilling.append(request)
 
     def drop(self, adapter_id: str, exc: Exception) -> list[tuple[SampleJob, Any]]:
@@ -176,11 +177,16 @@ class Decoder:
             return []
         failed = [(r.job, exc) for r in self.requests() if id(r) in doomed]
         keep_p = [i for i, r in enumerate(self._prefilling) if id(r) not in doomed]
-        self.prefill.assemble([(self.prefill, i) for i in keep_p])
+        self.prefill.assemble(self._prefill_plan(keep_p))
         self._prefilling = [self._prefilling[i] for i in keep_p]
         keep_d = [i for i, row in enumerate(self._rows) if id(row.request) not in doomed]
         self._reassemble([(self.decode, i) for i in keep_d], [self._rows[i] for i in keep_d])
         return failed
+
+    def _prefill_plan(self, keep: list[int]) -> list[tuple[kv_cache.KvStore | None, int]]:
+        """The prefill store's plan keeping requests `keep` (indices into `_prefilling`); a request
+        added since the last rebuild gets a new empty row."""
+        return [(self.prefill, i) if i < self.prefill.rows else (None, 0) for i in keep]
 
     def _reassemble(self, plan: list[tuple[kv_cache.KvStore | None, int]], rows: list[_Row]) -> None:
         """Lay the decode rows out by adapter (stable), so each adapter is one routing segment."""
@@ -220,6 +226,8 @@ class Decoder:
         return report
 
     def _prefill_step(self, report: StepReport) -> None:
+        if self.prefill.rows < len(self._prefilling):
+            self.prefill.assemble(self._prefill_plan(list(range(len(self._prefilling)))))
         remaining = [len(r.job.prompt) - r.prefilled for r in self._prefilling]
         takes = scheduling.prefill_chunks(remaining, self.chunk_tokens)
         chosen = sorted((i for i, t in enumerate(takes) if t > 0),
@@ -283,7 +291,7 @@ class Decoder:
         self._reassemble(plan, rows_after)
         finished = {id(req) for req, _ in done}
         keep = [i for i, r in enumerate(self._prefilling) if id(r) not in finished]
-        self.prefill.assemble([(self.prefill, i) for i in keep])
+        self.prefill.assemble(self._prefill_plan(keep))
         self._prefilling = [self._prefilling[i] for i in keep]
         report.finished += [(req.job, _outcome(req)) for req, _ in done if req.live == 0]
 

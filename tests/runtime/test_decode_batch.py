@@ -112,6 +112,23 @@ def test_requests_joining_a_running_batch_equal_each_request_alone(engine):
         assert_same(future.result(0), alone_result(engine, sample))
 
 
+def test_requests_that_join_in_one_turn_get_their_prefill_rows_in_one_rebuild(engine, monkeypatch):
+    """A client that sends many requests at once must not rebuild the prefill cache once per
+    request (a cost that grows with the square of their number)."""
+    store = engine.decoder.prefill
+    sizes: list[int] = []
+    rebuild = store.assemble
+    monkeypatch.setattr(store, "assemble", lambda plan: (sizes.append(len(plan)), rebuild(plan))[1])
+    samples = [request(i) for i in range(8)]
+    ex = executor_for(engine)
+    futures = [ex.submit_sample(s)[1] for s in samples]
+    ex.run_once()
+    assert sizes[0] == 8
+    run_until_done(ex, futures)
+    for sample, future in zip(samples, futures, strict=True):
+        assert_same(future.result(0), alone_result(engine, sample))
+
+
 def test_a_bad_request_is_refused_alone_and_the_others_finish(engine):
     ex = executor_for(engine)
     good = [ex.submit_sample(request(i))[1] for i in range(3)]
