@@ -14,7 +14,7 @@ of `loraplane.runtime.decoding` (row parameters, `choose_rows`, `stop_hit`).
   token ids, or strings matched on the decoded generated text. The token that completes a stop
   (the stop id itself, or the token finishing a stop string) is kept in the output.
 - One `torch.Generator` per request, seeded from `seed` (random when None), draws every sample of
-  that request: at each step one (num_samples, vocab) block of Exp(1) noise (`exp_noise`),
+  that request: at each step one (num_samples, vocab) block of Exp(1) noise (`uniform_to_exp`),
   whatever else is in the batch and however many of its rows have already stopped. The same seed,
   prompt and parameters therefore give the same tokens at any concurrency.
 """
@@ -182,15 +182,15 @@ def row_params(params: list[SamplingParams], device: torch.device) -> RowParams:
     )
 
 
-def exp_noise(rows: int, vocab: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """A (rows, vocab) block of Exp(1) noise from `generator`, for `choose_rows`.
+def uniform_to_exp(block: torch.Tensor) -> torch.Tensor:
+    """Turn uniform draws in [0, 1) into Exp(1) noise in place, as `-log(1 - U)`; returns `block`.
 
-    Drawn by inverse CDF, `-log(1 - U)` for U uniform in [0, 1): torch's `exponential_` costs
-    about 19 ns a number on the CPU against 3 for `uniform_`, and a step needs a whole vocabulary's
-    worth per sampled row (8% of a 32-row decode step of a 49k-vocabulary model). U = 0 gives
-    0, which `choose_rows` clamps; U never reaches 1, so the noise is always finite.
+    Drawn by inverse CDF: torch's `exponential_` costs about 19 ns a number on the CPU against 3
+    for `uniform_`, and a step needs a whole vocabulary's worth per sampled row (8% of a 32-row
+    decode step of a 49k-vocabulary model). U = 0 gives 0, which `choose_rows` clamps; U never
+    reaches 1, so the noise is always finite. Elementwise, so a row's noise is the same whatever
+    else shares the block.
     """
-    block = torch.empty(rows, vocab, device=device).uniform_(generator=generator)
     return block.neg_().add_(1.0).log_().neg_()  # 1 - U is exact in float; log_ is faster than log1p_
 
 

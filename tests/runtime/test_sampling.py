@@ -221,10 +221,14 @@ def test_filter_logits_keeps_top_k_and_the_nucleus(probs, top_k, top_p, kept):
     assert torch.isfinite(out[0]).nonzero().flatten().tolist() == kept
 
 
+def _exp_noise(rows: int, vocab: int, seed: int) -> torch.Tensor:
+    return sampling.uniform_to_exp(torch.empty(rows, vocab).uniform_(generator=torch.Generator().manual_seed(seed)))
+
+
 def test_exp_noise_draws_tokens_in_proportion_to_their_probabilities():
     probs = torch.tensor([0.5, 0.25, 0.15, 0.1])
     n = 40_000
-    noise = sampling.exp_noise(n, 4, torch.Generator().manual_seed(0), torch.device("cpu"))
+    noise = _exp_noise(n, 4, seed=0)
     assert torch.isfinite(noise).all() and (noise >= 0).all()
     assert abs(noise.mean().item() - 1.0) < 0.01  # Exp(1): mean 1, here within 4 standard errors
     rows = sampling.row_params([sampling.SamplingParams(temperature=1.0)] * n, torch.device("cpu"))
@@ -232,9 +236,19 @@ def test_exp_noise_draws_tokens_in_proportion_to_their_probabilities():
     assert torch.allclose(torch.bincount(tokens, minlength=4) / n, probs, atol=0.01)
 
 
+def test_exp_noise_of_a_request_does_not_depend_on_where_its_rows_sit_in_the_batch():
+    """The decoder turns the whole batch's uniform draws into noise at once."""
+    uniforms = torch.empty(4, 259).uniform_(generator=torch.Generator().manual_seed(3))
+    alone = sampling.uniform_to_exp(uniforms.clone())
+    for before in (1, 3, 5):
+        batch = torch.rand(before + 4 + 2, 259)
+        batch[before: before + 4] = uniforms
+        assert torch.equal(sampling.uniform_to_exp(batch)[before: before + 4], alone)
+
+
 def test_exp_noise_is_reproducible_from_the_seed():
     def draw(seed: int) -> torch.Tensor:
-        return sampling.exp_noise(3, 50, torch.Generator().manual_seed(seed), torch.device("cpu"))
+        return _exp_noise(3, 50, seed)
 
     assert torch.equal(draw(7), draw(7))
     assert not torch.equal(draw(7), draw(8))
