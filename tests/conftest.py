@@ -21,14 +21,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _quiet_sdk_heartbeats_of_stopped_servers():  # type: ignore[no-untyped-def]
+def _quiet_sdk_heartbeats_of_stopped_servers() -> None:
     """SDK clients that a test module leaves open keep heartbeating, from their own threads, servers
     that the module's teardown stopped; their warnings then land on the closed capture streams of
-    later tests ("--- Logging error ---"). Only the heartbeat's own logger is quieted."""
+    later tests ("--- Logging error ---"). Only the heartbeat's own logger is quieted, and for the
+    rest of the process: those threads outlive the test session and warn while pytest exits."""
     import logging
 
-    heartbeat = logging.getLogger("tinker.lib.internal_client_holder")
-    previous = heartbeat.level
-    heartbeat.setLevel(logging.ERROR)
-    yield
-    heartbeat.setLevel(previous)
+    logging.getLogger("tinker.lib.internal_client_holder").setLevel(logging.ERROR)
