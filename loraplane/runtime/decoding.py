@@ -106,7 +106,7 @@ class Decoder:
         self._rows: list[_Row] = []  # row i of `decode`
         self._row_params: sampling.RowParams | None = None
         self._segments: tuple[lora.Segment, ...] = ()
-        self._draws: list[tuple[_Request, torch.Tensor | None, int]] = []
+        self._draws: list[sampling.NoiseDraw] = []
         #: the last step's chosen tokens, as the next step's input ids, while the rows stay the same
         self._next_ids: torch.Tensor | None = None
 
@@ -211,7 +211,7 @@ class Decoder:
                 j += 1
             idx = [row.index for row in self._rows[i:j]]
             pick = None if idx == list(range(req.job.num_samples)) else torch.tensor(idx, device=self.device)
-            self._draws.append((req, pick, j - i))
+            self._draws.append(_draw(req, j - i, pick))
             i = j
 
     # ---- one step --------------------------------------------------------------------------
@@ -278,7 +278,8 @@ class Decoder:
             logits = torch.cat([last[None].expand(req.job.num_samples, -1) for req, last in starting])
             rows = [row for req, _ in starting for row in req.rows]
             params = sampling.row_params([r.request.job.params for r in rows], self.device)
-            noise = self._noise([(req, None, req.job.num_samples) for req, _ in starting], logits.shape[-1])
+            noise = sampling.step_noise([_draw(req, req.job.num_samples) for req, _ in starting],
+                                        logits.shape[-1], self.device)
             self._record(rows, logits, params, noise, report)
         plan = [(self.decode, i) for i in range(len(self._rows))]
         rows_after = list(self._rows)
@@ -311,42 +312,13 @@ class Decoder:
         self.decode.advance([1] * len(rows))
         report.decode_rows = len(rows)
         assert self._row_params is not None
-        noise = self._noise(self._draws, logits.shape[-1])
+        noise = sampling.step_noise(self._draws, logits.shape[-1], self.device)
         complete, tokens = self._record(rows, logits, self._row_params, noise, report)
         self._next_ids = tokens[:, None]
         if any(r.reason is not None for r in rows):
             keep = [i for i, r in enumerate(rows) if r.reason is None]
             self._reassemble([(self.decode, i) for i in keep], [rows[i] for i in keep])
         report.finished += [(req.job, _outcome(req)) for req in complete]
-
-    def _noise(self, draws: list[tuple[_Request, torch.Tensor | None, int]], vocab: int) -> torch.Tensor | None:
-        """Exp(1) noise for the rows, one (num_samples, vocab) draw per sampling request in the batch.
-
-        Each request draws its uniforms from its own generator into its rows of one buffer, which
-        then turns into Exp(1) noise by one `sampling.uniform_to_exp` for the whole batch, instead of
-        four small ops per request per step. The transform is elementwise, so a request's noise does
-        not depend on where its rows sit in the buffer.
-        """
-        if all(req.job.params.temperature == 0 for req, _, _ in draws):
-            return None
-        noise = torch.empty(sum(count for _, _, count in draws), vocab, device=self.device)
-        greedy: list[tuple[int, int]] = []
-        at = 0
-        for req, pick, count in draws:
-            rows = noise[at: at + count]
-            if req.job.params.temperature == 0:
-                greedy.append((at, at + count))
-                rows.zero_()
-            elif pick is None:
-                rows.uniform_(generator=req.generator)
-            else:  # some samples stopped: the generator still draws for all of them
-                full = torch.empty(req.job.num_samples, vocab, device=self.device).uniform_(generator=req.generator)
-                torch.index_select(full, 0, pick, out=rows)
-            at += count
-        sampling.uniform_to_exp(noise)
-        for start, end in greedy:
-            noise[start:end] = 1.0
-        return noise
 
     def _record(self, rows: list[_Row], logits: torch.Tensor, params: sampling.RowParams,
                 noise: torch.Tensor | None, report: StepReport) -> tuple[list[_Request], torch.Tensor]:
@@ -392,6 +364,12 @@ class Decoder:
                 if req.live == 0:
                     complete.append(req)
         return complete, tokens
+
+
+def _draw(req: _Request, count: int, pick: torch.Tensor | None = None) -> sampling.NoiseDraw:
+    """`req`'s share of a step's noise: `count` of its rows (`pick`, or all of them)."""
+    generator = None if req.job.params.temperature == 0 else req.generator
+    return sampling.NoiseDraw(generator, req.job.num_samples, count, pick)
 
 
 def _outcome(req: _Request) -> Any:

@@ -14,7 +14,7 @@ of `loraplane.runtime.decoding` (row parameters, `choose_rows`, `stop_hit`).
   token ids, or strings matched on the decoded generated text. The token that completes a stop
   (the stop id itself, or the token finishing a stop string) is kept in the output.
 - One `torch.Generator` per request, seeded from `seed` (random when None), draws every sample of
-  that request: at each step one (num_samples, vocab) block of Exp(1) noise (`uniform_to_exp`),
+  that request: at each step one (num_samples, vocab) block of Exp(1) noise (`step_noise`),
   whatever else is in the batch and however many of its rows have already stopped. The same seed,
   prompt and parameters therefore give the same tokens at any concurrency.
 """
@@ -22,6 +22,7 @@ of `loraplane.runtime.decoding` (row parameters, `choose_rows`, `stop_hit`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +181,48 @@ def row_params(params: list[SamplingParams], device: torch.device) -> RowParams:
         truncates=any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p),
         any_sampled=not all(greedy),
     )
+
+
+@dataclass(frozen=True)
+class NoiseDraw:
+    """One request's rows of a decode step's noise: its generator draws `num_samples` rows (None:
+    greedy rows, whose noise is 1), of which the batch holds `count`, rows `pick` (None: all)."""
+
+    generator: torch.Generator | None
+    num_samples: int
+    count: int
+    pick: torch.Tensor | None = None
+
+
+def step_noise(draws: Sequence[NoiseDraw], vocab: int, device: torch.device) -> torch.Tensor | None:
+    """The decode batch's Exp(1) noise for `choose_rows`, rows in `draws` order; None when all are greedy.
+
+    Called by the decode loop once per step. Each request draws its uniforms from its own generator
+    into its rows of one buffer, a whole (num_samples, vocab) block even when some of its samples
+    have stopped, and one `uniform_to_exp` turns the whole buffer into noise: one transform a step
+    instead of four small ops per request. The transform is elementwise, so a request's noise does
+    not depend on where its rows sit in the batch.
+    """
+    if all(d.generator is None for d in draws):
+        return None
+    noise = torch.empty(sum(d.count for d in draws), vocab, device=device)
+    greedy: list[tuple[int, int]] = []
+    at = 0
+    for d in draws:
+        rows = noise[at: at + d.count]
+        if d.generator is None:
+            greedy.append((at, at + d.count))
+            rows.zero_()
+        elif d.pick is None:
+            rows.uniform_(generator=d.generator)
+        else:
+            full = torch.empty(d.num_samples, vocab, device=device).uniform_(generator=d.generator)
+            torch.index_select(full, 0, d.pick, out=rows)
+        at += d.count
+    uniform_to_exp(noise)
+    for start, end in greedy:
+        noise[start:end] = 1.0
+    return noise
 
 
 def uniform_to_exp(block: torch.Tensor) -> torch.Tensor:

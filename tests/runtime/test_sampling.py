@@ -252,3 +252,18 @@ def test_exp_noise_is_reproducible_from_the_seed():
 
     assert torch.equal(draw(7), draw(7))
     assert not torch.equal(draw(7), draw(8))
+
+
+def test_step_noise_gives_each_request_its_own_draws_greedy_rows_one_and_stopped_samples_their_turn():
+    def gen(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    cpu = torch.device("cpu")
+    draws = [sampling.NoiseDraw(gen(1), 3, 3), sampling.NoiseDraw(None, 2, 2),
+             sampling.NoiseDraw(gen(2), 4, 2, pick=torch.tensor([1, 3]))]
+    noise = sampling.step_noise(draws, 50, cpu)
+    assert noise is not None and noise.shape == (7, 50)
+    assert torch.equal(noise[:3], _exp_noise(3, 50, seed=1))
+    assert torch.equal(noise[3:5], torch.ones(2, 50))
+    assert torch.equal(noise[5:], _exp_noise(4, 50, seed=2)[[1, 3]])  # the stopped rows still drew
+    assert sampling.step_noise([sampling.NoiseDraw(None, 2, 2)], 50, cpu) is None
