@@ -156,7 +156,7 @@ class Decoder:
         if job.options.scores_prompt:
             request.scores = prompt_scoring.PromptScores(job.options, request.prompt)
         # Its cache row is made with those of the other requests that join before the next step
-        # (`_prefill_plan`): one rebuild of the prefill store per turn, not one per request.
+        # (`_rebuild_prefill`): one rebuild of the prefill store per turn, not one per request.
         self._prefilling.append(request)
 
     def drop(self, adapter_id: str, exc: Exception) -> list[tuple[SampleJob, Any]]:
@@ -168,7 +168,7 @@ class Decoder:
         """Remove every request (the batch hit a fault it cannot attribute); returns them with `exc`."""
         failed = [(r.job, exc) for r in self.requests()]
         self._prefilling, self._rows = [], []
-        self.prefill.assemble([])
+        self._rebuild_prefill([])
         self._reassemble([], [])
         return failed
 
@@ -177,21 +177,23 @@ class Decoder:
             return []
         failed = [(r.job, exc) for r in self.requests() if id(r) in doomed]
         keep_p = [i for i, r in enumerate(self._prefilling) if id(r) not in doomed]
-        self.prefill.assemble(self._prefill_plan(keep_p))
-        self._prefilling = [self._prefilling[i] for i in keep_p]
+        self._rebuild_prefill(keep_p)
         keep_d = [i for i, row in enumerate(self._rows) if id(row.request) not in doomed]
         self._reassemble([(self.decode, i) for i in keep_d], [self._rows[i] for i in keep_d])
         return failed
 
-    def _prefill_plan(self, keep: list[int]) -> list[tuple[kv_cache.KvStore | None, int]]:
-        """The prefill store's plan keeping requests `keep` (indices into `_prefilling`); a request
-        added since the last rebuild gets a new empty row."""
-        return [(self.prefill, i) if i < self.prefill.rows else (None, 0) for i in keep]
+    def _rebuild_prefill(self, keep: list[int]) -> None:
+        """Keep the prompts `keep` (indices into `_prefilling`) in the prefill store, in that order;
+        a request added since the last rebuild gets a new empty row."""
+        self._prefilling = [self._prefilling[i] for i in keep]
+        self.prefill.assemble([(self.prefill, i) if i < self.prefill.rows else (None, 0) for i in keep],
+                              limit=max((len(r.job.prompt) for r in self._prefilling), default=0))
 
     def _reassemble(self, plan: list[tuple[kv_cache.KvStore | None, int]], rows: list[_Row]) -> None:
         """Lay the decode rows out by adapter (stable), so each adapter is one routing segment."""
         order = sorted(range(len(rows)), key=lambda i: rows[i].request.job.adapter_id or "")
-        self.decode.assemble([plan[i] for i in order])
+        self.decode.assemble([plan[i] for i in order], limit=max(
+            (len(r.request.job.prompt) + r.request.job.params.max_tokens for r in rows), default=0))
         self._rows = [rows[i] for i in order]
         adapters = [r.request.job.adapter_id for r in self._rows]
         self._segments = tuple(
@@ -227,7 +229,7 @@ class Decoder:
 
     def _prefill_step(self, report: StepReport) -> None:
         if self.prefill.rows < len(self._prefilling):
-            self.prefill.assemble(self._prefill_plan(list(range(len(self._prefilling)))))
+            self._rebuild_prefill(list(range(len(self._prefilling))))
         remaining = [len(r.job.prompt) - r.prefilled for r in self._prefilling]
         takes = scheduling.prefill_chunks(remaining, self.chunk_tokens)
         chosen = sorted((i for i, t in enumerate(takes) if t > 0),
@@ -291,9 +293,7 @@ class Decoder:
                     rows_after.append(row)
         self._reassemble(plan, rows_after)
         finished = {id(req) for req, _ in done}
-        keep = [i for i, r in enumerate(self._prefilling) if id(r) not in finished]
-        self.prefill.assemble(self._prefill_plan(keep))
-        self._prefilling = [self._prefilling[i] for i in keep]
+        self._rebuild_prefill([i for i, r in enumerate(self._prefilling) if id(r) not in finished])
         report.finished += [(req.job, _outcome(req)) for req, _ in done if req.live == 0]
 
     def _decode_step(self, report: StepReport) -> None:

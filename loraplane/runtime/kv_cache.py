@@ -11,8 +11,13 @@ thread and knows neither per-row LoRA routing nor training passes between steps.
 its own length: a forward pass writes row r's new keys and values at positions `lengths[r] ...`
 in place (no copy), the model gets each row's `position_ids` and a 4-D mask that lets row r see
 its own positions only, and the store plugs into the model through transformers' `Cache` and
-`CacheLayerMixin` classes. Shapes only change when rows join or leave (`assemble`), which keeps the
-per-step work free of host syncs and the layout open to CUDA graphs and to a paged pool later.
+`CacheLayerMixin` classes. Shapes only change when rows join or leave (`assemble`) or the capacity
+grows (`reserve`), which keeps the per-step work free of host syncs and the layout open to CUDA
+graphs and to a paged pool later.
+
+Capacity grows by doubling, never past the longest any row can get (`limit`: for a decoding row its
+prompt plus its `max_tokens`, which is what the KV budget charges), so a generation of n tokens
+copies its cache about log2(n / 64) times, not n / 64 times.
 
 Positions past a row's length hold zeros or stale values; the mask hides them from that row's
 queries, and they are overwritten as the row grows. A decode step's attention (`decode_attention`)
@@ -50,6 +55,8 @@ class KvStore:
         #: tokens held per row (host ints: the scheduler's view, never read back from the device)
         self.lengths: list[int] = []
         self.capacity = 0
+        #: the longest any row may get (0: unknown); set by `assemble`, caps `reserve`
+        self.limit = 0
         self._rows: torch.Tensor | slice = slice(None)
         self._index: torch.Tensor | None = None
         #: (first row, end row, position) of each run of rows that write at one position, or None
@@ -126,10 +133,13 @@ class KvStore:
         self._write = None
 
     def reserve(self, width: int) -> None:
-        """Grow every row's capacity to at least `width` positions (a copy, only when it grows)."""
+        """Grow every row's capacity to at least `width` positions (a copy, only when it grows): to
+        twice the capacity, but not past `limit` (without one, to `width` rounded up)."""
         if width <= self.capacity:
             return
         capacity = -(-width // _CAPACITY_STEP) * _CAPACITY_STEP
+        if self.limit:
+            capacity = min(max(capacity, 2 * self.capacity), max(self.limit, width))
         for layer in range(self.num_layers):
             for tensors in (self.keys, self.values):
                 grown = self._zeros(self.rows, capacity)
@@ -138,11 +148,15 @@ class KvStore:
                 tensors[layer] = grown
         self.capacity = capacity
 
-    def assemble(self, plan: Sequence[tuple[KvStore | None, int]]) -> None:
+    def assemble(self, plan: Sequence[tuple[KvStore | None, int]], limit: int = 0) -> None:
         """Rebuild the rows: new row i is row `plan[i][1]` of store `plan[i][0]` (this one or another;
-        None: a new empty row). Called when rows join or leave; the only copy of the whole cache."""
+        None: a new empty row). Called when rows join or leave; the only copy of the whole cache
+        besides growth. `limit`: the longest any of these rows may get (0: unknown)."""
         lengths = [0 if src is None else src.lengths[r] for src, r in plan]
         capacity = -(-max(lengths + [1]) // _CAPACITY_STEP) * _CAPACITY_STEP
+        if limit:
+            capacity = min(capacity, max(limit, *lengths, 1))
+        self.limit = limit
         sources: dict[int, tuple[KvStore, list[int], list[int]]] = {}
         for i, (src, r) in enumerate(plan):
             if src is not None and src.capacity:
@@ -151,8 +165,10 @@ class KvStore:
         copies = [(src, torch.tensor(dst, dtype=torch.long, device=self.device),
                    torch.tensor(idx, dtype=torch.long, device=self.device),
                    max(src.lengths[r] for r in idx)) for src, dst, idx in sources.values()]
-        # Every row from one store (rows leaving, or a batch's first rows): one gather per tensor.
-        whole = len(copies) == 1 and len(sources[id(copies[0][0])][1]) == len(plan)
+        # Every row from one store that is wide enough (rows leaving, or a batch's first rows): one
+        # gather per tensor.
+        whole = (len(copies) == 1 and len(sources[id(copies[0][0])][1]) == len(plan)
+                 and copies[0][0].capacity >= capacity)
         for layer in range(self.num_layers):
             if whole:
                 src, _, idx, _ = copies[0]

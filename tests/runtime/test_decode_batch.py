@@ -118,7 +118,7 @@ def test_requests_that_join_in_one_turn_get_their_prefill_rows_in_one_rebuild(en
     store = engine.decoder.prefill
     sizes: list[int] = []
     rebuild = store.assemble
-    monkeypatch.setattr(store, "assemble", lambda plan: (sizes.append(len(plan)), rebuild(plan))[1])
+    monkeypatch.setattr(store, "assemble", lambda plan, **kw: (sizes.append(len(plan)), rebuild(plan, **kw))[1])
     samples = [request(i) for i in range(8)]
     ex = executor_for(engine)
     futures = [ex.submit_sample(s)[1] for s in samples]
