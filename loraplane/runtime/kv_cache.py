@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-#: capacity grows in steps of this many positions
+#: capacities are multiples of this many positions, except a store capped by its `limit`
 _CAPACITY_STEP = 64
 #: a decode step writes rows of equal length by slices up to this many runs of them, else by index
 _MAX_RUNS = 4
