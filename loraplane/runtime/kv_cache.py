@@ -17,7 +17,8 @@ graphs and to a paged pool later.
 
 Capacity grows by doubling, never past the longest any row can get (`limit`: for a decoding row its
 prompt plus its `max_tokens`, which is what the KV budget charges), so a generation of n tokens
-copies its cache about log2(n / 64) times, not n / 64 times.
+copies its cache about log2(n / 64) times, not n / 64 times; when one more doubling would reach
+the limit, it grows to the limit at once (`next_capacity`).
 
 Positions past a row's length hold zeros or stale values; the mask hides them from that row's
 queries, and they are overwritten as the row grows. A decode step's attention (`decode_attention`)
@@ -37,6 +38,11 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 _CAPACITY_STEP = 64
 #: a decode step writes rows of equal length by slices up to this many runs of them, else by index
 _MAX_RUNS = 4
+#: on the CPU, `assemble` copies rows by slices up to this many runs of them (`copy_runs`), else
+#: by index. An indexed copy gathers the rows into a temporary, whose fresh memory costs a page
+#: fault every 4 KiB, and then scatters it; on a GPU that costs little and each slice would be a
+#: kernel launch, so there it always copies by index.
+_MAX_COPY_RUNS = 16
 
 
 class KvStore:
@@ -133,13 +139,11 @@ class KvStore:
         self._write = None
 
     def reserve(self, width: int) -> None:
-        """Grow every row's capacity to at least `width` positions (a copy, only when it grows): to
-        twice the capacity, but not past `limit` (without one, to `width` rounded up)."""
+        """Grow every row's capacity to at least `width` positions (a copy, only when it grows); see
+        `next_capacity` for how far."""
         if width <= self.capacity:
             return
-        capacity = -(-width // _CAPACITY_STEP) * _CAPACITY_STEP
-        if self.limit:
-            capacity = min(max(capacity, 2 * self.capacity), max(self.limit, width))
+        capacity = next_capacity(width, self.capacity, self.limit)
         for layer in range(self.num_layers):
             for tensors in (self.keys, self.values):
                 grown = self._zeros(self.rows, capacity)
@@ -153,31 +157,38 @@ class KvStore:
         None: a new empty row). Called when rows join or leave; the only copy of the whole cache
         besides growth. `limit`: the longest any of these rows may get (0: unknown)."""
         lengths = [0 if src is None else src.lengths[r] for src, r in plan]
-        capacity = -(-max(lengths + [1]) // _CAPACITY_STEP) * _CAPACITY_STEP
-        if limit:
-            capacity = min(capacity, max(limit, *lengths, 1))
+        capacity = next_capacity(max(lengths + [1]), 0, limit)
         self.limit = limit
         sources: dict[int, tuple[KvStore, list[int], list[int]]] = {}
         for i, (src, r) in enumerate(plan):
             if src is not None and src.capacity:
                 sources.setdefault(id(src), (src, [], []))[1].append(i)
                 sources[id(src)][2].append(r)
-        copies = [(src, torch.tensor(dst, dtype=torch.long, device=self.device),
-                   torch.tensor(idx, dtype=torch.long, device=self.device),
-                   max(src.lengths[r] for r in idx)) for src, dst, idx in sources.values()]
+        copies = []
+        for src, dst, idx in sources.values():
+            runs = copy_runs(dst, idx)
+            copies.append((src, torch.tensor(dst, dtype=torch.long, device=self.device),
+                           torch.tensor(idx, dtype=torch.long, device=self.device),
+                           max(src.lengths[r] for r in idx),
+                           runs if self.device.type == "cpu" and len(runs) <= _MAX_COPY_RUNS else None))
         # Every row from one store that is wide enough (rows leaving, or a batch's first rows): one
         # gather per tensor.
         whole = (len(copies) == 1 and len(sources[id(copies[0][0])][1]) == len(plan)
                  and copies[0][0].capacity >= capacity)
         for layer in range(self.num_layers):
             if whole:
-                src, _, idx, _ = copies[0]
+                src, _, idx, _, _ = copies[0]
                 new_keys, new_values = src.keys[layer][idx, :, :capacity], src.values[layer][idx, :, :capacity]
             else:
                 new_keys, new_values = self._zeros(len(plan), capacity), self._zeros(len(plan), capacity)
-            for src, dst, idx, held in copies if not whole else ():  # the positions the rows hold
-                new_keys[dst, :, :held] = src.keys[layer][idx, :, :held]
-                new_values[dst, :, :held] = src.values[layer][idx, :, :held]
+            for src, dst, idx, held, runs in copies if not whole else ():  # the positions the rows hold
+                for new, old in ((new_keys, src.keys[layer]), (new_values, src.values[layer])):
+                    if runs is None:
+                        new[dst, :, :held] = old[idx, :, :held]
+                        continue
+                    for at, count, first, repeat in runs:
+                        rows = old[first : first + 1].expand(count, -1, -1, -1) if repeat else old[first : first + count]
+                        new[at : at + count, :, :held] = rows[:, :, :held]
             if layer < len(self.keys):
                 self.keys[layer], self.values[layer] = new_keys, new_values
             else:
@@ -188,6 +199,43 @@ class KvStore:
 
     def _zeros(self, rows: int, capacity: int) -> torch.Tensor:
         return torch.zeros(rows, self.kv_heads, capacity, self.head_dim, dtype=self.dtype, device=self.device)
+
+
+def next_capacity(width: int, capacity: int, limit: int) -> int:
+    """The capacity a store holding `capacity` positions per row grows to for `width`. Pure.
+
+    Without a limit: `width` rounded up to a multiple of `_CAPACITY_STEP`. With one: at least twice
+    the old capacity, never past the limit (or `width`, if that is longer); and the limit itself
+    when one more doubling would reach it, since that growth would copy the whole cache again for
+    room the budget already counts (a 96-token generation gets 96 positions at once, not 64 and
+    then 96).
+    """
+    stepped = -(-width // _CAPACITY_STEP) * _CAPACITY_STEP
+    if not limit:
+        return stepped
+    ceiling = max(limit, width)
+    grown = min(max(stepped, 2 * capacity), ceiling)
+    return ceiling if 2 * grown >= ceiling else grown
+
+
+def copy_runs(dst: Sequence[int], src: Sequence[int]) -> list[tuple[int, int, int, bool]]:
+    """Row `dst[i]` gets row `src[i]`, as runs (first new row, count, first old row, repeat). Pure.
+
+    A run is consecutive new rows that take one old row (`repeat`: a request's samples copying its
+    prompt) or consecutive old rows; `assemble` copies each run by slices.
+    """
+    runs: list[tuple[int, int, int, bool]] = []
+    for d, s in zip(dst, src, strict=True):
+        if runs and d == runs[-1][0] + runs[-1][1]:
+            at, count, first, repeat = runs[-1]
+            if s == first and (repeat or count == 1):
+                runs[-1] = (at, count + 1, first, True)
+                continue
+            if s == first + count and not repeat:
+                runs[-1] = (at, count + 1, first, False)
+                continue
+        runs.append((d, 1, s, False))
+    return runs
 
 
 def equal_runs(lengths: Sequence[int]) -> list[tuple[int, int, int]]:

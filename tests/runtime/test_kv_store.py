@@ -59,10 +59,21 @@ def _grow(store: kv_cache.KvStore, steps: int) -> list[int]:
 def test_capacity_doubles_up_to_the_rows_limit_so_a_long_generation_copies_its_cache_a_few_times():
     store = kv_cache.KvStore(1, 1, 2, torch.float32, torch.device("cpu"), additive_mask=False)
     store.assemble([(None, 0)] * 3, limit=1000)
-    assert _grow(store, 1000) == [64, 128, 256, 512, 1000]
+    assert _grow(store, 1000) == [64, 128, 256, 1000]  # from 256 one doubling would reach 1000: go there
     expected = torch.arange(1000, dtype=torch.float32)
     for tensor in (store.keys[0], store.values[0]):
         assert torch.equal(tensor[:, 0, :, 0], expected.expand(3, 1000))  # every position survived each copy
+
+
+def test_rows_that_would_reach_their_limit_in_one_doubling_get_it_at_once():
+    """A 32-token prompt with 64 new tokens gets 96 positions when it starts decoding, not 64 and a
+    copy of the whole cache halfway through."""
+    store = kv_cache.KvStore(1, 1, 2, torch.float32, torch.device("cpu"), additive_mask=False)
+    store.assemble([(None, 0)] * 4, limit=96)
+    assert _grow(store, 96) == [96]
+    assert kv_cache.next_capacity(33, 0, 96) == 96
+    assert kv_cache.next_capacity(33, 0, 129) == 64
+    assert kv_cache.next_capacity(100, 0, 0) == 128
 
 
 def test_without_a_limit_capacity_grows_a_step_at_a_time():
@@ -89,3 +100,36 @@ def test_rows_moved_from_a_narrower_store_get_the_new_stores_full_capacity():
     assert rows.capacity == 9 and rows.keys[0].shape[2] == 9
     assert _grow(rows, 6) == [9]
     assert torch.equal(rows.keys[0][:, 0, :, 0], torch.arange(9, dtype=torch.float32).expand(2, 9))
+
+
+def test_copy_runs_cover_each_row_once_as_slices_of_repeated_or_consecutive_rows():
+    assert kv_cache.copy_runs([], []) == []
+    # two requests' prompts, each copied to its four samples
+    assert kv_cache.copy_runs(range(8), [0, 0, 0, 0, 1, 1, 1, 1]) == [(0, 4, 0, True), (4, 4, 1, True)]
+    # rows kept in order, one left out
+    assert kv_cache.copy_runs([0, 1, 2, 3], [5, 6, 7, 9]) == [(0, 3, 5, False), (3, 1, 9, False)]
+    # a gap in the new rows starts a new run
+    assert kv_cache.copy_runs([0, 2, 3], [1, 1, 1]) == [(0, 1, 1, False), (2, 2, 1, True)]
+    assert kv_cache.copy_runs([0, 1, 2], [3, 3, 4]) == [(0, 2, 3, True), (2, 1, 4, False)]
+
+
+@pytest.mark.parametrize("max_runs", [16, 0])  # by slices, and by one indexed copy
+def test_a_rebuild_gives_every_new_row_its_source_rows_positions(monkeypatch, max_runs):
+    monkeypatch.setattr(kv_cache, "_MAX_COPY_RUNS", max_runs)
+    prompts = kv_cache.KvStore(2, 1, 2, torch.float32, torch.device("cpu"), additive_mask=False)
+    prompts.assemble([(None, 0)] * 3, limit=5)
+    g = torch.Generator().manual_seed(1)
+    for layer in range(2):
+        prompts.keys[layer].copy_(torch.randn(prompts.keys[layer].shape, generator=g))
+        prompts.values[layer].copy_(torch.randn(prompts.values[layer].shape, generator=g))
+    prompts.advance([5, 3, 4])
+    rows = kv_cache.KvStore(2, 1, 2, torch.float32, torch.device("cpu"), additive_mask=False)
+    plan = [(prompts, 2), (prompts, 2), (None, 0), (prompts, 0), (prompts, 1), (prompts, 1), (prompts, 0)]
+    rows.assemble(plan, limit=12)
+    assert rows.lengths == [4, 4, 0, 5, 3, 3, 5] and rows.capacity == 12
+    for layer in range(2):
+        for new, old in ((rows.keys[layer], prompts.keys[layer]), (rows.values[layer], prompts.values[layer])):
+            for i, (src, r) in enumerate(plan):
+                held = 0 if src is None else src.lengths[r]
+                assert torch.equal(new[i, :, :held], old[r, :, :held])
+            assert not new[2].any()  # the new empty row
