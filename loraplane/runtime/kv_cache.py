@@ -182,13 +182,8 @@ class KvStore:
             else:
                 new_keys, new_values = self._zeros(len(plan), capacity), self._zeros(len(plan), capacity)
             for src, dst, idx, held, runs in copies if not whole else ():  # the positions the rows hold
-                for new, old in ((new_keys, src.keys[layer]), (new_values, src.values[layer])):
-                    if runs is None:
-                        new[dst, :, :held] = old[idx, :, :held]
-                        continue
-                    for at, count, first, repeat in runs:
-                        rows = old[first : first + 1].expand(count, -1, -1, -1) if repeat else old[first : first + count]
-                        new[at : at + count, :, :held] = rows[:, :, :held]
+                _copy_rows(new_keys, src.keys[layer], dst, idx, held, runs)
+                _copy_rows(new_values, src.values[layer], dst, idx, held, runs)
             if layer < len(self.keys):
                 self.keys[layer], self.values[layer] = new_keys, new_values
             else:
@@ -199,6 +194,18 @@ class KvStore:
 
     def _zeros(self, rows: int, capacity: int) -> torch.Tensor:
         return torch.zeros(rows, self.kv_heads, capacity, self.head_dim, dtype=self.dtype, device=self.device)
+
+
+def _copy_rows(new: torch.Tensor, old: torch.Tensor, dst: torch.Tensor, idx: torch.Tensor, held: int,
+               runs: list[tuple[int, int, int, bool]] | None) -> None:
+    """`new[dst[i], :, :held] = old[idx[i], :, :held]` for every i: by `runs` (see `copy_runs`) when
+    given, else by one indexed copy. For `KvStore.assemble`."""
+    if runs is None:
+        new[dst, :, :held] = old[idx, :, :held]
+        return
+    for at, count, first, repeat in runs:
+        rows = old[first : first + 1].expand(count, -1, -1, -1) if repeat else old[first : first + count]
+        new[at : at + count, :, :held] = rows[:, :, :held]
 
 
 def next_capacity(width: int, capacity: int, limit: int) -> int:
