@@ -1,8 +1,9 @@
-"""Reductions that request checks run on the API's event loop, done without torch ops.
+"""Request checks and decoding on the API's threads, done without torch kernels.
 
-Callers: `passes.TokenLimits` (token ids in the vocabulary) and `losses.check_inputs` (finite
-loss inputs), both reached from the runtime's API handlers, which run on the event loop while the
-model thread runs passes and decode steps in the same process.
+Callers: `passes.TokenLimits` (token ids in the vocabulary), `losses.check_inputs` (finite loss
+inputs) and `stability.resolve` (a datum's provenance), all reached from the runtime's API
+handlers, which run on the event loop or its worker threads while the model thread runs passes and
+decode steps in the same process; and `wire.decode_tensor`.
 
 ## Why not torch
 Every torch op releases the GIL for its kernel and takes it back afterwards. With the model thread
@@ -14,6 +15,14 @@ after). NumPy reduces a small array (a request's token ids and loss inputs, typi
 letting go of the GIL, in microseconds, so such a check costs the same whatever the model thread
 does. A tensor that is not a plain CPU tensor
 (on a device, or needing grad) is reduced by torch, as before.
+
+A large tensor is a second reason. A torch kernel over more than 32768 values runs on a team of
+OpenMP threads owned by the calling thread, and the team outlives the call as long as that thread
+does (an API worker thread is reused for many requests). Once the process has more such threads
+than CPUs, the OpenMP runtime stops letting idle team members spin between parallel regions, so
+the model thread's every matmul waits for its team to wake up. One forward_backward carrying a
+100,000-value int32 loss input cut sampling on the hidden-512 benchmark model from 505 to 284
+tokens/s for as long as that worker thread lived.
 """
 
 from __future__ import annotations
@@ -30,6 +39,19 @@ def _host(values: torch.Tensor) -> np.ndarray | None:
         return values.numpy()
     except (TypeError, RuntimeError):  # a dtype NumPy lacks (bfloat16, ...)
         return None
+
+
+def host_array(values: torch.Tensor) -> np.ndarray:
+    """The values as a NumPy array: a view of a plain CPU tensor, else a host copy made by torch
+    (in float32 for a dtype NumPy lacks, such as bfloat16)."""
+    array = _host(values)
+    if array is not None:
+        return array
+    host = values.detach().cpu()
+    try:
+        return host.numpy()
+    except TypeError:
+        return host.float().numpy()
 
 
 def value_range(values: torch.Tensor) -> tuple[int, int]:

@@ -31,9 +31,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import fsspec
+import numpy as np
 import torch
 
 from loraplane.core import errors
+from loraplane.runtime import host_checks
 
 log = logging.getLogger(__name__)
 
@@ -229,30 +231,33 @@ def resolve(
             field=f"{where}.loss_fn_input_spans",
         )
     n = int(tokens.shape[0])
-    _check_positions(provenance.model_input, tokens, records, session_id, f"{where}.model_input_spans", n,
-                     store_folder)
-    sampler_lp = torch.zeros(n, dtype=torch.float32)
-    mask = torch.zeros(n, dtype=torch.float32)
-    for pos, span, record, index in _check_positions(
-        provenance.targets, target_tokens, records, session_id, f"{where}.loss_fn_input_spans", n, store_folder
+    _check_positions(provenance.model_input, host_checks.host_array(tokens), records, session_id,
+                     f"{where}.model_input_spans", n, store_folder)
+    sampler_lp = np.zeros(n, dtype=np.float32)
+    mask = np.zeros(n, dtype=np.float32)
+    for pos, span, record, offset in _check_positions(
+        provenance.targets, host_checks.host_array(target_tokens), records, session_id,
+        f"{where}.loss_fn_input_spans", n, store_folder,
     ):
         if span.kind == "sampled":
-            sampler_lp[pos] = record.logprobs[index]
-            mask[pos] = 1.0
-    outside = (mask == 0) & (advantages.to(torch.float32) != 0)
-    if bool(outside.any()):
-        first = int(torch.nonzero(outside)[0])
+            sampler_lp[pos: pos + span.length] = record.logprobs[offset: offset + span.length]
+            mask[pos: pos + span.length] = 1.0
+    outside = np.flatnonzero((mask == 0) & (host_checks.host_array(advantages) != 0))
+    if outside.size:
+        first = int(outside[0])
         raise errors.InvalidInput(
             f"advantages[{first}] is non-zero but target {first} is not a sampled token; stable_reinforce "
             "trains only on sampled tokens, so give prompt and other tokens advantage 0",
             field=f"{where}.loss_fn_inputs.advantages",
         )
-    return sampler_lp, mask
+    return torch.from_numpy(sampler_lp), torch.from_numpy(mask)
 
 
-def _check_positions(spans: tuple[Span, ...], values: torch.Tensor, records: SequenceRecords,
+def _check_positions(spans: tuple[Span, ...], values: np.ndarray, records: SequenceRecords,
                      session_id: str | None, field: str, n: int,
                      store_folder: str | None = None) -> list[tuple[int, Span, SequenceRecord, int]]:
+    """Check that `spans` tile the field's `n` positions and that `values` hold the recorded tokens
+    there; returns (first position, span, record, first offset) of each span."""
     total = sum(s.length for s in spans)
     if total != n:
         raise errors.InvalidInput(f"span lengths sum to {total}, but the field has {n} positions", field=field)
@@ -269,13 +274,15 @@ def _check_positions(spans: tuple[Span, ...], values: torch.Tensor, records: Seq
                 f"{span.sequence_id!r} has {len(source)} {span.kind} tokens",
                 field=f"{field}[{i}]",
             )
-        for k in range(span.length):
-            if int(values[pos + k]) != source[span.offset + k]:
-                raise errors.InvalidInput(
-                    f"position {pos + k} holds token {int(values[pos + k])}, but {span.kind} position "
-                    f"{span.offset + k} of sequence {span.sequence_id!r} is {source[span.offset + k]}",
-                    field=f"{field}[{i}]",
-                )
-            out.append((pos + k, span, record, span.offset + k))
+        wanted = np.asarray(source[span.offset: span.offset + span.length], dtype=np.int64)
+        differ = np.flatnonzero(values[pos: pos + span.length] != wanted)
+        if differ.size:
+            k = int(differ[0])
+            raise errors.InvalidInput(
+                f"position {pos + k} holds token {int(values[pos + k])}, but {span.kind} position "
+                f"{span.offset + k} of sequence {span.sequence_id!r} is {source[span.offset + k]}",
+                field=f"{field}[{i}]",
+            )
+        out.append((pos, span, record, span.offset))
         pos += span.length
     return out

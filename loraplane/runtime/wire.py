@@ -159,8 +159,9 @@ def decode_tensor(tensor: Any, field: str, *, max_values: int) -> torch.Tensor:
             if math.prod(shape) != array.size:
                 raise errors.InvalidInput(f"shape {list(shape)} does not match {array.size} values", field=field)
             array = array.reshape(shape)
-    out = torch.from_numpy(array.copy())
-    return out.to(torch.int64) if out.dtype == torch.int32 else out
+    # NumPy copies and widens: a torch kernel on this (API) thread could start a thread team there
+    # (see `loraplane.runtime.host_checks`)
+    return torch.from_numpy(array.astype(np.int64) if array.dtype == np.int32 else array.copy())
 
 
 def _decode_csr(csr: Any, dtype: np.dtype, shape: tuple[int, ...], field: str) -> np.ndarray:

@@ -60,6 +60,8 @@ def test_resolve_gives_the_recorded_sampler_logprobs_on_sampled_targets_only():
          "data[0].loss_fn_inputs.advantages", "advantages[0]"),
         (torch.tensor([5, 6, 4, 8]), TARGETS, ADV, _datum_provenance(), "s-aaa", "data[0].model_input_spans[0]",
          "position 2 holds token 4"),
+        (TOKENS, torch.tensor([6, 7, 8, 7]), ADV, _datum_provenance(), "s-aaa", "data[0].loss_fn_input_spans[1]",
+         "position 3 holds token 7, but sampled position 1"),
         (TOKENS, TARGETS, ADV, Provenance(model_input=(Span("prompt", SID, 0, 4),), targets=_datum_provenance().targets),
          "s-aaa", "data[0].model_input_spans[0]", "has 3 prompt tokens"),
         (TOKENS, TARGETS, ADV, Provenance(model_input=(Span("prompt", SID, 0, 3),), targets=_datum_provenance().targets),
@@ -71,6 +73,26 @@ def test_bad_provenance_is_refused_naming_the_field(tokens, targets, adv, proven
         stability.resolve(tokens, targets, adv, provenance, _records(), session, "data[0]")
     assert info.value.field == field
     assert words in str(info.value)
+
+
+def test_a_long_datum_resolves_span_by_span_with_the_sampled_logprobs_in_place():
+    records = stability.SequenceRecords(retention_s=100.0, clock=Clock())
+    prompt, sampled = list(range(3, 40003)), list(range(5, 25005))
+    logprobs = [-(i % 7) / 8 for i in range(len(sampled))]
+    records.record([SID], prompt, [(sampled, logprobs)])
+    full = prompt + sampled
+    provenance = Provenance(
+        model_input=(Span("prompt", SID, 0, len(prompt)), Span("sampled", SID, 0, len(sampled) - 1)),
+        targets=(Span("prompt", SID, 1, len(prompt) - 1), Span("sampled", SID, 0, len(sampled))),
+    )
+    advantages = torch.zeros(len(full) - 1)
+    advantages[len(prompt) - 1:] = 1.0
+    lp, mask = stability.resolve(torch.tensor(full[:-1]), torch.tensor(full[1:]), advantages, provenance, records,
+                                 "s-aaa", "data[0]")
+    expected = torch.zeros(len(full) - 1)
+    expected[len(prompt) - 1:] = torch.tensor(logprobs)
+    assert torch.equal(lp, expected)
+    assert torch.equal(mask, (advantages != 0).float())
 
 
 def test_records_expire_after_the_retention_and_each_use_restarts_it():
