@@ -161,8 +161,6 @@ def test_load_errors_name_the_source_and_conflicts(engine, tmp_path):
     engine.delete_adapter("c2")
 
 
-# peft 0.21's get_peft_model calls a transformers 5 method that transformers deprecates; not ours.
-@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_a_plain_peft_adapter_directory_loads(engine, tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
