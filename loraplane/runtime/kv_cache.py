@@ -20,6 +20,17 @@ prompt plus its `max_tokens`, which is what the KV budget charges), so a generat
 copies its cache about log2(n / 64) times, not n / 64 times; when one more doubling would reach
 the limit, it grows to the limit at once (`next_capacity`).
 
+Rows that leave (a row stopped, a prompt moved to the decode batch) are closed up in place on
+the CPU (`assemble`, `shift_runs`): the rows behind them move down by slices, and only the
+positions they hold. Gathering the kept rows into a fresh cache instead cost a page fault every
+4 KiB and a copy of the whole cache at every departure: 9.3 ms for 28 of 32 rows of 96 positions
+on the hidden-512 bench model (a decode step takes about 14 ms), 180 ms at 1024 positions; rows
+stop one by one when sampling with stop conditions. The memory of the rows that left stays with
+the store (and in `nbytes`) until it is rebuilt: at the latest when fewer than half the rows the
+tensors were made for are left, so rows that left never hold more of it than the rows decoding. On
+a GPU the caching allocator makes a fresh cache cheap, and each slice would be a kernel launch,
+so there the kept rows are gathered.
+
 Positions past a row's length hold zeros or stale values; the mask hides them from that row's
 queries, and they are overwritten as the row grows. A decode step's attention (`decode_attention`)
 is one SDPA call over all rows with an additive mask, whatever their lengths: its cost does not
@@ -29,6 +40,7 @@ grow with the number of requests in the batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -61,6 +73,8 @@ class KvStore:
         #: tokens held per row (host ints: the scheduler's view, never read back from the device)
         self.lengths: list[int] = []
         self.capacity = 0
+        #: rows the tensors were made for; rows closed up in place (`_close_up`) keep their memory
+        self._made_rows = 0
         #: the longest any row may get (0: unknown); set by `assemble`, caps `reserve`
         self.limit = 0
         self._rows: torch.Tensor | slice = slice(None)
@@ -79,8 +93,9 @@ class KvStore:
         return len(self.lengths)
 
     def nbytes(self) -> int:
-        """Bytes the store's tensors hold now."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        """Bytes the store's tensors hold now, including rows freed in place but not yet released."""
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in self.keys + self.values}
+        return sum(storages.values())
 
     def prepare(self, width: int, rows: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Set up one forward pass of `width` new tokens per row; returns (position_ids, 4-D mask).
@@ -151,6 +166,7 @@ class KvStore:
                     grown[:, :, : self.capacity] = tensors[layer]
                 tensors[layer] = grown
         self.capacity = capacity
+        self._made_rows = self.rows
 
     def assemble(self, plan: Sequence[tuple[KvStore | None, int]], limit: int = 0) -> None:
         """Rebuild the rows: new row i is row `plan[i][1]` of store `plan[i][0]` (this one or another;
@@ -159,6 +175,12 @@ class KvStore:
         lengths = [0 if src is None else src.lengths[r] for src, r in plan]
         capacity = next_capacity(max(lengths + [1]), 0, limit)
         self.limit = limit
+        keep = [r for src, r in plan if src is self]
+        if (self.device.type == "cpu" and keep and len(keep) == len(plan) < self.rows
+                and 2 * len(keep) >= self._made_rows and capacity <= self.capacity
+                and all(a < b for a, b in pairwise(keep))):
+            self._close_up(keep)  # only rows leaving: no new cache (see the module docstring)
+            return
         sources: dict[int, tuple[KvStore, list[int], list[int]]] = {}
         for i, (src, r) in enumerate(plan):
             if src is not None and src.capacity:
@@ -191,6 +213,22 @@ class KvStore:
                 self.values.append(new_values)
         self.lengths = lengths
         self.capacity = capacity
+        self._made_rows = len(plan)
+
+    def _close_up(self, keep: list[int]) -> None:
+        """Keep rows `keep` (increasing) as rows 0, 1, ...: each moves down over the rows that left,
+        in the same tensors, which then end at the last kept row."""
+        moves = shift_runs(keep)
+        for tensors in (self.keys, self.values):
+            for layer, tensor in enumerate(tensors):
+                for dst, src, count in moves:
+                    shift = src - dst
+                    for at in range(0, count, shift):  # a piece no longer than the shift never overlaps
+                        n = min(shift, count - at)
+                        held = max(self.lengths[src + at: src + at + n])
+                        tensor[dst + at: dst + at + n, :, :held] = tensor[src + at: src + at + n, :, :held]
+                tensors[layer] = tensor[: len(keep)]
+        self.lengths = [self.lengths[r] for r in keep]
 
     def _zeros(self, rows: int, capacity: int) -> torch.Tensor:
         return torch.zeros(rows, self.kv_heads, capacity, self.head_dim, dtype=self.dtype, device=self.device)
@@ -242,6 +280,21 @@ def copy_runs(dst: Sequence[int], src: Sequence[int]) -> list[tuple[int, int, in
                 runs[-1] = (at, count + 1, first, False)
                 continue
         runs.append((d, 1, s, False))
+    return runs
+
+
+def shift_runs(keep: Sequence[int]) -> list[tuple[int, int, int]]:
+    """The moves that bring kept rows `keep` (increasing) to rows 0, 1, ...: (first new row, first
+    old row, count) for each run of consecutive rows that move by one shift. Pure; rows that stay
+    where they are need no move."""
+    runs: list[tuple[int, int, int]] = []
+    for i, r in enumerate(keep):
+        if r == i:
+            continue
+        if runs and runs[-1][0] + runs[-1][2] == i and runs[-1][1] + runs[-1][2] == r:
+            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((i, r, 1))
     return runs
 
 

@@ -133,3 +133,68 @@ def test_a_rebuild_gives_every_new_row_its_source_rows_positions(monkeypatch, ma
                 held = 0 if src is None else src.lengths[r]
                 assert torch.equal(new[i, :, :held], old[r, :, :held])
             assert not new[2].any()  # the new empty row
+
+
+def test_shift_runs_move_each_kept_row_once_and_leave_rows_in_place_alone():
+    assert kv_cache.shift_runs([]) == []
+    assert kv_cache.shift_runs([0, 1, 2]) == []  # only the last rows left
+    assert kv_cache.shift_runs([1, 2, 3]) == [(0, 1, 3)]  # the first row left
+    assert kv_cache.shift_runs([0, 2, 3, 5, 6, 7]) == [(1, 2, 2), (3, 5, 3)]
+    assert kv_cache.shift_runs([0, 1, 4, 9]) == [(2, 4, 1), (3, 9, 1)]
+
+
+def _filled(rows: int, lengths: list[int], capacity: int, geometry: tuple[int, int, int] = (2, 2, 3)
+            ) -> kv_cache.KvStore:
+    store = kv_cache.KvStore(*geometry, torch.float32, torch.device("cpu"), additive_mask=False)
+    store.assemble([(None, 0)] * rows, limit=capacity)
+    g = torch.Generator().manual_seed(rows)
+    for tensor in store.keys + store.values:
+        tensor.copy_(torch.randn(tensor.shape, generator=g))
+    store.advance(lengths)
+    return store
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [
+        [1, 2, 3, 4, 5, 6, 7],  # the first row left: every other row moves down by one
+        [0, 1, 4, 5, 6, 7],  # two neighbours left
+        [0, 2, 3, 5, 7],  # rows left here and there: runs of different shifts
+        [0, 1, 2, 3, 4, 5],  # the last rows left: nothing moves
+        [4, 5, 6, 7],  # half the rows left, the first half
+    ],
+)
+def test_rows_leaving_are_closed_up_in_the_same_tensors_with_every_kept_rows_positions(keep):
+    lengths = [5, 9, 2, 12, 7, 12, 1, 10]
+    store = _filled(8, lengths, capacity=12)
+    before = [t.clone() for t in store.keys + store.values]
+    pointers, held = [t.data_ptr() for t in store.keys + store.values], store.nbytes()
+    store.assemble([(store, r) for r in keep], limit=12)
+    assert store.lengths == [lengths[r] for r in keep] and store.capacity == 12
+    for tensor, old, pointer in zip(store.keys + store.values, before, pointers, strict=True):
+        assert tensor.data_ptr() == pointer and tensor.shape[0] == len(keep)  # no new cache
+        for i, r in enumerate(keep):
+            assert torch.equal(tensor[i, :, : lengths[r]], old[r, :, : lengths[r]])
+    assert store.nbytes() == held  # the memory stays with the store until it is rebuilt
+
+
+def test_once_fewer_than_half_the_rows_are_left_the_store_is_rebuilt_and_gives_its_memory_back():
+    store = _filled(8, [4] * 8, capacity=6)
+    held = store.nbytes()
+    store.assemble([(store, r) for r in (1, 2, 4, 6, 7)], limit=6)  # 5 of 8: closed up in place
+    assert store.nbytes() == held
+    store.assemble([(store, r) for r in (0, 2, 4)], limit=6)  # 3 of 8 left: a new cache of 3 rows
+    assert store.nbytes() == held * 3 // 8 and store.lengths == [4, 4, 4]
+
+
+def test_a_closed_up_store_decodes_on_and_grows_like_a_rebuilt_one():
+    store = _filled(4, [3, 5, 4, 2], capacity=0, geometry=(1, 1, 2))
+    store.assemble([(store, 1), (store, 3)])
+    rebuilt = kv_cache.KvStore(1, 1, 2, torch.float32, torch.device("cpu"), additive_mask=False)
+    rebuilt.assemble([(store, 0), (store, 1)])
+    for s in (store, rebuilt):
+        _grow(s, 70)  # past the first capacity: the grown cache copies the kept rows only
+    assert store.lengths == rebuilt.lengths == [75, 72] and store.capacity == rebuilt.capacity
+    for a, b in zip(store.keys, rebuilt.keys, strict=True):
+        assert a.shape == b.shape
+        assert torch.equal(a[0, :, :75], b[0, :, :75]) and torch.equal(a[1, :, :72], b[1, :, :72])
