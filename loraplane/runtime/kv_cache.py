@@ -55,6 +55,8 @@ _MAX_RUNS = 4
 #: fault every 4 KiB, and then scatters it; on a GPU that costs little and each slice would be a
 #: kernel launch, so there it always copies by index.
 _MAX_COPY_RUNS = 16
+#: device types whose stores close up rows that leave in place (see the module docstring)
+_CLOSES_UP = frozenset({"cpu"})
 
 
 class KvStore:
@@ -176,7 +178,7 @@ class KvStore:
         capacity = next_capacity(max(lengths + [1]), 0, limit)
         self.limit = limit
         keep = [r for src, r in plan if src is self]
-        if (self.device.type == "cpu" and keep and len(keep) == len(plan) < self.rows
+        if (self.device.type in _CLOSES_UP and keep and len(keep) == len(plan) < self.rows
                 and 2 * len(keep) >= self._made_rows and capacity <= self.capacity
                 and all(a < b for a, b in pairwise(keep))):
             self._close_up(keep)  # only rows leaving: no new cache (see the module docstring)
