@@ -20,16 +20,18 @@ prompt plus its `max_tokens`, which is what the KV budget charges), so a generat
 copies its cache about log2(n / 64) times, not n / 64 times; when one more doubling would reach
 the limit, it grows to the limit at once (`next_capacity`).
 
-Rows that leave (a row stopped, a prompt moved to the decode batch) are closed up in place on
-the CPU (`assemble`, `shift_runs`): the rows behind them move down by slices, and only the
-positions they hold. Gathering the kept rows into a fresh cache instead cost a page fault every
-4 KiB and a copy of the whole cache at every departure: 9.3 ms for 28 of 32 rows of 96 positions
-on the hidden-512 bench model (a decode step takes about 14 ms), 180 ms at 1024 positions; rows
-stop one by one when sampling with stop conditions. The memory of the rows that left stays with
-the store (and in `nbytes`) until it is rebuilt: at the latest when fewer than half the rows the
-tensors were made for are left, so rows that left never hold more of it than the rows decoding. On
-a GPU the caching allocator makes a fresh cache cheap, and each slice would be a kernel launch,
-so there the kept rows are gathered.
+Rows that leave (a row stopped, a prompt moved to the decode batch) and rows that join are laid
+out in the tensors the store has, on the CPU, whenever they have room (`assemble`,
+`_rebuild_in_place`): the rows behind a row that left move down, those behind a row that joins
+move up, by slices and only the positions they hold, and the joining rows are copied in. Making
+a new cache instead cost a page fault every 4 KiB and a copy of the whole cache: 9.3 ms for 28 of
+32 rows of 96 positions on the hidden-512 bench model (a decode step takes about 14 ms), 180 ms at
+1024 positions (`bench/kv_rebuilds.py`); rows stop one by one when sampling with stop
+conditions, and requests join whenever their prompt is in. The memory of rows that left stays
+with the store (and in `nbytes`) until it makes a new cache: when more rows join than it has
+room for, when the capacity grows, or when fewer than half the rows it was made for are left, so
+rows that left never hold more of it than the rows decoding. On a GPU the caching allocator makes
+a new cache cheap, and each slice would be a kernel launch, so there the rows are gathered.
 
 Positions past a row's length hold zeros or stale values; the mask hides them from that row's
 queries, and they are overwritten as the row grows. A decode step's attention (`decode_attention`)
@@ -75,8 +77,10 @@ class KvStore:
         #: tokens held per row (host ints: the scheduler's view, never read back from the device)
         self.lengths: list[int] = []
         self.capacity = 0
-        #: rows the tensors were made for; rows closed up in place (`_close_up`) keep their memory
-        self._made_rows = 0
+        #: the tensors as made, of which `keys` and `values` are the first `rows` rows: rows that
+        #: left in place (`_rebuild_in_place`) keep their memory until the next new cache
+        self._made_keys: list[torch.Tensor] = []
+        self._made_values: list[torch.Tensor] = []
         #: the longest any row may get (0: unknown); set by `assemble`, caps `reserve`
         self.limit = 0
         self._rows: torch.Tensor | slice = slice(None)
@@ -93,6 +97,10 @@ class KvStore:
     @property
     def rows(self) -> int:
         return len(self.lengths)
+
+    @property
+    def _made_rows(self) -> int:
+        return self._made_keys[0].shape[0] if self._made_keys else 0
 
     def nbytes(self) -> int:
         """Bytes the store's tensors hold now, including rows freed in place but not yet released."""
@@ -168,7 +176,7 @@ class KvStore:
                     grown[:, :, : self.capacity] = tensors[layer]
                 tensors[layer] = grown
         self.capacity = capacity
-        self._made_rows = self.rows
+        self._made_keys, self._made_values = list(self.keys), list(self.values)
 
     def assemble(self, plan: Sequence[tuple[KvStore | None, int]], limit: int = 0) -> None:
         """Rebuild the rows: new row i is row `plan[i][1]` of store `plan[i][0]` (this one or another;
@@ -177,11 +185,11 @@ class KvStore:
         lengths = [0 if src is None else src.lengths[r] for src, r in plan]
         capacity = next_capacity(max(lengths + [1]), 0, limit)
         self.limit = limit
-        keep = [r for src, r in plan if src is self]
-        if (self.device.type in _CLOSES_UP and keep and len(keep) == len(plan) < self.rows
-                and 2 * len(keep) >= self._made_rows and capacity <= self.capacity
-                and all(a < b for a, b in pairwise(keep))):
-            self._close_up(keep)  # only rows leaving: no new cache (see the module docstring)
+        own = [r for src, r in plan if src is self]
+        if (self.device.type in _CLOSES_UP and self.keys and len(plan) <= self._made_rows <= 2 * len(plan)
+                and capacity <= self.capacity and all(a < b for a, b in pairwise(own))):
+            self._rebuild_in_place(plan)  # no new cache (see the module docstring)
+            self.lengths = lengths
             return
         sources: dict[int, tuple[KvStore, list[int], list[int]]] = {}
         for i, (src, r) in enumerate(plan):
@@ -215,22 +223,41 @@ class KvStore:
                 self.values.append(new_values)
         self.lengths = lengths
         self.capacity = capacity
-        self._made_rows = len(plan)
+        self._made_keys, self._made_values = list(self.keys), list(self.values)
 
-    def _close_up(self, keep: list[int]) -> None:
-        """Keep rows `keep` (increasing) as rows 0, 1, ...: each moves down over the rows that left,
-        in the same tensors, which then end at the last kept row."""
-        moves = shift_runs(keep)
-        for tensors in (self.keys, self.values):
-            for layer, tensor in enumerate(tensors):
-                for dst, src, count in moves:
-                    shift = src - dst
-                    for at in range(0, count, shift):  # a piece no longer than the shift never overlaps
-                        n = min(shift, count - at)
-                        held = max(self.lengths[src + at: src + at + n])
-                        tensor[dst + at: dst + at + n, :, :held] = tensor[src + at: src + at + n, :, :held]
-                tensors[layer] = tensor[: len(keep)]
-        self.lengths = [self.lengths[r] for r in keep]
+    def _rebuild_in_place(self, plan: Sequence[tuple[KvStore | None, int]]) -> None:
+        """`assemble` in the tensors the store has: its own rows (kept in order) move to their new
+        rows, those behind rows that left down and those behind rows that join up, by slices of the
+        positions they hold; then rows from other stores are copied in. A row that joins empty keeps
+        whatever its slot held (the mask hides positions past a row's length)."""
+        own = [(i, r) for i, (src, r) in enumerate(plan) if src is self]
+        down = shift_runs([(i, r) for i, r in own if i < r])
+        up = shift_runs([(i, r) for i, r in own if i > r])
+        others: dict[int, tuple[KvStore, list[int], list[int]]] = {}
+        for i, (src, r) in enumerate(plan):
+            if src is not None and src is not self and src.lengths[r]:
+                others.setdefault(id(src), (src, [], []))[1].append(i)
+                others[id(src)][2].append(r)
+        for name in ("keys", "values"):
+            for layer, whole in enumerate(getattr(self, "_made_" + name)):
+                for dst, src, count in down:  # ascending: a row is read before any row lands on it
+                    for at in range(0, count, src - dst):  # no piece longer than the shift: no overlap
+                        self._move(whole, dst + at, src + at, min(src - dst, count - at))
+                for dst, src, count in reversed(up):  # descending, for the same reason
+                    for end in range(count, 0, src - dst):
+                        at = max(0, end + src - dst)
+                        self._move(whole, dst + at, src + at, end - at)
+                for store, dst, idx in others.values():
+                    runs = copy_runs(dst, idx)
+                    _copy_rows(whole, getattr(store, name)[layer], torch.tensor(dst), torch.tensor(idx),
+                               max(store.lengths[r] for r in idx), runs if len(runs) <= _MAX_COPY_RUNS else None)
+                getattr(self, name)[layer] = whole[: len(plan)]
+
+    def _move(self, whole: torch.Tensor, dst: int, src: int, count: int) -> None:
+        """Rows `src ...` of `whole` to rows `dst ...`, the positions they hold (`lengths` before the move)."""
+        held = max(self.lengths[src: src + count])
+        if held:
+            whole[dst: dst + count, :, :held] = whole[src: src + count, :, :held]
 
     def _zeros(self, rows: int, capacity: int) -> torch.Tensor:
         return torch.zeros(rows, self.kv_heads, capacity, self.head_dim, dtype=self.dtype, device=self.device)
@@ -285,14 +312,11 @@ def copy_runs(dst: Sequence[int], src: Sequence[int]) -> list[tuple[int, int, in
     return runs
 
 
-def shift_runs(keep: Sequence[int]) -> list[tuple[int, int, int]]:
-    """The moves that bring kept rows `keep` (increasing) to rows 0, 1, ...: (first new row, first
-    old row, count) for each run of consecutive rows that move by one shift. Pure; rows that stay
-    where they are need no move."""
+def shift_runs(moves: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """Row moves (new row, old row), in increasing order, as runs (first new row, first old row,
+    count) of consecutive rows that move by one shift. Pure; for `KvStore.assemble`."""
     runs: list[tuple[int, int, int]] = []
-    for i, r in enumerate(keep):
-        if r == i:
-            continue
+    for i, r in moves:
         if runs and runs[-1][0] + runs[-1][2] == i and runs[-1][1] + runs[-1][2] == r:
             runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
         else:

@@ -14,6 +14,7 @@ times larger amplify it accordingly.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -108,6 +109,29 @@ def test_requests_joining_a_running_batch_equal_each_request_alone(engine):
         ex.run_once()
         ex.run_once()
     run_until_done(ex, futures)
+    for sample, future in zip(samples, futures, strict=True):
+        assert_same(future.result(0), alone_result(engine, sample))
+
+
+def test_requests_that_join_where_others_left_reuse_the_cache_and_equal_each_request_alone(engine, monkeypatch):
+    """Rows that leave the decode batch free room in its cache; rows that join later are laid out
+    in it (`KvStore._rebuild_in_place`) instead of a new cache, moving the rows around them."""
+    store = engine.decoder.decode
+    joins: list[int] = []
+    in_place = store._rebuild_in_place
+    monkeypatch.setattr(store, "_rebuild_in_place", lambda plan: (
+        joins.append(sum(src is not store for src, _ in plan)), in_place(plan))[1])
+    samples = [request(i) for i in range(6)]
+    for i in (6, 7):  # short enough to fit the room the others' cache has
+        late = request(i)
+        samples.append(dataclasses.replace(late, params=dataclasses.replace(late.params, max_tokens=8)))
+    ex = executor_for(engine)
+    futures = [ex.submit_sample(s)[1] for s in samples[:6]]
+    while not futures[1].done():  # requests 0 and 1 (1 and 2 rows) are the shortest
+        ex.run_once()
+    futures += [ex.submit_sample(s)[1] for s in samples[6:]]
+    run_until_done(ex, futures)
+    assert any(joins), "no rows joined in place"
     for sample, future in zip(samples, futures, strict=True):
         assert_same(future.result(0), alone_result(engine, sample))
 

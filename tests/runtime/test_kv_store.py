@@ -135,12 +135,12 @@ def test_a_rebuild_gives_every_new_row_its_source_rows_positions(monkeypatch, ma
             assert not new[2].any()  # the new empty row
 
 
-def test_shift_runs_move_each_kept_row_once_and_leave_rows_in_place_alone():
+def test_shift_runs_group_consecutive_rows_that_move_by_one_shift():
     assert kv_cache.shift_runs([]) == []
-    assert kv_cache.shift_runs([0, 1, 2]) == []  # only the last rows left
-    assert kv_cache.shift_runs([1, 2, 3]) == [(0, 1, 3)]  # the first row left
-    assert kv_cache.shift_runs([0, 2, 3, 5, 6, 7]) == [(1, 2, 2), (3, 5, 3)]
-    assert kv_cache.shift_runs([0, 1, 4, 9]) == [(2, 4, 1), (3, 9, 1)]
+    assert kv_cache.shift_runs([(0, 1), (1, 2), (2, 3)]) == [(0, 1, 3)]  # the first row left
+    assert kv_cache.shift_runs([(1, 2), (2, 3), (3, 5), (4, 6), (5, 7)]) == [(1, 2, 2), (3, 5, 3)]
+    assert kv_cache.shift_runs([(2, 4), (3, 9)]) == [(2, 4, 1), (3, 9, 1)]
+    assert kv_cache.shift_runs([(3, 1), (4, 2), (6, 3)]) == [(3, 1, 2), (6, 3, 1)]  # rows joined before them
 
 
 def _filled(rows: int, lengths: list[int], capacity: int, geometry: tuple[int, int, int] = (2, 2, 3)
@@ -176,6 +176,45 @@ def test_rows_leaving_are_closed_up_in_the_same_tensors_with_every_kept_rows_pos
         for i, r in enumerate(keep):
             assert torch.equal(tensor[i, :, : lengths[r]], old[r, :, : lengths[r]])
     assert store.nbytes() == held  # the memory stays with the store until it is rebuilt
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        # prompts join among the kept rows (rows ordered by adapter): rows behind them move up
+        [("p", 0), ("s", 0), ("s", 1), ("p", 1), ("p", 1), ("s", 3), (None, 0), ("s", 4)],
+        # one kept row leaves and two samples of a prompt join at the end
+        [("s", 1), ("s", 2), ("s", 3), ("s", 4), ("p", 2), ("p", 2)],
+        # rows move both ways: down over a row that left, up behind a row that joins
+        [("s", 0), ("s", 2), ("s", 3), ("p", 0), ("s", 4)],
+        # neighbours move up by growing shifts: the later one must move first
+        [("p", 0), ("s", 0), ("p", 1), ("s", 1), ("s", 2), ("s", 3)],
+    ],
+)
+def test_rows_that_join_are_laid_out_in_the_same_tensors_when_they_have_room(plan):
+    store = _filled(8, [5, 9, 2, 12, 7, 12, 1, 10], capacity=12)
+    store.assemble([(store, r) for r in range(5)], limit=12)  # three rows left: room for three
+    prompts = _filled(3, [4, 6, 3], capacity=6)
+    before = {"s": [t.clone() for t in store.keys + store.values],
+              "p": [t.clone() for t in prompts.keys + prompts.values]}
+    lengths = {"s": list(store.lengths), "p": list(prompts.lengths)}
+    pointers = [t.data_ptr() for t in store.keys + store.values]
+    stores = {"s": store, "p": prompts, None: None}
+    store.assemble([(stores[name], r) for name, r in plan], limit=12)
+    assert store.lengths == [0 if name is None else lengths[name][r] for name, r in plan]
+    for k, tensor in enumerate(store.keys + store.values):
+        assert tensor.data_ptr() == pointers[k] and tensor.shape[0] == len(plan)  # no new cache
+        for i, (name, r) in enumerate(plan):
+            if name is not None:
+                n = lengths[name][r]
+                assert torch.equal(tensor[i, :, :n], before[name][k][r, :, :n])
+
+
+def test_more_rows_than_the_store_has_room_for_make_a_new_cache():
+    store = _filled(4, [3, 3, 3, 3], capacity=8)
+    pointer = store.keys[0].data_ptr()
+    store.assemble([(store, r) for r in range(4)] + [(None, 0)], limit=8)
+    assert store.keys[0].data_ptr() != pointer and store.rows == 5
 
 
 def test_once_fewer_than_half_the_rows_are_left_the_store_is_rebuilt_and_gives_its_memory_back():
