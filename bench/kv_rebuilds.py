@@ -9,6 +9,10 @@ this times both ways side by side: the first row leaving (every other row moves)
 and there, the last row (nothing moves), and four rows of one prompt joining in the middle where
 four rows left before. Best of 7.
 
+Then the same both ways end to end: 8 clients of distinct adapters decoding together on a random
+hidden-512 Llama, 4 samples each, 32 prompt tokens, up to `--new` tokens, with four stop token
+ids, so that rows stop one by one (each run decodes the same tokens: requests are seeded).
+
     python bench/kv_rebuilds.py --threads 2
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loraplane.runtime import kv_cache
+from loraplane.runtime.engine import Engine, LoraSpec, SamplingParams
+from tests.utils.tiny_models import build_tiny_llama
 
 LAYERS, KV_HEADS, HEAD_DIM = 4, 8, 64
 
@@ -73,10 +80,47 @@ def best_ms(case: Callable[[int, int], float], rows: int, positions: int, in_pla
     return min(case(rows, positions) for _ in range(repeats)) * 1000
 
 
+def decode_with_stops(new: int, repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_tiny_llama(Path(tmp) / "model", hidden_size=512, intermediate_size=1024,
+                                 num_layers=LAYERS, num_heads=KV_HEADS, num_kv_heads=KV_HEADS)
+        engine = Engine(str(model), base_model="bench-h512", device="cpu", dtype="float32")
+    g = torch.Generator().manual_seed(0)
+    jobs = []
+    for i in range(8):
+        engine.create_adapter(f"ad{i}", LoraSpec(rank=16, alpha=32.0, seed=i))
+        params = SamplingParams(max_tokens=new, temperature=1.0, stop=[10, 11, 12, 13], seed=i)
+        jobs.append((f"ad{i}", torch.randint(3, 259, (32,), generator=g).tolist(), params))
+
+    def run() -> tuple[float, int]:
+        decoder = engine.new_decoder()
+        for adapter, prompt, params in jobs:
+            engine.ensure_resident(adapter)
+            decoder.add(engine.prepare_sample(adapter, prompt, 4, params))
+        tokens = 0
+        started = time.perf_counter()
+        with torch.no_grad():
+            while not decoder.idle:
+                tokens += decoder.step().new_tokens
+        return time.perf_counter() - started, tokens
+
+    best: dict[bool, float] = {}
+    counts: dict[bool, int] = {}
+    for _ in range(repeats):
+        for in_place in (False, True):
+            kv_cache._CLOSES_UP = frozenset({"cpu"}) if in_place else frozenset()
+            seconds, counts[in_place] = run()
+            best[in_place] = min(seconds, best.get(in_place, seconds))
+    print(f"\n8 clients x 4 samples, 32 prompt + up to {new} tokens, 4 stop ids ({counts[True]} tokens decoded, "
+          f"{counts[False]} with a new cache), best of {repeats}: new cache {best[False] * 1000:.0f} ms, "
+          f"in place {best[True] * 1000:.0f} ms ({best[False] / best[True]:.2f}x)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--new", type=int, default=64, help="max_tokens of the end-to-end runs")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             kept = best_ms(case, rows, positions, True, args.repeats)
             print(f"{rows:>5} {positions:>9} {mb:>9.0f} {name:>10} {fresh:>13.1f} {kept:>12.1f} {fresh / kept:>6.1f}x",
                   flush=True)
+    decode_with_stops(args.new, max(3, args.repeats // 2))
     return 0
 
 
