@@ -191,22 +191,10 @@ class KvStore:
             self._rebuild_in_place(plan)  # no new cache (see the module docstring)
             self.lengths = lengths
             return
-        sources: dict[int, tuple[KvStore, list[int], list[int]]] = {}
-        for i, (src, r) in enumerate(plan):
-            if src is not None and src.capacity:
-                sources.setdefault(id(src), (src, [], []))[1].append(i)
-                sources[id(src)][2].append(r)
-        copies = []
-        for src, dst, idx in sources.values():
-            runs = copy_runs(dst, idx)
-            copies.append((src, torch.tensor(dst, dtype=torch.long, device=self.device),
-                           torch.tensor(idx, dtype=torch.long, device=self.device),
-                           max(src.lengths[r] for r in idx),
-                           runs if self.device.type == "cpu" and len(runs) <= _MAX_COPY_RUNS else None))
+        copies = self._copies(plan)
         # Every row from one store that is wide enough (rows leaving, or a batch's first rows): one
         # gather per tensor.
-        whole = (len(copies) == 1 and len(sources[id(copies[0][0])][1]) == len(plan)
-                 and copies[0][0].capacity >= capacity)
+        whole = len(copies) == 1 and copies[0][1].numel() == len(plan) and copies[0][0].capacity >= capacity
         for layer in range(self.num_layers):
             if whole:
                 src, _, idx, _, _ = copies[0]
@@ -233,11 +221,7 @@ class KvStore:
         own = [(i, r) for i, (src, r) in enumerate(plan) if src is self]
         down = shift_runs([(i, r) for i, r in own if i < r])
         up = shift_runs([(i, r) for i, r in own if i > r])
-        others: dict[int, tuple[KvStore, list[int], list[int]]] = {}
-        for i, (src, r) in enumerate(plan):
-            if src is not None and src is not self and src.lengths[r]:
-                others.setdefault(id(src), (src, [], []))[1].append(i)
-                others[id(src)][2].append(r)
+        others = self._copies(plan, skip=self)
         for name in ("keys", "values"):
             for layer, whole in enumerate(getattr(self, "_made_" + name)):
                 for dst, src, count in down:  # ascending: a row is read before any row lands on it
@@ -247,11 +231,26 @@ class KvStore:
                     for end in range(count, 0, src - dst):
                         at = max(0, end + src - dst)
                         self._move(whole, dst + at, src + at, end - at)
-                for store, dst, idx in others.values():
-                    runs = copy_runs(dst, idx)
-                    _copy_rows(whole, getattr(store, name)[layer], torch.tensor(dst), torch.tensor(idx),
-                               max(store.lengths[r] for r in idx), runs if len(runs) <= _MAX_COPY_RUNS else None)
+                for store, dst, idx, held, runs in others:
+                    _copy_rows(whole, getattr(store, name)[layer], dst, idx, held, runs)
                 getattr(self, name)[layer] = whole[: len(plan)]
+
+    def _copies(self, plan: Sequence[tuple[KvStore | None, int]], skip: KvStore | None = None
+                ) -> list[tuple[KvStore, torch.Tensor, torch.Tensor, int, list[tuple[int, int, int, bool]] | None]]:
+        """The plan's rows of each store but `skip`, for `_copy_rows`: (store, new rows, its rows,
+        the most positions one holds, the runs to copy them by on the CPU or None)."""
+        groups: dict[int, tuple[KvStore, list[int], list[int]]] = {}
+        for i, (src, r) in enumerate(plan):
+            if src is not None and src is not skip and src.capacity:
+                groups.setdefault(id(src), (src, [], []))[1].append(i)
+                groups[id(src)][2].append(r)
+        out = []
+        for src, dst, idx in groups.values():
+            runs = copy_runs(dst, idx)
+            out.append((src, torch.tensor(dst, dtype=torch.long, device=self.device),
+                        torch.tensor(idx, dtype=torch.long, device=self.device), max(src.lengths[r] for r in idx),
+                        runs if self.device.type == "cpu" and len(runs) <= _MAX_COPY_RUNS else None))
+        return out
 
     def _move(self, whole: torch.Tensor, dst: int, src: int, count: int) -> None:
         """Rows `src ...` of `whole` to rows `dst ...`, the positions they hold (`lengths` before the move)."""
