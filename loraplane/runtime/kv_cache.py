@@ -24,14 +24,17 @@ Rows that leave (a row stopped, a prompt moved to the decode batch) and rows tha
 out in the tensors the store has, on the CPU, whenever they have room (`assemble`,
 `_rebuild_in_place`): the rows behind a row that left move down, those behind a row that joins
 move up, by slices and only the positions they hold, and the joining rows are copied in. Making
-a new cache instead cost a page fault every 4 KiB and a copy of the whole cache: 9.3 ms for 28 of
-32 rows of 96 positions on the hidden-512 bench model (a decode step takes about 14 ms), 180 ms at
-1024 positions (`bench/kv_rebuilds.py`); rows stop one by one when sampling with stop
-conditions, and requests join whenever their prompt is in. The memory of rows that left stays
-with the store (and in `nbytes`) until it makes a new cache: when more rows join than it has
-room for, when the capacity grows, or when fewer than half the rows it was made for are left, so
-rows that left never hold more of it than the rows decoding. On a GPU the caching allocator makes
-a new cache cheap, and each slice would be a kernel launch, so there the rows are gathered.
+a new cache instead costs a page fault every 4 KiB and a copy of the whole cache. On the
+hidden-512 bench model's cache of 32 rows of 96 positions, where a decode step takes about 14 ms,
+four rows leaving took 13.9 ms that way and 3.6 ms in place, four joining 7.2 and 1.6 ms; at 1024
+positions, 63 and 22 ms, 84 and 10 ms (`bench/kv_rebuilds.py`). Rows stop one by one when
+sampling with stop conditions, and requests join whenever their prompt is in.
+
+The memory of rows that left stays with the store (and in `nbytes`) until it makes a new cache:
+when more rows join than it has room for, when the capacity grows, or when fewer than half the
+rows it was made for are left, so rows that left never hold more of it than the rows decoding.
+On a GPU the caching allocator makes a new cache cheap, and each slice would be a kernel launch,
+so there the rows are gathered.
 
 Positions past a row's length hold zeros or stale values; the mask hides them from that row's
 queries, and they are overwritten as the row grows. A decode step's attention (`decode_attention`)
