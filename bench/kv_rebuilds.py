@@ -76,7 +76,7 @@ CASES: dict[str, Callable[[int, int], float]] = {
 
 
 def best_ms(case: Callable[[int, int], float], rows: int, positions: int, in_place: bool, repeats: int) -> float:
-    kv_cache._CLOSES_UP = frozenset({"cpu"}) if in_place else frozenset()
+    kv_cache._IN_PLACE = frozenset({"cpu"}) if in_place else frozenset()
     return min(case(rows, positions) for _ in range(repeats)) * 1000
 
 
@@ -108,7 +108,7 @@ def decode_with_stops(new: int, repeats: int) -> None:
     counts: dict[bool, int] = {}
     for _ in range(repeats):
         for in_place in (False, True):
-            kv_cache._CLOSES_UP = frozenset({"cpu"}) if in_place else frozenset()
+            kv_cache._IN_PLACE = frozenset({"cpu"}) if in_place else frozenset()
             seconds, counts[in_place] = run()
             best[in_place] = min(seconds, best.get(in_place, seconds))
     print(f"\n8 clients x 4 samples, 32 prompt + up to {new} tokens, 4 stop ids ({counts[True]} tokens decoded, "

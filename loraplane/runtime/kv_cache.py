@@ -60,8 +60,8 @@ _MAX_RUNS = 4
 #: fault every 4 KiB, and then scatters it; on a GPU that costs little and each slice would be a
 #: kernel launch, so there it always copies by index.
 _MAX_COPY_RUNS = 16
-#: device types whose stores close up rows that leave in place (see the module docstring)
-_CLOSES_UP = frozenset({"cpu"})
+#: device types whose stores lay rows out in place when rows leave or join (see the module docstring)
+_IN_PLACE = frozenset({"cpu"})
 
 
 class KvStore:
@@ -188,10 +188,10 @@ class KvStore:
         lengths = [0 if src is None else src.lengths[r] for src, r in plan]
         capacity = next_capacity(max(lengths + [1]), 0, limit)
         self.limit = limit
-        own = [r for src, r in plan if src is self]
-        if (self.device.type in _CLOSES_UP and self.keys and len(plan) <= self._made_rows <= 2 * len(plan)
-                and capacity <= self.capacity and all(a < b for a, b in pairwise(own))):
-            self._rebuild_in_place(plan)  # no new cache (see the module docstring)
+        own = [(i, r) for i, (src, r) in enumerate(plan) if src is self]
+        if (self.device.type in _IN_PLACE and len(plan) <= self._made_rows <= 2 * len(plan)
+                and capacity <= self.capacity and all(a[1] < b[1] for a, b in pairwise(own))):
+            self._rebuild_in_place(plan, own)  # no new cache (see the module docstring)
             self.lengths = lengths
             return
         copies = self._copies(plan)
@@ -216,12 +216,12 @@ class KvStore:
         self.capacity = capacity
         self._made_keys, self._made_values = list(self.keys), list(self.values)
 
-    def _rebuild_in_place(self, plan: Sequence[tuple[KvStore | None, int]]) -> None:
+    def _rebuild_in_place(self, plan: Sequence[tuple[KvStore | None, int]], own: list[tuple[int, int]]) -> None:
         """`assemble` in the tensors the store has: its own rows (kept in order) move to their new
         rows, those behind rows that left down and those behind rows that join up, by slices of the
         positions they hold; then rows from other stores are copied in. A row that joins empty keeps
-        whatever its slot held (the mask hides positions past a row's length)."""
-        own = [(i, r) for i, (src, r) in enumerate(plan) if src is self]
+        whatever its slot held (the mask hides positions past a row's length). `own`: (new row, old
+        row) of this store's rows in the plan."""
         down = shift_runs([(i, r) for i, r in own if i < r])
         up = shift_runs([(i, r) for i, r in own if i > r])
         others = self._copies(plan, skip=self)

@@ -119,8 +119,8 @@ def test_requests_that_join_where_others_left_reuse_the_cache_and_equal_each_req
     store = engine.decoder.decode
     joins: list[int] = []
     in_place = store._rebuild_in_place
-    monkeypatch.setattr(store, "_rebuild_in_place", lambda plan: (
-        joins.append(sum(src is not store for src, _ in plan)), in_place(plan))[1])
+    monkeypatch.setattr(store, "_rebuild_in_place", lambda plan, own: (
+        joins.append(sum(src is not store for src, _ in plan)), in_place(plan, own))[1])
     samples = [request(i) for i in range(6)]
     for i in (6, 7):  # short enough to fit the room the others' cache has
         late = request(i)
