@@ -237,3 +237,56 @@ def test_a_closed_up_store_decodes_on_and_grows_like_a_rebuilt_one():
     for a, b in zip(store.keys, rebuilt.keys, strict=True):
         assert a.shape == b.shape
         assert torch.equal(a[0, :, :75], b[0, :, :75]) and torch.equal(a[1, :, :72], b[1, :, :72])
+
+
+@pytest.mark.parametrize(
+    ("limit", "stay", "changes"),
+    [
+        (20, 4, 300),  # short rows, many leave: rebuilds in place follow one another
+        (0, 24, 500),  # no limit, rows live long: the cache grows past its first capacity
+    ],
+)
+def test_any_sequence_of_joins_leaves_and_steps_keeps_every_rows_keys_and_values(limit, stay, changes):
+    """A random walk of decode steps and batch changes, against a plain list of each row's tokens:
+    in-place rebuilds that follow one another (leaving stale rows behind, then filling them) and
+    growth must hand every row exactly its own positions, as a new cache does. A row stays at a
+    change with odds 1 - 1/`stay`."""
+    rng = torch.Generator().manual_seed(7)
+
+    def randint(n: int) -> int:
+        return int(torch.randint(n, (1,), generator=rng))
+
+    geometry = (1, 2, 3)
+    store = kv_cache.KvStore(*geometry, torch.float32, torch.device("cpu"), additive_mask=False)
+    rows: list[tuple[torch.Tensor, torch.Tensor]] = []  # each row's keys and values, (heads, n, dim)
+    in_place = rebuilt = grown = 0
+    for _ in range(changes):
+        if rows and randint(3) and (not limit or max(k.shape[1] for k, _ in rows) < limit):  # a decode step
+            capacity = store.capacity
+            key, value = (torch.randn(len(rows), 2, 1, 3, generator=rng) for _ in range(2))
+            store.prepare(1)
+            store.update(0, key, value)
+            store.advance([1] * len(rows))
+            grown += store.capacity > capacity
+            rows = [(torch.cat([k, key[i]], 1), torch.cat([v, value[i]], 1)) for i, (k, v) in enumerate(rows)]
+        else:  # some rows leave (all that reached the limit), others join anywhere among those kept
+            kept = [r for r in range(len(rows)) if (not limit or rows[r][0].shape[1] < limit) and randint(stay)]
+            prompts = _filled(3, [randint(6) + 1 for _ in range(3)], capacity=limit, geometry=geometry)
+            plan: list[tuple[kv_cache.KvStore | None, int]] = [(store, r) for r in kept]
+            new_rows = [rows[r] for r in kept]
+            for _ in range(randint(5)):
+                at, source = randint(len(plan) + 1), randint(4)
+                src, r = (None, 0) if source == 3 else (prompts, source)  # None: a row that joins empty
+                plan.insert(at, (src, r))
+                n = 0 if src is None else prompts.lengths[r]
+                new_rows.insert(at, (prompts.keys[0][r, :, :n].clone(), prompts.values[0][r, :, :n].clone()))
+            pointer = store.keys[0].data_ptr() if store.keys else None
+            store.assemble(plan, limit=limit)
+            in_place += store.keys[0].data_ptr() == pointer
+            rebuilt += store.keys[0].data_ptr() != pointer
+            rows = new_rows
+        assert store.lengths == [k.shape[1] for k, _ in rows] and store.keys[0].shape[0] == len(rows)
+        for i, (k, v) in enumerate(rows):
+            n = k.shape[1]
+            assert torch.equal(store.keys[0][i, :, :n], k) and torch.equal(store.values[0][i, :, :n], v)
+    assert in_place >= 10 and rebuilt >= 5 and grown >= (0 if limit else 1)  # every way was taken
