@@ -18,6 +18,9 @@ Design notes
   one a step can outlast it; the SDK then logs each re-poll (`try_again`) as a warning, which reads
   like an error and is not one. The demo raises that one logger to ERROR while it trains
   (`quiet_retries`); real failures still raise.
+* The server's log goes to a file (`demo-server.log` beside the converted model), not the
+  terminal: it writes a line per API call and per job transition, which broke the progress bar
+  into dozens of lines. When the demo fails, it prints the log's last lines and where it is.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -211,35 +215,75 @@ def _train_and_show(
 
 
 @contextmanager
-def serving(model_dir: Path, *, name: str, store: str, threads: int, key: str, timeout_s: float = 300) -> Iterator[str]:
-    """Run `loraplane serve` in a subprocess on a free loopback port; yield its URL."""
+def serving(model_dir: Path, *, name: str, store: str, threads: int, key: str, log_path: Path,
+            timeout_s: float = 300) -> Iterator[str]:
+    """Run `loraplane serve` in a subprocess on a free loopback port, its log written to `log_path`;
+    yield its URL. A server that exits or stalls before it is ready raises `ServerFailed`."""
     cmd = [sys.executable, "-m", "loraplane", "serve", "--host", "127.0.0.1", "--port", "0",
            "--model", f"{name}={model_dir}", "--store", store, "--api-key", f"demo={key}",
            "--threads", str(threads), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + timeout_s
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         assert proc.stderr is not None
-        url = None
-        while url is None:
-            line = proc.stderr.readline()
-            if not line:
-                raise RuntimeError(f"loraplane serve exited with {proc.wait()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("loraplane serve did not start in time")
-            m = READY.search(line)
-            url = m.group(1) if m else None
-            if not m and line.strip():
-                sys.stderr.write(line)
-        # Keep forwarding the server's log so that its pipe never fills up and blocks it.
-        threading.Thread(target=lambda: [sys.stderr.write(line) for line in proc.stderr], daemon=True).start()
-        yield url
-    finally:
-        proc.terminate()
+        pipe = proc.stderr
+        copier = None
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            deadline = time.monotonic() + timeout_s
+            url = None
+            while url is None:
+                line = pipe.readline()
+                log.write(line)
+                log.flush()
+                if not line:
+                    raise ServerFailed(f"loraplane serve exited with {proc.wait()}", log_path)
+                if time.monotonic() > deadline:
+                    raise ServerFailed(f"loraplane serve was not ready after {timeout_s:.0f} s", log_path)
+                m = READY.search(line)
+                url = m.group(1) if m else None
+
+            def copy_log() -> None:  # keeps the pipe drained, so that the server never blocks on it
+                for rest in pipe:
+                    log.write(rest)
+                    log.flush()
+
+            copier = threading.Thread(target=copy_log, daemon=True)
+            copier.start()
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if copier is not None:
+                copier.join(timeout=5)  # the pipe ends with the process; the file closes after
+
+
+class ServerFailed(RuntimeError):
+    """The demo's server did not come up; `log_path` holds its log."""
+
+    def __init__(self, message: str, log_path: Path) -> None:
+        super().__init__(message)
+        self.log_path = log_path
+
+
+def log_tail(path: Path, lines: int = 20) -> list[str]:
+    """The last `lines` lines of the file at `path` (none when it cannot be read)."""
+    try:
+        with path.open(errors="replace") as f:
+            return [line.rstrip("\n") for line in deque(f, maxlen=lines)]
+    except OSError:
+        return []
+
+
+def log_path_for(model_dir: Path) -> Path:
+    """Where the server's log goes: beside the converted model, or in the temp folder when the
+    model's folder is read-only (a shared cache)."""
+    folder = model_dir.parent
+    if os.access(folder, os.W_OK):
+        return folder / "demo-server.log"
+    return Path(tempfile.gettempdir()) / "loraplane-demo-server.log"
 
 
 def default_threads(environ: dict[str, str] | None = None, cpus: int | None = None) -> int:
@@ -272,9 +316,10 @@ def loraplane_command() -> str:
     return str(script) if script.exists() else f"{sys.executable} -m loraplane"
 
 
-def next_steps(*, model_dir: Path, store: str, checkpoint: str) -> list[str]:
+def next_steps(*, model_dir: Path, store: str, checkpoint: str, log_path: Path) -> list[str]:
     """What the user can do with the result, as lines with full paths. Pure; called by `run`."""
     return [
+        f"the server's log is in {log_path}",
         f"the converted model lives in {model_dir}",
         f"the checkpoint stays in the store {store} (tenant 'demo'); to serve it yourself and resume it:",
         f"  {loraplane_command()} serve --model {MODEL_NAME}={model_dir} \\",
@@ -297,11 +342,19 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     key = "tml-" + secrets.token_hex(16)
     store = artifact_store.open_store(args.store or artifacts.default_store_url()).url
-    with serving(model_dir, name=MODEL_NAME, store=store, threads=args.threads, key=key) as url:
-        print(f"server ready at {url}; training {MODEL_NAME} with LoRA rank {args.rank}", flush=True)
-        result = train_and_show(base_url=url, api_key=key, base_model=MODEL_NAME, tokenizer=tokenizer,
-                                steps=args.steps, rank=args.rank, learning_rate=args.learning_rate)
+    log_path = log_path_for(model_dir)
+    try:
+        with serving(model_dir, name=MODEL_NAME, store=store, threads=args.threads, key=key, log_path=log_path) as url:
+            print(f"server ready at {url}; training {MODEL_NAME} with LoRA rank {args.rank}", flush=True)
+            result = train_and_show(base_url=url, api_key=key, base_model=MODEL_NAME, tokenizer=tokenizer,
+                                    steps=args.steps, rank=args.rank, learning_rate=args.learning_rate)
+    except Exception as exc:  # the server's side of the story is in its log: show where, and how it ends
+        print(f"loraplane demo failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"the server's log ({log_path}) ends with:", file=sys.stderr)
+        for line in log_tail(log_path):
+            print(f"  {line}", file=sys.stderr)
+        return 1
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
-    for line in next_steps(model_dir=model_dir, store=store, checkpoint=result["checkpoint"]):
+    for line in next_steps(model_dir=model_dir, store=store, checkpoint=result["checkpoint"], log_path=log_path):
         print(line, flush=True)
     return 0 if result["losses"][-1] < result["losses"][0] else 1

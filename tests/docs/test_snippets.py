@@ -265,7 +265,8 @@ def test_readme_demo_output_is_what_the_demo_prints(monkeypatch: pytest.MonkeyPa
     checkpoint = lines[5].removeprefix("checkpoint saved: ")
     monkeypatch.setattr(demo, "loraplane_command", lambda: "/path/to/loraplane/.venv/bin/loraplane")
     expected = demo.next_steps(model_dir=Path("/root/.cache/loraplane/smollm2-135m-instruct"),
-                               store="file:///root/.local/share/loraplane/store", checkpoint=checkpoint)
+                               store="file:///root/.local/share/loraplane/store", checkpoint=checkpoint,
+                               log_path=Path("/root/.cache/loraplane/demo-server.log"))
     assert lines[len(patterns):] == expected
     assert demo.default_cache_dir({"HOME": "/root"}) == Path("/root/.cache/loraplane/smollm2-135m-instruct")
     assert artifacts.default_store_url({"HOME": "/root"}) == "file:///root/.local/share/loraplane/store"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import httpx
 import pytest
 from transformers import AutoTokenizer
 
@@ -42,7 +43,8 @@ def test_a_converted_folder_is_reused_without_reading_the_gguf(tmp_path: Path) -
 
 
 def test_the_next_step_is_a_command_that_runs_as_printed(tmp_path: Path) -> None:
-    lines = demo.next_steps(model_dir=tmp_path / "model", store="file:///s", checkpoint="tinker://r/weights/demo-final")
+    lines = demo.next_steps(model_dir=tmp_path / "model", store="file:///s", checkpoint="tinker://r/weights/demo-final",
+                            log_path=tmp_path / "demo-server.log")
     text = "\n".join(lines)
     command = demo.loraplane_command()
     assert Path(command.split()[0]).is_absolute()  # never a bare `loraplane` that may not be on PATH
@@ -86,3 +88,30 @@ def test_training_through_the_sdk_prints_no_retry_warnings(
                          [({}, 2, 1), ({}, 1, 1), ({}, 8, 4), ({"LORAPLANE_RUNTIME__THREADS": "3"}, 2, 3)])
 def test_the_server_takes_half_the_cpus_unless_told(environ: dict[str, str], cpus: int, threads: int) -> None:
     assert demo.default_threads(environ, cpus) == threads
+
+
+def test_the_servers_log_goes_to_its_file_not_the_terminal(
+    tiny_model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """An access line per call on the terminal broke the demo's progress bar into dozens of lines."""
+    log_path = tmp_path / "demo-server.log"
+    with demo.serving(tiny_model_dir, name="tiny", store=f"file://{tmp_path / 'store'}", threads=1, key="tml-" + "k" * 32,
+                      log_path=log_path) as url:
+        assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+    out, err = capfd.readouterr()
+    assert "access" not in out + err and "loraplane serving at" not in out + err
+    text = log_path.read_text()
+    assert "loraplane serving at http://127.0.0.1:" in text
+    assert "route=/healthz status=200" in text
+
+
+def test_a_server_that_cannot_start_fails_the_demo_with_its_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "demo-server.log"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(demo.ServerFailed, match="exited with 2") as failed:
+        with demo.serving(tmp_path / "empty", name="tiny", store=f"file://{tmp_path / 'store'}", threads=1,
+                          key="tml-" + "k" * 32, log_path=log_path):
+            pytest.fail("a server without a model came up")
+    assert failed.value.log_path == log_path
+    tail = demo.log_tail(log_path)
+    assert tail and "config.json" in tail[-1]  # the server's one-line reason, last in its log
