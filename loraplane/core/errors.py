@@ -19,6 +19,8 @@ Each carries `status_code` and `category` so that the HTTP layers map them in on
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LoraplaneError(Exception):
     status_code: int = 500
@@ -128,20 +130,28 @@ def class_for_status(status_code: int) -> type[LoraplaneError]:
 _LOCATION_PARTS = frozenset({"body", "query", "path", "header"})
 
 
-def invalid_input(problems: object, *, prefix: str = "") -> InvalidInput:
+def invalid_input(problems: object, *, prefix: str = "", every: bool = False) -> InvalidInput:
     """The InvalidInput of a failed validation, naming its first bad field. Pure.
 
     `problems` is pydantic's error list (`ValidationError.errors()`, or FastAPI's
     `RequestValidationError.errors()`, whose locations start with "body" or "query"). The one
     translator from validation errors to a 400: the gateway, the runtime's API and the engine's
     own checks all call it, so every bad field is answered the same way. `prefix` is put before the
-    field's path (`"sampling_params."`).
+    field's path (`"sampling_params."`). `every` lists every problem in the message, joined by
+    "; " (the field stays the first): for what people write by hand, a manifest, where fixing one
+    typo only to be told of the next wastes their time.
     """
-    items = list(problems) if isinstance(problems, list | tuple) else []
-    first = items[0] if items and isinstance(items[0], dict) else {"loc": (), "msg": "invalid request"}
-    if first.get("type") == "json_invalid":
-        return InvalidInput(f"body is not valid JSON: {first.get('msg')}", field="body")
-    parts = [str(p) for p in first.get("loc", ()) if p not in _LOCATION_PARTS]
+    items = [p for p in problems if isinstance(p, dict)] if isinstance(problems, list | tuple) else []
+    if not items:
+        items = [{"loc": (), "msg": "invalid request"}]
+    if items[0].get("type") == "json_invalid":
+        return InvalidInput(f"body is not valid JSON: {items[0].get('msg')}", field="body")
+    named = [_named_problem(p, prefix) for p in (items if every else items[:1])]
+    return InvalidInput("; ".join(f"{where}: {message}" for where, message in named), field=named[0][0])
+
+
+def _named_problem(problem: dict[str, Any], prefix: str) -> tuple[str, str]:
+    """(field path, message) of one pydantic problem. Pure."""
+    parts = [str(p) for p in problem.get("loc", ()) if p not in _LOCATION_PARTS]
     where = prefix + ".".join(parts) if parts else (prefix.rstrip(".") or "body")
-    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    return InvalidInput(f"{where}: {message}", field=where)
+    return where, str(problem.get("msg", "invalid value")).removeprefix("Value error, ")

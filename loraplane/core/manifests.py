@@ -33,7 +33,7 @@ def immutable_spec_fields() -> list[str]:
 
 
 def validated(manifest: Mapping[str, Any], *, namespace: str) -> LoRAJob:
-    """The manifest as a LoRAJob in `namespace`, or `InvalidInput` naming the field. Pure."""
+    """The manifest as a LoRAJob in `namespace`, or `InvalidInput` naming every bad field. Pure."""
     if manifest.get("apiVersion", API_VERSION) != API_VERSION or manifest.get("kind", KIND) != KIND:
         raise errors.InvalidInput(f"expected apiVersion {API_VERSION} and kind {KIND}, got "
                                   f"{manifest.get('apiVersion')} {manifest.get('kind')}", field="kind")
@@ -59,4 +59,4 @@ def validated(manifest: Mapping[str, Any], *, namespace: str) -> LoRAJob:
     try:
         return LoRAJob.from_body(body)
     except ValidationError as exc:
-        raise errors.invalid_input(exc.errors()) from None
+        raise errors.invalid_input(exc.errors(), every=True) from None
