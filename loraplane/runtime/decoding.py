@@ -303,7 +303,8 @@ class Decoder:
             ids = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long, device=self.device)
         try:
             positions, mask = self.decode.prepare(1)
-            with self.router.route(self._segments, mask_free=self.decode.mask_free, decode_bias=self.decode.decode_bias):
+            with self.router.route(self._segments, mask_free=self.decode.mask_free, decode_bias=self.decode.decode_bias,
+                                   decode_chunks=self.decode.decode_chunks):
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                     cache=self.decode.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         except Exception as exc:

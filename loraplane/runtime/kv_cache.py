@@ -37,9 +37,10 @@ On a GPU the caching allocator makes a new cache cheap, and each slice would be 
 so there the rows are gathered.
 
 Positions past a row's length hold zeros or stale values; the mask hides them from that row's
-queries, and they are overwritten as the row grows. A decode step's attention (`decode_attention`)
-is one SDPA call over all rows with an additive mask, whatever their lengths: its cost does not
-grow with the number of requests in the batch.
+queries, and they are overwritten as the row grows. A decode step's attention
+(`loraplane.runtime.decode_attention`) runs over all rows with an additive mask, whatever their
+lengths, in one SDPA call, or one per chunk of rows (`decode_chunks`) when their lengths differ
+enough that reading every row at the longest width would cost more than the extra calls.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+
+from loraplane.runtime import decode_attention
 
 #: capacities are multiples of this many positions, except a store capped by its `limit`
 _CAPACITY_STEP = 64
@@ -93,6 +96,12 @@ class KvStore:
         self.mask_free = False
         #: a decode step's (rows, 1, 1, keys) additive mask for `decode_attention`; None otherwise
         self.decode_bias: torch.Tensor | None = None
+        #: a decode step's chunks of rows (start, end, width) when it cuts them, else None
+        self.decode_chunks: tuple[tuple[int, int, int], ...] | None = None
+        #: the saving that makes a cut worth its extra call, in bytes per layer (see `decode_attention`)
+        self.split_bytes = decode_attention.split_bytes(device)
+        #: the chunks' (start, end) since the rows last changed; None: not worked out yet
+        self._bounds: tuple[tuple[int, int], ...] | None = None
         self._write: torch.Tensor | None = None
         self._width = 0
         self.cache = Cache(layers=[_StoreLayer(self, i) for i in range(num_layers)])
@@ -140,8 +149,18 @@ class KvStore:
         if decoding or self.additive_mask:
             bias = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(~allowed, -torch.inf)
         self.decode_bias = bias[:, None] if decoding else None
+        self.decode_chunks = self._chunks(lengths) if decoding else None
         mask = bias.clamp(min=torch.finfo(self.dtype).min) if self.additive_mask else allowed
         return write, mask[:, None]
+
+    def _chunks(self, lengths: Sequence[int]) -> tuple[tuple[int, int, int], ...] | None:
+        """The decode step's chunks of rows with this step's widths; None for one call over all."""
+        if self._bounds is None:
+            per_position = 2 * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
+            self._bounds = decode_attention.row_chunks(lengths, max(1, self.split_bytes // per_position))
+        if len(self._bounds) < 2:
+            return None
+        return tuple((start, end, max(lengths[start:end]) + 1) for start, end in self._bounds)
 
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this pass's keys and values at each row's positions; return what its queries attend to."""
@@ -188,6 +207,7 @@ class KvStore:
         lengths = [0 if src is None else src.lengths[r] for src, r in plan]
         capacity = next_capacity(max(lengths + [1]), 0, limit)
         self.limit = limit
+        self._bounds = None
         own = [(i, r) for i, (src, r) in enumerate(plan) if src is self]
         if (self.device.type in _IN_PLACE and len(plan) <= self._made_rows <= 2 * len(plan)
                 and capacity <= self.capacity and all(a[1] < b[1] for a, b in pairwise(own))):
@@ -335,25 +355,6 @@ def equal_runs(lengths: Sequence[int]) -> list[tuple[int, int, int]]:
         else:
             runs.append((i, i + 1, n))
     return runs
-
-
-def decode_attention(
-    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
-    scaling: float | None = None, **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """Attention of a decode step (one query per row) over rows of any lengths, in one SDPA call.
-
-    Called by `loraplane.runtime.model_host.packed_attention` with the store's `decode_bias`. The
-    query heads that share a key head are packed as that head's queries (no copies of the keys),
-    and the additive mask hides every position beyond a row's own. Every decode step runs this one
-    call, whether its rows have one length or many, so a row's numbers are computed alike alone
-    and in a batch, and the step's work does not grow with the number of requests in it.
-    """
-    rows, heads, _, dim = query.shape
-    kv_heads = key.shape[1]
-    packed = query.view(rows, kv_heads, heads // kv_heads, dim)
-    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=bias, scale=scaling)
-    return out.reshape(rows, 1, heads, value.shape[-1]), None
 
 
 class _StoreLayer(CacheLayerMixin):

@@ -83,6 +83,8 @@ class LoraRouter:
         self.mask_free = False
         #: a decode step's (rows, 1, 1, keys) additive mask: each row sees its own positions only
         self.decode_bias: torch.Tensor | None = None
+        #: a decode step's chunks of rows (start, end, width), when its attention cuts them
+        self.decode_chunks: tuple[tuple[int, int, int], ...] | None = None
 
     @contextlib.contextmanager
     def route(
@@ -91,18 +93,20 @@ class LoraRouter:
         length_groups: tuple[tuple[int, slice | torch.Tensor], ...] | None = None,
         mask_free: bool = False,
         decode_bias: torch.Tensor | None = None,
+        decode_chunks: tuple[tuple[int, int, int], ...] | None = None,
     ) -> Iterator[None]:
-        previous = self.segments, self.length_groups, self.mask_free, self.decode_bias
+        previous = self.segments, self.length_groups, self.mask_free, self.decode_bias, self.decode_chunks
         if not (isinstance(segments, tuple) and all(s.adapter_id is not None and s.end > s.start for s in segments)):
             segments = tuple(s for s in segments if s.adapter_id is not None and s.end > s.start)
         self.segments = segments  # the same tuple across decode steps lets layers reuse their layout
         self.length_groups = length_groups
         self.mask_free = mask_free
         self.decode_bias = decode_bias
+        self.decode_chunks = decode_chunks
         try:
             yield
         finally:
-            self.segments, self.length_groups, self.mask_free, self.decode_bias = previous
+            self.segments, self.length_groups, self.mask_free, self.decode_bias, self.decode_chunks = previous
 
 
 class MultiLoraLinear(nn.Module):

@@ -10,7 +10,7 @@ row it was batched with, and batched training would not reproduce an adapter tra
 attention registered here (`PACKED_ATTENTION`) runs SDPA once per distinct row length on the rows
 of that length, cut to it, with the causal flag and no mask: a row's result no longer depends on
 its neighbours, and no attention is spent on padding. A decode step of the sampling batch runs
-`loraplane.runtime.kv_cache.decode_attention` (one call, each row masked to its own keys).
+`loraplane.runtime.decode_attention` (each row masked to its own keys).
 Without a layout (equal-length batches) it is plain SDPA.
 
 ## Weight layout on the CPU
@@ -151,10 +151,10 @@ def packed_attention(
     if layout is not None and layout.mask_free:
         attention_mask = None  # every row starts at one position: the causal flag is the mask
     decode_bias = layout.decode_bias if layout is not None else None
-    if decode_bias is not None:  # a decode step, rows of any lengths: one masked call (kv_cache)
-        from loraplane.runtime.kv_cache import decode_attention
+    if decode_bias is not None:  # a decode step, rows of any lengths, each masked to its own keys
+        from loraplane.runtime.decode_attention import decode_attention
 
-        return decode_attention(module, query, key, value, decode_bias, **kwargs)
+        return decode_attention(module, query, key, value, decode_bias, chunks=layout.decode_chunks, **kwargs)
     if groups is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     batch, heads, width, _ = query.shape

@@ -153,6 +153,28 @@ def test_requests_that_join_in_one_turn_get_their_prefill_rows_in_one_rebuild(en
         assert_same(future.result(0), alone_result(engine, sample))
 
 
+def test_a_long_prompt_among_short_ones_attends_in_chunks_and_each_request_equals_it_alone(engine, monkeypatch):
+    """Rows of very different lengths are read in chunks of their own widths, not all at the
+    longest (`decode_attention.row_chunks`); here every length difference is cut."""
+    store = engine.decoder.decode
+    monkeypatch.setattr(store, "split_bytes", 1)
+    chunked: list[tuple[tuple[int, int, int], ...]] = []
+    prepare = store.prepare
+    monkeypatch.setattr(store, "prepare", lambda width, rows=None: (
+        prepare(width, rows), chunked.append(store.decode_chunks) if store.decode_chunks else None)[0])
+    g = torch.Generator().manual_seed(42)
+    long = Sample(ADAPTERS[3], torch.randint(3, 259, (150,), generator=g).tolist(), 2,
+                  engine_mod.SamplingParams(max_tokens=10, temperature=1.0, seed=4, stop=[]))
+    samples = [request(i) for i in range(3)] + [long] + [request(i) for i in range(3, 6)]
+    ex = executor_for(engine, prefill_chunk_tokens=64)
+    futures = [ex.submit_sample(s)[1] for s in samples]
+    run_until_done(ex, futures)
+    widest = [max(w for _, _, w in chunks) for chunks in chunked]
+    assert any(len(chunks) >= 3 and min(w for _, _, w in chunks) < 40 < max(widest) for chunks in chunked)
+    for sample, future in zip(samples, futures, strict=True):
+        assert_same(future.result(0), alone_result(engine, sample))
+
+
 def test_a_bad_request_is_refused_alone_and_the_others_finish(engine):
     ex = executor_for(engine)
     good = [ex.submit_sample(request(i))[1] for i in range(3)]
