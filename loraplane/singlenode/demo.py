@@ -29,6 +29,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -214,40 +215,42 @@ def _train_and_show(
     return {"losses": losses, "before": before, "after": after, "checkpoint": path}
 
 
+def serve_command(model_dir: Path, *, name: str, store: str, threads: int, key: str) -> list[str]:
+    """`loraplane serve` on a free loopback port for the demo. Pure."""
+    return [sys.executable, "-m", "loraplane", "serve", "--host", "127.0.0.1", "--port", "0",
+            "--model", f"{name}={model_dir}", "--store", store, "--api-key", f"demo={key}",
+            "--threads", str(threads), "--device", "cpu"]
+
+
 @contextmanager
-def serving(model_dir: Path, *, name: str, store: str, threads: int, key: str, log_path: Path,
-            timeout_s: float = 300) -> Iterator[str]:
-    """Run `loraplane serve` in a subprocess on a free loopback port, its log written to `log_path`;
-    yield its URL. A server that exits or stalls before it is ready raises `ServerFailed`."""
-    cmd = [sys.executable, "-m", "loraplane", "serve", "--host", "127.0.0.1", "--port", "0",
-           "--model", f"{name}={model_dir}", "--store", store, "--api-key", f"demo={key}",
-           "--threads", str(threads), "--device", "cpu"]
+def serving(cmd: list[str], *, log_path: Path, timeout_s: float = 300) -> Iterator[str]:
+    """Run the server `cmd` (`serve_command`) in a subprocess, its log written to `log_path`; yield
+    the URL it prints once ready. A server that exits or stays silent before that raises
+    `ServerFailed`."""
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         assert proc.stderr is not None
         pipe = proc.stderr
-        copier = None
-        try:
-            deadline = time.monotonic() + timeout_s
-            url = None
-            while url is None:
-                line = pipe.readline()
+        ready: queue.Queue[str | None] = queue.Queue()
+
+        def copy_log() -> None:  # from start to end, so that the server never blocks on a full pipe
+            for line in pipe:
                 log.write(line)
                 log.flush()
-                if not line:
-                    raise ServerFailed(f"loraplane serve exited with {proc.wait()}", log_path)
-                if time.monotonic() > deadline:
-                    raise ServerFailed(f"loraplane serve was not ready after {timeout_s:.0f} s", log_path)
                 m = READY.search(line)
-                url = m.group(1) if m else None
+                if m:
+                    ready.put(m.group(1))
+            ready.put(None)
 
-            def copy_log() -> None:  # keeps the pipe drained, so that the server never blocks on it
-                for rest in pipe:
-                    log.write(rest)
-                    log.flush()
-
-            copier = threading.Thread(target=copy_log, daemon=True)
-            copier.start()
+        copier = threading.Thread(target=copy_log, daemon=True)
+        copier.start()
+        try:
+            try:
+                url = ready.get(timeout=timeout_s)
+            except queue.Empty:
+                raise ServerFailed(f"loraplane serve was not ready after {timeout_s:.0f} s", log_path) from None
+            if url is None:
+                raise ServerFailed(f"loraplane serve exited with {proc.wait()}", log_path)
             yield url
         finally:
             proc.terminate()
@@ -256,8 +259,7 @@ def serving(model_dir: Path, *, name: str, store: str, threads: int, key: str, l
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            if copier is not None:
-                copier.join(timeout=5)  # the pipe ends with the process; the file closes after
+            copier.join(timeout=5)  # the pipe ends with the process; the file closes after
 
 
 class ServerFailed(RuntimeError):
@@ -344,7 +346,8 @@ def run(args: argparse.Namespace) -> int:
     store = artifact_store.open_store(args.store or artifacts.default_store_url()).url
     log_path = log_path_for(model_dir)
     try:
-        with serving(model_dir, name=MODEL_NAME, store=store, threads=args.threads, key=key, log_path=log_path) as url:
+        cmd = serve_command(model_dir, name=MODEL_NAME, store=store, threads=args.threads, key=key)
+        with serving(cmd, log_path=log_path) as url:
             print(f"server ready at {url}; training {MODEL_NAME} with LoRA rank {args.rank}", flush=True)
             result = train_and_show(base_url=url, api_key=key, base_model=MODEL_NAME, tokenizer=tokenizer,
                                     steps=args.steps, rank=args.rank, learning_rate=args.learning_rate)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -95,8 +97,9 @@ def test_the_servers_log_goes_to_its_file_not_the_terminal(
 ) -> None:
     """An access line per call on the terminal broke the demo's progress bar into dozens of lines."""
     log_path = tmp_path / "demo-server.log"
-    with demo.serving(tiny_model_dir, name="tiny", store=f"file://{tmp_path / 'store'}", threads=1, key="tml-" + "k" * 32,
-                      log_path=log_path) as url:
+    cmd = demo.serve_command(tiny_model_dir, name="tiny", store=f"file://{tmp_path / 'store'}", threads=1,
+                             key="tml-" + "k" * 32)
+    with demo.serving(cmd, log_path=log_path) as url:
         assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
     out, err = capfd.readouterr()
     assert "access" not in out + err and "loraplane serving at" not in out + err
@@ -108,10 +111,21 @@ def test_the_servers_log_goes_to_its_file_not_the_terminal(
 def test_a_server_that_cannot_start_fails_the_demo_with_its_log(tmp_path: Path) -> None:
     log_path = tmp_path / "demo-server.log"
     (tmp_path / "empty").mkdir()
+    cmd = demo.serve_command(tmp_path / "empty", name="tiny", store=f"file://{tmp_path / 'store'}", threads=1,
+                             key="tml-" + "k" * 32)
     with pytest.raises(demo.ServerFailed, match="exited with 2") as failed:
-        with demo.serving(tmp_path / "empty", name="tiny", store=f"file://{tmp_path / 'store'}", threads=1,
-                          key="tml-" + "k" * 32, log_path=log_path):
+        with demo.serving(cmd, log_path=log_path):
             pytest.fail("a server without a model came up")
     assert failed.value.log_path == log_path
     tail = demo.log_tail(log_path)
     assert tail and "config.json" in tail[-1]  # the server's one-line reason, last in its log
+
+
+def test_a_server_that_stays_silent_fails_the_demo_in_its_time(tmp_path: Path) -> None:
+    """A server that hangs before it says it is ready must not hang the demo."""
+    cmd = [sys.executable, "-c", "import time; print('loading', flush=True); time.sleep(60)"]
+    started = time.monotonic()
+    with pytest.raises(demo.ServerFailed, match="not ready after 1 s"):
+        with demo.serving(cmd, log_path=tmp_path / "log", timeout_s=1):
+            pytest.fail("a silent server came up")
+    assert time.monotonic() - started < 30
