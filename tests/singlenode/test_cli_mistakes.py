@@ -146,9 +146,12 @@ def test_a_port_in_use_is_named_before_anything_loads(serve_args, capsys) -> Non
 
 
 def _spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The command as a user starts it in a terminal: Ctrl-C (SIGINT) reaches it even where the
+    tests run as a background job, which starts with SIGINT ignored and hands that down."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "LORAPLANE_LOG_LEVEL": "info", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "loraplane", *argv], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, env=full_env)
+                            stdout=subprocess.DEVNULL, text=True, env=full_env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(proc: subprocess.Popen[str], pattern: str, timeout_s: float = 120) -> tuple[re.Match[str], list[str]]:
