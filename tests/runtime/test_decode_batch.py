@@ -100,7 +100,10 @@ def test_concurrent_requests_equal_each_request_alone(engine, n):
         assert_same(future.result(0), alone_result(engine, sample))
 
 
-def test_requests_joining_a_running_batch_equal_each_request_alone(engine):
+@pytest.mark.parametrize("cut_attention", [False, True])
+def test_requests_joining_a_running_batch_equal_each_request_alone(engine, monkeypatch, cut_attention):
+    if cut_attention:  # rows of every length apart: the decode attention in as many chunks as it gets
+        monkeypatch.setattr(engine.decoder.decode, "split_bytes", 1)
     samples = [request(i) for i in range(8)]
     ex = executor_for(engine, prefill_chunk_tokens=7)  # long prompts take several prefill steps
     futures = []
