@@ -1,10 +1,10 @@
 """A decode step's LoRA update (one position per row, many adapters) equals the plain formula.
 
 `MultiLoraLinear` runs a decode step's rows of every adapter in two batched matmuls over stacked
-weights: as views when each adapter has the same row count laid end to end (of the layer's whole
-input and output when those runs cover every row), else through a padded gather. Each layout
-here is compared, row by row, with `base(x) + scale * x @ A^T @ B^T` of the row's own adapter;
-the kept layout must follow the rows and weights that change.
+weights: as views when the adapters' rows lie end to end in at most two runs of equal row counts
+(of the layer's whole input and output when one run covers every row), else through a padded
+gather. Each layout here is compared, row by row, with `base(x) + scale * x @ A^T @ B^T` of the
+row's own adapter; the kept layout must follow the rows and weights that change.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ LAYOUTS = {
     "equal-runs": [lora.Segment("a", 0, 2), lora.Segment("b", 2, 4), lora.Segment("d", 4, 6)],
     "equal-runs-after-base-rows": [lora.Segment("a", 3, 5), lora.Segment("b", 5, 7)],
     "uneven-runs": [lora.Segment("a", 0, 3), lora.Segment("b", 3, 4), lora.Segment("d", 4, 6)],
+    # two row counts (a request with more samples, or rows that stopped): two runs of views
+    "two-row-counts": [lora.Segment("a", 0, 3), lora.Segment("b", 3, 5), lora.Segment("d", 5, 7)],
+    "two-row-counts-after-base-rows": [lora.Segment("a", 1, 3), lora.Segment("b", 3, 5), lora.Segment("d", 5, 8)],
     "mixed-ranks": [lora.Segment("a", 0, 2), lora.Segment("c", 2, 4), lora.Segment("d", 6, 8)],
     "one-adapter": [lora.Segment("c", 1, 8)],
     "gaps-between": [lora.Segment("a", 0, 2), lora.Segment("b", 4, 6)],
@@ -31,6 +34,8 @@ LAYOUTS = {
     "whole-batch-one-adapter": [lora.Segment("b", 0, 8)],
 }
 WHOLE = {"whole-batch", "whole-batch-one-adapter"}
+#: layouts whose rows are gathered into a padded batch (not end to end, or more than two row counts)
+PADDED = {"uneven-runs", "mixed-ranks", "gaps-between"}
 
 
 def _layer(dtype: torch.dtype = torch.float32) -> tuple[lora.MultiLoraLinear, lora.LoraRouter]:
@@ -64,6 +69,7 @@ def test_each_rows_update_is_its_own_adapters_plain_formula(layout):
         expected = _reference(layer, x, list(segments))
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
     assert layer._decode_cache[2].whole == (layout in WHOLE)
+    assert (layer._decode_cache[2].rows is not None) == (layout in PADDED)
 
 
 def test_a_bfloat16_base_adds_the_fp32_update_in_its_own_dtype():
