@@ -21,8 +21,8 @@ scaling when stacked), added into the base output. When every adapter has the sa
 usual case: requests of equal `num_samples`, no row stopped early) the rows are a view. With two
 row counts (one request with more samples, or one whose rows stopped) they are two runs of views;
 the rows of a batch with more are gathered into a padded batch, whose padding adds exact zeros.
-On the hidden-512 bench model, one adapter with a row more than the other seven had made a
-32-row decode step 17 % slower (9.8 against 11.5 ms) through that gather. A row's update is the same product of its
+On the hidden-512 bench model with one adapter holding a row more than the other seven, a decode
+step took 11.0 ms as two runs of views and 11.8 ms through the gather (`bench/decode_layouts.py`). A row's update is the same product of its
 own adapter's weights as when its request runs alone; no work is spent on other adapters' weights.
 The stacked weights are kept while the set of adapters stays the same (`StackedWeights`), so rows
 leaving the batch only rebuild the small index tensors.
