@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.h512 import add_threads_option, apply_threads, h512_engine
 from loraplane.runtime import lora_update
 from loraplane.runtime.engine import Engine, LoraSpec, SamplingParams
-from tests.utils.tiny_models import build_tiny_llama
 
 BATCHES = {"even": [4] * 8, "7+1": [4] * 7 + [5], "varied": [4, 3, 4, 4, 2, 4, 4, 1]}
 
@@ -55,14 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30, help="decode steps timed per run")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_threads_option(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_llama(Path(tmp) / "model", hidden_size=512, intermediate_size=1024, num_layers=4,
-                                     num_heads=8, num_kv_heads=8)
-        engine = Engine(str(model_dir), base_model="bench-h512", device="cpu", dtype="float32")
+    apply_threads(args)
+    engine = h512_engine()
     for i in range(8):
         engine.create_adapter(f"ad{i}", LoraSpec(rank=16, alpha=32.0, seed=i))
     default_runs = lora_update._MAX_SLICE_RUNS

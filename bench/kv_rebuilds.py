@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,11 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.h512 import HEAD_DIM, KV_HEADS, LAYERS, add_threads_option, apply_threads, h512_engine
 from loraplane.runtime import kv_cache
-from loraplane.runtime.engine import Engine, LoraSpec, SamplingParams
-from tests.utils.tiny_models import build_tiny_llama
-
-LAYERS, KV_HEADS, HEAD_DIM = 4, 8, 64
+from loraplane.runtime.engine import LoraSpec, SamplingParams
 
 
 def filled(rows: int, positions: int) -> kv_cache.KvStore:
@@ -81,10 +78,7 @@ def best_ms(case: Callable[[int, int], float], rows: int, positions: int, in_pla
 
 
 def decode_with_stops(new: int, repeats: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_llama(Path(tmp) / "model", hidden_size=512, intermediate_size=1024,
-                                 num_layers=LAYERS, num_heads=KV_HEADS, num_kv_heads=KV_HEADS)
-        engine = Engine(str(model), base_model="bench-h512", device="cpu", dtype="float32")
+    engine = h512_engine()
     g = torch.Generator().manual_seed(0)
     jobs = []
     for i in range(8):
@@ -118,12 +112,11 @@ def decode_with_stops(new: int, repeats: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_threads_option(parser)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--new", type=int, default=64, help="max_tokens of the end-to-end runs")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     header = f"{'rows':>5} {'positions':>9} {'cache MB':>9} {'change':>10} {'new cache ms':>13} {'in place ms':>12} {'ratio':>7}"
     print(header)
     print("-" * len(header))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.h512 import add_threads_option, apply_threads, h512_engine
 from loraplane.core.settings import RuntimeSettings
-from loraplane.runtime.engine import Engine, LoraSpec, SamplingParams
+from loraplane.runtime.engine import LoraSpec, SamplingParams
 from loraplane.runtime.executor import Executor, Sample
-from tests.utils.tiny_models import build_tiny_llama
 
 #: a cut never pays at this saving: the store reads every row in one call
 NEVER = 1 << 62
@@ -64,14 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--long", type=int, default=1900, help="prompt tokens of the long request (default 1900)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_threads_option(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_llama(Path(tmp) / "model", hidden_size=512, intermediate_size=1024, num_layers=4,
-                                     num_heads=8, num_kv_heads=8)
-        engine = Engine(str(model_dir), base_model="bench-h512", device="cpu", dtype="float32")
+    apply_threads(args)
+    engine = h512_engine()
     executor = Executor(engine, RuntimeSettings(max_resident_adapters=10, max_adapters=10, kv_cache_bytes=1 << 40))
     store = engine.decoder.decode
     default_split = store.split_bytes
