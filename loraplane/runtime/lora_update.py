@@ -22,8 +22,9 @@ usual case: requests of equal `num_samples`, no row stopped early) the rows are 
 row counts (one request with more samples, or one whose rows stopped) they are two runs of views;
 the rows of a batch with more are gathered into a padded batch, whose padding adds exact zeros.
 On the hidden-512 bench model with one adapter holding a row more than the other seven, a decode
-step took 11.0 ms as two runs of views and 11.8 ms through the gather (`bench/decode_layouts.py`). A row's update is the same product of its
-own adapter's weights as when its request runs alone; no work is spent on other adapters' weights.
+step took 10.9–11.0 ms as two runs of views and 11.4–11.8 ms through the gather
+(`bench/decode_layouts.py`). A row's update is the same product of its own adapter's weights as
+when its request runs alone; no work is spent on other adapters' weights.
 The stacked weights are kept while the set of adapters stays the same (`StackedWeights`), so rows
 leaving the batch only rebuild the small index tensors.
 """
