@@ -205,6 +205,7 @@ class Decoder:
         )
         self._draws = []
         self._next_ids = None
+        blocks = []  # each request's rows, which hold its prompt alike (`KvStore.share_prompts`)
         i = 0
         while i < len(self._rows):
             req = self._rows[i].request
@@ -214,7 +215,9 @@ class Decoder:
             idx = [row.index for row in self._rows[i:j]]
             pick = None if idx == list(range(req.job.num_samples)) else torch.tensor(idx, device=self.device)
             self._draws.append(_draw(req, j - i, pick))
+            blocks.append((i, j, len(req.job.prompt)))
             i = j
+        self.decode.share_prompts(blocks)
 
     # ---- one step --------------------------------------------------------------------------
 

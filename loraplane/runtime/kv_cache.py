@@ -38,9 +38,9 @@ so there the rows are gathered.
 
 Positions past a row's length hold zeros or stale values; the mask hides them from that row's
 queries, and they are overwritten as the row grows. A decode step's attention
-(`loraplane.runtime.decode_attention`) runs over all rows with an additive mask, whatever their
-lengths, in one SDPA call, or one per chunk of rows (`decode_chunks`) when their lengths differ
-enough that reading every row at the longest width would cost more than the extra calls.
+(`loraplane.runtime.decode_attention`) runs over all rows with an additive mask in one SDPA call,
+or in pieces (`decode_chunks`): chunks of rows whose lengths differ widely, and runs of requests
+whose samples read their prompt once (`share_prompts` names each request's rows).
 """
 
 from __future__ import annotations
@@ -96,12 +96,16 @@ class KvStore:
         self.mask_free = False
         #: a decode step's (rows, 1, 1, keys) additive mask for `decode_attention`; None otherwise
         self.decode_bias: torch.Tensor | None = None
-        #: a decode step's chunks of rows (start, end, width) when it cuts them, else None
-        self.decode_chunks: tuple[tuple[int, int, int], ...] | None = None
-        #: the saving that makes a cut worth its extra call, in bytes per layer (see `decode_attention`)
+        #: a decode step's pieces of rows when it cuts them or shares prompts, else None
+        self.decode_chunks: tuple[decode_attention.Piece, ...] | None = None
+        #: the savings that make a cut, or a shared prompt, worth its extra call, in bytes per
+        #: layer (see `decode_attention`); None: prompts are not shared
         self.split_bytes = decode_attention.split_bytes(device)
-        #: the chunks' (start, end) since the rows last changed; None: not worked out yet
-        self._bounds: tuple[tuple[int, int], ...] | None = None
+        self.share_bytes = decode_attention.share_bytes(device)
+        #: each request's (start row, end row, prompt length), from `share_prompts`; () unknown
+        self.prompt_blocks: tuple[tuple[int, int, int], ...] = ()
+        #: the pieces without widths since the rows last changed; None: not worked out yet
+        self._bounds: tuple[tuple[int, int, int, int], ...] | None = None
         self._write: torch.Tensor | None = None
         self._width = 0
         self.cache = Cache(layers=[_StoreLayer(self, i) for i in range(num_layers)])
@@ -153,14 +157,26 @@ class KvStore:
         mask = bias.clamp(min=torch.finfo(self.dtype).min) if self.additive_mask else allowed
         return write, mask[:, None]
 
-    def _chunks(self, lengths: Sequence[int]) -> tuple[tuple[int, int, int], ...] | None:
-        """The decode step's chunks of rows with this step's widths; None for one call over all."""
+    def share_prompts(self, blocks: Sequence[tuple[int, int, int]]) -> None:
+        """Name each request's rows (start, end, prompt length), in row order: rows of one request
+        hold the same prompt positions, which a decode step may then read once (`decode_attention`).
+        Called after every `assemble` of a decode store, which forgets them."""
+        if sum(e - s for s, e, _ in blocks) != self.rows or any(p > min(self.lengths[s:e]) for s, e, p in blocks):
+            raise ValueError(f"prompt blocks {list(blocks)} do not match rows of lengths {self.lengths}")
+        self.prompt_blocks = tuple(blocks)
+        self._bounds = None
+
+    def _chunks(self, lengths: Sequence[int]) -> tuple[decode_attention.Piece, ...] | None:
+        """The decode step's pieces of rows with this step's widths; None for one call over all."""
         if self._bounds is None:
             per_position = 2 * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
-            self._bounds = decode_attention.row_chunks(lengths, max(1, self.split_bytes // per_position))
-        if len(self._bounds) < 2:
+            share = None if self.share_bytes is None else max(1, self.share_bytes // per_position)
+            self._bounds = decode_attention.attention_plan(
+                lengths, self.prompt_blocks, max(1, self.split_bytes // per_position), share)
+        if len(self._bounds) < 2 and all(per == 1 for _, _, per, _ in self._bounds):
             return None
-        return tuple((start, end, max(lengths[start:end]) + 1) for start, end in self._bounds)
+        return tuple(decode_attention.Piece(start, end, max(lengths[start:end]) + 1, per, prompt)
+                     for start, end, per, prompt in self._bounds)
 
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this pass's keys and values at each row's positions; return what its queries attend to."""
@@ -208,6 +224,7 @@ class KvStore:
         capacity = next_capacity(max(lengths + [1]), 0, limit)
         self.limit = limit
         self._bounds = None
+        self.prompt_blocks = ()
         own = [(i, r) for i, (src, r) in enumerate(plan) if src is self]
         if (self.device.type in _IN_PLACE and len(plan) <= self._made_rows <= 2 * len(plan)
                 and capacity <= self.capacity and all(a[1] < b[1] for a, b in pairwise(own))):

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loraplane.runtime import lora_update
+from loraplane.runtime.decode_attention import Piece
 
 #: Names of the per-adapter tensor dicts of a `MultiLoraLinear` (PEFT's names for the same weights).
 ADAPTER_TENSORS: tuple[str, ...] = ("lora_A", "lora_B")
@@ -83,8 +84,8 @@ class LoraRouter:
         self.mask_free = False
         #: a decode step's (rows, 1, 1, keys) additive mask: each row sees its own positions only
         self.decode_bias: torch.Tensor | None = None
-        #: a decode step's chunks of rows (start, end, width), when its attention cuts them
-        self.decode_chunks: tuple[tuple[int, int, int], ...] | None = None
+        #: a decode step's pieces of rows, when its attention cuts them or shares prompts
+        self.decode_chunks: tuple[Piece, ...] | None = None
 
     @contextlib.contextmanager
     def route(
@@ -93,7 +94,7 @@ class LoraRouter:
         length_groups: tuple[tuple[int, slice | torch.Tensor], ...] | None = None,
         mask_free: bool = False,
         decode_bias: torch.Tensor | None = None,
-        decode_chunks: tuple[tuple[int, int, int], ...] | None = None,
+        decode_chunks: tuple[Piece, ...] | None = None,
     ) -> Iterator[None]:
         previous = self.segments, self.length_groups, self.mask_free, self.decode_bias, self.decode_chunks
         if not (isinstance(segments, tuple) and all(s.adapter_id is not None and s.end > s.start for s in segments)):

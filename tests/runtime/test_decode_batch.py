@@ -24,6 +24,7 @@ import torch
 from loraplane.core import errors
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import engine as engine_mod
+from loraplane.runtime.decode_attention import Piece
 from loraplane.runtime.executor import Executor, OptimStep, Sample
 
 ADAPTERS = [f"ad{i}" for i in range(8)]
@@ -161,7 +162,7 @@ def test_a_long_prompt_among_short_ones_attends_in_chunks_and_each_request_equal
     longest (`decode_attention.row_chunks`); here every length difference is cut."""
     store = engine.decoder.decode
     monkeypatch.setattr(store, "split_bytes", 1)
-    chunked: list[tuple[tuple[int, int, int], ...]] = []
+    chunked: list[tuple[Piece, ...]] = []
     prepare = store.prepare
     monkeypatch.setattr(store, "prepare", lambda width, rows=None: (
         prepare(width, rows), chunked.append(store.decode_chunks) if store.decode_chunks else None)[0])
@@ -172,8 +173,37 @@ def test_a_long_prompt_among_short_ones_attends_in_chunks_and_each_request_equal
     ex = executor_for(engine, prefill_chunk_tokens=64)
     futures = [ex.submit_sample(s)[1] for s in samples]
     run_until_done(ex, futures)
-    widest = [max(w for _, _, w in chunks) for chunks in chunked]
-    assert any(len(chunks) >= 3 and min(w for _, _, w in chunks) < 40 < max(widest) for chunks in chunked)
+    widest = [max(c.width for c in chunks) for chunks in chunked]
+    assert any(len(chunks) >= 3 and min(c.width for c in chunks) < 40 < max(widest) for chunks in chunked)
+    for sample, future in zip(samples, futures, strict=True):
+        assert_same(future.result(0), alone_result(engine, sample))
+
+
+def test_samples_that_read_their_prompt_once_equal_each_request_alone(engine, monkeypatch):
+    """A request's samples hold its prompt alike, and runs of requests with one prompt length and
+    row count read each prompt once (`decode_attention.shared_runs`); here wherever that can apply,
+    as requests join while others decode and rows stop early. The requests alone share nothing."""
+    store = engine.decoder.decode
+    monkeypatch.setattr(store, "share_bytes", 1)
+    pieces: list[tuple[Piece, ...]] = []
+    prepare = store.prepare
+    monkeypatch.setattr(store, "prepare", lambda width, rows=None: (
+        prepare(width, rows), pieces.append(store.decode_chunks) if store.decode_chunks else None)[0])
+    g = torch.Generator().manual_seed(7)
+    samples = []
+    for i, (prompt, count) in enumerate([(12, 3)] * 4 + [(12, 1), (20, 2), (20, 2)]):
+        base = request(i)
+        samples.append(Sample(base.adapter_id, torch.randint(3, 259, (prompt,), generator=g).tolist(), count,
+                              dataclasses.replace(base.params, max_tokens=8 + i), base.prompt_logprobs))
+    ex = executor_for(engine)
+    futures = [ex.submit_sample(s)[1] for s in samples[:4]]
+    for _ in range(3):
+        ex.run_once()
+    futures += [ex.submit_sample(s)[1] for s in samples[4:]]
+    run_until_done(ex, futures)
+    runs = [p for step in pieces for p in step if p.share > 1]
+    assert any(p.end - p.start >= 2 * p.share for p in runs), "no run of requests shared their prompts"
+    assert {p.prompt for p in runs} == {12, 20}
     for sample, future in zip(samples, futures, strict=True):
         assert_same(future.result(0), alone_result(engine, sample))
 

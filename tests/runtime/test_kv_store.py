@@ -37,6 +37,24 @@ def test_a_decode_step_writes_each_rows_token_at_its_own_length(lengths, by_slic
         assert torch.equal(tensor, expected)
 
 
+def test_requests_named_by_their_rows_read_their_prompts_once_until_the_rows_change():
+    store = kv_cache.KvStore(1, 8, 64, torch.float32, torch.device("cpu"), additive_mask=False)
+    store.share_bytes = 1 << 20  # 256 positions of 4 KiB
+    store.assemble([(None, 0)] * 8)
+    store.advance([300] * 8)
+    store.share_prompts([(0, 4, 299), (4, 8, 299)])
+    store.prepare(1)
+    assert store.decode_chunks == ((0, 8, 301, 4, 299),)
+    store.assemble([(store, r) for r in range(6)])  # two rows left: the blocks named are forgotten
+    assert store.prompt_blocks == ()
+    store.prepare(1)
+    assert store.decode_chunks is None
+    with pytest.raises(ValueError, match="do not match"):  # more rows than the store holds
+        store.share_prompts([(0, 4, 299), (4, 8, 299)])
+    with pytest.raises(ValueError, match="do not match"):  # a prompt longer than its rows
+        store.share_prompts([(0, 3, 299), (3, 6, 301)])
+
+
 def test_equal_runs():
     assert kv_cache.equal_runs([]) == []
     assert kv_cache.equal_runs([5]) == [(0, 1, 5)]
