@@ -5,8 +5,9 @@ its prompt, and consecutive requests of one prompt length and sample count can r
 once per decode step (`loraplane.runtime.decode_attention.shared_runs`) instead of once per
 sample. On a random hidden-512 Llama, `--clients` sampling clients of distinct adapters each ask
 for S samples of a P-token prompt and 64 new tokens (no stop, so every row runs to the end), for
-several (S, P); side by side, best of `--repeats` interleaved runs, the time until every client
-has its answer:
+several (S, P), the last with prompts of different lengths, as RL's usually are (each request then
+reads its own prompt once); side by side, best of `--repeats` interleaved runs, the time until every
+client has its answer:
 
   row by row   every row reads its own copy of the prompt (sharing off)
   shared       the runtime's default on the CPU
@@ -30,15 +31,17 @@ from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime.engine import LoraSpec, SamplingParams
 from loraplane.runtime.executor import Executor, Sample
 
-#: (samples per request, prompt tokens) of each line of the table
-SHAPES = ((4, 128), (4, 512), (8, 128), (8, 512))
+#: (samples per request, prompt tokens of the first client, of the last) of each line of the table
+SHAPES = ((4, 128, 128), (4, 512, 512), (8, 128, 128), (8, 512, 512), (8, 400, 600))
 NEW_TOKENS = 64
 
 
-def requests(clients: int, samples: int, prompt: int) -> list[Sample]:
-    g = torch.Generator().manual_seed(prompt)
-    return [Sample(f"ad{i}", torch.randint(3, 259, (prompt,), generator=g).tolist(), samples,
-                   SamplingParams(max_tokens=NEW_TOKENS, temperature=1.0, stop=[], seed=i)) for i in range(clients)]
+def requests(clients: int, samples: int, first: int, last: int) -> list[Sample]:
+    g = torch.Generator().manual_seed(first)
+    lengths = [first + (last - first) * i // max(1, clients - 1) for i in range(clients)]
+    return [Sample(f"ad{i}", torch.randint(3, 259, (n,), generator=g).tolist(), samples,
+                   SamplingParams(max_tokens=NEW_TOKENS, temperature=1.0, stop=[], seed=i))
+            for i, n in enumerate(lengths)]
 
 
 def all_done(executor: Executor, reqs: list[Sample]) -> float:
@@ -66,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             executor.create_adapter(f"ad{i}", LoraSpec(rank=16, alpha=32.0, seed=i)).result()
         print(f"{args.clients} clients x S samples x (P prompt + {NEW_TOKENS} new tokens); hidden 512, 4 layers, "
               f"cpu fp32, torch threads {torch.get_num_threads()}, best of {args.repeats}, ms until every client is done")
-        print(f"{'S':>3} {'P':>5}  {'row by row':>10}  {'shared':>8}  {'row by row / shared':>19}")
-        for samples, prompt in SHAPES:
-            reqs = requests(args.clients, samples, prompt)
+        print(f"{'S':>3} {'P':>7}  {'row by row':>10}  {'shared':>8}  {'row by row / shared':>19}")
+        for samples, first, last in SHAPES:
+            reqs = requests(args.clients, samples, first, last)
             cases = {"row by row": None, "shared": default_share}
             best = {name: float("inf") for name in cases}
             for repeat in range(args.repeats + 1):  # the first round warms up
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                     elapsed = all_done(executor, reqs)
                     if repeat:
                         best[name] = min(best[name], elapsed)
-            print(f"{samples:>3} {prompt:>5}  {best['row by row'] * 1000:>10.0f}  {best['shared'] * 1000:>8.0f}  "
+            prompts = str(first) if first == last else f"{first}-{last}"
+            print(f"{samples:>3} {prompts:>7}  {best['row by row'] * 1000:>10.0f}  {best['shared'] * 1000:>8.0f}  "
                   f"{best['row by row'] / best['shared']:>18.2f}x", flush=True)
     finally:
         store.share_bytes = default_share
