@@ -157,15 +157,21 @@ def test_requests_that_join_in_one_turn_get_their_prefill_rows_in_one_rebuild(en
         assert_same(future.result(0), alone_result(engine, sample))
 
 
+def recorded_pieces(store, monkeypatch) -> list[tuple[Piece, ...]]:
+    """The pieces of every decode step of `store` that cuts its rows or shares prompts, from now on."""
+    steps: list[tuple[Piece, ...]] = []
+    prepare = store.prepare
+    monkeypatch.setattr(store, "prepare", lambda width, rows=None: (
+        prepare(width, rows), steps.append(store.decode_chunks) if store.decode_chunks else None)[0])
+    return steps
+
+
 def test_a_long_prompt_among_short_ones_attends_in_chunks_and_each_request_equals_it_alone(engine, monkeypatch):
     """Rows of very different lengths are read in chunks of their own widths, not all at the
     longest (`decode_attention.row_chunks`); here every length difference is cut."""
     store = engine.decoder.decode
     monkeypatch.setattr(store, "split_bytes", 1)
-    chunked: list[tuple[Piece, ...]] = []
-    prepare = store.prepare
-    monkeypatch.setattr(store, "prepare", lambda width, rows=None: (
-        prepare(width, rows), chunked.append(store.decode_chunks) if store.decode_chunks else None)[0])
+    chunked = recorded_pieces(store, monkeypatch)
     g = torch.Generator().manual_seed(42)
     long = Sample(ADAPTERS[3], torch.randint(3, 259, (150,), generator=g).tolist(), 2,
                   engine_mod.SamplingParams(max_tokens=10, temperature=1.0, seed=4, stop=[]))
@@ -185,10 +191,7 @@ def test_samples_that_read_their_prompt_once_equal_each_request_alone(engine, mo
     as requests join while others decode and rows stop early. The requests alone share nothing."""
     store = engine.decoder.decode
     monkeypatch.setattr(store, "share_bytes", 1)
-    pieces: list[tuple[Piece, ...]] = []
-    prepare = store.prepare
-    monkeypatch.setattr(store, "prepare", lambda width, rows=None: (
-        prepare(width, rows), pieces.append(store.decode_chunks) if store.decode_chunks else None)[0])
+    pieces = recorded_pieces(store, monkeypatch)
     g = torch.Generator().manual_seed(7)
     samples = []
     for i, (prompt, count) in enumerate([(12, 3)] * 4 + [(12, 1), (20, 2), (20, 2)]):
