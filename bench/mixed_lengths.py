@@ -25,9 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.h512 import add_threads_option, apply_threads, h512_engine
-from loraplane.core.settings import RuntimeSettings
-from loraplane.runtime.engine import LoraSpec, SamplingParams
+from bench.h512 import add_threads_option, apply_threads, h512_executor
+from loraplane.runtime.engine import SamplingParams
 from loraplane.runtime.executor import Executor, Sample
 
 #: a cut never pays at this saving: the store reads every row in one call
@@ -66,13 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     add_threads_option(parser)
     args = parser.parse_args(argv)
     apply_threads(args)
-    engine = h512_engine()
-    executor = Executor(engine, RuntimeSettings(max_resident_adapters=10, max_adapters=10, kv_cache_bytes=1 << 40))
-    store = engine.decoder.decode
-    default_split = store.split_bytes
-    try:
-        for i in range(9):
-            executor.create_adapter(f"ad{i}", LoraSpec(rank=16, alpha=32.0, seed=i)).result()
+    with h512_executor(9) as executor:
+        store = executor.engine.decoder.decode
+        default_split = store.split_bytes
         shorts, long = short_requests(), long_request(args)
 
         def run(with_long: bool, split: int) -> float:
@@ -93,9 +88,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<9} short clients done in {best[name] * 1000:7.0f} ms  ({tokens / best[name]:5.0f} tok/s)  "
                   f"{best[name] / best['alone']:5.2f}x alone")
         print(f"one call / chunks: {best['one call'] / best['chunks']:.2f}x")
-    finally:
-        store.split_bytes = default_split
-        executor.close()
     return 0
 
 

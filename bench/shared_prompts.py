@@ -26,9 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.h512 import add_threads_option, apply_threads, h512_engine
-from loraplane.core.settings import RuntimeSettings
-from loraplane.runtime.engine import LoraSpec, SamplingParams
+from bench.h512 import add_threads_option, apply_threads, h512_executor
+from loraplane.runtime.engine import SamplingParams
 from loraplane.runtime.executor import Executor, Sample
 
 #: (samples per request, prompt tokens of the first client, of the last) of each line of the table
@@ -59,14 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     add_threads_option(parser)
     args = parser.parse_args(argv)
     apply_threads(args)
-    engine = h512_engine()
-    executor = Executor(engine, RuntimeSettings(max_resident_adapters=args.clients, max_adapters=args.clients,
-                                                kv_cache_bytes=1 << 40))
-    store = engine.decoder.decode
-    default_share = store.share_bytes
-    try:
-        for i in range(args.clients):
-            executor.create_adapter(f"ad{i}", LoraSpec(rank=16, alpha=32.0, seed=i)).result()
+    with h512_executor(args.clients) as executor:
+        store = executor.engine.decoder.decode
+        default_share = store.share_bytes
         print(f"{args.clients} clients x S samples x (P prompt + {NEW_TOKENS} new tokens); hidden 512, 4 layers, "
               f"cpu fp32, torch threads {torch.get_num_threads()}, best of {args.repeats}, ms until every client is done")
         print(f"{'S':>3} {'P':>7}  {'row by row':>10}  {'shared':>8}  {'row by row / shared':>19}")
@@ -83,9 +77,6 @@ def main(argv: list[str] | None = None) -> int:
             prompts = str(first) if first == last else f"{first}-{last}"
             print(f"{samples:>3} {prompts:>7}  {best['row by row'] * 1000:>10.0f}  {best['shared'] * 1000:>8.0f}  "
                   f"{best['row by row'] / best['shared']:>18.2f}x", flush=True)
-    finally:
-        store.share_bytes = default_share
-        executor.close()
     return 0
 
 
