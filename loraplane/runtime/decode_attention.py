@@ -166,27 +166,30 @@ def decode_attention(
     for start, end, width, share, prompt in chunks:
         rows_kv = (key[start:end, :, :width], value[start:end, :, :width], bias[start:end, :, :, :width])
         if share > 1:
-            part = _shared_prompt(packed[start:end], *rows_kv, share, prompt, scaling)
-        else:
-            part = sdpa(packed[start:end], rows_kv[0], rows_kv[1], attn_mask=rows_kv[2], scale=scaling)
+            _shared_prompt(packed[start:end], *rows_kv, share, prompt, scaling, out[start:end])
+            continue
+        part = sdpa(packed[start:end], rows_kv[0], rows_kv[1], attn_mask=rows_kv[2], scale=scaling)
         out[start:end] = part.reshape(end - start, 1, heads, value.shape[-1])
     return out, None
 
 
 def _shared_prompt(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
-                   share: int, prompt: int, scaling: float | None) -> torch.Tensor:
-    """Attention of rows in blocks of `share` that hold the same first `prompt` positions; `query`
-    is (rows, kv_heads, queries per key head, dim). The prompt is read once per block, from its
-    first row, for all the block's queries together; the positions after it row by row."""
+                   share: int, prompt: int, scaling: float | None, out: torch.Tensor) -> None:
+    """Attention of rows in blocks of `share` that hold the same first `prompt` positions, into
+    `out` (rows, 1, heads, dim); `query` is (rows, kv_heads, queries per key head, dim). The prompt
+    is read once per block, from its first row, for all the block's queries together; the
+    positions after it row by row."""
     rows, kv_heads, group, _ = query.shape
-    blocks, dim_v = rows // share, value.shape[-1]
+    blocks = rows // share
     together = query.view(blocks, share, kv_heads, group, -1).transpose(1, 2).reshape(blocks, kv_heads, share * group, -1)
     head, head_lse = _attend(together, key[::share, :, :prompt], value[::share, :, :prompt], None, scaling)
-    head = head.view(blocks, kv_heads, share, group, dim_v).transpose(1, 2).reshape(rows, kv_heads, group, dim_v)
-    head_lse = head_lse.view(blocks, kv_heads, share, group).transpose(1, 2).reshape(rows, kv_heads, group)
     tail, tail_lse = _attend(query, key[:, :, prompt:], value[:, :, prompt:], bias[..., prompt:], scaling)
-    # softmax over both parts = each part's softmax weighted by its share of the exponentials
-    return torch.lerp(tail, head, torch.sigmoid(head_lse - tail_lse).unsqueeze(-1).to(head.dtype))
+    # merged in the rows' layout (block, sample, key head, query), the prompt's part as views: the
+    # softmax over both parts is each part's softmax weighted by its share of the exponentials
+    by_row = (blocks, share, kv_heads, group)
+    weight = (head_lse.view(blocks, kv_heads, share, group).transpose(1, 2) - tail_lse.view(by_row)).sigmoid_()
+    torch.lerp(tail.view(*by_row, -1), head.view(blocks, kv_heads, share, group, -1).transpose(1, 2),
+               weight.unsqueeze(-1).to(head.dtype), out=out.view(*by_row, -1))
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,

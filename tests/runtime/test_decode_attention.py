@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from loraplane.runtime.decode_attention import (
@@ -101,18 +102,19 @@ def _prompt_shared_rows(lengths: list[int], blocks: list[tuple[int, int, int]], 
     key = torch.randn(rows, kv_heads, width, dim, generator=g)
     value = torch.randn(rows, kv_heads, width, dim, generator=g)
     for start, end, prompt in blocks:
-        key[start:end, :, :prompt] = key[start, :, :prompt]
-        value[start:end, :, :prompt] = value[start, :, :prompt]
+        key[start:end, :, :prompt] = key[start, :, :prompt].clone()
+        value[start:end, :, :prompt] = value[start, :, :prompt].clone()
     return key, value
 
 
-def test_attention_over_shared_prompts_matches_one_call_over_every_row() -> None:
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 2), (4, 4), (8, 1)])
+def test_attention_over_shared_prompts_matches_one_call_over_every_row(heads: int, kv_heads: int) -> None:
     g = torch.Generator().manual_seed(1)
     # two runs of requests (3 samples of a 40-token prompt; 2 of a 7-token one) at different
     # lengths within each run, and a request of one row between them
     blocks = [(0, 3, 40), (3, 6, 40), (6, 7, 12), (7, 9, 7), (9, 11, 7)]
     lengths = [52] * 3 + [45] * 3 + [20] + [9] * 2 + [30] * 2
-    rows, heads, kv_heads, dim = len(lengths), 4, 2, 16
+    rows, dim = len(lengths), 16
     query = torch.randn(rows, heads, 1, dim, generator=g)
     key, value = _prompt_shared_rows(lengths, blocks, kv_heads, dim, g)
     allowed = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
