@@ -164,12 +164,12 @@ def decode_attention(
         return out.reshape(rows, 1, heads, value.shape[-1]), None
     out = query.new_empty(rows, 1, heads, value.shape[-1])
     for start, end, width, share, prompt in chunks:
-        rows_kv = (key[start:end, :, :width], value[start:end, :, :width], bias[start:end, :, :, :width])
+        keys, values, mask = key[start:end, :, :width], value[start:end, :, :width], bias[start:end, :, :, :width]
         if share > 1:
-            _shared_prompt(packed[start:end], *rows_kv, share, prompt, scaling, out[start:end])
-            continue
-        part = sdpa(packed[start:end], rows_kv[0], rows_kv[1], attn_mask=rows_kv[2], scale=scaling)
-        out[start:end] = part.reshape(end - start, 1, heads, value.shape[-1])
+            _shared_prompt(packed[start:end], keys, values, mask, share, prompt, scaling, out[start:end])
+        else:
+            part = sdpa(packed[start:end], keys, values, attn_mask=mask, scale=scaling)
+            out[start:end] = part.reshape(end - start, 1, heads, value.shape[-1])
     return out, None
 
 
