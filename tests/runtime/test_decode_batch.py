@@ -15,6 +15,7 @@ times larger amplify it accordingly.
 from __future__ import annotations
 
 import dataclasses
+import random
 import threading
 import time
 
@@ -24,6 +25,7 @@ import torch
 from loraplane.core import errors
 from loraplane.core.settings import RuntimeSettings
 from loraplane.runtime import engine as engine_mod
+from loraplane.runtime import kv_cache
 from loraplane.runtime.decode_attention import Piece
 from loraplane.runtime.executor import Executor, OptimStep, Sample
 
@@ -209,6 +211,51 @@ def test_samples_that_read_their_prompt_once_equal_each_request_alone(engine, mo
     assert {p.prompt for p in runs} == {12, 20}
     for sample, future in zip(samples, futures, strict=True):
         assert_same(future.result(0), alone_result(engine, sample))
+
+
+def random_request(rng: random.Random) -> Sample:
+    """A request drawn from every option the decode batch treats differently."""
+    params = {"max_tokens": rng.choice([0, 1, 4, 11, 19]), "stop": rng.choice(
+        [None, [], ["e"], ["ab", "x"], [100, 101, 102, 103], [rng.randrange(3, 259)]])}
+    mode = rng.randrange(4)
+    if mode:
+        params.update(temperature=rng.choice([0.5, 1.0, 1.4]), seed=rng.randrange(1000))
+        params.update([{}, {"top_k": rng.choice([1, 5])}, {"top_p": 0.6}][mode - 1])
+    else:
+        params.update(temperature=0.0)
+    prompt = [rng.randrange(3, 259) for _ in range(rng.choice([1, 2, 9, 21, 33]))]
+    return Sample(rng.choice([*ADAPTERS, None]), prompt, rng.randrange(1, 5), engine_mod.SamplingParams(**params),
+                  prompt_logprobs=rng.random() < 0.3, topk_sample_logprobs=rng.choice([0, 0, 3]),
+                  topk_prompt_logprobs=rng.choice([0, 0, 2]))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_mixes_of_requests_equal_each_request_alone(engine, monkeypatch, seed):
+    """Requests of random options join at random turns, with random prefill chunks, row limits and
+    attention pieces (every cut, shared prompts wherever they apply), and the cache rebuilt in
+    place (as on the CPU) or by gathering rows (as on a GPU): each equals itself run alone."""
+    rng = random.Random(seed)
+    monkeypatch.setattr(kv_cache, "_IN_PLACE", frozenset({"cpu"}) if seed % 2 else frozenset())
+    store = engine.decoder.decode
+    monkeypatch.setattr(store, "split_bytes", rng.choice([1, 1 << 20]))
+    monkeypatch.setattr(store, "share_bytes", rng.choice([None, 1]))
+    samples = [random_request(rng) for _ in range(rng.randrange(3, 9))]
+    ex = executor_for(engine, prefill_chunk_tokens=rng.choice([5, 16, 512]), max_decode_rows=rng.choice([6, 64]))
+    futures = []
+    for sample in samples:
+        futures.append(ex.submit_sample(sample)[1])
+        for _ in range(rng.choice([0, 1, 3])):
+            ex.run_once()
+    run_until_done(ex, futures)
+    for sample, future in zip(samples, futures, strict=True):
+        got = future.result(0)
+        alone = engine.sample(sample.adapter_id, sample.prompt, sample.num_samples, sample.params,
+                              options=sample.options())
+        assert_same(got, alone)
+        for s, a in zip(got.sequences, alone.sequences, strict=True):
+            assert (s.topk is None) == (a.topk is None)
+            if a.topk is not None and len(a.tokens):
+                assert (s.topk[0] == a.topk[0]).all() and abs(s.topk[1] - a.topk[1]).max() <= 1e-5
 
 
 def test_a_bad_request_is_refused_alone_and_the_others_finish(engine):
