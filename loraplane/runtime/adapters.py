@@ -165,7 +165,7 @@ class AdapterStore:
         record = self.trainable(adapter_id)
         self.ensure_resident(adapter_id)
         metrics = optim.adamw_step(record.params, record.optim_state, params)
-        self.weights_changed()
+        self.weights_changed(adapter_id)
         record.step += 1
         return metrics
 
@@ -218,7 +218,7 @@ class AdapterStore:
                     raise errors.InvalidInput(f"{key} has shape {list(value.shape)}, expected {list(param.shape)}", field="source")
                 param.copy_(value)
                 param.grad = None
-        self.weights_changed()
+        self.weights_changed(adapter_id)
         record.step = saved.step
         if saved.optimizer is not None and not sampler:
             record.optim_state = optim.AdamState.from_state_dict(saved.optimizer, self.device)
@@ -238,7 +238,7 @@ class AdapterStore:
         with torch.no_grad():
             for key, param in copy.params.items():
                 param.copy_(record.params[key])
-        self.weights_changed()
+        self.weights_changed(sampler_id)
         copy.step = record.step
         record.snapshots = [s for s in record.snapshots if s != sampler_id and s in self.records] + [sampler_id]
         dropped = residency.snapshots_to_drop(record.snapshots, keep)
@@ -255,7 +255,7 @@ class AdapterStore:
         if record.offloaded is not None:
             return
         record.offloaded = checkpoints.offload(adapter_id, record.params, record.optim_state, to)
-        self.weights_changed()
+        self.weights_changed(adapter_id)
 
     def ensure_resident(self, adapter_id: str) -> None:
         """Bring an offloaded adapter back to the device; a no-op when it is there."""
@@ -264,12 +264,12 @@ class AdapterStore:
             return
         checkpoints.restore(record.offloaded, record.params, record.optim_state, self.device)
         record.offloaded = None
-        self.weights_changed()
+        self.weights_changed(adapter_id)
 
-    def weights_changed(self) -> None:
-        """Adapter weights changed or moved: the layers' kept sampling layouts are stale."""
+    def weights_changed(self, adapter_id: str) -> None:
+        """The adapter's weights changed or moved: what the layers keep of them for sampling is stale."""
         for layer in self._layers.values():
-            layer.forget_layout()
+            layer.forget_adapter(adapter_id)
 
     def resident_bytes(self, adapter_id: str) -> int:
         """Bytes of weights + optimizer state on the device (0 when offloaded)."""

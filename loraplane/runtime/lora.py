@@ -149,12 +149,12 @@ class MultiLoraLinear(nn.Module):
         self.lora_A[adapter_id] = nn.Parameter(a.to(device))
         self.lora_B[adapter_id] = nn.Parameter(torch.zeros(self.out_features, rank, device=device))
         self.scaling[adapter_id] = alpha / rank
-        self.forget_layout()
+        self.forget_adapter(adapter_id)
 
     def remove_adapter(self, adapter_id: str) -> None:
         for name in ADAPTER_TENSORS + ADAPTER_SCALARS:
             getattr(self, name).pop(adapter_id, None)
-        self.forget_layout()
+        self.forget_adapter(adapter_id)
 
     def has_adapter(self, adapter_id: str) -> bool:
         return adapter_id in self.lora_A
@@ -187,7 +187,7 @@ class MultiLoraLinear(nn.Module):
     def _forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
         """Sampling's path: the same update without the autograd node. The layout is kept while
         the router's segments stay the same object (decode steps) and the input's shape holds;
-        the engine drops it (`forget_layout`) whenever it changes weights."""
+        the engine drops what it holds of an adapter whose weights change (`forget_adapter`)."""
         routed = self._router.segments
         cached = self._decode_cache
         if cached is None or cached[0] is not routed or cached[1] != x.shape:
@@ -219,10 +219,23 @@ class MultiLoraLinear(nn.Module):
         return plan, lora_update.stack_groups(plan, params)
 
     def forget_layout(self) -> None:
-        """Drop the kept no-grad layout and stacked weights (weights changed, or moved)."""
+        """Drop the kept no-grad layout and stacked weights."""
         self._decode_cache = None
         self._stacked = None
         self._pieces = {}
+
+    def forget_adapter(self, adapter_id: str) -> None:
+        """Drop what the kept layouts hold of `adapter_id`, whose weights changed, moved or went.
+
+        The decode step's stacked weights stay unless they hold this adapter: an optimizer step or
+        a new sampler snapshot of one adapter must not make the layers copy the weights of every
+        other adapter in the decode batch again (an adapter's own weights never change while it
+        decodes: `scheduling.op_must_wait`).
+        """
+        if self._stacked is not None and adapter_id in self._stacked.ids:
+            self.forget_layout()
+        elif self._decode_cache is not None and not isinstance(self._decode_cache[2], lora_update.StepUpdate | None):
+            self._decode_cache = None  # a prefill pass's stacks: rebuilt at the next pass anyway
 
 
 def target_suffixes(train_attn: bool, train_mlp: bool, train_unembed: bool) -> tuple[str, ...]:

@@ -358,6 +358,39 @@ def test_a_training_step_finishes_while_eight_long_samples_run(engine, tiny_mode
         ex.close()
 
 
+def test_another_adapter_training_and_snapshotting_between_decode_steps_keeps_the_stacked_weights(engine):
+    """Optimizer steps and sampler snapshots of an adapter that does not decode leave the decode
+    batch's stacked LoRA weights in place (`MultiLoraLinear.forget_adapter`), and the samples of
+    the adapters that do decode equal each request alone."""
+    engine.create_adapter("trainee", engine_mod.LoraSpec(rank=4, seed=9))
+    ex = executor_for(engine)
+    ex._register("trainee", 1)
+    layer = engine.store._layers[next(iter(engine.store._layers))]
+    params = [engine_mod.SamplingParams(max_tokens=25, temperature=1.0, seed=i, stop=[]) for i in range(4)]
+    samples = [Sample(ADAPTERS[i], [5 + i, 6, 7, 8, 9], 2, params[i]) for i in range(4)]
+    datum = engine_mod.Datum(torch.arange(3, 20), {"target_tokens": torch.arange(4, 21)})
+    try:
+        futures = [ex.submit_sample(s)[1] for s in samples]
+        ex.run_once()
+        ex.run_once()
+        stacked, seq = layer._stacked, 1
+        assert stacked is not None and stacked.ids == tuple(ADAPTERS[:4])
+        while not all(f.done() for f in futures):
+            ex.submit("trainee", seq, engine_mod.FwdBwdWork("trainee", [datum]))
+            _, step = ex.submit("trainee", seq + 1, OptimStep("trainee", engine_mod.AdamParams(learning_rate=0.1)))
+            ex.run_once()
+            ex.run_once()
+            assert step.done() and step.exception(0) is None
+            engine.snapshot("trainee", f"trainee-s{seq % 3}", keep=2)
+            seq += 2
+            assert all(f.done() for f in futures) or layer._stacked is stacked
+        for sample, future in zip(samples, futures, strict=True):
+            assert_same(future.result(0), alone_result(engine, sample))
+    finally:
+        for adapter_id in [a for a in engine.adapter_ids() if a.startswith("trainee")]:
+            engine.delete_adapter(adapter_id)
+
+
 def test_a_fault_of_the_decode_step_fails_its_requests_and_the_runtime_keeps_serving(engine, monkeypatch):
     ex = executor_for(engine)
     _, doomed = ex.submit_sample(request(0))

@@ -101,3 +101,28 @@ def test_the_kept_layout_follows_rows_leaving_and_weights_changing():
         torch.testing.assert_close(_decode(layer, router, x, full), _reference(layer, x, list(full)),
                                    rtol=1e-5, atol=1e-6)
     assert not torch.allclose(_decode(layer, router, x, full), first)
+
+
+def test_weights_changing_outside_the_decode_batch_keep_its_stacked_weights():
+    """An optimizer step, load or new snapshot of an adapter that does not decode leaves the
+    stacked weights of those that do (no copy of theirs); a change of one that does restacks."""
+    layer, router = _layer()
+    x = torch.randn(4, 1, 12, generator=torch.Generator().manual_seed(2))
+    decoding = (lora.Segment("a", 0, 2), lora.Segment("b", 2, 4))
+    before = _decode(layer, router, x, decoding)
+    stacked, kept = layer._stacked, layer._decode_cache
+    with torch.no_grad():
+        layer.lora_B["d"].mul_(3.0)
+    layer.forget_adapter("d")
+    layer.add_adapter("e", 2, 4.0, torch.Generator().manual_seed(5))
+    layer.remove_adapter("c")
+    torch.testing.assert_close(_decode(layer, router, x, decoding), before, rtol=0, atol=0)
+    assert layer._stacked is stacked and layer._decode_cache is kept
+
+    with torch.no_grad():
+        layer.lora_B["b"].mul_(3.0)
+    layer.forget_adapter("b")
+    assert layer._stacked is None
+    with torch.no_grad():
+        torch.testing.assert_close(_decode(layer, router, x, decoding), _reference(layer, x, list(decoding)),
+                                   rtol=1e-5, atol=1e-6)
