@@ -31,10 +31,11 @@ def h512_engine() -> Engine:
 
 
 @contextlib.contextmanager
-def h512_executor(adapters: int) -> Iterator[Executor]:
-    """An executor over `h512_engine()` with adapters `ad0 ...` of rank 16, every one resident and
-    no KV budget to wait for; closed on the way out."""
-    executor = Executor(h512_engine(), RuntimeSettings(max_resident_adapters=adapters, max_adapters=adapters,
+def h512_executor(adapters: int, room: int = 0) -> Iterator[Executor]:
+    """An executor over `h512_engine()` with adapters `ad0 ...` of rank 16, and `room` for that
+    many more, every one resident and no KV budget to wait for; closed on the way out."""
+    slots = adapters + room
+    executor = Executor(h512_engine(), RuntimeSettings(max_resident_adapters=slots, max_adapters=slots,
                                                        kv_cache_bytes=1 << 40))
     try:
         for i in range(adapters):
