@@ -365,7 +365,7 @@ def test_another_adapter_training_and_snapshotting_between_decode_steps_keeps_th
     engine.create_adapter("trainee", engine_mod.LoraSpec(rank=4, seed=9))
     ex = executor_for(engine)
     ex._register("trainee", 1)
-    layer = engine.store._layers[next(iter(engine.store._layers))]
+    layer = next(iter(engine.store._layers.values()))
     params = [engine_mod.SamplingParams(max_tokens=25, temperature=1.0, seed=i, stop=[]) for i in range(4)]
     samples = [Sample(ADAPTERS[i], [5 + i, 6, 7, 8, 9], 2, params[i]) for i in range(4)]
     datum = engine_mod.Datum(torch.arange(3, 20), {"target_tokens": torch.arange(4, 21)})
