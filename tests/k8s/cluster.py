@@ -57,8 +57,8 @@ class Api:
     def request_count(self, verb: str | None = None, path: str | None = None) -> int:
         return self.proxy.request_count(verb, path)
 
-    def drop_watches(self) -> int:
-        return self.proxy.drop_watches()
+    def drop_watches(self, path: str | None = None, *, at_least: int = 0) -> int:
+        return self.proxy.drop_watches(path, at_least=at_least)
 
     def fail_next_watches(self, n: int) -> None:
         self.proxy.fail_next_watches(n)

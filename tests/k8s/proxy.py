@@ -67,7 +67,7 @@ class FaultProxy:
         self._server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._server_ssl.load_cert_chain(str(cert), str(key))
         self._loop = asyncio.new_event_loop()
-        self._watches: set[aiohttp.ClientResponse] = set()
+        self._watches: dict[aiohttp.ClientResponse, str] = {}  # open upstream watch -> its path
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True, name="k8s-fault-proxy")
         self.port = 0
@@ -116,15 +116,28 @@ class FaultProxy:
 
     # -- faults, called from the test thread ---------------------------------------------------------
 
-    def drop_watches(self) -> int:
-        """End every open watch stream (cleanly, as a server does at its timeout); how many were open."""
+    def drop_watches(self, path: str | None = None, *, at_least: int = 0, timeout: float = 15.0) -> int:
+        """End the open watch streams whose path matches the regex `path` (cleanly, as a server does at
+        its timeout); how many were open.
+
+        A watch is counted when its request arrives but is open only once the API server answers, so
+        a test that needs some to end passes `at_least`: this waits until that many are open.
+        """
+        pattern = re.compile(path) if path else None
+
+        def matching() -> list[aiohttp.ClientResponse]:
+            return [w for w, p in list(self._watches.items()) if pattern is None or pattern.search(p)]
+
         async def drop() -> int:
-            open_ = list(self._watches)
+            deadline = self._loop.time() + timeout
+            while len(matching()) < at_least and self._loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            open_ = matching()
             for upstream in open_:
                 upstream.close()
             return len(open_)
 
-        return asyncio.run_coroutine_threadsafe(drop(), self._loop).result(10)
+        return asyncio.run_coroutine_threadsafe(drop(), self._loop).result(timeout + 10)
 
     def fail_next_watches(self, n: int) -> None:
         self.faults.arm_gone(watches=n)
@@ -193,14 +206,14 @@ class FaultProxy:
             response = web.StreamResponse(status=upstream.status, headers={
                 "Content-Type": upstream.headers.get("Content-Type", "application/json")})
             await response.prepare(request)
-            self._watches.add(upstream)
+            self._watches[upstream] = request.path
             try:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
             except (aiohttp.ClientError, ConnectionError):
                 pass  # dropped: the client sees the stream end
             finally:
-                self._watches.discard(upstream)
+                self._watches.pop(upstream, None)
             await response.write_eof()
             return response
         finally:

@@ -158,7 +158,7 @@ def test_training_goes_on_through_dropped_watches_and_410_and_the_cache_follows_
     # Every watch ends; the resumed ones hit a compacted history (410 Gone) and must relist.
     lists = cluster.api.request_count("list", LORAJOB_PATHS)
     cluster.api.fail_next_watches(2)
-    assert cluster.api.drop_watches() >= 1
+    assert cluster.api.drop_watches(LORAJOB_PATHS, at_least=1) >= 1
     after = train(client, 3, pipelined=False)
     assert after[-1] < before[0], before + after
     wait_for(lambda: cluster.api.request_count("list", LORAJOB_PATHS) > lists, 15, "a relist of LoRAJobs")

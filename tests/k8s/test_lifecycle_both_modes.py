@@ -162,12 +162,13 @@ def test_refused_dispatches_back_off_then_fail_the_job_with_a_reason(
     with world.running(f"file://{tmp_path}", backoff_base_s=0.05):
         world.create(lorajob("bad", backoffLimit=2))
         status = world.wait_phase("bad", "Failed")
+        # Events are posted after the status write; the operator must still run to post them.
+        wait_for(lambda: {"DispatchFailed", "BackoffLimitExceeded"} <= {e["reason"] for e in world.events("bad")},
+                 what="the DispatchFailed and BackoffLimitExceeded Events")
     assert status["attempts"] == 3 and rt0.calls["POST /v1/adapters"] == 3
     ready = {c["type"]: c for c in status["conditions"]}["Ready"]
     assert ready["reason"] == "BackoffLimitExceeded" and "backoffLimit 2" in ready["message"]
     assert "completionTime" in status and "runtime" not in status
-    wait_for(lambda: {"DispatchFailed", "BackoffLimitExceeded"} <= {e["reason"] for e in world.events("bad")},
-             what="the DispatchFailed and BackoffLimitExceeded Events")
 
 
 def test_a_resume_path_the_schema_cannot_judge_fails_the_job_naming_the_field(
@@ -214,9 +215,9 @@ def test_a_deleted_runtime_pod_moves_its_jobs_to_another_runtime(
             lambda: (s := world.status("chat")).get("phase") == "Running" and s["runtime"]["pod"] == "rt-b" and s,
             what="job Running on rt-b",
         )
+        lost = wait_event(world.events, "chat", "RuntimeLost")
     assert status["attempts"] == 1
     assert "default.chat" in b.adapters
-    lost = wait_event(world.events, "chat", "RuntimeLost")
     assert "runtime rt-a lost at step 0: no checkpoint, restarting from a fresh adapter" in lost["message"]
 
 

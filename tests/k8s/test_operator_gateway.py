@@ -130,9 +130,9 @@ def test_runtime_pod_lost_mid_training_is_restored_on_another_pod(stack: Lorapla
         wait_for(lambda: (stack.status("support-bot-sft").get("runtime") or {}).get("pod") == other, 60,
                  f"the job to move to {other}")
         status = stack.wait_phase("support-bot-sft", "Succeeded", timeout=180)
+        wait_for(lambda: any("Restor" in e["reason"] or "Lost" in e["reason"] for e in stack.events("support-bot-sft")),
+                 30, "a RuntimeLost or Restored Event")
     assert status["progress"]["step"] == 400
-    wait_for(lambda: any("Restor" in e["reason"] or "Lost" in e["reason"] for e in stack.events("support-bot-sft")),
-             30, "a RuntimeLost or Restored Event")
 
 
 def test_restarted_operator_dispatches_nothing_twice(stack: LoraplaneStack, dataset: str) -> None:
