@@ -30,6 +30,10 @@ from tests.fuzz.tinker_http import TinkerHttp
 
 FLOOD_REQUESTS = 10_000
 CONCURRENCY = 64
+#: the flooder's deadline, a net against a server that hangs, not the flood's length: the flood
+#: lasts as long as the server takes to answer 10,000 requests, which on a slow 2-core machine
+#: (about 67 answers a second) is 150 s
+FLOOD_DEADLINE_S = 480
 #: alice's steps in each phase; the medians of 21 hold still from run to run where those of 9 did not
 STEPS = 21
 #: how much the server's peak resident memory may grow over its size before the flood (docs/limits.md)
@@ -98,7 +102,7 @@ def test_a_tenant_flooding_10000_requests_is_refused_while_another_keeps_its_ste
 
     flooder = subprocess.Popen(
         [sys.executable, "-m", "tests.utils.flooding", flooded.url, KEYS["bob"], bob_model, sampler,
-         "--requests", str(FLOOD_REQUESTS), "--concurrency", str(CONCURRENCY)],
+         "--requests", str(FLOOD_REQUESTS), "--concurrency", str(CONCURRENCY), "--seconds", str(FLOOD_DEADLINE_S)],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:
         assert flooder.stdout is not None and flooder.stdout.readline().strip() == "flooding"
